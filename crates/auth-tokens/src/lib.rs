@@ -1,0 +1,45 @@
+//! Access tokens, signing keys and CSRF tokens.
+//!
+//! Layout:
+//! - [`claims`]: the access-token claim set Gatehouse issues and accepts.
+//! - [`keys`]: Ed25519 signing keys, the key ring with overlapping rotation, the JWKS.
+//! - [`keyfile`]: the key ring and CSRF secret persisted as one 0600 file.
+//! - [`jwt`]: signing ([`TokenSigner`]) and strict verification ([`TokenVerifier`]).
+//! - [`csrf`]: CSRF tokens bound to a session by HMAC.
+//!
+//! Time is always a parameter (unix seconds): nothing here reads the clock.
+
+pub mod claims;
+pub mod csrf;
+pub mod jwt;
+pub mod keyfile;
+pub mod keys;
+
+pub use claims::AccessClaims;
+pub use csrf::CsrfKey;
+pub use jwt::{TokenSettings, TokenSigner, TokenVerifier, VerifyError};
+pub use keys::{Jwk, Jwks, KeyRing, SigningKey};
+
+/// Fills a fresh buffer from the operating system's CSPRNG.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    // getrandom only fails when the OS has no entropy source at all; there is
+    // nothing sensible to fall back to, so abort rather than issue weak secrets.
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut buf).expect("the operating system's random source failed");
+    buf
+}
+
+/// Base64url without padding, as JOSE uses it.
+pub fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Decodes base64url without padding; `None` on any malformed input.
+pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text)
+        .ok()
+}
