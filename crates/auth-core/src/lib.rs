@@ -1,1 +1,39 @@
+//! Gatehouse's domain: accounts, sessions and the use cases that change them.
+//!
+//! Layout:
+//! - [`clock`]: the injected source of time ([`Clock`], [`SystemClock`], [`ManualClock`]).
+//! - [`ids`]: typed identifiers ([`UserId`], [`SessionId`]).
+//! - [`email`]: the validated, normalised [`Email`].
+//! - [`password`]: the password policy (NIST 800-63B-4) and [`Password`].
+//! - [`hashing`]: Argon2id on a bounded blocking pool ([`PasswordHasher`]).
+//! - [`secret`]: opaque bearer secrets (refresh tokens), stored only as SHA-256.
+//! - [`user`], [`session`]: the records the stores keep.
+//! - [`events`]: the domain events written to the outbox with each change.
+//! - [`ports`]: the storage traits the use cases need ([`UserStore`], [`SessionStore`], [`Outbox`]).
+//! - [`accounts`]: the use cases (register, login, refresh, logout, delete, sessions).
+//!
+//! Nothing here speaks HTTP, SQL or NATS.
 
+pub mod accounts;
+pub mod clock;
+pub mod email;
+pub mod events;
+pub mod hashing;
+pub mod ids;
+pub mod password;
+pub mod ports;
+pub mod secret;
+pub mod session;
+pub mod user;
+
+pub use accounts::{Accounts, AccountsSettings};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use email::Email;
+pub use events::{DomainEvent, EventKind};
+pub use hashing::{Argon2Hasher, HashError, PasswordHasher};
+pub use ids::{SessionId, UserId};
+pub use password::{Password, PasswordError, PasswordPolicy};
+pub use ports::{Outbox, SessionStore, StoreError, UserStore};
+pub use secret::{OpaqueSecret, SecretHash};
+pub use session::Session;
+pub use user::User;

@@ -1,1 +1,123 @@
+//! The storage ports of `auth-core` for PostgreSQL and SQLite.
+//!
+//! Layout:
+//! - [`migrations`]: the embedded schema for each backend and the runner that applies it.
+//! - [`postgres`]: [`PgStore`], the PostgreSQL backend.
+//! - [`sqlite`]: [`SqliteStore`], the SQLite backend (WAL, foreign keys on).
+//! - [`open`]: picks the backend from the URL once, at start-up.
+//!
+//! Both backends pass the same contract suite (`tests/contract`).
 
+pub mod migrations;
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use auth_core::{Outbox, SessionStore, StoreError, UserStore};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Readiness of the database.
+#[async_trait]
+pub trait Health: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Every port, backed by one database.
+#[derive(Clone)]
+pub struct Stores {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub outbox: Arc<dyn Outbox>,
+    pub health: Arc<dyn Health>,
+    pub backend: &'static str,
+}
+
+impl Stores {
+    fn of<S: UserStore + SessionStore + Outbox + Health>(store: S, backend: &'static str) -> Self {
+        let store = Arc::new(store);
+        Self {
+            users: store.clone(),
+            sessions: store.clone(),
+            outbox: store.clone(),
+            health: store,
+            backend,
+        }
+    }
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("database.url must start with sqlite:// or postgres:// (got {0:?})")]
+    UnknownScheme(String),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("migration {version} ({name}) failed: {reason}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        reason: String,
+    },
+}
+
+/// Connects to the database named by `url`, applying migrations when `migrate` is set.
+pub async fn open(url: &str, migrate: bool) -> Result<Stores, OpenError> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::connect(url).await?;
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(Stores::of(store, "sqlite"))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let store = PgStore::connect(url).await?;
+        if migrate {
+            store.migrate().await?;
+        }
+        Ok(Stores::of(store, "postgres"))
+    } else {
+        let scheme = url.split(':').next().unwrap_or_default().to_owned();
+        Err(OpenError::UnknownScheme(scheme))
+    }
+}
+
+/// Maps driver errors onto the ports' error kinds.
+pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::RowNotFound => StoreError::NotFound,
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Column lists shared by the queries of both backends, as macros so that
+/// queries stay `&'static str` via `concat!`.
+macro_rules! user_columns {
+    () => {
+        "id, email, password_hash, email_verified, created_at"
+    };
+}
+macro_rules! session_columns {
+    () => {
+        "id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, revoked_at, user_agent, ip"
+    };
+}
+macro_rules! event_columns {
+    () => {
+        "id, event_type, user_id, data, occurred_at, published_at"
+    };
+}
+pub(crate) use {event_columns, session_columns, user_columns};
+
+#[cfg(feature = "testing")]
+pub mod testing;

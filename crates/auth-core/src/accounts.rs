@@ -1,0 +1,410 @@
+//! The account use cases: register, log in, refresh, log out, delete, sessions.
+//! Each takes validated input, talks to the ports, and returns a typed outcome.
+
+use std::sync::Arc;
+
+use time::Duration;
+
+use crate::hashing::Verification;
+use crate::password::PasswordError;
+use crate::{
+    Clock, DomainEvent, Email, HashError, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
+    SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId, UserStore,
+};
+
+/// How long after login an account without a password may delete itself.
+const RECENT_LOGIN: Duration = Duration::minutes(5);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountsSettings {
+    pub password: PasswordPolicy,
+    /// Absolute session lifetime (30 days).
+    pub session_lifetime: Duration,
+    /// A session ends when not refreshed for this long (7 days).
+    pub session_idle: Duration,
+    /// A just-rotated refresh token still works this long, so that two tabs
+    /// refreshing at once do not end the session (5 s).
+    pub refresh_grace: Duration,
+}
+
+impl Default for AccountsSettings {
+    fn default() -> Self {
+        Self {
+            password: PasswordPolicy::default(),
+            session_lifetime: Duration::days(30),
+            session_idle: Duration::days(7),
+            refresh_grace: Duration::seconds(5),
+        }
+    }
+}
+
+/// Where a login came from, kept on the session for the user's session list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("not a valid email address")]
+    InvalidEmail,
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Unknown email, wrong password, or no password set: one answer for all.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("unknown refresh token")]
+    Invalid,
+    /// An already-rotated token came back after the grace window: the whole
+    /// session has been revoked.
+    #[error("refresh token reused; session revoked")]
+    Reused,
+    #[error("session expired or revoked")]
+    SessionEnded,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("not authenticated")]
+    NotAuthenticated,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("the password is wrong")]
+    WrongPassword,
+    #[error("log in again before deleting this account")]
+    ReauthenticationRequired,
+    #[error("not authenticated")]
+    NotAuthenticated,
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeError {
+    #[error("no such session")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A new session with its refresh token (shown to the client once).
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub user: User,
+    pub session: Session,
+    pub refresh: OpaqueSecret,
+}
+
+#[derive(Debug)]
+pub enum Refreshed {
+    /// The token was current: here is its successor.
+    Rotated(LoggedIn),
+    /// The token was replaced moments ago by a concurrent refresh; the session
+    /// stays, the client keeps the winner's refresh token.
+    WithinGrace { user: User, session: Session },
+}
+
+/// The account use cases over their ports.
+pub struct Accounts {
+    users: Arc<dyn UserStore>,
+    sessions: Arc<dyn SessionStore>,
+    hasher: Arc<dyn PasswordHasher>,
+    clock: Arc<dyn Clock>,
+    settings: AccountsSettings,
+}
+
+impl Accounts {
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        sessions: Arc<dyn SessionStore>,
+        hasher: Arc<dyn PasswordHasher>,
+        clock: Arc<dyn Clock>,
+        settings: AccountsSettings,
+    ) -> Self {
+        Self {
+            users,
+            sessions,
+            hasher,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn hasher(&self) -> &dyn PasswordHasher {
+        self.hasher.as_ref()
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Result<User, RegisterError> {
+        let email = Email::parse(email).map_err(|_| RegisterError::InvalidEmail)?;
+        let password = Password::new_checked(password, &self.settings.password)?;
+        if self
+            .users
+            .user_by_email(&email)
+            .await
+            .map_err(RegisterError::Store)?
+            .is_some()
+        {
+            return Err(RegisterError::EmailTaken);
+        }
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::new(),
+            email,
+            password_hash: Some(self.hasher.hash(&password).await?),
+            email_verified: false,
+            created_at: now,
+            roles: Vec::new(),
+            permissions: Vec::new(),
+        };
+        let event = DomainEvent::registered(&user, "password", now);
+        match self.users.create_user(&user, &event).await {
+            Ok(()) => Ok(user),
+            // Lost a race with a registration of the same address.
+            Err(StoreError::Conflict) => Err(RegisterError::EmailTaken),
+            Err(e) => Err(RegisterError::Store(e)),
+        }
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: ClientInfo,
+    ) -> Result<LoggedIn, LoginError> {
+        let password = Password::for_login(password);
+        let user = match Email::parse(email) {
+            Ok(email) => self.users.user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some((user, phc)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
+            // Same work as a real verification, so timing tells nothing.
+            self.hasher.verify_dummy(&password).await?;
+            return Err(LoginError::InvalidCredentials);
+        };
+        match self.hasher.verify(&password, &phc).await? {
+            Verification::Mismatch => Err(LoginError::InvalidCredentials),
+            Verification::Match { needs_rehash } => {
+                if needs_rehash {
+                    self.rehash(&user, &password).await;
+                }
+                self.open_session(user, client).await
+            }
+        }
+    }
+
+    /// Upgrades a hash made with weaker parameters. Failure only costs the upgrade.
+    async fn rehash(&self, user: &User, password: &Password) {
+        let stored = match self.hasher.hash(password).await {
+            Ok(phc) => self
+                .users
+                .set_password_hash(user.id, &phc)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = stored {
+            tracing::warn!(user_id = %user.id, %error, "could not upgrade the password hash");
+        }
+    }
+
+    async fn open_session(&self, user: User, client: ClientInfo) -> Result<LoggedIn, LoginError> {
+        let now = self.clock.now();
+        let expires_at = now + self.settings.session_lifetime;
+        let session = Session {
+            id: SessionId::new(),
+            user_id: user.id,
+            created_at: now,
+            last_seen_at: now,
+            expires_at,
+            idle_expires_at: (now + self.settings.session_idle).min(expires_at),
+            revoked_at: None,
+            user_agent: client.user_agent,
+            ip: client.ip,
+        };
+        let refresh = OpaqueSecret::generate();
+        let event = DomainEvent::logged_in(user.id, session.id, now);
+        self.sessions
+            .create_session(&session, &refresh.hash(), &event)
+            .await?;
+        Ok(LoggedIn {
+            user,
+            session,
+            refresh,
+        })
+    }
+
+    pub async fn refresh(&self, presented: &str) -> Result<Refreshed, RefreshError> {
+        let hash = SecretHash::of(presented);
+        let record = self
+            .sessions
+            .refresh_record(&hash)
+            .await?
+            .ok_or(RefreshError::Invalid)?;
+        let now = self.clock.now();
+        let session = self
+            .sessions
+            .session(record.session_id)
+            .await?
+            .ok_or(RefreshError::Invalid)?;
+        if !session.is_active(now) {
+            return Err(RefreshError::SessionEnded);
+        }
+        let user = self
+            .users
+            .user_by_id(session.user_id)
+            .await?
+            .ok_or(RefreshError::SessionEnded)?;
+        if record.superseded_at.is_none() {
+            let fresh = OpaqueSecret::generate();
+            let idle = session.next_idle_deadline(now, self.settings.session_idle);
+            if self
+                .sessions
+                .rotate_refresh(session.id, &hash, &fresh.hash(), now, idle)
+                .await?
+            {
+                let session = Session {
+                    last_seen_at: now,
+                    idle_expires_at: idle,
+                    ..session
+                };
+                return Ok(Refreshed::Rotated(LoggedIn {
+                    user,
+                    session,
+                    refresh: fresh,
+                }));
+            }
+        }
+        // Superseded, either long ago or by the concurrent refresh that just won.
+        let superseded_at = match record.superseded_at {
+            Some(at) => at,
+            None => self
+                .sessions
+                .refresh_record(&hash)
+                .await?
+                .and_then(|r| r.superseded_at)
+                .unwrap_or(now),
+        };
+        if now - superseded_at <= self.settings.refresh_grace {
+            return Ok(Refreshed::WithinGrace { user, session });
+        }
+        self.sessions.revoke_session(session.id, now).await?;
+        tracing::warn!(user_id = %user.id, session_id = %session.id, "refresh token reuse; session revoked");
+        Err(RefreshError::Reused)
+    }
+
+    /// The user and session behind a verified access token, if both still stand.
+    pub async fn authenticate(
+        &self,
+        user: UserId,
+        session: SessionId,
+    ) -> Result<(User, Session), AuthError> {
+        let now = self.clock.now();
+        let session = self
+            .sessions
+            .session(session)
+            .await?
+            .filter(|s| s.user_id == user && s.revoked_at.is_none() && now < s.expires_at)
+            .ok_or(AuthError::NotAuthenticated)?;
+        let user = self
+            .users
+            .user_by_id(user)
+            .await?
+            .ok_or(AuthError::NotAuthenticated)?;
+        Ok((user, session))
+    }
+
+    pub async fn logout(&self, session: SessionId) -> Result<(), StoreError> {
+        self.sessions
+            .revoke_session(session, self.clock.now())
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn delete_account(
+        &self,
+        user: UserId,
+        session: SessionId,
+        password: Option<&str>,
+    ) -> Result<(), DeleteError> {
+        let (user, session) = self
+            .authenticate(user, session)
+            .await
+            .map_err(|e| match e {
+                AuthError::NotAuthenticated => DeleteError::NotAuthenticated,
+                AuthError::Store(e) => DeleteError::Store(e),
+            })?;
+        let now = self.clock.now();
+        match (&user.password_hash, password) {
+            (Some(phc), Some(given)) => {
+                let given = Password::for_login(given);
+                if self.hasher.verify(&given, phc).await? == Verification::Mismatch {
+                    return Err(DeleteError::WrongPassword);
+                }
+            }
+            (Some(_), None) => return Err(DeleteError::WrongPassword),
+            (None, _) if now - session.created_at <= RECENT_LOGIN => {}
+            (None, _) => return Err(DeleteError::ReauthenticationRequired),
+        }
+        match self
+            .users
+            .delete_user(user.id, &DomainEvent::deleted(user.id, now))
+            .await
+        {
+            Ok(()) | Err(StoreError::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
+        self.sessions.active_sessions(user, self.clock.now()).await
+    }
+
+    /// Revokes one of the caller's own sessions; another user's id is "not found".
+    pub async fn revoke_session(&self, user: UserId, id: SessionId) -> Result<(), RevokeError> {
+        let now = self.clock.now();
+        match self.sessions.session(id).await? {
+            Some(s) if s.user_id == user && s.is_active(now) => {
+                self.sessions.revoke_session(id, now).await?;
+                Ok(())
+            }
+            _ => Err(RevokeError::NotFound),
+        }
+    }
+
+    pub async fn revoke_other_sessions(
+        &self,
+        user: UserId,
+        keep: SessionId,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.sessions
+            .revoke_sessions_of(user, Some(keep), self.clock.now())
+            .await
+    }
+}

@@ -1,0 +1,92 @@
+//! Domain events (DESIGN §7), written to the outbox in the same transaction as
+//! the change they report.
+
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{SessionId, User, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Registered,
+    LoggedIn,
+    LoggedOut,
+    Deleted,
+}
+
+impl EventKind {
+    /// The NATS subject and CloudEvents `type`.
+    pub fn subject(self) -> &'static str {
+        match self {
+            Self::Registered => "user.registered",
+            Self::LoggedIn => "user.logged_in",
+            Self::LoggedOut => "user.logged_out",
+            Self::Deleted => "user.deleted",
+        }
+    }
+
+    pub fn from_subject(subject: &str) -> Option<Self> {
+        [
+            Self::Registered,
+            Self::LoggedIn,
+            Self::LoggedOut,
+            Self::Deleted,
+        ]
+        .into_iter()
+        .find(|k| k.subject() == subject)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainEvent {
+    pub id: Uuid,
+    pub kind: EventKind,
+    pub user_id: UserId,
+    pub data: Value,
+    pub occurred_at: OffsetDateTime,
+}
+
+impl DomainEvent {
+    fn new(kind: EventKind, user_id: UserId, data: Value, now: OffsetDateTime) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind,
+            user_id,
+            data,
+            occurred_at: now,
+        }
+    }
+
+    pub fn registered(user: &User, method: &str, now: OffsetDateTime) -> Self {
+        let data = json!({"user_id": user.id, "email": user.email.as_str(), "method": method});
+        Self::new(EventKind::Registered, user.id, data, now)
+    }
+
+    pub fn logged_in(user_id: UserId, session_id: SessionId, now: OffsetDateTime) -> Self {
+        let data = json!({"user_id": user_id, "session_id": session_id});
+        Self::new(EventKind::LoggedIn, user_id, data, now)
+    }
+
+    pub fn logged_out(user_id: UserId, session_id: SessionId, now: OffsetDateTime) -> Self {
+        let data = json!({"user_id": user_id, "session_id": session_id});
+        Self::new(EventKind::LoggedOut, user_id, data, now)
+    }
+
+    /// Carries the id only: the event outlives the account and must hold no PII.
+    pub fn deleted(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(
+            EventKind::Deleted,
+            user_id,
+            json!({"user_id": user_id}),
+            now,
+        )
+    }
+}
+
+/// An outbox row as the relay sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub event: DomainEvent,
+    pub published_at: Option<OffsetDateTime>,
+}

@@ -1,0 +1,81 @@
+//! The storage the use cases need. Every method that changes state writes its
+//! events to the outbox in the same transaction.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::events::StoredEvent;
+use crate::session::RefreshRecord;
+use crate::{DomainEvent, Email, SecretHash, Session, SessionId, User, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflicts with an existing record")]
+    Conflict,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Inserts the user; [`StoreError::Conflict`] when the email is taken.
+    async fn create_user(&self, user: &User, event: &DomainEvent) -> Result<(), StoreError>;
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError>;
+    /// Removes the user and every row it owns (sessions, refresh tokens);
+    /// [`StoreError::NotFound`] when there is no such user.
+    async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    async fn create_session(
+        &self,
+        session: &Session,
+        refresh: &SecretHash,
+        event: &DomainEvent,
+    ) -> Result<(), StoreError>;
+    async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
+    /// Sessions of `user` that are neither revoked nor expired at `now`, newest first.
+    async fn active_sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError>;
+    async fn refresh_record(&self, token: &SecretHash)
+    -> Result<Option<RefreshRecord>, StoreError>;
+    /// Replaces `old` by `new` if and only if `old` is still the session's current
+    /// token (compare-and-swap); `false` when another refresh got there first.
+    async fn rotate_refresh(
+        &self,
+        session: SessionId,
+        old: &SecretHash,
+        new: &SecretHash,
+        now: OffsetDateTime,
+        idle_expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+    /// Marks the session revoked and writes `user.logged_out`; `false` when it
+    /// was already revoked or does not exist.
+    async fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Revokes every active session of `user` except `keep`, writing one
+    /// `user.logged_out` each; returns the revoked ids.
+    async fn revoke_sessions_of(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError>;
+}
+
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Unpublished events, oldest first.
+    async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+    /// Every event about `user`, oldest first (for tests and operators).
+    async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError>;
+    async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError>;
+}

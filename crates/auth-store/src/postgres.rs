@@ -1,0 +1,419 @@
+//! The ports on PostgreSQL: native UUID, TIMESTAMPTZ and JSONB.
+
+use async_trait::async_trait;
+use auth_core::events::StoredEvent;
+use auth_core::session::RefreshRecord;
+use auth_core::{
+    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore,
+    StoreError, User, UserId, UserStore,
+};
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Health, OpenError, event_columns, session_columns, store_error, user_columns};
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>, OpenError> {
+        crate::migrations::run_postgres(&self.pool).await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+}
+
+async fn insert_event(
+    tx: &mut Transaction<'_, Postgres>,
+    e: &DomainEvent,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(e.id)
+    .bind(e.kind.subject())
+    .bind(e.user_id.as_uuid())
+    .bind(&e.data)
+    .bind(e.occurred_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+fn user_from(row: &PgRow) -> Result<User, StoreError> {
+    let email: String = row.try_get("email").map_err(store_error)?;
+    Ok(User {
+        id: UserId::from_uuid(row.try_get("id").map_err(store_error)?),
+        email: Email::parse(&email)
+            .map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        password_hash: row.try_get("password_hash").map_err(store_error)?,
+        email_verified: row.try_get("email_verified").map_err(store_error)?,
+        created_at: row.try_get("created_at").map_err(store_error)?,
+        roles: Vec::new(),
+        permissions: Vec::new(),
+    })
+}
+
+fn session_from(row: &PgRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId::from_uuid(row.try_get("id").map_err(store_error)?),
+        user_id: UserId::from_uuid(row.try_get("user_id").map_err(store_error)?),
+        created_at: row.try_get("created_at").map_err(store_error)?,
+        last_seen_at: row.try_get("last_seen_at").map_err(store_error)?,
+        expires_at: row.try_get("expires_at").map_err(store_error)?,
+        idle_expires_at: row.try_get("idle_expires_at").map_err(store_error)?,
+        revoked_at: row.try_get("revoked_at").map_err(store_error)?,
+        user_agent: row.try_get("user_agent").map_err(store_error)?,
+        ip: row.try_get("ip").map_err(store_error)?,
+    })
+}
+
+fn event_from(row: &PgRow) -> Result<StoredEvent, StoreError> {
+    let kind: String = row.try_get("event_type").map_err(store_error)?;
+    let kind = EventKind::from_subject(&kind)
+        .ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
+    Ok(StoredEvent {
+        event: DomainEvent {
+            id: row.try_get("id").map_err(store_error)?,
+            kind,
+            user_id: UserId::from_uuid(row.try_get("user_id").map_err(store_error)?),
+            data: row.try_get("data").map_err(store_error)?,
+            occurred_at: row.try_get("occurred_at").map_err(store_error)?,
+        },
+        published_at: row.try_get("published_at").map_err(store_error)?,
+    })
+}
+
+#[async_trait]
+impl UserStore for PgStore {
+    async fn create_user(&self, user: &User, event: &DomainEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(user.email_verified)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
+        let row = sqlx::query(sql)
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+        let row = sqlx::query(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(phc)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if gone.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        // Delivered events of the user go; undelivered ones lose their PII.
+        sqlx::query("DELETE FROM outbox WHERE user_id = $1 AND published_at IS NOT NULL")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("UPDATE outbox SET data = data - 'email' WHERE user_id = $1")
+            .bind(id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+#[async_trait]
+impl SessionStore for PgStore {
+    async fn create_session(
+        &self,
+        s: &Session,
+        refresh: &SecretHash,
+        event: &DomainEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
+             revoked_at, user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(s.id.as_uuid())
+        .bind(s.user_id.as_uuid())
+        .bind(s.created_at)
+        .bind(s.last_seen_at)
+        .bind(s.expires_at)
+        .bind(s.idle_expires_at)
+        .bind(s.revoked_at)
+        .bind(&s.user_agent)
+        .bind(&s.ip)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(refresh.as_str())
+        .bind(s.id.as_uuid())
+        .bind(s.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE id = $1"
+        );
+        let row = sqlx::query(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn active_sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
+             AND expires_at > $2 AND idle_expires_at > $2 ORDER BY created_at DESC, id"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user.as_uuid())
+            .bind(now)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(session_from).collect()
+    }
+
+    async fn refresh_record(
+        &self,
+        token: &SecretHash,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = $1",
+        )
+        .bind(token.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.map(|r| {
+            Ok(RefreshRecord {
+                session_id: SessionId::from_uuid(r.try_get("session_id").map_err(store_error)?),
+                superseded_at: r.try_get("superseded_at").map_err(store_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn rotate_refresh(
+        &self,
+        session: SessionId,
+        old: &SecretHash,
+        new: &SecretHash,
+        now: OffsetDateTime,
+        idle_expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let swapped = sqlx::query(
+            "UPDATE refresh_tokens SET superseded_at = $3 \
+             WHERE token_hash = $1 AND session_id = $2 AND superseded_at IS NULL",
+        )
+        .bind(old.as_str())
+        .bind(session.as_uuid())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if swapped.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(new.as_str())
+        .bind(session.as_uuid())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query("UPDATE sessions SET last_seen_at = $2, idle_expires_at = $3 WHERE id = $1")
+            .bind(session.as_uuid())
+            .bind(now)
+            .bind(idle_expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let user: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING user_id",
+        )
+        .bind(id.as_uuid())
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some(user) = user else { return Ok(false) };
+        insert_event(
+            &mut tx,
+            &DomainEvent::logged_out(UserId::from_uuid(user), id, now),
+        )
+        .await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn revoke_sessions_of(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL \
+             AND ($2::uuid IS NULL OR id <> $2) RETURNING id",
+        )
+        .bind(user.as_uuid())
+        .bind(keep.map(|k| k.as_uuid()))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let ids: Vec<SessionId> = ids.into_iter().map(SessionId::from_uuid).collect();
+        for id in &ids {
+            insert_event(&mut tx, &DomainEvent::logged_out(user, *id, now)).await?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl Outbox for PgStore {
+    async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+        );
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(event_from).collect()
+    }
+
+    async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM outbox WHERE user_id = $1 ORDER BY seq"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(event_from).collect()
+    }
+
+    async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE outbox SET published_at = $2 WHERE id = ANY($1) AND published_at IS NULL",
+        )
+        .bind(ids)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Health for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)
+            .map(|_| ())
+    }
+}

@@ -1,0 +1,449 @@
+//! The ports on SQLite: UUIDs as text, times as unix milliseconds, JSON as text.
+//! WAL mode and foreign keys (the cascades of account deletion depend on them).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use auth_core::events::StoredEvent;
+use auth_core::session::RefreshRecord;
+use auth_core::{
+    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore,
+    StoreError, User, UserId, UserStore,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{Health, OpenError, event_columns, session_columns, store_error, user_columns};
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file named by a `sqlite://` URL.
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| OpenError::Connect(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<Vec<i64>, OpenError> {
+        crate::migrations::run_sqlite(&self.pool).await
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+}
+
+fn ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| StoreError::Unavailable(format!("stored time out of range: {e}")))
+}
+
+fn uuid_of(row: &SqliteRow, column: &str) -> Result<Uuid, StoreError> {
+    let text: String = row.try_get(column).map_err(store_error)?;
+    Uuid::parse_str(&text)
+        .map_err(|e| StoreError::Unavailable(format!("stored id is not a UUID: {e}")))
+}
+
+fn time_of(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
+    from_ms(row.try_get(column).map_err(store_error)?)
+}
+
+fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+    let value: Option<i64> = row.try_get(column).map_err(store_error)?;
+    value.map(from_ms).transpose()
+}
+
+async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(e.id.to_string())
+    .bind(e.kind.subject())
+    .bind(e.user_id.to_string())
+    .bind(e.data.to_string())
+    .bind(ms(e.occurred_at))
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
+    let email: String = row.try_get("email").map_err(store_error)?;
+    Ok(User {
+        id: UserId::from_uuid(uuid_of(row, "id")?),
+        email: Email::parse(&email)
+            .map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        password_hash: row.try_get("password_hash").map_err(store_error)?,
+        email_verified: row.try_get("email_verified").map_err(store_error)?,
+        created_at: time_of(row, "created_at")?,
+        roles: Vec::new(),
+        permissions: Vec::new(),
+    })
+}
+
+fn session_from(row: &SqliteRow) -> Result<Session, StoreError> {
+    Ok(Session {
+        id: SessionId::from_uuid(uuid_of(row, "id")?),
+        user_id: UserId::from_uuid(uuid_of(row, "user_id")?),
+        created_at: time_of(row, "created_at")?,
+        last_seen_at: time_of(row, "last_seen_at")?,
+        expires_at: time_of(row, "expires_at")?,
+        idle_expires_at: time_of(row, "idle_expires_at")?,
+        revoked_at: opt_time_of(row, "revoked_at")?,
+        user_agent: row.try_get("user_agent").map_err(store_error)?,
+        ip: row.try_get("ip").map_err(store_error)?,
+    })
+}
+
+fn event_from(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
+    let kind: String = row.try_get("event_type").map_err(store_error)?;
+    let kind = EventKind::from_subject(&kind)
+        .ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
+    let data: String = row.try_get("data").map_err(store_error)?;
+    Ok(StoredEvent {
+        event: DomainEvent {
+            id: uuid_of(row, "id")?,
+            kind,
+            user_id: UserId::from_uuid(uuid_of(row, "user_id")?),
+            data: serde_json::from_str(&data)
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            occurred_at: time_of(row, "occurred_at")?,
+        },
+        published_at: opt_time_of(row, "published_at")?,
+    })
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, user: &User, event: &DomainEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(user.email.as_str())
+            .bind(&user.password_hash)
+            .bind(user.email_verified)
+            .bind(ms(user.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?");
+        let row = sqlx::query(sql)
+            .bind(email.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?");
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(user_from).transpose()
+    }
+
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
+            .bind(phc)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        if done.rows_affected() == 0 {
+            Err(StoreError::NotFound)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let gone = sqlx::query("DELETE FROM users WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if gone.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        // Delivered events of the user go; undelivered ones lose their PII.
+        sqlx::query("DELETE FROM outbox WHERE user_id = ? AND published_at IS NOT NULL")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("UPDATE outbox SET data = json_remove(data, '$.email') WHERE user_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(
+        &self,
+        s: &Session,
+        refresh: &SecretHash,
+        event: &DomainEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
+             revoked_at, user_agent, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.id.to_string())
+        .bind(s.user_id.to_string())
+        .bind(ms(s.created_at))
+        .bind(ms(s.last_seen_at))
+        .bind(ms(s.expires_at))
+        .bind(ms(s.idle_expires_at))
+        .bind(s.revoked_at.map(ms))
+        .bind(&s.user_agent)
+        .bind(&s.ip)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(refresh.as_str())
+        .bind(s.id.to_string())
+        .bind(ms(s.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let sql = concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?");
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(session_from).transpose()
+    }
+
+    async fn active_sessions(
+        &self,
+        user: UserId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            session_columns!(),
+            " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
+             AND expires_at > ?2 AND idle_expires_at > ?2 ORDER BY created_at DESC, id"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user.to_string())
+            .bind(ms(now))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(session_from).collect()
+    }
+
+    async fn refresh_record(
+        &self,
+        token: &SecretHash,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = ?",
+        )
+        .bind(token.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?;
+        row.map(|r| {
+            Ok(RefreshRecord {
+                session_id: SessionId::from_uuid(uuid_of(&r, "session_id")?),
+                superseded_at: opt_time_of(&r, "superseded_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn rotate_refresh(
+        &self,
+        session: SessionId,
+        old: &SecretHash,
+        new: &SecretHash,
+        now: OffsetDateTime,
+        idle_expires_at: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let swapped = sqlx::query(
+            "UPDATE refresh_tokens SET superseded_at = ? \
+             WHERE token_hash = ? AND session_id = ? AND superseded_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(old.as_str())
+        .bind(session.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if swapped.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
+        )
+        .bind(new.as_str())
+        .bind(session.to_string())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query("UPDATE sessions SET last_seen_at = ?, idle_expires_at = ? WHERE id = ?")
+            .bind(ms(now))
+            .bind(ms(idle_expires_at))
+            .bind(session.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        let user: Option<String> =
+            sqlx::query_scalar("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id")
+                .bind(ms(now))
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        let Some(user) = user else { return Ok(false) };
+        let user = UserId::from_str(&user).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+
+    async fn revoke_sessions_of(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL \
+             AND (?3 IS NULL OR id <> ?3) RETURNING id",
+        )
+        .bind(ms(now))
+        .bind(user.to_string())
+        .bind(keep.map(|k| k.to_string()))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let mut revoked = Vec::with_capacity(ids.len());
+        for id in ids {
+            let id =
+                SessionId::from_str(&id).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
+            revoked.push(id);
+        }
+        tx.commit().await.map_err(store_error)?;
+        Ok(revoked)
+    }
+}
+
+#[async_trait]
+impl Outbox for SqliteStore {
+    async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?"
+        );
+        let rows = sqlx::query(sql)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(event_from).collect()
+    }
+
+    async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM outbox WHERE user_id = ? ORDER BY seq"
+        );
+        let rows = sqlx::query(sql)
+            .bind(user.to_string())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(event_from).collect()
+    }
+
+    async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL")
+                .bind(ms(now))
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+}
+
+#[async_trait]
+impl Health for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)
+            .map(|_| ())
+    }
+}
