@@ -319,6 +319,18 @@ impl Accounts {
         Err(RefreshError::Reused)
     }
 
+    /// The session a refresh token belongs to, without using the token up.
+    pub async fn session_of_refresh(
+        &self,
+        presented: &str,
+    ) -> Result<Option<SessionId>, StoreError> {
+        Ok(self
+            .sessions
+            .refresh_record(&SecretHash::of(presented))
+            .await?
+            .map(|r| r.session_id))
+    }
+
     /// The user and session behind a verified access token, if both still stand.
     pub async fn authenticate(
         &self,

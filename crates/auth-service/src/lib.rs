@@ -1,1 +1,69 @@
+//! The auth-service HTTP API (DESIGN §3): accounts, sessions, tokens in cookies
+//! with a session-bound CSRF token, JWKS, OpenAPI, health and metrics.
+//!
+//! Layout:
+//! - [`state`]: [`AppState`] and the settings the service runs with.
+//! - [`routes`]: one `router()` per area beside its handlers, merged in [`router`].
+//! - [`caller`]: the [`caller::Caller`] extractor: token from cookie or bearer,
+//!   verification, session check, CSRF on unsafe cookie requests.
+//! - [`guard`]: refusals before any handler runs (cross-site requests, non-JSON bodies).
+//! - [`cookies`]: the three `__Host-` cookies.
+//! - [`keys`]: the live signing keys, reloaded when the key file changes.
+//! - [`error`]: [`error::ApiError`], the one error body.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 
+pub mod caller;
+pub mod cookies;
+pub mod error;
+pub mod guard;
+pub mod keys;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+
+pub use state::{AppState, AuthSettings};
+
+/// Request bodies larger than this are refused with 413 before parsing.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// The whole auth-service application. Middleware order, outermost first:
+pub fn router(state: AppState) -> Router {
+    routes::router()
+        // Per-route metrics: inside routing, so the matched path is known.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        // Cross-site and non-JSON unsafe requests never reach a handler.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::protect,
+        ))
+        // Bounded bodies: a 1 MiB password is refused before any hashing.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .fallback(routes::not_found)
+        .with_state(state)
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,22 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use crate::routes::{accounts, ops, sessions, wellknown};
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Gatehouse auth-service", description = "Accounts, sessions and tokens. Every error is `{\"error\": {\"code\", \"message\"}}`."),
+    paths(
+        accounts::register, accounts::login, accounts::refresh, accounts::logout,
+        accounts::delete_account, accounts::me,
+        sessions::list, sessions::revoke_one, sessions::revoke_others,
+        wellknown::jwks,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+    ),
+    tags(
+        (name = "accounts", description = "Registration, login, refresh, logout, deletion"),
+        (name = "sessions", description = "The caller's login sessions"),
+        (name = "keys", description = "Public signing keys"),
+        (name = "ops", description = "Health, readiness, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;

@@ -1,0 +1,367 @@
+//! Register, log in, refresh, log out, delete, me.
+
+use std::net::SocketAddr;
+
+use auth_core::accounts::{
+    ClientInfo, DeleteError, LoginError, RefreshError, Refreshed, RegisterError,
+};
+use auth_core::{OpaqueSecret, Session, User};
+use auth_tokens::AccessClaims;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::caller::{Caller, check_csrf};
+use crate::error::{ApiError, AppJson, ErrorBody};
+use crate::{AppState, cookies};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", delete(logout))
+        .route("/auth/delete", delete(delete_account))
+        .route("/auth/me", get(me))
+}
+
+/// Email and password, for registration and login.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RegisteredUser {
+    pub id: Uuid,
+    pub email: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// The authenticated user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: Uuid,
+    pub email: String,
+    pub email_verified: bool,
+    pub roles: Vec<String>,
+    pub permissions: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id.as_uuid(),
+            email: u.email.to_string(),
+            email_verified: u.email_verified,
+            roles: u.roles.clone(),
+            permissions: u.permissions.clone(),
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionRef {
+    pub id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserView,
+    pub session: SessionRef,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteAccount {
+    /// Required for accounts that have a password.
+    pub password: Option<String>,
+}
+
+/// Create an account.
+#[utoipa::path(post, path = "/auth/register", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 201, description = "Account created; `user.registered` is in the outbox", body = RegisteredUser),
+        (status = 400, description = "`invalid_email`, `password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
+        (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`busy`: too many password hashes in flight", body = ErrorBody),
+    ))]
+pub async fn register(
+    State(state): State<AppState>,
+    AppJson(body): AppJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let user = state
+        .accounts()
+        .register(&body.email, &body.password)
+        .await
+        .map_err(|e| match e {
+            RegisterError::InvalidEmail => {
+                ApiError::bad_request("invalid_email", "not a valid email address")
+            }
+            RegisterError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
+            RegisterError::EmailTaken => ApiError::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "an account with this email already exists",
+            ),
+            RegisterError::Hash(e) => e.into(),
+            RegisterError::Store(e) => e.into(),
+        })?;
+    tracing::info!(user_id = %user.id, "account registered");
+    let body = RegisteredUser {
+        id: user.id.as_uuid(),
+        email: user.email.to_string(),
+        created_at: user.created_at,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The TCP peer, when the server was started with connect info.
+pub struct Peer(Option<SocketAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(addr)| *addr),
+        ))
+    }
+}
+
+fn client_info(headers: &HeaderMap, Peer(peer): Peer) -> ClientInfo {
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|ua| ua.chars().take(256).collect());
+    ClientInfo {
+        user_agent,
+        ip: peer.map(|addr| addr.ip().to_string()),
+    }
+}
+
+/// Log in with email and password; sets the three session cookies.
+#[utoipa::path(post, path = "/auth/login", tag = "accounts", request_body = Credentials,
+    responses(
+        (status = 200, description = "Logged in; `__Host-access_token`, `__Host-refresh_token` and `__Host-csrf_token` are set", body = LoginResponse),
+        (status = 401, description = "`invalid_credentials`, identical for unknown email and wrong password", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 503, description = "`busy`", body = ErrorBody),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    peer: Peer,
+    headers: HeaderMap,
+    AppJson(body): AppJson<Credentials>,
+) -> Result<Response, ApiError> {
+    let client = client_info(&headers, peer);
+    let ip = client.ip.clone().unwrap_or_default();
+    match state
+        .accounts()
+        .login(&body.email, &body.password, client)
+        .await
+    {
+        Ok(done) => {
+            state.metrics().login(true);
+            tracing::info!(user_id = %done.user.id, session_id = %done.session.id, %ip, "login succeeded");
+            session_response(&state, &done.user, &done.session, Some(&done.refresh))
+        }
+        Err(LoginError::InvalidCredentials) => {
+            state.metrics().login(false);
+            tracing::info!(%ip, reason = "invalid_credentials", "login failed");
+            Err(ApiError::invalid_credentials())
+        }
+        Err(LoginError::Hash(e)) => Err(e.into()),
+        Err(LoginError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Rotate the refresh token and issue a new access token.
+#[utoipa::path(post, path = "/auth/refresh", tag = "accounts",
+    params(("X-CSRF-Token" = String, Header, description = "equal to the `__Host-csrf_token` cookie")),
+    responses(
+        (status = 200, description = "New cookies set", body = LoginResponse),
+        (status = 401, description = "`unauthenticated`: unknown, reused (the session is then revoked) or expired refresh token", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`", body = ErrorBody),
+    ))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let token = cookies::get(&headers, cookies::REFRESH).ok_or_else(ApiError::unauthenticated)?;
+    // CSRF before rotation: a refused request must not consume the token.
+    let session = state
+        .accounts()
+        .session_of_refresh(token)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    check_csrf(&state, &headers, session)?;
+    match state.accounts().refresh(token).await {
+        Ok(Refreshed::Rotated(done)) => {
+            session_response(&state, &done.user, &done.session, Some(&done.refresh))
+        }
+        Ok(Refreshed::WithinGrace { user, session }) => {
+            session_response(&state, &user, &session, None)
+        }
+        Err(RefreshError::Invalid | RefreshError::Reused | RefreshError::SessionEnded) => {
+            let mut response = ApiError::unauthenticated().into_response();
+            append_cookies(response.headers_mut(), cookies::clear_all());
+            Ok(response)
+        }
+        Err(RefreshError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Signs a fresh access token and answers with the session cookies. Without
+/// `refresh` (a refresh that lost a race within the grace window) the refresh
+/// cookie is left as the winner set it.
+fn session_response(
+    state: &AppState,
+    user: &User,
+    session: &Session,
+    refresh: Option<&OpaqueSecret>,
+) -> Result<Response, ApiError> {
+    let tokens = &state.settings().tokens;
+    let now = state.clock().now();
+    let iat = now.unix_timestamp();
+    let claims = AccessClaims {
+        iss: tokens.issuer.clone(),
+        sub: user.id.to_string(),
+        aud: tokens.audience.clone(),
+        exp: iat + tokens.lifetime,
+        iat,
+        nbf: iat,
+        jti: AccessClaims::new_jti(),
+        sid: session.id.to_string(),
+        roles: user.roles.clone(),
+        permissions: user.permissions.clone(),
+    };
+    let access = state
+        .keys()
+        .current()
+        .signer
+        .sign(&claims)
+        .map_err(ApiError::internal)?;
+    let session_left = (session.expires_at - now).whole_seconds().max(0);
+    let mut set = vec![cookies::set(
+        cookies::ACCESS,
+        &access,
+        tokens.lifetime,
+        true,
+    )];
+    if let Some(refresh) = refresh {
+        set.push(cookies::set(
+            cookies::REFRESH,
+            refresh.expose(),
+            session_left,
+            true,
+        ));
+        let csrf = state.keys().csrf().mint(&session.id.to_string());
+        set.push(cookies::set(cookies::CSRF, &csrf, session_left, false));
+    }
+    let body = LoginResponse {
+        user: UserView::from(user),
+        session: SessionRef {
+            id: session.id.as_uuid(),
+            expires_at: session.expires_at,
+        },
+    };
+    let mut response = Json(body).into_response();
+    append_cookies(response.headers_mut(), set);
+    Ok(response)
+}
+
+fn append_cookies(headers: &mut HeaderMap, values: impl IntoIterator<Item = HeaderValue>) {
+    for value in values {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+fn cleared(status: StatusCode) -> Response {
+    let mut response = status.into_response();
+    append_cookies(response.headers_mut(), cookies::clear_all());
+    response
+}
+
+/// End this session everywhere at once and clear the cookies.
+#[utoipa::path(delete, path = "/auth/logout", tag = "accounts",
+    params(("X-CSRF-Token" = Option<String>, Header, description = "required with cookie authentication")),
+    responses(
+        (status = 204, description = "Session revoked, cookies cleared"),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`", body = ErrorBody),
+    ))]
+pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    state.accounts().logout(caller.session.id).await?;
+    tracing::info!(user_id = %caller.user.id, session_id = %caller.session.id, "logged out");
+    Ok(cleared(StatusCode::NO_CONTENT))
+}
+
+/// Delete the account and everything it owns; every token fails at once.
+#[utoipa::path(delete, path = "/auth/delete", tag = "accounts", request_body = DeleteAccount,
+    params(("X-CSRF-Token" = Option<String>, Header, description = "required with cookie authentication")),
+    responses(
+        (status = 204, description = "Account deleted, `user.deleted` is in the outbox, cookies cleared"),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`wrong_password`, `reauthentication_required` or `csrf_failed`", body = ErrorBody),
+    ))]
+pub async fn delete_account(
+    State(state): State<AppState>,
+    caller: Caller,
+    AppJson(body): AppJson<DeleteAccount>,
+) -> Result<Response, ApiError> {
+    let deleted = state
+        .accounts()
+        .delete_account(caller.user.id, caller.session.id, body.password.as_deref())
+        .await;
+    deleted.map_err(|e| match e {
+        DeleteError::WrongPassword => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_password",
+            "the password is wrong",
+        ),
+        DeleteError::ReauthenticationRequired => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reauthentication_required",
+            "log in again, then delete the account within five minutes",
+        ),
+        DeleteError::NotAuthenticated => ApiError::unauthenticated(),
+        DeleteError::Hash(e) => e.into(),
+        DeleteError::Store(e) => e.into(),
+    })?;
+    tracing::info!(user_id = %caller.user.id, "account deleted");
+    Ok(cleared(StatusCode::NO_CONTENT))
+}
+
+/// The authenticated user.
+#[utoipa::path(get, path = "/auth/me", tag = "accounts",
+    responses(
+        (status = 200, description = "The caller", body = UserView),
+        (status = 401, description = "`unauthenticated`, with `WWW-Authenticate: Bearer`", body = ErrorBody),
+    ))]
+pub async fn me(caller: Caller) -> Json<UserView> {
+    Json(UserView::from(&caller.user))
+}

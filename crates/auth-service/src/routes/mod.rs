@@ -1,0 +1,23 @@
+//! The routes, one module per area, merged here.
+
+pub mod accounts;
+pub mod ops;
+pub mod sessions;
+pub mod wellknown;
+
+use axum::Router;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(accounts::router())
+        .merge(sessions::router())
+        .merge(wellknown::router())
+        .merge(ops::router())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}

@@ -1,0 +1,86 @@
+//! The state every handler shares, and the settings it is built from.
+
+use std::sync::Arc;
+
+use auth_core::{Accounts, AccountsSettings, Clock};
+use auth_store::Health;
+use auth_tokens::TokenSettings;
+
+use crate::keys::KeyHandle;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// The origin users see, e.g. `http://127.0.0.1:8080`; also the token issuer.
+    pub public_url: String,
+    pub tokens: TokenSettings,
+    pub accounts: AccountsSettings,
+    /// Further origins allowed to send unsafe requests (besides `public_url`).
+    pub trusted_origins: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    accounts: Accounts,
+    keys: Arc<KeyHandle>,
+    clock: Arc<dyn Clock>,
+    health: Arc<dyn Health>,
+    metrics: Metrics,
+    settings: AuthSettings,
+    allowed_origins: Vec<String>,
+}
+
+impl AppState {
+    pub fn new(
+        accounts: Accounts,
+        keys: Arc<KeyHandle>,
+        clock: Arc<dyn Clock>,
+        health: Arc<dyn Health>,
+        settings: AuthSettings,
+    ) -> Self {
+        let allowed_origins = std::iter::once(&settings.public_url)
+            .chain(&settings.trusted_origins)
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+        Self(Arc::new(Inner {
+            accounts,
+            keys,
+            clock,
+            health,
+            metrics: Metrics::default(),
+            settings,
+            allowed_origins,
+        }))
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.0.accounts
+    }
+
+    pub fn keys(&self) -> &Arc<KeyHandle> {
+        &self.0.keys
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        self.0.clock.as_ref()
+    }
+
+    pub fn health(&self) -> &dyn Health {
+        self.0.health.as_ref()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn settings(&self) -> &AuthSettings {
+        &self.0.settings
+    }
+
+    /// Lower-cased origins (scheme://host[:port]) trusted for unsafe requests.
+    pub fn allowed_origins(&self) -> &[String] {
+        &self.0.allowed_origins
+    }
+}

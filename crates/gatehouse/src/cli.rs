@@ -1,0 +1,102 @@
+//! Commands and flags. Every serving command takes `--listen`; all take
+//! `--config` and `--data-dir`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Authentication service and API gateway"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for the SQLite database and development keys (default ./data).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve on, e.g. 127.0.0.1:8080; port 0 picks a free one.
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process (the default).
+    Up,
+    /// The auth-service alone.
+    AuthService,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Signing-key rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key; the old one verifies until its tokens expire.
+    Rotate,
+    /// Show the signing keys.
+    List,
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Up);
+    let overrides = Overrides {
+        listen: cli.listen,
+        data_dir: cli.data_dir,
+    };
+    let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    crate::telemetry::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(async move {
+        match command {
+            Command::Up | Command::AuthService => {
+                let app = Application::build(config).await?;
+                app.run_until_stopped(shutdown_signal()).await
+            }
+            Command::Migrate => crate::app::migrate(&config).await,
+            Command::Keys(KeysCommand::Rotate) => crate::keys::rotate(&config),
+            Command::Keys(KeysCommand::List) => crate::keys::list(&config),
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,373 @@
+//! Typed, strict configuration (DESIGN §1): defaults, then the TOML file, then
+//! `GATEHOUSE_SECTION__KEY` environment variables, then flags. Unknown keys
+//! are an error. `gatehouse.example.toml` documents every key.
+
+use std::path::{Path, PathBuf};
+
+use auth_core::hashing::HashingSettings;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The origin users see; token issuer; trusted origin for unsafe requests.
+    pub public_url: String,
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// Holds the SQLite file and the development signing keys.
+    pub data_dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub tokens: TokensConfig,
+    pub sessions: SessionsConfig,
+    pub passwords: PasswordsConfig,
+    pub signing: SigningConfig,
+    pub csrf: CsrfConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; unset = `sqlite://<data_dir>/gatehouse.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// The `aud` of access tokens.
+    pub audience: String,
+    /// Access-token lifetime in seconds.
+    pub access_ttl_secs: i64,
+    /// Clock skew allowed when verifying, in seconds.
+    pub leeway_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub lifetime_days: i64,
+    pub idle_days: i64,
+    /// How long a just-rotated refresh token keeps working, for racing tabs.
+    pub refresh_grace_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordsConfig {
+    pub min_chars: usize,
+    pub max_chars: usize,
+    pub hashing: HashingSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// The key file (signing keys and CSRF secret, mode 0600); unset = `<data_dir>/keys.json`.
+    pub key_file: Option<PathBuf>,
+    /// How often the file is checked for a rotation, in seconds.
+    pub reload_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsrfConfig {
+    /// Origins besides `public_url` allowed to send unsafe requests.
+    pub trusted_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database: DatabaseConfig::default(),
+            tokens: TokensConfig::default(),
+            sessions: SessionsConfig::default(),
+            passwords: PasswordsConfig::default(),
+            signing: SigningConfig::default(),
+            csrf: CsrfConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            audience: "gatehouse".into(),
+            access_ttl_secs: 600,
+            leeway_secs: 60,
+        }
+    }
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            lifetime_days: 30,
+            idle_days: 7,
+            refresh_grace_secs: 5,
+        }
+    }
+}
+
+impl Default for PasswordsConfig {
+    fn default() -> Self {
+        Self {
+            min_chars: 15,
+            max_chars: 128,
+            hashing: HashingSettings::default(),
+        }
+    }
+}
+
+impl Default for SigningConfig {
+    fn default() -> Self {
+        Self {
+            key_file: None,
+            reload_secs: 5,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Values given as command-line flags; they win over file and environment.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults ← `file` ← `GATEHOUSE_…` from `env` ← `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment
+            .merge(env_provider(env))
+            .merge(Serialized::defaults(flags));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return bad("public_url must start with http:// or https://");
+        }
+        if self.tokens.access_ttl_secs < 30 || self.tokens.access_ttl_secs > 3600 {
+            return bad("tokens.access_ttl_secs must be between 30 and 3600");
+        }
+        if !(0..=300).contains(&self.tokens.leeway_secs) {
+            return bad("tokens.leeway_secs must be between 0 and 300");
+        }
+        if !(0..=60).contains(&self.sessions.refresh_grace_secs) {
+            return bad("sessions.refresh_grace_secs must be between 0 and 60");
+        }
+        if self.sessions.idle_days < 1 || self.sessions.lifetime_days < self.sessions.idle_days {
+            return bad("sessions need idle_days ≥ 1 and lifetime_days ≥ idle_days");
+        }
+        if self.passwords.min_chars < 8
+            || self.passwords.max_chars < 64
+            || self.passwords.max_chars > 1024
+        {
+            return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format must be \"text\" or \"json\"");
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gatehouse.db").display()))
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.signing
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+}
+
+/// `GATEHOUSE_DATABASE__URL` → `database.url`. `GATEHOUSE_TEST_*` belongs to
+/// the test suites and is not configuration.
+fn env_provider(
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Serialized<figment::value::Dict> {
+    let mut dict = figment::value::Dict::new();
+    for (key, value) in env {
+        let Some(rest) = key.strip_prefix("GATEHOUSE_") else {
+            continue;
+        };
+        if rest.starts_with("TEST_") || rest.is_empty() {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        insert(&mut dict, &path, parse_env_value(&value));
+    }
+    Serialized::defaults(dict)
+}
+
+fn insert(dict: &mut figment::value::Dict, path: &[String], value: figment::value::Value) {
+    use figment::value::Value;
+    match path {
+        [] => {}
+        [last] => {
+            dict.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(figment::value::Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// Environment values are TOML scalars or arrays when they parse as such, strings otherwise.
+fn parse_env_value(raw: &str) -> figment::value::Value {
+    raw.parse::<figment::value::Value>()
+        .unwrap_or_else(|_| figment::value::Value::from(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = Config::load(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.listen, "127.0.0.1:8080");
+        assert_eq!(c.database_url(), "sqlite://./data/gatehouse.db");
+        assert_eq!(c.tokens.access_ttl_secs, 600);
+        assert_eq!(c.passwords.hashing.memory_kib, 19_456);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_flags_override_both() {
+        let dir = std::env::temp_dir().join(format!("gh-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gatehouse.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[database]\nurl = \"sqlite://file.db\"\n[tokens]\naccess_ttl_secs = 300\n").unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("GATEHOUSE_DATABASE__URL", "postgres://db/x"),
+                ("GATEHOUSE_SESSIONS__REFRESH_GRACE_SECS", "2"),
+                ("GATEHOUSE_TEST_POSTGRES_URL", "ignored"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                data_dir: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:0");
+        assert_eq!(c.database_url(), "postgres://db/x");
+        assert_eq!(c.tokens.access_ttl_secs, 300);
+        assert_eq!(c.sessions.refresh_grace_secs, 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let err = Config::load(
+            None,
+            env(&[("GATEHOUSE_DATABSE__URL", "x")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("databse"), "{err}");
+        let err = Config::load(
+            None,
+            env(&[("GATEHOUSE_TOKENS__TTL", "5")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ttl"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_values_are_refused() {
+        let err = Config::load(
+            None,
+            env(&[("GATEHOUSE_TOKENS__ACCESS_TTL_SECS", "86400")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("access_ttl_secs"), "{err}");
+        let err = Config::load(
+            Some(Path::new("/nonexistent/g.toml")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn the_example_file_loads_and_matches_the_defaults() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../gatehouse.example.toml");
+        let c = Config::load(Some(&example), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c, Config::default());
+    }
+}
