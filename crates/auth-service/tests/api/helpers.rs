@@ -1,0 +1,264 @@
+//! `spawn_app`: the real router on 127.0.0.1:0 over a fresh database, with a
+//! manual clock; and `Browser`, a minimal cookie jar that sends what a browser would.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use auth_core::hashing::HashingSettings;
+use auth_core::{Accounts, AccountsSettings, Argon2Hasher, ManualClock, PasswordHasher};
+use auth_service::keys::KeyHandle;
+use auth_service::{AppState, AuthSettings};
+use auth_store::Stores;
+use auth_store::testing::{Backend, TestDatabase};
+use auth_tokens::TokenSettings;
+use reqwest::{Method, RequestBuilder, Response, header};
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+pub const ISSUER: &str = "http://127.0.0.1:8080";
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub stores: Stores,
+    pub keys: Arc<KeyHandle>,
+    pub hasher: Arc<Argon2Hasher>,
+    pub key_file: std::path::PathBuf,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+    _db: TestDatabase,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub hashing: HashingSettings,
+}
+
+/// Runs `scenario` against a fresh app on every available backend.
+pub async fn each_backend(scenario: impl AsyncFn(TestApp)) {
+    each_backend_with(Options::default(), scenario).await
+}
+
+pub async fn each_backend_with(options: Options, scenario: impl AsyncFn(TestApp)) {
+    for backend in Backend::available() {
+        eprintln!("-- backend {backend:?}");
+        scenario(spawn_app(backend, options.clone()).await).await;
+    }
+}
+
+pub fn token_settings() -> TokenSettings {
+    TokenSettings {
+        issuer: ISSUER.into(),
+        audience: "gatehouse".into(),
+        lifetime: 600,
+        leeway: 60,
+    }
+}
+
+pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
+    let db = TestDatabase::create(backend).await;
+    let stores = auth_store::open(&db.url, true).await.unwrap();
+    let clock = Arc::new(ManualClock::starting_now());
+    let key_file =
+        std::env::temp_dir().join(format!("gatehouse-keys-{}.json", uuid::Uuid::new_v4()));
+    let keys =
+        Arc::new(KeyHandle::from_file(key_file.clone(), token_settings(), clock.clone()).unwrap());
+    let hasher = Arc::new(Argon2Hasher::new(&options.hashing).unwrap());
+    let accounts = Accounts::new(
+        stores.users.clone(),
+        stores.sessions.clone(),
+        hasher.clone(),
+        clock.clone(),
+        AccountsSettings::default(),
+    );
+    let settings = AuthSettings {
+        public_url: ISSUER.into(),
+        tokens: token_settings(),
+        accounts: AccountsSettings::default(),
+        trusted_origins: vec!["https://app.example.com".into()],
+    };
+    let state = AppState::new(
+        accounts,
+        keys.clone(),
+        clock.clone(),
+        stores.health.clone(),
+        settings,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(auth_service::serve(
+        listener,
+        auth_service::router(state),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    TestApp {
+        address,
+        client,
+        clock,
+        stores,
+        keys,
+        hasher,
+        key_file,
+        _shutdown: tx,
+        _db: db,
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.key_file);
+    }
+}
+
+/// A unique address for each call, so tests never collide.
+pub fn email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// What a browser keeps: cookies by name.
+#[derive(Debug, Clone, Default)]
+pub struct Browser {
+    pub cookies: BTreeMap<String, String>,
+}
+
+impl Browser {
+    /// Applies every `Set-Cookie` of `response` (Max-Age=0 deletes).
+    pub fn absorb(&mut self, response: &Response) {
+        for value in response.headers().get_all(header::SET_COOKIE) {
+            let text = value.to_str().unwrap();
+            let (pair, attributes) = text.split_once(';').unwrap_or((text, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    pub fn access(&self) -> &str {
+        self.get("__Host-access_token").expect("an access cookie")
+    }
+
+    pub fn refresh(&self) -> &str {
+        self.get("__Host-refresh_token").expect("a refresh cookie")
+    }
+
+    pub fn csrf(&self) -> &str {
+        self.get("__Host-csrf_token").expect("a CSRF cookie")
+    }
+
+    pub fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.address))
+    }
+
+    /// A request carrying the browser's cookies (no CSRF header).
+    pub fn with_cookies(&self, method: Method, path: &str, browser: &Browser) -> RequestBuilder {
+        self.request(method, path)
+            .header(header::COOKIE, browser.cookie_header())
+    }
+
+    /// A request as the page's script would send it: cookies plus the CSRF header.
+    pub fn as_page(&self, method: Method, path: &str, browser: &Browser) -> RequestBuilder {
+        self.with_cookies(method, path, browser)
+            .header("x-csrf-token", browser.csrf())
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.request(Method::POST, "/auth/register")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.request(Method::POST, "/auth/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a fresh user and logs in; returns the email and the browser.
+    pub async fn signed_in(&self) -> (String, Browser) {
+        let email = email();
+        assert_eq!(self.register(&email, PASSWORD).await.status(), 201);
+        (email.clone(), self.log_in(&email).await)
+    }
+
+    /// Logs `email` in with [`PASSWORD`] in a new browser.
+    pub async fn log_in(&self, email: &str) -> Browser {
+        let response = self.login(email, PASSWORD).await;
+        assert_eq!(response.status(), 200);
+        let mut browser = Browser::default();
+        browser.absorb(&response);
+        browser
+    }
+
+    pub async fn me(&self, browser: &Browser) -> Response {
+        self.with_cookies(Method::GET, "/auth/me", browser)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn me_bearer(&self, token: &str) -> Response {
+        self.request(Method::GET, "/auth/me")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn refresh(&self, browser: &Browser) -> Response {
+        self.as_page(Method::POST, "/auth/refresh", browser)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn hash_operations(&self) -> u64 {
+        self.hasher.operations()
+    }
+}
+
+pub async fn body(response: Response) -> Value {
+    response.json().await.unwrap()
+}
+
+/// The error code of an error response.
+pub async fn code(response: Response) -> String {
+    body(response).await["error"]["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The claims of a JWT, decoded without verification (for assertions only).
+pub fn claims(jwt: &str) -> Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&auth_tokens::b64url_decode(payload).unwrap()).unwrap()
+}

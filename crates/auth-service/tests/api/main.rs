@@ -1,0 +1,15 @@
+//! The auth-service API, tested over real HTTP against a real database:
+//! SQLite always, PostgreSQL too when `GATEHOUSE_TEST_POSTGRES_URL` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod csrf;
+mod keys;
+mod login;
+mod logout_delete;
+mod ops;
+mod refresh;
+mod register;
+mod sessions;
+mod tokens;
