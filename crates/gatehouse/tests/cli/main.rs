@@ -1,0 +1,310 @@
+//! Smoke tests of the real `gatehouse` binary, started the way a user starts it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use auth_store::testing::{Backend, TestDatabase};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+const PASSWORD: &str = "correct horse battery staple";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("gatehouse-cli-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.0.join("data")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `gatehouse` with a clean environment: no GATEHOUSE_* from the caller.
+fn gatehouse(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GATEHOUSE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    cmd
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+/// Starts a serving command on port 0 and waits for its `listening on` line.
+async fn start(mut cmd: Command) -> Server {
+    let mut child = cmd
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(at) = line.find("listening on http://") {
+                return line[at + "listening on ".len()..].trim().to_owned();
+            }
+        }
+        panic!("gatehouse exited before listening");
+    })
+    .await
+    .expect("no `listening on` line within 60 s");
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Server { child, url }
+}
+
+impl Server {
+    async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().unwrap().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("no exit within 20 s")
+            .unwrap()
+    }
+}
+
+/// Registers and logs in; returns the access token.
+async fn sign_in(client: &reqwest::Client, url: &str) -> String {
+    let email = format!("smoke-{}@example.com", uuid::Uuid::new_v4().simple());
+    let creds = json!({"email": email, "password": PASSWORD});
+    let registered = client
+        .post(format!("{url}/auth/register"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let login = client
+        .post(format!("{url}/auth/login"))
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let cookie = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .find(|c| c.starts_with("__Host-access_token="))
+        .unwrap()
+        .to_owned();
+    cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("__Host-access_token=")
+        .to_owned()
+}
+
+async fn me(client: &reqwest::Client, url: &str, token: &str) -> u16 {
+    client
+        .get(format!("{url}/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn up_serves_the_api_and_exits_zero_on_sigterm() {
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    let client = reqwest::Client::new();
+    let token = sign_in(&client, &server.url).await;
+    assert_eq!(me(&client, &server.url, &token).await, 200);
+    assert_eq!(
+        client
+            .get(format!("{}/readyz", server.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let status = server.stop().await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn the_data_dir_and_key_file_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.data()), 0o700);
+    assert_eq!(mode(dir.data().join("keys.json")), 0o600);
+    assert!(dir.data().join("gatehouse.db").exists());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_rotation_reaches_the_running_server_and_old_tokens_keep_working() {
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env("GATEHOUSE_SIGNING__RELOAD_SECS", "1");
+    let server = start(cmd).await;
+    let client = reqwest::Client::new();
+    let old = sign_in(&client, &server.url).await;
+
+    let rotated = gatehouse(&dir.data())
+        .args(["keys", "rotate"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("rotated"));
+
+    // The server checks the key file every second; give it a bounded while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let jwks: Value = client
+            .get(format!("{}/.well-known/jwks.json", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if jwks["keys"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotation never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let new = sign_in(&client, &server.url).await;
+    let kid = |t: &str| {
+        let header = t.split('.').next().unwrap();
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["kid"].clone()
+    };
+    assert_ne!(kid(&old), kid(&new));
+    assert_eq!(me(&client, &server.url, &old).await, 200);
+    assert_eq!(me(&client, &server.url, &new).await, 200);
+
+    let listed = gatehouse(&dir.data())
+        .args(["keys", "list"])
+        .output()
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("active (signs)") && listed.contains("retired, verifies"),
+        "{listed}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn migrate_applies_the_schema_and_exits() {
+    for backend in Backend::available() {
+        let dir = TempDir::new();
+        let db = TestDatabase::create(backend).await;
+        let out = gatehouse(&dir.data())
+            .env("GATEHOUSE_DATABASE__URL", &db.url)
+            .arg("migrate")
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+        let again = gatehouse(&dir.data())
+            .env("GATEHOUSE_DATABASE__URL", &db.url)
+            .arg("migrate")
+            .output()
+            .await
+            .unwrap();
+        assert!(again.status.success());
+    }
+}
+
+#[tokio::test]
+async fn up_runs_on_postgres_when_given_its_url() {
+    for backend in Backend::available() {
+        let dir = TempDir::new();
+        let db = TestDatabase::create(backend).await;
+        let mut cmd = gatehouse(&dir.data());
+        cmd.env("GATEHOUSE_DATABASE__URL", &db.url);
+        let server = start(cmd).await;
+        let client = reqwest::Client::new();
+        let token = sign_in(&client, &server.url).await;
+        assert_eq!(me(&client, &server.url, &token).await, 200);
+        assert!(server.stop().await.success());
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_fast_with_a_clear_message() {
+    let dir = TempDir::new();
+    let out = gatehouse(&dir.data())
+        .env("GATEHOUSE_DATABSE__URL", "sqlite://x.db")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("databse"), "{stderr}");
+
+    let out = gatehouse(&dir.data())
+        .env("GATEHOUSE_DATABASE__URL", "mysql://db/x")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite:// or postgres://"));
+
+    let out = gatehouse(&dir.data())
+        .args(["--config", "/nonexistent/gatehouse.toml"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
