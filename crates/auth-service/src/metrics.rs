@@ -41,17 +41,15 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
-    latency: Mutex<BTreeMap<(String, String), Histogram>>,
+    latency: Mutex<BTreeMap<(String, String, u16), Histogram>>,
     login_success: AtomicU64,
     login_failure: AtomicU64,
 }
 
 impl Metrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let key = (route.to_owned(), method.to_owned());
-        *lock(&self.requests)
-            .entry((key.0.clone(), key.1.clone(), status))
-            .or_default() += 1;
+        let key = (route.to_owned(), method.to_owned(), status);
+        *lock(&self.requests).entry(key.clone()).or_default() += 1;
         lock(&self.latency)
             .entry(key)
             .or_default()
@@ -79,10 +77,10 @@ impl Metrics {
                 "gatehouse_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        out.push_str("# HELP gatehouse_http_request_duration_seconds HTTP request latency by route and method.\n");
+        out.push_str("# HELP gatehouse_http_request_duration_seconds HTTP request latency by route, method and status.\n");
         out.push_str("# TYPE gatehouse_http_request_duration_seconds histogram\n");
-        for ((route, method), h) in lock(&self.latency).iter() {
-            let labels = format!("route=\"{route}\",method=\"{method}\"");
+        for ((route, method, status), h) in lock(&self.latency).iter() {
+            let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
             for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
                 let _ = writeln!(
                     out,
@@ -166,10 +164,17 @@ mod tests {
         assert!(text.contains(
             "gatehouse_http_requests_total{route=\"/auth/me\",method=\"GET\",status=\"200\"} 1"
         ));
-        assert!(text.contains("gatehouse_http_request_duration_seconds_bucket{route=\"/auth/me\",method=\"GET\",le=\"0.005\"} 1"));
-        assert!(text.contains(
-            "gatehouse_http_request_duration_seconds_count{route=\"/auth/me\",method=\"GET\"} 2"
-        ));
+        let me_ok = "route=\"/auth/me\",method=\"GET\",status=\"200\"";
+        let me_401 = "route=\"/auth/me\",method=\"GET\",status=\"401\"";
+        assert!(text.contains(&format!(
+            "gatehouse_http_request_duration_seconds_bucket{{{me_ok},le=\"0.005\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "gatehouse_http_request_duration_seconds_bucket{{{me_401},le=\"0.025\"}} 0"
+        )));
+        assert!(text.contains(&format!(
+            "gatehouse_http_request_duration_seconds_count{{{me_401}}} 1"
+        )));
         assert!(text.contains("gatehouse_logins_total{result=\"failure\"} 2"));
         assert!(text.contains("gatehouse_password_hashes_in_flight 2"));
     }

@@ -37,7 +37,7 @@ async fn metrics_count_requests_logins_and_hashes_in_flight() {
         ] {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
-        assert!(text.contains("gatehouse_http_request_duration_seconds_bucket{route=\"/auth/login\",method=\"POST\",le=\"+Inf\"} 2"));
+        assert!(text.contains("gatehouse_http_request_duration_seconds_bucket{route=\"/auth/login\",method=\"POST\",status=\"401\",le=\"+Inf\"} 1"));
     })
     .await;
 }

@@ -308,3 +308,41 @@ async fn bad_configuration_fails_fast_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[tokio::test]
+async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    // One hashing slot: the logins below queue behind each other.
+    cmd.env("GATEHOUSE_PASSWORDS__HASHING__PERMITS", "1")
+        .env("GATEHOUSE_PASSWORDS__HASHING__MAX_WAIT_MS", "30000");
+    let server = start(cmd).await;
+    let client = reqwest::Client::new();
+    sign_in(&client, &server.url).await;
+    let creds = json!({"email": "nobody@example.com", "password": PASSWORD});
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..4 {
+        let (request, tx) = (
+            client
+                .post(format!("{}/auth/login", server.url))
+                .json(&creds),
+            tx.clone(),
+        );
+        tokio::spawn(async move { tx.send(request.send().await.map(|r| r.status().as_u16())) });
+    }
+    drop(tx);
+    // Once one has been answered, the other three were accepted and are
+    // waiting for the single hashing slot.
+    assert_eq!(answers.recv().await.unwrap().unwrap(), 401);
+    let status = server.stop().await;
+    assert!(status.success());
+    let mut rest = 0;
+    while let Some(answer) = answers.recv().await {
+        assert_eq!(
+            answer.expect("an in-flight request was dropped at shutdown"),
+            401
+        );
+        rest += 1;
+    }
+    assert_eq!(rest, 3);
+}
