@@ -8,8 +8,9 @@ use time::Duration;
 use crate::hashing::Verification;
 use crate::password::PasswordError;
 use crate::{
-    Clock, DomainEvent, Email, HashError, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
-    SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId, UserStore,
+    Clock, DomainEvent, Email, HashError, NoRevocationSink, OpaqueSecret, Password, PasswordHasher,
+    PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User,
+    UserId, UserStore,
 };
 
 /// How long after login an account without a password may delete itself.
@@ -25,6 +26,9 @@ pub struct AccountsSettings {
     /// A just-rotated refresh token still works this long, so that two tabs
     /// refreshing at once do not end the session (5 s).
     pub refresh_grace: Duration,
+    /// How long an access token can outlive its issue: lifetime plus clock
+    /// skew (660 s). Revocations need remembering only this long.
+    pub access_token_reach: Duration,
 }
 
 impl Default for AccountsSettings {
@@ -34,6 +38,7 @@ impl Default for AccountsSettings {
             session_lifetime: Duration::days(30),
             session_idle: Duration::days(7),
             refresh_grace: Duration::seconds(5),
+            access_token_reach: Duration::seconds(660),
         }
     }
 }
@@ -138,6 +143,7 @@ pub struct Accounts {
     hasher: Arc<dyn PasswordHasher>,
     clock: Arc<dyn Clock>,
     settings: AccountsSettings,
+    revocations: Arc<dyn RevocationSink>,
 }
 
 impl Accounts {
@@ -154,7 +160,20 @@ impl Accounts {
             hasher,
             clock,
             settings,
+            revocations: Arc::new(NoRevocationSink),
         }
+    }
+
+    /// Tells `sink` of every revocation once it is committed.
+    pub fn with_revocations(mut self, sink: Arc<dyn RevocationSink>) -> Self {
+        self.revocations = sink;
+        self
+    }
+
+    async fn session_revoked(&self, session: SessionId, now: time::OffsetDateTime) {
+        self.revocations
+            .session_revoked(session, now + self.settings.access_token_reach)
+            .await;
     }
 
     pub fn hasher(&self) -> &dyn PasswordHasher {
@@ -315,6 +334,7 @@ impl Accounts {
             return Ok(Refreshed::WithinGrace { user, session });
         }
         self.sessions.revoke_session(session.id, now).await?;
+        self.session_revoked(session.id, now).await;
         tracing::warn!(user_id = %user.id, session_id = %session.id, "refresh token reuse; session revoked");
         Err(RefreshError::Reused)
     }
@@ -353,10 +373,10 @@ impl Accounts {
     }
 
     pub async fn logout(&self, session: SessionId) -> Result<(), StoreError> {
-        self.sessions
-            .revoke_session(session, self.clock.now())
-            .await
-            .map(|_| ())
+        let now = self.clock.now();
+        self.sessions.revoke_session(session, now).await?;
+        self.session_revoked(session, now).await;
+        Ok(())
     }
 
     pub async fn delete_account(
@@ -389,9 +409,12 @@ impl Accounts {
             .delete_user(user.id, &DomainEvent::deleted(user.id, now))
             .await
         {
-            Ok(()) | Err(StoreError::NotFound) => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) | Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
         }
+        let reach = now + self.settings.access_token_reach;
+        self.revocations.user_revoked(user.id, now, reach).await;
+        Ok(())
     }
 
     pub async fn sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {
@@ -404,6 +427,7 @@ impl Accounts {
         match self.sessions.session(id).await? {
             Some(s) if s.user_id == user && s.is_active(now) => {
                 self.sessions.revoke_session(id, now).await?;
+                self.session_revoked(id, now).await;
                 Ok(())
             }
             _ => Err(RevokeError::NotFound),
@@ -415,8 +439,14 @@ impl Accounts {
         user: UserId,
         keep: SessionId,
     ) -> Result<Vec<SessionId>, StoreError> {
-        self.sessions
-            .revoke_sessions_of(user, Some(keep), self.clock.now())
-            .await
+        let now = self.clock.now();
+        let revoked = self
+            .sessions
+            .revoke_sessions_of(user, Some(keep), now)
+            .await?;
+        for id in &revoked {
+            self.session_revoked(*id, now).await;
+        }
+        Ok(revoked)
     }
 }

@@ -79,3 +79,23 @@ pub trait Outbox: Send + Sync + 'static {
     async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError>;
     async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError>;
 }
+
+/// Told of every revocation right after it is committed, so that gateways
+/// refuse the affected access tokens on their very next request.
+#[async_trait]
+pub trait RevocationSink: Send + Sync + 'static {
+    /// Tokens of `session` are revoked; the entry matters until `until`.
+    async fn session_revoked(&self, session: SessionId, until: OffsetDateTime);
+    /// Tokens of `user` issued at or before `not_before` are revoked.
+    async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime);
+}
+
+/// For processes with no gateway to tell.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRevocationSink;
+
+#[async_trait]
+impl RevocationSink for NoRevocationSink {
+    async fn session_revoked(&self, _: SessionId, _: OffsetDateTime) {}
+    async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {}
+}

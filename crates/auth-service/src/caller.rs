@@ -9,7 +9,7 @@
 use auth_core::accounts::AuthError;
 use auth_core::{Session, SessionId, User, UserId};
 use auth_tokens::AccessClaims;
-use auth_tokens::csrf::same_token;
+use auth_tokens::csrf::check_pair;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -59,17 +59,8 @@ pub fn check_csrf(
 ) -> Result<(), ApiError> {
     let header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     let cookie = cookies::get(headers, cookies::CSRF);
-    match (header, cookie) {
-        (Some(h), Some(c))
-            if same_token(h, c) && state.keys().csrf().verify(h, &session.to_string()) =>
-        {
-            Ok(())
-        }
-        (None, _) => Err(ApiError::csrf_failed("the X-CSRF-Token header is missing")),
-        _ => Err(ApiError::csrf_failed(
-            "the CSRF token is not valid for this session",
-        )),
-    }
+    check_pair(state.keys().csrf(), header, cookie, &session.to_string())
+        .map_err(|refusal| ApiError::csrf_failed(refusal.to_string()))
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -2,9 +2,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 
-pub const ACCESS: &str = "__Host-access_token";
-pub const REFRESH: &str = "__Host-refresh_token";
-pub const CSRF: &str = "__Host-csrf_token";
+pub use auth_tokens::cookies::{ACCESS, CSRF, REFRESH};
 
 /// `Set-Cookie` for one of our cookies. `__Host-` demands `Secure`, `Path=/`
 /// and no `Domain`; browsers treat http://127.0.0.1 and localhost as secure.
@@ -30,18 +28,15 @@ pub fn clear_all() -> [HeaderValue; 3] {
     ]
 }
 
-/// The value of cookie `name` from the request's `Cookie` headers. Only the
-/// exact `__Host-` name counts: an unprefixed look-alike is ignored.
+/// The value of cookie `name` from the request's `Cookie` headers.
 pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
+    auth_tokens::cookies::find(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        name,
+    )
 }
 
 #[cfg(test)]

@@ -7,8 +7,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use auth_tokens::csrf::check_site;
+
 use crate::AppState;
 use crate::error::ApiError;
+
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 pub fn is_unsafe(method: &Method) -> bool {
     !matches!(
@@ -37,21 +41,18 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
 }
 
 fn check_unsafe(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-    {
-        return Err(ApiError::csrf_failed(
-            "cross-site requests may not change state",
-        ));
-    }
-    if let Some(origin) = headers.get(header::ORIGIN)
-        && !origin_allowed(state, origin, headers.get(header::HOST))
-    {
-        return Err(ApiError::csrf_failed(
-            "requests from this origin may not change state",
-        ));
-    }
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    check_site(
+        text(SEC_FETCH_SITE),
+        text(header::ORIGIN.as_str()),
+        text(header::HOST.as_str()),
+        state.allowed_origins(),
+    )
+    .map_err(|refusal| ApiError::csrf_failed(refusal.to_string()))?;
     if has_body(headers) && !is_json(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -60,25 +61,6 @@ fn check_unsafe(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     Ok(())
-}
-
-/// The configured origins, or the origin of the very host the browser is
-/// talking to (a page can't make the browser lie about `Host`).
-fn origin_allowed(state: &AppState, origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    let origin = origin.to_ascii_lowercase();
-    if state.allowed_origins().contains(&origin) {
-        return true;
-    }
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    match (authority, host.and_then(|h| h.to_str().ok())) {
-        (Some(authority), Some(host)) => authority.eq_ignore_ascii_case(host),
-        _ => false,
-    }
 }
 
 fn has_body(headers: &HeaderMap) -> bool {

@@ -67,6 +67,61 @@ pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// Why an unsafe request was refused as a possible forgery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CsrfRefusal {
+    #[error("the X-CSRF-Token header is missing")]
+    MissingHeader,
+    #[error("the CSRF token is not valid for this session")]
+    Invalid,
+    #[error("cross-site requests may not change state")]
+    CrossSite,
+    #[error("requests from this origin may not change state")]
+    ForeignOrigin,
+}
+
+/// Signed double submit: the header equals the cookie, and the token was
+/// minted by `key` for session `sid`.
+pub fn check_pair(
+    key: &CsrfKey,
+    header: Option<&str>,
+    cookie: Option<&str>,
+    sid: &str,
+) -> Result<(), CsrfRefusal> {
+    match (header, cookie) {
+        (None, _) => Err(CsrfRefusal::MissingHeader),
+        (Some(h), Some(c)) if same_token(h, c) && key.verify(h, sid) => Ok(()),
+        _ => Err(CsrfRefusal::Invalid),
+    }
+}
+
+/// Fetch metadata and `Origin` for an unsafe request: refuse
+/// `Sec-Fetch-Site: cross-site`, and an `Origin` that is neither one of
+/// `allowed` (lower-case `scheme://host[:port]`) nor the host the browser is
+/// talking to (a page cannot make the browser lie about `Host`).
+pub fn check_site(
+    sec_fetch_site: Option<&str>,
+    origin: Option<&str>,
+    host: Option<&str>,
+    allowed: &[String],
+) -> Result<(), CsrfRefusal> {
+    if sec_fetch_site.is_some_and(|v| v.eq_ignore_ascii_case("cross-site")) {
+        return Err(CsrfRefusal::CrossSite);
+    }
+    let Some(origin) = origin else { return Ok(()) };
+    let origin = origin.to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return Ok(());
+    }
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match (authority, host) {
+        (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(CsrfRefusal::ForeignOrigin),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +145,53 @@ mod tests {
         assert!(!key.verify(&good, "s"));
         assert!(!key.verify("", "s"));
         assert!(!key.verify("no-dot", "s"));
+    }
+
+    #[test]
+    fn the_pair_must_match_and_belong_to_the_session() {
+        let key = CsrfKey::generate();
+        let t = key.mint("s");
+        assert_eq!(check_pair(&key, Some(&t), Some(&t), "s"), Ok(()));
+        assert_eq!(
+            check_pair(&key, None, Some(&t), "s"),
+            Err(CsrfRefusal::MissingHeader)
+        );
+        assert_eq!(
+            check_pair(&key, Some(&t), None, "s"),
+            Err(CsrfRefusal::Invalid)
+        );
+        assert_eq!(
+            check_pair(&key, Some(&t), Some(&key.mint("s")), "s"),
+            Err(CsrfRefusal::Invalid)
+        );
+        assert_eq!(
+            check_pair(&key, Some(&t), Some(&t), "other"),
+            Err(CsrfRefusal::Invalid)
+        );
+    }
+
+    #[test]
+    fn cross_site_and_foreign_origins_are_refused() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        let check = |site, origin, host| check_site(site, origin, host, &allowed);
+        assert_eq!(
+            check(Some("cross-site"), None, None),
+            Err(CsrfRefusal::CrossSite)
+        );
+        assert_eq!(check(Some("same-origin"), None, None), Ok(()));
+        assert_eq!(
+            check(None, Some("https://evil.example"), Some("127.0.0.1:8080")),
+            Err(CsrfRefusal::ForeignOrigin)
+        );
+        assert_eq!(
+            check(None, Some("null"), Some("127.0.0.1:8080")),
+            Err(CsrfRefusal::ForeignOrigin)
+        );
+        assert_eq!(check(None, Some("https://APP.example.com"), None), Ok(()));
+        assert_eq!(
+            check(None, Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")),
+            Ok(())
+        );
     }
 
     #[test]

@@ -5,11 +5,13 @@
 //! - [`keys`]: Ed25519 signing keys, the key ring with overlapping rotation, the JWKS.
 //! - [`keyfile`]: the key ring and CSRF secret persisted as one 0600 file.
 //! - [`jwt`]: signing ([`TokenSigner`]) and strict verification ([`TokenVerifier`]).
-//! - [`csrf`]: CSRF tokens bound to a session by HMAC.
+//! - [`csrf`]: CSRF tokens bound to a session by HMAC, and the request checks around them.
+//! - [`cookies`]: the session cookies' names and `Cookie` header parsing.
 //!
 //! Time is always a parameter (unix seconds): nothing here reads the clock.
 
 pub mod claims;
+pub mod cookies;
 pub mod csrf;
 pub mod jwt;
 pub mod keyfile;

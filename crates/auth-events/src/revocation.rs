@@ -1,0 +1,151 @@
+//! Revoked sessions and users, held in memory by each gateway (DESIGN §6).
+//!
+//! Entries carry the time after which no token they could match is still
+//! valid, and are pruned after it, so the set only ever holds what the last
+//! access-token lifetime could need.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use auth_core::{RevocationSink, SessionId, UserId};
+use time::OffsetDateTime;
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// session id → unix time after which the entry can go.
+    sessions: HashMap<String, i64>,
+    /// user id → (not_before, unix time after which the entry can go).
+    users: HashMap<String, (i64, i64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct RevocationSet {
+    entries: RwLock<Entries>,
+}
+
+impl RevocationSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn revoke_session(&self, sid: &str, until: i64) {
+        let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let slot = e.sessions.entry(sid.to_owned()).or_insert(until);
+        *slot = (*slot).max(until);
+    }
+
+    /// Tokens of `uid` issued at or before `not_before` are revoked.
+    pub fn revoke_user(&self, uid: &str, not_before: i64, until: i64) {
+        let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let slot = e.users.entry(uid.to_owned()).or_insert((not_before, until));
+        *slot = (slot.0.max(not_before), slot.1.max(until));
+    }
+
+    /// Whether a token of session `sid`, user `sub`, issued at `iat` is revoked.
+    pub fn is_revoked(&self, sid: &str, sub: &str, iat: i64) -> bool {
+        let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        e.sessions.contains_key(sid)
+            || e.users
+                .get(sub)
+                .is_some_and(|(not_before, _)| iat <= *not_before)
+    }
+
+    /// Drops entries no live token can match any more.
+    pub fn prune(&self, now: i64) {
+        let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        e.sessions.retain(|_, until| *until > now);
+        e.users.retain(|_, (_, until)| *until > now);
+    }
+
+    pub fn len(&self) -> usize {
+        let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        e.sessions.len() + e.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What keeps a gateway's set current.
+pub trait RevocationFeed: Send + Sync + 'static {
+    fn set(&self) -> &RevocationSet;
+    /// `false` while the feed cannot vouch that the set is complete; the
+    /// gateway then refuses authenticated requests (fail closed).
+    fn is_current(&self) -> bool;
+}
+
+/// The feed of `gatehouse up`: the auth-service in the same process writes
+/// straight into the gateway's set, so it is always current.
+#[derive(Debug, Default, Clone)]
+pub struct InProcessFeed {
+    set: Arc<RevocationSet>,
+}
+
+impl InProcessFeed {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl RevocationFeed for InProcessFeed {
+    fn set(&self) -> &RevocationSet {
+        &self.set
+    }
+
+    fn is_current(&self) -> bool {
+        true
+    }
+}
+
+#[async_trait]
+impl RevocationSink for InProcessFeed {
+    async fn session_revoked(&self, session: SessionId, until: OffsetDateTime) {
+        self.set
+            .revoke_session(&session.to_string(), until.unix_timestamp());
+    }
+
+    async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
+        self.set.revoke_user(
+            &user.to_string(),
+            not_before.unix_timestamp(),
+            until.unix_timestamp(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_sessions_and_users_match_until_pruned() {
+        let set = RevocationSet::new();
+        set.revoke_session("s1", 100);
+        set.revoke_user("u1", 50, 200);
+        assert!(set.is_revoked("s1", "anyone", 10));
+        assert!(set.is_revoked("s2", "u1", 50));
+        assert!(
+            !set.is_revoked("s2", "u1", 51),
+            "a token issued after the cut-off stands"
+        );
+        assert!(!set.is_revoked("s2", "u2", 10));
+        assert_eq!(set.len(), 2);
+        set.prune(150);
+        assert!(!set.is_revoked("s1", "anyone", 10));
+        assert!(set.is_revoked("s2", "u1", 50));
+        set.prune(200);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_later_revocation_never_shortens_an_earlier_one() {
+        let set = RevocationSet::new();
+        set.revoke_user("u", 80, 300);
+        set.revoke_user("u", 60, 200);
+        assert!(set.is_revoked("s", "u", 80));
+        set.prune(250);
+        assert!(set.is_revoked("s", "u", 80));
+    }
+}
