@@ -8,9 +8,8 @@ use time::Duration;
 use crate::hashing::Verification;
 use crate::password::PasswordError;
 use crate::{
-    Clock, DomainEvent, Email, HashError, NoRevocationSink, OpaqueSecret, Password, PasswordHasher,
-    PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User,
-    UserId, UserStore,
+    Clock, DomainEvent, Email, HashError, NoRevocationSink, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
+    RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId, UserStore,
 };
 
 /// How long after login an account without a password may delete itself.
@@ -154,14 +153,7 @@ impl Accounts {
         clock: Arc<dyn Clock>,
         settings: AccountsSettings,
     ) -> Self {
-        Self {
-            users,
-            sessions,
-            hasher,
-            clock,
-            settings,
-            revocations: Arc::new(NoRevocationSink),
-        }
+        Self { users, sessions, hasher, clock, settings, revocations: Arc::new(NoRevocationSink) }
     }
 
     /// Tells `sink` of every revocation once it is committed.
@@ -171,9 +163,7 @@ impl Accounts {
     }
 
     async fn session_revoked(&self, session: SessionId, now: time::OffsetDateTime) {
-        self.revocations
-            .session_revoked(session, now + self.settings.access_token_reach)
-            .await;
+        self.revocations.session_revoked(session, now + self.settings.access_token_reach).await;
     }
 
     pub fn hasher(&self) -> &dyn PasswordHasher {
@@ -183,13 +173,7 @@ impl Accounts {
     pub async fn register(&self, email: &str, password: &str) -> Result<User, RegisterError> {
         let email = Email::parse(email).map_err(|_| RegisterError::InvalidEmail)?;
         let password = Password::new_checked(password, &self.settings.password)?;
-        if self
-            .users
-            .user_by_email(&email)
-            .await
-            .map_err(RegisterError::Store)?
-            .is_some()
-        {
+        if self.users.user_by_email(&email).await.map_err(RegisterError::Store)?.is_some() {
             return Err(RegisterError::EmailTaken);
         }
         let now = self.clock.now();
@@ -211,12 +195,7 @@ impl Accounts {
         }
     }
 
-    pub async fn login(
-        &self,
-        email: &str,
-        password: &str,
-        client: ClientInfo,
-    ) -> Result<LoggedIn, LoginError> {
+    pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<LoggedIn, LoginError> {
         let password = Password::for_login(password);
         let user = match Email::parse(email) {
             Ok(email) => self.users.user_by_email(&email).await?,
@@ -241,11 +220,7 @@ impl Accounts {
     /// Upgrades a hash made with weaker parameters. Failure only costs the upgrade.
     async fn rehash(&self, user: &User, password: &Password) {
         let stored = match self.hasher.hash(password).await {
-            Ok(phc) => self
-                .users
-                .set_password_hash(user.id, &phc)
-                .await
-                .map_err(|e| e.to_string()),
+            Ok(phc) => self.users.set_password_hash(user.id, &phc).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = stored {
@@ -269,66 +244,31 @@ impl Accounts {
         };
         let refresh = OpaqueSecret::generate();
         let event = DomainEvent::logged_in(user.id, session.id, now);
-        self.sessions
-            .create_session(&session, &refresh.hash(), &event)
-            .await?;
-        Ok(LoggedIn {
-            user,
-            session,
-            refresh,
-        })
+        self.sessions.create_session(&session, &refresh.hash(), &event).await?;
+        Ok(LoggedIn { user, session, refresh })
     }
 
     pub async fn refresh(&self, presented: &str) -> Result<Refreshed, RefreshError> {
         let hash = SecretHash::of(presented);
-        let record = self
-            .sessions
-            .refresh_record(&hash)
-            .await?
-            .ok_or(RefreshError::Invalid)?;
+        let record = self.sessions.refresh_record(&hash).await?.ok_or(RefreshError::Invalid)?;
         let now = self.clock.now();
-        let session = self
-            .sessions
-            .session(record.session_id)
-            .await?
-            .ok_or(RefreshError::Invalid)?;
+        let session = self.sessions.session(record.session_id).await?.ok_or(RefreshError::Invalid)?;
         if !session.is_active(now) {
             return Err(RefreshError::SessionEnded);
         }
-        let user = self
-            .users
-            .user_by_id(session.user_id)
-            .await?
-            .ok_or(RefreshError::SessionEnded)?;
+        let user = self.users.user_by_id(session.user_id).await?.ok_or(RefreshError::SessionEnded)?;
         if record.superseded_at.is_none() {
             let fresh = OpaqueSecret::generate();
             let idle = session.next_idle_deadline(now, self.settings.session_idle);
-            if self
-                .sessions
-                .rotate_refresh(session.id, &hash, &fresh.hash(), now, idle)
-                .await?
-            {
-                let session = Session {
-                    last_seen_at: now,
-                    idle_expires_at: idle,
-                    ..session
-                };
-                return Ok(Refreshed::Rotated(LoggedIn {
-                    user,
-                    session,
-                    refresh: fresh,
-                }));
+            if self.sessions.rotate_refresh(session.id, &hash, &fresh.hash(), now, idle).await? {
+                let session = Session { last_seen_at: now, idle_expires_at: idle, ..session };
+                return Ok(Refreshed::Rotated(LoggedIn { user, session, refresh: fresh }));
             }
         }
         // Superseded, either long ago or by the concurrent refresh that just won.
         let superseded_at = match record.superseded_at {
             Some(at) => at,
-            None => self
-                .sessions
-                .refresh_record(&hash)
-                .await?
-                .and_then(|r| r.superseded_at)
-                .unwrap_or(now),
+            None => self.sessions.refresh_record(&hash).await?.and_then(|r| r.superseded_at).unwrap_or(now),
         };
         if now - superseded_at <= self.settings.refresh_grace {
             return Ok(Refreshed::WithinGrace { user, session });
@@ -340,23 +280,12 @@ impl Accounts {
     }
 
     /// The session a refresh token belongs to, without using the token up.
-    pub async fn session_of_refresh(
-        &self,
-        presented: &str,
-    ) -> Result<Option<SessionId>, StoreError> {
-        Ok(self
-            .sessions
-            .refresh_record(&SecretHash::of(presented))
-            .await?
-            .map(|r| r.session_id))
+    pub async fn session_of_refresh(&self, presented: &str) -> Result<Option<SessionId>, StoreError> {
+        Ok(self.sessions.refresh_record(&SecretHash::of(presented)).await?.map(|r| r.session_id))
     }
 
     /// The user and session behind a verified access token, if both still stand.
-    pub async fn authenticate(
-        &self,
-        user: UserId,
-        session: SessionId,
-    ) -> Result<(User, Session), AuthError> {
+    pub async fn authenticate(&self, user: UserId, session: SessionId) -> Result<(User, Session), AuthError> {
         let now = self.clock.now();
         let session = self
             .sessions
@@ -364,11 +293,7 @@ impl Accounts {
             .await?
             .filter(|s| s.user_id == user && s.revoked_at.is_none() && now < s.expires_at)
             .ok_or(AuthError::NotAuthenticated)?;
-        let user = self
-            .users
-            .user_by_id(user)
-            .await?
-            .ok_or(AuthError::NotAuthenticated)?;
+        let user = self.users.user_by_id(user).await?.ok_or(AuthError::NotAuthenticated)?;
         Ok((user, session))
     }
 
@@ -385,13 +310,10 @@ impl Accounts {
         session: SessionId,
         password: Option<&str>,
     ) -> Result<(), DeleteError> {
-        let (user, session) = self
-            .authenticate(user, session)
-            .await
-            .map_err(|e| match e {
-                AuthError::NotAuthenticated => DeleteError::NotAuthenticated,
-                AuthError::Store(e) => DeleteError::Store(e),
-            })?;
+        let (user, session) = self.authenticate(user, session).await.map_err(|e| match e {
+            AuthError::NotAuthenticated => DeleteError::NotAuthenticated,
+            AuthError::Store(e) => DeleteError::Store(e),
+        })?;
         let now = self.clock.now();
         match (&user.password_hash, password) {
             (Some(phc), Some(given)) => {
@@ -404,11 +326,7 @@ impl Accounts {
             (None, _) if now - session.created_at <= RECENT_LOGIN => {}
             (None, _) => return Err(DeleteError::ReauthenticationRequired),
         }
-        match self
-            .users
-            .delete_user(user.id, &DomainEvent::deleted(user.id, now))
-            .await
-        {
+        match self.users.delete_user(user.id, &DomainEvent::deleted(user.id, now)).await {
             Ok(()) | Err(StoreError::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
@@ -434,16 +352,9 @@ impl Accounts {
         }
     }
 
-    pub async fn revoke_other_sessions(
-        &self,
-        user: UserId,
-        keep: SessionId,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    pub async fn revoke_other_sessions(&self, user: UserId, keep: SessionId) -> Result<Vec<SessionId>, StoreError> {
         let now = self.clock.now();
-        let revoked = self
-            .sessions
-            .revoke_sessions_of(user, Some(keep), now)
-            .await?;
+        let revoked = self.sessions.revoke_sessions_of(user, Some(keep), now).await?;
         for id in &revoked {
             self.session_revoked(*id, now).await;
         }

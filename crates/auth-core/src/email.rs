@@ -20,9 +20,7 @@ impl Email {
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && !local.contains('@')
-            && local
-                .chars()
-                .all(|c| !c.is_whitespace() && !c.is_control() && c != '"');
+            && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"');
         let domain = domain.to_lowercase();
         let domain_ok = domain.len() <= 253
             && domain.contains('.')
@@ -34,11 +32,7 @@ impl Email {
                     && label.chars().all(|c| c.is_alphanumeric() || c == '-')
             });
         let email = format!("{local}@{domain}");
-        if local_ok && domain_ok && email.len() <= 254 {
-            Ok(Self(email))
-        } else {
-            Err(InvalidEmail)
-        }
+        if local_ok && domain_ok && email.len() <= 254 { Ok(Self(email)) } else { Err(InvalidEmail) }
     }
 
     pub fn as_str(&self) -> &str {

@@ -27,14 +27,7 @@ impl EventKind {
     }
 
     pub fn from_subject(subject: &str) -> Option<Self> {
-        [
-            Self::Registered,
-            Self::LoggedIn,
-            Self::LoggedOut,
-            Self::Deleted,
-        ]
-        .into_iter()
-        .find(|k| k.subject() == subject)
+        [Self::Registered, Self::LoggedIn, Self::LoggedOut, Self::Deleted].into_iter().find(|k| k.subject() == subject)
     }
 }
 
@@ -49,13 +42,7 @@ pub struct DomainEvent {
 
 impl DomainEvent {
     fn new(kind: EventKind, user_id: UserId, data: Value, now: OffsetDateTime) -> Self {
-        Self {
-            id: Uuid::now_v7(),
-            kind,
-            user_id,
-            data,
-            occurred_at: now,
-        }
+        Self { id: Uuid::now_v7(), kind, user_id, data, occurred_at: now }
     }
 
     pub fn registered(user: &User, method: &str, now: OffsetDateTime) -> Self {
@@ -75,12 +62,7 @@ impl DomainEvent {
 
     /// Carries the id only: the event outlives the account and must hold no PII.
     pub fn deleted(user_id: UserId, now: OffsetDateTime) -> Self {
-        Self::new(
-            EventKind::Deleted,
-            user_id,
-            json!({"user_id": user_id}),
-            now,
-        )
+        Self::new(EventKind::Deleted, user_id, json!({"user_id": user_id}), now)
     }
 }
 

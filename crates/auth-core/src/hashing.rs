@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version,
-};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
@@ -64,13 +62,7 @@ pub struct HashingSettings {
 
 impl Default for HashingSettings {
     fn default() -> Self {
-        Self {
-            memory_kib: 19_456,
-            iterations: 2,
-            parallelism: 1,
-            permits: 0,
-            max_wait_ms: 2_000,
-        }
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1, permits: 0, max_wait_ms: 2_000 }
     }
 }
 
@@ -86,13 +78,8 @@ pub struct Argon2Hasher {
 
 impl Argon2Hasher {
     pub fn new(settings: &HashingSettings) -> Result<Self, HashError> {
-        let params = Params::new(
-            settings.memory_kib,
-            settings.iterations,
-            settings.parallelism,
-            None,
-        )
-        .map_err(|e| HashError::Internal(e.to_string()))?;
+        let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
+            .map_err(|e| HashError::Internal(e.to_string()))?;
         let permits = match settings.permits {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -195,22 +182,16 @@ impl PasswordHasher for Argon2Hasher {
 
     async fn verify(&self, password: &Password, phc: &str) -> Result<Verification, HashError> {
         let (password, stored) = (owned(password), phc.to_owned());
-        let matched = self
-            .run(move || verify_blocking(&password, &stored))
-            .await?;
+        let matched = self.run(move || verify_blocking(&password, &stored)).await?;
         Ok(match matched {
-            true => Verification::Match {
-                needs_rehash: self.weaker_than_current(phc),
-            },
+            true => Verification::Match { needs_rehash: self.weaker_than_current(phc) },
             false => Verification::Mismatch,
         })
     }
 
     async fn verify_dummy(&self, password: &Password) -> Result<(), HashError> {
         let (password, dummy) = (owned(password), self.dummy_phc.clone());
-        self.run(move || verify_blocking(&password, &dummy))
-            .await
-            .map(|_| ())
+        self.run(move || verify_blocking(&password, &dummy)).await.map(|_| ())
     }
 
     fn in_flight(&self) -> usize {
@@ -238,42 +219,24 @@ mod tests {
         let b = h.hash(&pw).await.unwrap();
         assert!(a.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{a}");
         assert_ne!(a, b);
-        assert_eq!(
-            h.verify(&pw, &a).await.unwrap(),
-            Verification::Match {
-                needs_rehash: false
-            }
-        );
+        assert_eq!(h.verify(&pw, &a).await.unwrap(), Verification::Match { needs_rehash: false });
         let wrong = Password::for_login("correct horse battery stapl");
         assert_eq!(h.verify(&wrong, &a).await.unwrap(), Verification::Mismatch);
     }
 
     #[tokio::test]
     async fn weaker_stored_parameters_ask_for_a_rehash() {
-        let weak = Argon2Hasher::new(&HashingSettings {
-            memory_kib: 12_288,
-            iterations: 3,
-            ..Default::default()
-        })
-        .unwrap();
+        let weak =
+            Argon2Hasher::new(&HashingSettings { memory_kib: 12_288, iterations: 3, ..Default::default() }).unwrap();
         let pw = Password::for_login("correct horse battery staple");
         let phc = weak.hash(&pw).await.unwrap();
-        assert_eq!(
-            hasher().verify(&pw, &phc).await.unwrap(),
-            Verification::Match { needs_rehash: true }
-        );
+        assert_eq!(hasher().verify(&pw, &phc).await.unwrap(), Verification::Match { needs_rehash: true });
     }
 
     #[tokio::test]
     async fn a_saturated_pool_answers_busy_instead_of_queueing_forever() {
-        let h = Arc::new(
-            Argon2Hasher::new(&HashingSettings {
-                permits: 1,
-                max_wait_ms: 1,
-                ..Default::default()
-            })
-            .unwrap(),
-        );
+        let h =
+            Arc::new(Argon2Hasher::new(&HashingSettings { permits: 1, max_wait_ms: 1, ..Default::default() }).unwrap());
         let pw = Password::for_login("correct horse battery staple");
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -287,10 +250,7 @@ mod tests {
                 busy += 1;
             }
         }
-        assert!(
-            busy >= 1,
-            "eight hashes through one permit with 1 ms of patience all got through"
-        );
+        assert!(busy >= 1, "eight hashes through one permit with 1 ms of patience all got through");
         assert_eq!(h.in_flight(), 0);
     }
 }

@@ -8,12 +8,8 @@ use secrecy::{ExposeSecret, SecretString};
 use unicode_normalization::UnicodeNormalization;
 
 /// 30,000 common passwords (zxcvbn's list, MIT) and a few long ones, lower-case.
-static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
-    include_str!("../data/common-passwords.txt")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .collect()
-});
+static COMMON: LazyLock<HashSet<&'static str>> =
+    LazyLock::new(|| include_str!("../data/common-passwords.txt").lines().filter(|l| !l.is_empty()).collect());
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -26,10 +22,7 @@ pub struct PasswordPolicy {
 
 impl Default for PasswordPolicy {
     fn default() -> Self {
-        Self {
-            min_chars: 15,
-            max_chars: 128,
-        }
+        Self { min_chars: 15, max_chars: 128 }
     }
 }
 
@@ -101,25 +94,13 @@ mod tests {
 
     #[test]
     fn length_is_counted_in_code_points() {
-        assert_eq!(
-            check("abcdefghijklmn").unwrap_err(),
-            PasswordError::TooShort(15)
-        );
+        assert_eq!(check("abcdefghijklmn").unwrap_err(), PasswordError::TooShort(15));
         assert!(check("abcdefghijklmno").is_ok());
         assert!(check(&"é".repeat(15)).is_ok());
-        assert_eq!(
-            check(&"😀".repeat(14)).unwrap_err(),
-            PasswordError::TooShort(15)
-        );
+        assert_eq!(check(&"😀".repeat(14)).unwrap_err(), PasswordError::TooShort(15));
         assert!(check(&"x".repeat(128)).is_ok());
-        assert_eq!(
-            check(&"x".repeat(129)).unwrap_err(),
-            PasswordError::TooLong(128)
-        );
-        assert_eq!(
-            check(&"x".repeat(1 << 20)).unwrap_err(),
-            PasswordError::TooLong(128)
-        );
+        assert_eq!(check(&"x".repeat(129)).unwrap_err(), PasswordError::TooLong(128));
+        assert_eq!(check(&"x".repeat(1 << 20)).unwrap_err(), PasswordError::TooLong(128));
     }
 
     #[test]
@@ -130,18 +111,9 @@ mod tests {
 
     #[test]
     fn common_passwords_are_refused_as_whole_strings_only() {
-        assert_eq!(
-            check("passwordpassword").unwrap_err(),
-            PasswordError::TooCommon
-        );
-        assert_eq!(
-            check("PasswordPassword").unwrap_err(),
-            PasswordError::TooCommon
-        );
-        assert_eq!(
-            check("1qaz2wsx3edc4rfv").unwrap_err(),
-            PasswordError::TooCommon
-        );
+        assert_eq!(check("passwordpassword").unwrap_err(), PasswordError::TooCommon);
+        assert_eq!(check("PasswordPassword").unwrap_err(), PasswordError::TooCommon);
+        assert_eq!(check("1qaz2wsx3edc4rfv").unwrap_err(), PasswordError::TooCommon);
         assert!(check("mypassword1xyzabc").is_ok());
         assert_eq!(PasswordError::TooCommon.code(), "password_too_common");
     }

@@ -41,13 +41,8 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
     /// Sessions of `user` that are neither revoked nor expired at `now`, newest first.
-    async fn active_sessions(
-        &self,
-        user: UserId,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Session>, StoreError>;
-    async fn refresh_record(&self, token: &SecretHash)
-    -> Result<Option<RefreshRecord>, StoreError>;
+    async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError>;
+    async fn refresh_record(&self, token: &SecretHash) -> Result<Option<RefreshRecord>, StoreError>;
     /// Replaces `old` by `new` if and only if `old` is still the session's current
     /// token (compare-and-swap); `false` when another refresh got there first.
     async fn rotate_refresh(

@@ -45,10 +45,7 @@ impl RevocationSet {
     /// Whether a token of session `sid`, user `sub`, issued at `iat` is revoked.
     pub fn is_revoked(&self, sid: &str, sub: &str, iat: i64) -> bool {
         let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        e.sessions.contains_key(sid)
-            || e.users
-                .get(sub)
-                .is_some_and(|(not_before, _)| iat <= *not_before)
+        e.sessions.contains_key(sid) || e.users.get(sub).is_some_and(|(not_before, _)| iat <= *not_before)
     }
 
     /// Drops entries no live token can match any more.
@@ -102,16 +99,11 @@ impl RevocationFeed for InProcessFeed {
 #[async_trait]
 impl RevocationSink for InProcessFeed {
     async fn session_revoked(&self, session: SessionId, until: OffsetDateTime) {
-        self.set
-            .revoke_session(&session.to_string(), until.unix_timestamp());
+        self.set.revoke_session(&session.to_string(), until.unix_timestamp());
     }
 
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
-        self.set.revoke_user(
-            &user.to_string(),
-            not_before.unix_timestamp(),
-            until.unix_timestamp(),
-        );
+        self.set.revoke_user(&user.to_string(), not_before.unix_timestamp(), until.unix_timestamp());
     }
 }
 
@@ -126,10 +118,7 @@ mod tests {
         set.revoke_user("u1", 50, 200);
         assert!(set.is_revoked("s1", "anyone", 10));
         assert!(set.is_revoked("s2", "u1", 50));
-        assert!(
-            !set.is_revoked("s2", "u1", 51),
-            "a token issued after the cut-off stands"
-        );
+        assert!(!set.is_revoked("s2", "u1", 51), "a token issued after the cut-off stands");
         assert!(!set.is_revoked("s2", "u2", 10));
         assert_eq!(set.len(), 2);
         set.prune(150);

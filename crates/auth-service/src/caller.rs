@@ -52,11 +52,7 @@ fn presented(headers: &HeaderMap) -> Result<Option<(&str, Credential)>, ApiError
 
 /// The CSRF rule for cookie-authenticated unsafe requests: the header equals
 /// the cookie, and the token was minted for this session.
-pub fn check_csrf(
-    state: &AppState,
-    headers: &HeaderMap,
-    session: SessionId,
-) -> Result<(), ApiError> {
+pub fn check_csrf(state: &AppState, headers: &HeaderMap, session: SessionId) -> Result<(), ApiError> {
     let header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
     let cookie = cookies::get(headers, cookies::CSRF);
     check_pair(state.keys().csrf(), header, cookie, &session.to_string())
@@ -68,37 +64,20 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let (token, via) = presented(&parts.headers)?.ok_or_else(ApiError::unauthenticated)?;
-        let claims = state
-            .keys()
-            .current()
-            .verifier
-            .verify(token, state.clock().unix())
-            .map_err(|reason| {
-                tracing::debug!(reason = reason.reason(), "access token refused");
-                ApiError::unauthenticated()
-            })?;
-        let (Ok(user_id), Ok(session_id)) = (
-            claims.sub.parse::<UserId>(),
-            claims.sid.parse::<SessionId>(),
-        ) else {
+        let claims = state.keys().current().verifier.verify(token, state.clock().unix()).map_err(|reason| {
+            tracing::debug!(reason = reason.reason(), "access token refused");
+            ApiError::unauthenticated()
+        })?;
+        let (Ok(user_id), Ok(session_id)) = (claims.sub.parse::<UserId>(), claims.sid.parse::<SessionId>()) else {
             return Err(ApiError::unauthenticated());
         };
-        let (user, session) = state
-            .accounts()
-            .authenticate(user_id, session_id)
-            .await
-            .map_err(|e| match e {
-                AuthError::NotAuthenticated => ApiError::unauthenticated(),
-                AuthError::Store(e) => e.into(),
-            })?;
+        let (user, session) = state.accounts().authenticate(user_id, session_id).await.map_err(|e| match e {
+            AuthError::NotAuthenticated => ApiError::unauthenticated(),
+            AuthError::Store(e) => e.into(),
+        })?;
         if via == Credential::Cookie && is_unsafe(&parts.method) {
             check_csrf(state, &parts.headers, session.id)?;
         }
-        Ok(Self {
-            claims,
-            user,
-            session,
-            via,
-        })
+        Ok(Self { claims, user, session, via })
     }
 }

@@ -32,12 +32,7 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+        Self { status, code, message: message.into(), retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -45,19 +40,11 @@ impl ApiError {
     }
 
     pub fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "authentication is required",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required")
     }
 
     pub fn invalid_credentials() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_credentials",
-            "invalid email or password",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid email or password")
     }
 
     pub fn csrf_failed(message: impl Into<String>) -> Self {
@@ -71,22 +58,14 @@ impl ApiError {
     pub fn busy() -> Self {
         Self {
             retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the server is busy; retry shortly",
-            )
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "the server is busy; retry shortly")
         }
     }
 
     /// A 500 whose cause is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "something went wrong on our side",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "something went wrong on our side")
     }
 
     /// A 503 for a dependency that is down, cause logged.
@@ -94,23 +73,14 @@ impl ApiError {
         tracing::error!(%cause, "dependency unavailable");
         Self {
             retry_after: Some(1),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "a dependency is unavailable; retry shortly",
-            )
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry shortly")
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.into(),
-                message: self.message,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code.into(), message: self.message } };
         let mut response = (self.status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
@@ -131,16 +101,10 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as application/json",
             ),
-            JsonRejection::JsonSyntaxError(_) => {
-                Self::bad_request("invalid_json", "the body is not valid JSON")
-            }
+            JsonRejection::JsonSyntaxError(_) => Self::bad_request("invalid_json", "the body is not valid JSON"),
             JsonRejection::JsonDataError(e) => Self::bad_request("invalid_body", e.body_text()),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the body is larger than 16 KiB",
-                )
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is larger than 16 KiB")
             }
             other => Self::bad_request("invalid_body", other.body_text()),
         }

@@ -15,10 +15,7 @@ use crate::error::ApiError;
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 pub fn is_unsafe(method: &Method) -> bool {
-    !matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
 }
 
 pub async fn protect(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -29,23 +26,14 @@ pub async fn protect(State(state): State<AppState>, request: Request, next: Next
     }
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // Answers are per-user and may carry tokens (RFC 6749 §5.1).
-    headers
-        .entry(header::CACHE_CONTROL)
-        .or_insert(HeaderValue::from_static("no-store"));
+    headers.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     response
 }
 
 fn check_unsafe(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
+    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
     check_site(
         text(SEC_FETCH_SITE),
         text(header::ORIGIN.as_str()),
@@ -64,10 +52,7 @@ fn check_unsafe(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 fn has_body(headers: &HeaderMap) -> bool {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     length.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING)
 }
 

@@ -23,11 +23,7 @@ pub struct LiveKeys {
 
 #[derive(Debug)]
 enum Source {
-    File {
-        path: PathBuf,
-        modified: Mutex<Option<SystemTime>>,
-        ring: Mutex<KeyRing>,
-    },
+    File { path: PathBuf, modified: Mutex<Option<SystemTime>>, ring: Mutex<KeyRing> },
     Fixed(KeyRing),
 }
 
@@ -41,33 +37,17 @@ pub struct KeyHandle {
 
 impl std::fmt::Debug for KeyHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyHandle")
-            .field("source", &self.source)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyHandle").field("source", &self.source).finish_non_exhaustive()
     }
 }
 
 impl KeyHandle {
     /// Keys from `path`, created with fresh secrets (mode 0600) if missing.
-    pub fn from_file(
-        path: PathBuf,
-        settings: TokenSettings,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, KeyFileError> {
+    pub fn from_file(path: PathBuf, settings: TokenSettings, clock: Arc<dyn Clock>) -> Result<Self, KeyFileError> {
         let Secrets { ring, csrf } = keyfile::load_or_create(&path, clock.unix())?;
         let live = build(&ring, &settings, clock.unix());
-        let source = Source::File {
-            modified: Mutex::new(mtime(&path)),
-            path,
-            ring: Mutex::new(ring),
-        };
-        Ok(Self {
-            source,
-            settings,
-            clock,
-            live: RwLock::new(Arc::new(live)),
-            csrf,
-        })
+        let source = Source::File { modified: Mutex::new(mtime(&path)), path, ring: Mutex::new(ring) };
+        Ok(Self { source, settings, clock, live: RwLock::new(Arc::new(live)), csrf })
     }
 
     /// Keys held in memory only (tests, or secrets handed over by the caller).
@@ -100,11 +80,7 @@ impl KeyHandle {
         let now = self.clock.unix();
         let ring = match &self.source {
             Source::Fixed(ring) => ring.clone(),
-            Source::File {
-                path,
-                modified,
-                ring,
-            } => {
+            Source::File { path, modified, ring } => {
                 let mut seen = modified.lock().unwrap_or_else(|e| e.into_inner());
                 let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
                 let current = mtime(path);
@@ -116,8 +92,7 @@ impl KeyHandle {
                 ring.clone()
             }
         };
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) =
-            Arc::new(build(&ring, &self.settings, now));
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(build(&ring, &self.settings, now));
         Ok(())
     }
 

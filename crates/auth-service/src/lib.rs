@@ -38,15 +38,9 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 pub fn router(state: AppState) -> Router {
     routes::router()
         // Per-route metrics: inside routing, so the matched path is known.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::track,
-        ))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         // Cross-site and non-JSON unsafe requests never reach a handler.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::protect,
-        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::protect))
         // Bounded bodies: a 1 MiB password is refused before any hashing.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(routes::not_found)
@@ -60,10 +54,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }

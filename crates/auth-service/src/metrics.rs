@@ -15,9 +15,7 @@ use axum::response::Response;
 use crate::AppState;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 #[derive(Debug, Default)]
 struct Histogram {
@@ -50,26 +48,17 @@ impl Metrics {
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
         let key = (route.to_owned(), method.to_owned(), status);
         *lock(&self.requests).entry(key.clone()).or_default() += 1;
-        lock(&self.latency)
-            .entry(key)
-            .or_default()
-            .observe(elapsed.as_secs_f64());
+        lock(&self.latency).entry(key).or_default().observe(elapsed.as_secs_f64());
     }
 
     pub fn login(&self, success: bool) {
-        let counter = if success {
-            &self.login_success
-        } else {
-            &self.login_failure
-        };
+        let counter = if success { &self.login_success } else { &self.login_failure };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn render(&self, hashes_in_flight: usize) -> String {
         let mut out = String::with_capacity(4096);
-        out.push_str(
-            "# HELP gatehouse_http_requests_total HTTP requests by route, method and status.\n",
-        );
+        out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route, method and status.\n");
         out.push_str("# TYPE gatehouse_http_requests_total counter\n");
         for ((route, method, status), n) in lock(&self.requests).iter() {
             let _ = writeln!(
@@ -77,31 +66,19 @@ impl Metrics {
                 "gatehouse_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
             );
         }
-        out.push_str("# HELP gatehouse_http_request_duration_seconds HTTP request latency by route, method and status.\n");
+        out.push_str(
+            "# HELP gatehouse_http_request_duration_seconds HTTP request latency by route, method and status.\n",
+        );
         out.push_str("# TYPE gatehouse_http_request_duration_seconds histogram\n");
         for ((route, method, status), h) in lock(&self.latency).iter() {
             let labels = format!("route=\"{route}\",method=\"{method}\",status=\"{status}\"");
             for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
-                let _ = writeln!(
-                    out,
-                    "gatehouse_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}"
-                );
+                let _ =
+                    writeln!(out, "gatehouse_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {count}");
             }
-            let _ = writeln!(
-                out,
-                "gatehouse_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "gatehouse_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "gatehouse_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+            let _ = writeln!(out, "gatehouse_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "gatehouse_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "gatehouse_http_request_duration_seconds_count{{{labels}}} {}", h.count);
         }
         out.push_str("# HELP gatehouse_logins_total Login attempts by result.\n");
         out.push_str("# TYPE gatehouse_logins_total counter\n");
@@ -117,10 +94,7 @@ impl Metrics {
         );
         out.push_str("# HELP gatehouse_password_hashes_in_flight Password hashes running or waiting for a thread.\n");
         out.push_str("# TYPE gatehouse_password_hashes_in_flight gauge\n");
-        let _ = writeln!(
-            out,
-            "gatehouse_password_hashes_in_flight {hashes_in_flight}"
-        );
+        let _ = writeln!(out, "gatehouse_password_hashes_in_flight {hashes_in_flight}");
         out
     }
 }
@@ -132,19 +106,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Route-layer middleware: times each matched request.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_default();
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    state.metrics().observe_request(
-        &route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    state.metrics().observe_request(&route, &method, response.status().as_u16(), started.elapsed());
     response
 }
 
@@ -161,20 +126,12 @@ mod tests {
         m.login(false);
         m.login(false);
         let text = m.render(2);
-        assert!(text.contains(
-            "gatehouse_http_requests_total{route=\"/auth/me\",method=\"GET\",status=\"200\"} 1"
-        ));
+        assert!(text.contains("gatehouse_http_requests_total{route=\"/auth/me\",method=\"GET\",status=\"200\"} 1"));
         let me_ok = "route=\"/auth/me\",method=\"GET\",status=\"200\"";
         let me_401 = "route=\"/auth/me\",method=\"GET\",status=\"401\"";
-        assert!(text.contains(&format!(
-            "gatehouse_http_request_duration_seconds_bucket{{{me_ok},le=\"0.005\"}} 1"
-        )));
-        assert!(text.contains(&format!(
-            "gatehouse_http_request_duration_seconds_bucket{{{me_401},le=\"0.025\"}} 0"
-        )));
-        assert!(text.contains(&format!(
-            "gatehouse_http_request_duration_seconds_count{{{me_401}}} 1"
-        )));
+        assert!(text.contains(&format!("gatehouse_http_request_duration_seconds_bucket{{{me_ok},le=\"0.005\"}} 1")));
+        assert!(text.contains(&format!("gatehouse_http_request_duration_seconds_bucket{{{me_401},le=\"0.025\"}} 0")));
+        assert!(text.contains(&format!("gatehouse_http_request_duration_seconds_count{{{me_401}}} 1")));
         assert!(text.contains("gatehouse_logins_total{result=\"failure\"} 2"));
         assert!(text.contains("gatehouse_password_hashes_in_flight 2"));
     }

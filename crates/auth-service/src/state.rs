@@ -44,15 +44,7 @@ impl AppState {
             .chain(&settings.trusted_origins)
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect();
-        Self(Arc::new(Inner {
-            accounts,
-            keys,
-            clock,
-            health,
-            metrics: Metrics::default(),
-            settings,
-            allowed_origins,
-        }))
+        Self(Arc::new(Inner { accounts, keys, clock, health, metrics: Metrics::default(), settings, allowed_origins }))
     }
 
     pub fn accounts(&self) -> &Accounts {

@@ -39,21 +39,13 @@ pub struct Stores {
 impl Stores {
     fn of<S: UserStore + SessionStore + Outbox + Health>(store: S, backend: &'static str) -> Self {
         let store = Arc::new(store);
-        Self {
-            users: store.clone(),
-            sessions: store.clone(),
-            outbox: store.clone(),
-            health: store,
-            backend,
-        }
+        Self { users: store.clone(), sessions: store.clone(), outbox: store.clone(), health: store, backend }
     }
 }
 
 impl std::fmt::Debug for Stores {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stores")
-            .field("backend", &self.backend)
-            .finish_non_exhaustive()
+        f.debug_struct("Stores").field("backend", &self.backend).finish_non_exhaustive()
     }
 }
 
@@ -64,11 +56,7 @@ pub enum OpenError {
     #[error("cannot open the database: {0}")]
     Connect(String),
     #[error("migration {version} ({name}) failed: {reason}")]
-    Migration {
-        version: i64,
-        name: &'static str,
-        reason: String,
-    },
+    Migration { version: i64, name: &'static str, reason: String },
 }
 
 /// Connects to the database named by `url`, applying migrations when `migrate` is set.

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore,
-    StoreError, User, UserId, UserStore,
+    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId,
+    UserStore,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -43,21 +43,16 @@ impl PgStore {
     }
 }
 
-async fn insert_event(
-    tx: &mut Transaction<'_, Postgres>,
-    e: &DomainEvent,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(e.id)
-    .bind(e.kind.subject())
-    .bind(e.user_id.as_uuid())
-    .bind(&e.data)
-    .bind(e.occurred_at)
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
+async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &DomainEvent) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(e.id)
+        .bind(e.kind.subject())
+        .bind(e.user_id.as_uuid())
+        .bind(&e.data)
+        .bind(e.occurred_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
     Ok(())
 }
 
@@ -65,8 +60,7 @@ fn user_from(row: &PgRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(row.try_get("id").map_err(store_error)?),
-        email: Email::parse(&email)
-            .map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        email: Email::parse(&email).map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: row.try_get("created_at").map_err(store_error)?,
@@ -91,8 +85,8 @@ fn session_from(row: &PgRow) -> Result<Session, StoreError> {
 
 fn event_from(row: &PgRow) -> Result<StoredEvent, StoreError> {
     let kind: String = row.try_get("event_type").map_err(store_error)?;
-    let kind = EventKind::from_subject(&kind)
-        .ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
+    let kind =
+        EventKind::from_subject(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
     Ok(StoredEvent {
         event: DomainEvent {
             id: row.try_get("id").map_err(store_error)?,
@@ -126,21 +120,13 @@ impl UserStore for PgStore {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
-        let row = sqlx::query(sql)
-            .bind(email.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sql).bind(email.as_str()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
-        let row = sqlx::query(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sql).bind(id.as_uuid()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
@@ -151,11 +137,7 @@ impl UserStore for PgStore {
             .execute(&self.pool)
             .await
             .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
@@ -186,12 +168,7 @@ impl UserStore for PgStore {
 
 #[async_trait]
 impl SessionStore for PgStore {
-    async fn create_session(
-        &self,
-        s: &Session,
-        refresh: &SecretHash,
-        event: &DomainEvent,
-    ) -> Result<(), StoreError> {
+    async fn create_session(&self, s: &Session, refresh: &SecretHash, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
@@ -209,64 +186,40 @@ impl SessionStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(refresh.as_str())
-        .bind(s.id.as_uuid())
-        .bind(s.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
+            .bind(refresh.as_str())
+            .bind(s.id.as_uuid())
+            .bind(s.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            session_columns!(),
-            " FROM sessions WHERE id = $1"
-        );
-        let row = sqlx::query(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let sql = concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = $1");
+        let row = sqlx::query(sql).bind(id.as_uuid()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(session_from).transpose()
     }
 
-    async fn active_sessions(
-        &self,
-        user: UserId,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Session>, StoreError> {
+    async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError> {
         let sql = concat!(
             "SELECT ",
             session_columns!(),
             " FROM sessions WHERE user_id = $1 AND revoked_at IS NULL \
              AND expires_at > $2 AND idle_expires_at > $2 ORDER BY created_at DESC, id"
         );
-        let rows = sqlx::query(sql)
-            .bind(user.as_uuid())
-            .bind(now)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = sqlx::query(sql).bind(user.as_uuid()).bind(now).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(session_from).collect()
     }
 
-    async fn refresh_record(
-        &self,
-        token: &SecretHash,
-    ) -> Result<Option<RefreshRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = $1",
-        )
-        .bind(token.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
+    async fn refresh_record(&self, token: &SecretHash) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query("SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = $1")
+            .bind(token.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         row.map(|r| {
             Ok(RefreshRecord {
                 session_id: SessionId::from_uuid(r.try_get("session_id").map_err(store_error)?),
@@ -298,15 +251,13 @@ impl SessionStore for PgStore {
         if swapped.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)",
-        )
-        .bind(new.as_str())
-        .bind(session.as_uuid())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
+            .bind(new.as_str())
+            .bind(session.as_uuid())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         sqlx::query("UPDATE sessions SET last_seen_at = $2, idle_expires_at = $3 WHERE id = $1")
             .bind(session.as_uuid())
             .bind(now)
@@ -329,11 +280,7 @@ impl SessionStore for PgStore {
         .await
         .map_err(store_error)?;
         let Some(user) = user else { return Ok(false) };
-        insert_event(
-            &mut tx,
-            &DomainEvent::logged_out(UserId::from_uuid(user), id, now),
-        )
-        .await?;
+        insert_event(&mut tx, &DomainEvent::logged_out(UserId::from_uuid(user), id, now)).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(true)
     }
@@ -367,42 +314,24 @@ impl SessionStore for PgStore {
 #[async_trait]
 impl Outbox for PgStore {
     async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1"
-        );
-        let rows = sqlx::query(sql)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1");
+        let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
     async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM outbox WHERE user_id = $1 ORDER BY seq"
-        );
-        let rows = sqlx::query(sql)
-            .bind(user.as_uuid())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE user_id = $1 ORDER BY seq");
+        let rows = sqlx::query(sql).bind(user.as_uuid()).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
     async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE outbox SET published_at = $2 WHERE id = ANY($1) AND published_at IS NULL",
-        )
-        .bind(ids)
-        .bind(now)
-        .execute(&self.pool)
-        .await
-        .map_err(store_error)?;
+        sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1) AND published_at IS NULL")
+            .bind(ids)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 }
@@ -410,10 +339,6 @@ impl Outbox for PgStore {
 #[async_trait]
 impl Health for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error).map(|_| ())
     }
 }

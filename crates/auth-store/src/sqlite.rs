@@ -8,12 +8,10 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore,
-    StoreError, User, UserId, UserStore,
+    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId,
+    UserStore,
 };
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -67,8 +65,7 @@ fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
 
 fn uuid_of(row: &SqliteRow, column: &str) -> Result<Uuid, StoreError> {
     let text: String = row.try_get(column).map_err(store_error)?;
-    Uuid::parse_str(&text)
-        .map_err(|e| StoreError::Unavailable(format!("stored id is not a UUID: {e}")))
+    Uuid::parse_str(&text).map_err(|e| StoreError::Unavailable(format!("stored id is not a UUID: {e}")))
 }
 
 fn time_of(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
@@ -81,17 +78,15 @@ fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, 
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEvent) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(e.id.to_string())
-    .bind(e.kind.subject())
-    .bind(e.user_id.to_string())
-    .bind(e.data.to_string())
-    .bind(ms(e.occurred_at))
-    .execute(&mut **tx)
-    .await
-    .map_err(store_error)?;
+    sqlx::query("INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(e.id.to_string())
+        .bind(e.kind.subject())
+        .bind(e.user_id.to_string())
+        .bind(e.data.to_string())
+        .bind(ms(e.occurred_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
     Ok(())
 }
 
@@ -99,8 +94,7 @@ fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(uuid_of(row, "id")?),
-        email: Email::parse(&email)
-            .map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        email: Email::parse(&email).map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: time_of(row, "created_at")?,
@@ -125,16 +119,15 @@ fn session_from(row: &SqliteRow) -> Result<Session, StoreError> {
 
 fn event_from(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
     let kind: String = row.try_get("event_type").map_err(store_error)?;
-    let kind = EventKind::from_subject(&kind)
-        .ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
+    let kind =
+        EventKind::from_subject(&kind).ok_or_else(|| StoreError::Unavailable(format!("unknown event type {kind}")))?;
     let data: String = row.try_get("data").map_err(store_error)?;
     Ok(StoredEvent {
         event: DomainEvent {
             id: uuid_of(row, "id")?,
             kind,
             user_id: UserId::from_uuid(uuid_of(row, "user_id")?),
-            data: serde_json::from_str(&data)
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+            data: serde_json::from_str(&data).map_err(|e| StoreError::Unavailable(e.to_string()))?,
             occurred_at: time_of(row, "occurred_at")?,
         },
         published_at: opt_time_of(row, "published_at")?,
@@ -160,21 +153,13 @@ impl UserStore for SqliteStore {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?");
-        let row = sqlx::query(sql)
-            .bind(email.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sql).bind(email.as_str()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?");
-        let row = sqlx::query(sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
@@ -185,11 +170,7 @@ impl UserStore for SqliteStore {
             .execute(&self.pool)
             .await
             .map_err(store_error)?;
-        if done.rows_affected() == 0 {
-            Err(StoreError::NotFound)
-        } else {
-            Ok(())
-        }
+        if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
@@ -220,12 +201,7 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn create_session(
-        &self,
-        s: &Session,
-        refresh: &SecretHash,
-        event: &DomainEvent,
-    ) -> Result<(), StoreError> {
+    async fn create_session(&self, s: &Session, refresh: &SecretHash, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
@@ -243,60 +219,41 @@ impl SessionStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
-        )
-        .bind(refresh.as_str())
-        .bind(s.id.to_string())
-        .bind(ms(s.created_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)")
+            .bind(refresh.as_str())
+            .bind(s.id.to_string())
+            .bind(ms(s.created_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
         let sql = concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?");
-        let row = sqlx::query(sql)
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(session_from).transpose()
     }
 
-    async fn active_sessions(
-        &self,
-        user: UserId,
-        now: OffsetDateTime,
-    ) -> Result<Vec<Session>, StoreError> {
+    async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError> {
         let sql = concat!(
             "SELECT ",
             session_columns!(),
             " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
              AND expires_at > ?2 AND idle_expires_at > ?2 ORDER BY created_at DESC, id"
         );
-        let rows = sqlx::query(sql)
-            .bind(user.to_string())
-            .bind(ms(now))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows =
+            sqlx::query(sql).bind(user.to_string()).bind(ms(now)).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(session_from).collect()
     }
 
-    async fn refresh_record(
-        &self,
-        token: &SecretHash,
-    ) -> Result<Option<RefreshRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = ?",
-        )
-        .bind(token.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
+    async fn refresh_record(&self, token: &SecretHash) -> Result<Option<RefreshRecord>, StoreError> {
+        let row = sqlx::query("SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = ?")
+            .bind(token.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
         row.map(|r| {
             Ok(RefreshRecord {
                 session_id: SessionId::from_uuid(uuid_of(&r, "session_id")?),
@@ -328,15 +285,13 @@ impl SessionStore for SqliteStore {
         if swapped.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
-        )
-        .bind(new.as_str())
-        .bind(session.to_string())
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)")
+            .bind(new.as_str())
+            .bind(session.to_string())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         sqlx::query("UPDATE sessions SET last_seen_at = ?, idle_expires_at = ? WHERE id = ?")
             .bind(ms(now))
             .bind(ms(idle_expires_at))
@@ -350,13 +305,14 @@ impl SessionStore for SqliteStore {
 
     async fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        let user: Option<String> =
-            sqlx::query_scalar("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id")
-                .bind(ms(now))
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
+        let user: Option<String> = sqlx::query_scalar(
+            "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
+        )
+        .bind(ms(now))
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
         let Some(user) = user else { return Ok(false) };
         let user = UserId::from_str(&user).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
@@ -383,8 +339,7 @@ impl SessionStore for SqliteStore {
         .map_err(store_error)?;
         let mut revoked = Vec::with_capacity(ids.len());
         for id in ids {
-            let id =
-                SessionId::from_str(&id).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            let id = SessionId::from_str(&id).map_err(|e| StoreError::Unavailable(e.to_string()))?;
             insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
             revoked.push(id);
         }
@@ -396,30 +351,14 @@ impl SessionStore for SqliteStore {
 #[async_trait]
 impl Outbox for SqliteStore {
     async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?"
-        );
-        let rows = sqlx::query(sql)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?");
+        let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
     async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = concat!(
-            "SELECT ",
-            event_columns!(),
-            " FROM outbox WHERE user_id = ? ORDER BY seq"
-        );
-        let rows = sqlx::query(sql)
-            .bind(user.to_string())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE user_id = ? ORDER BY seq");
+        let rows = sqlx::query(sql).bind(user.to_string()).fetch_all(&self.pool).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
@@ -440,10 +379,6 @@ impl Outbox for SqliteStore {
 #[async_trait]
 impl Health for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)
-            .map(|_| ())
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error).map(|_| ())
     }
 }

@@ -50,15 +50,10 @@ impl TestDatabase {
                 let dir = std::env::temp_dir().join(format!("gatehouse-test-{}", unique_suffix()));
                 std::fs::create_dir_all(&dir).expect("create a temporary directory");
                 let url = format!("sqlite://{}", dir.join("gatehouse.db").display());
-                Self {
-                    url,
-                    backend,
-                    cleanup: Cleanup::Dir(dir),
-                }
+                Self { url, backend, cleanup: Cleanup::Dir(dir) }
             }
             Backend::Postgres => {
-                let admin_url =
-                    std::env::var(POSTGRES_ENV).expect("GATEHOUSE_TEST_POSTGRES_URL is set");
+                let admin_url = std::env::var(POSTGRES_ENV).expect("GATEHOUSE_TEST_POSTGRES_URL is set");
                 let name = format!("gatehouse_test_{}", unique_suffix());
                 let mut admin = connect_admin(&admin_url).await;
                 use sqlx::Connection as _;
@@ -68,11 +63,7 @@ impl TestDatabase {
                     .expect("create a test database");
                 admin.close().await.ok();
                 let url = with_database(&admin_url, &name);
-                Self {
-                    url,
-                    backend,
-                    cleanup: Cleanup::Database { admin_url, name },
-                }
+                Self { url, backend, cleanup: Cleanup::Database { admin_url, name } }
             }
         }
     }
@@ -110,16 +101,11 @@ impl Drop for TestDatabase {
                 // Drop runs inside the test's runtime; a fresh one on a fresh
                 // thread can block without upsetting it.
                 let dropped = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                     rt.block_on(async {
                         let mut admin = connect_admin(&admin_url).await;
                         let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                            .execute(&mut admin)
-                            .await
-                            .map(|_| ())
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.map(|_| ())
                     })
                     .map_err(std::io::Error::other)
                 })
@@ -138,14 +124,8 @@ mod tests {
 
     #[test]
     fn the_database_name_is_replaced_keeping_the_rest() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/test", "x"),
-            "postgres://u@h:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/test?sslmode=disable", "x"),
-            "postgres://u@h/x?sslmode=disable"
-        );
+        assert_eq!(with_database("postgres://u@h:5432/test", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h/test?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
         assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

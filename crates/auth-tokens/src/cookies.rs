@@ -25,11 +25,7 @@ pub fn without(header: &str, names: &[&str]) -> Option<String> {
         .split(';')
         .map(str::trim)
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| {
-            !names
-                .iter()
-                .any(|n| pair.split_once('=').map_or(*pair, |(k, _)| k) == *n)
-        })
+        .filter(|pair| !names.iter().any(|n| pair.split_once('=').map_or(*pair, |(k, _)| k) == *n))
         .collect();
     (!kept.is_empty()).then(|| kept.join("; "))
 }
@@ -40,10 +36,7 @@ mod tests {
 
     #[test]
     fn only_the_exact_name_is_found() {
-        let headers = [
-            "csrf_token=evil; __Host-csrf_token=good",
-            "__Host-access_token=jwt",
-        ];
+        let headers = ["csrf_token=evil; __Host-csrf_token=good", "__Host-access_token=jwt"];
         assert_eq!(find(headers, CSRF), Some("good"));
         assert_eq!(find(headers, ACCESS), Some("jwt"));
         assert_eq!(find(headers, REFRESH), None);
@@ -53,10 +46,7 @@ mod tests {
     #[test]
     fn our_cookies_are_removed_and_the_rest_kept() {
         let header = "theme=dark; __Host-access_token=jwt; __Host-csrf_token=x; lang=en";
-        assert_eq!(
-            without(header, &ALL).as_deref(),
-            Some("theme=dark; lang=en")
-        );
+        assert_eq!(without(header, &ALL).as_deref(), Some("theme=dark; lang=en"));
         assert_eq!(without("__Host-refresh_token=r", &ALL), None);
     }
 }

@@ -45,8 +45,7 @@ impl CsrfKey {
         let Some((nonce, mac)) = token.split_once('.') else {
             return false;
         };
-        let (Some(nonce), Some(mac)) = (crate::b64url_decode(nonce), crate::b64url_decode(mac))
-        else {
+        let (Some(nonce), Some(mac)) = (crate::b64url_decode(nonce), crate::b64url_decode(mac)) else {
             return false;
         };
         nonce.len() == 16 && self.mac(sid, &nonce).ct_eq(&mac).into()
@@ -82,12 +81,7 @@ pub enum CsrfRefusal {
 
 /// Signed double submit: the header equals the cookie, and the token was
 /// minted by `key` for session `sid`.
-pub fn check_pair(
-    key: &CsrfKey,
-    header: Option<&str>,
-    cookie: Option<&str>,
-    sid: &str,
-) -> Result<(), CsrfRefusal> {
+pub fn check_pair(key: &CsrfKey, header: Option<&str>, cookie: Option<&str>, sid: &str) -> Result<(), CsrfRefusal> {
     match (header, cookie) {
         (None, _) => Err(CsrfRefusal::MissingHeader),
         (Some(h), Some(c)) if same_token(h, c) && key.verify(h, sid) => Ok(()),
@@ -113,9 +107,7 @@ pub fn check_site(
     if allowed.contains(&origin) {
         return Ok(());
     }
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
+    let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
     match (authority, host) {
         (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host) => Ok(()),
         _ => Err(CsrfRefusal::ForeignOrigin),
@@ -152,46 +144,22 @@ mod tests {
         let key = CsrfKey::generate();
         let t = key.mint("s");
         assert_eq!(check_pair(&key, Some(&t), Some(&t), "s"), Ok(()));
-        assert_eq!(
-            check_pair(&key, None, Some(&t), "s"),
-            Err(CsrfRefusal::MissingHeader)
-        );
-        assert_eq!(
-            check_pair(&key, Some(&t), None, "s"),
-            Err(CsrfRefusal::Invalid)
-        );
-        assert_eq!(
-            check_pair(&key, Some(&t), Some(&key.mint("s")), "s"),
-            Err(CsrfRefusal::Invalid)
-        );
-        assert_eq!(
-            check_pair(&key, Some(&t), Some(&t), "other"),
-            Err(CsrfRefusal::Invalid)
-        );
+        assert_eq!(check_pair(&key, None, Some(&t), "s"), Err(CsrfRefusal::MissingHeader));
+        assert_eq!(check_pair(&key, Some(&t), None, "s"), Err(CsrfRefusal::Invalid));
+        assert_eq!(check_pair(&key, Some(&t), Some(&key.mint("s")), "s"), Err(CsrfRefusal::Invalid));
+        assert_eq!(check_pair(&key, Some(&t), Some(&t), "other"), Err(CsrfRefusal::Invalid));
     }
 
     #[test]
     fn cross_site_and_foreign_origins_are_refused() {
         let allowed = vec!["https://app.example.com".to_owned()];
         let check = |site, origin, host| check_site(site, origin, host, &allowed);
-        assert_eq!(
-            check(Some("cross-site"), None, None),
-            Err(CsrfRefusal::CrossSite)
-        );
+        assert_eq!(check(Some("cross-site"), None, None), Err(CsrfRefusal::CrossSite));
         assert_eq!(check(Some("same-origin"), None, None), Ok(()));
-        assert_eq!(
-            check(None, Some("https://evil.example"), Some("127.0.0.1:8080")),
-            Err(CsrfRefusal::ForeignOrigin)
-        );
-        assert_eq!(
-            check(None, Some("null"), Some("127.0.0.1:8080")),
-            Err(CsrfRefusal::ForeignOrigin)
-        );
+        assert_eq!(check(None, Some("https://evil.example"), Some("127.0.0.1:8080")), Err(CsrfRefusal::ForeignOrigin));
+        assert_eq!(check(None, Some("null"), Some("127.0.0.1:8080")), Err(CsrfRefusal::ForeignOrigin));
         assert_eq!(check(None, Some("https://APP.example.com"), None), Ok(()));
-        assert_eq!(
-            check(None, Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")),
-            Ok(())
-        );
+        assert_eq!(check(None, Some("http://127.0.0.1:8080"), Some("127.0.0.1:8080")), Ok(()));
     }
 
     #[test]

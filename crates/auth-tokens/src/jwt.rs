@@ -48,19 +48,14 @@ pub struct TokenSigner {
 
 impl std::fmt::Debug for TokenSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenSigner").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
 impl TokenSigner {
     pub fn new(ring: &KeyRing) -> Self {
         let active = ring.active();
-        Self {
-            kid: active.kid.clone(),
-            key: EncodingKey::from_ed_der(&active.pkcs8_der()),
-        }
+        Self { kid: active.kid.clone(), key: EncodingKey::from_ed_der(&active.pkcs8_der()) }
     }
 
     pub fn kid(&self) -> &str {
@@ -129,9 +124,7 @@ pub struct TokenVerifier {
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("kids", &self.keys.keys())
-            .finish_non_exhaustive()
+        f.debug_struct("TokenVerifier").field("kids", &self.keys.keys()).finish_non_exhaustive()
     }
 }
 
@@ -156,11 +149,7 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud", "sub"]);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
-        Self {
-            keys,
-            validation,
-            leeway: settings.leeway,
-        }
+        Self { keys, validation, leeway: settings.leeway }
     }
 
     /// A verifier for every live key of `ring` at `now`.
@@ -183,39 +172,37 @@ impl TokenVerifier {
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::Algorithm);
         }
-        let typ_ok = header.typ.as_deref().is_some_and(|t| {
-            t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
-                || t.eq_ignore_ascii_case("application/at+jwt")
-        });
+        let typ_ok = header
+            .typ
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
         if !typ_ok {
             return Err(VerifyError::Type);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(VerifyError::UnknownKey)?;
+        let key = header.kid.as_deref().and_then(|kid| self.keys.get(kid)).ok_or(VerifyError::UnknownKey)?;
         let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::InvalidSignature => VerifyError::Signature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    VerifyError::Algorithm
-                }
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => VerifyError::Algorithm,
                 ErrorKind::InvalidIssuer => VerifyError::Issuer,
                 ErrorKind::InvalidAudience => VerifyError::Audience,
-                ErrorKind::Base64(_) | ErrorKind::InvalidToken | ErrorKind::Utf8(_) => {
-                    VerifyError::Malformed
-                }
+                ErrorKind::Base64(_) | ErrorKind::InvalidToken | ErrorKind::Utf8(_) => VerifyError::Malformed,
                 _ => VerifyError::Claims,
             })?
             .claims;
+        self.check_time(&claims, now)?;
+        Ok(claims)
+    }
+
+    /// The time rules alone, for callers that cache verified claims.
+    pub fn check_time(&self, claims: &AccessClaims, now: i64) -> Result<(), VerifyError> {
         if now > claims.exp + self.leeway {
             return Err(VerifyError::Expired);
         }
         if claims.nbf > now + self.leeway || claims.iat > now + self.leeway {
             return Err(VerifyError::NotYetValid);
         }
-        Ok(claims)
+        Ok(())
     }
 }
 

@@ -13,10 +13,7 @@ use crate::{CsrfKey, KeyRing, SigningKey};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("cannot read or write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid Gatehouse key file: {reason}")]
     Invalid { path: PathBuf, reason: String },
 }
@@ -49,29 +46,19 @@ pub fn load_or_create(path: &Path, now: i64) -> Result<Secrets, KeyFileError> {
     if path.exists() {
         return load(path);
     }
-    let secrets = Secrets {
-        ring: KeyRing::generate(now),
-        csrf: CsrfKey::generate(),
-    };
+    let secrets = Secrets { ring: KeyRing::generate(now), csrf: CsrfKey::generate() };
     save(path, &secrets)?;
     Ok(secrets)
 }
 
 pub fn load(path: &Path) -> Result<Secrets, KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let invalid = |reason: &str| KeyFileError::Invalid {
-        path: path.to_owned(),
-        reason: reason.into(),
-    };
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
+    let invalid = |reason: &str| KeyFileError::Invalid { path: path.to_owned(), reason: reason.into() };
     let text = std::fs::read_to_string(path).map_err(io)?;
     let stored: Stored = serde_json::from_str(&text).map_err(|e| invalid(&e.to_string()))?;
     let mut keys = Vec::with_capacity(stored.signing_keys.len());
     for k in stored.signing_keys {
-        let seed =
-            decode32(&k.seed).ok_or_else(|| invalid("a seed is not 32 bytes of base64url"))?;
+        let seed = decode32(&k.seed).ok_or_else(|| invalid("a seed is not 32 bytes of base64url"))?;
         let key = SigningKey::from_seed(k.kid, k.created_at, k.retired_at, seed)
             .map_err(|_| invalid("a seed is not an Ed25519 key"))?;
         keys.push(key);
@@ -84,10 +71,7 @@ pub fn load(path: &Path) -> Result<Secrets, KeyFileError> {
 }
 
 pub fn save(path: &Path, secrets: &Secrets) -> Result<(), KeyFileError> {
-    let io = |source| KeyFileError::Io {
-        path: path.to_owned(),
-        source,
-    };
+    let io = |source| KeyFileError::Io { path: path.to_owned(), source };
     let stored = Stored {
         signing_keys: secrets
             .ring
@@ -102,10 +86,8 @@ pub fn save(path: &Path, secrets: &Secrets) -> Result<(), KeyFileError> {
             .collect(),
         csrf_secret: crate::b64url(secrets.csrf.as_bytes()),
     };
-    let text = serde_json::to_string_pretty(&stored).map_err(|e| KeyFileError::Invalid {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(&stored)
+        .map_err(|e| KeyFileError::Invalid { path: path.to_owned(), reason: e.to_string() })?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
@@ -123,11 +105,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -143,18 +121,12 @@ mod tests {
 
     #[test]
     fn secrets_survive_a_round_trip_through_a_private_file() {
-        let dir = std::env::temp_dir().join(format!(
-            "gh-keys-{}",
-            crate::b64url(&crate::random_bytes::<8>())
-        ));
+        let dir = std::env::temp_dir().join(format!("gh-keys-{}", crate::b64url(&crate::random_bytes::<8>())));
         let path = dir.join("keys.json");
         let first = load_or_create(&path, 100).unwrap();
         let again = load_or_create(&path, 200).unwrap();
         assert_eq!(first.ring.active().kid, again.ring.active().kid);
-        assert_eq!(
-            first.ring.active().public_key(),
-            again.ring.active().public_key()
-        );
+        assert_eq!(first.ring.active().public_key(), again.ring.active().public_key());
         assert_eq!(first.csrf.as_bytes(), again.csrf.as_bytes());
         #[cfg(unix)]
         {

@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 /// DER prefix of a PKCS#8 v1 Ed25519 private key; the 32-byte seed follows.
-const PKCS8_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
+const PKCS8_V1_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid Ed25519 key material")]
@@ -55,18 +54,8 @@ impl SigningKey {
         seed: [u8; 32],
     ) -> Result<Self, InvalidKey> {
         let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| InvalidKey)?;
-        let public: [u8; 32] = pair
-            .public_key()
-            .as_ref()
-            .try_into()
-            .map_err(|_| InvalidKey)?;
-        Ok(Self {
-            kid,
-            created_at,
-            retired_at,
-            seed: Zeroizing::new(seed),
-            public,
-        })
+        let public: [u8; 32] = pair.public_key().as_ref().try_into().map_err(|_| InvalidKey)?;
+        Ok(Self { kid, created_at, retired_at, seed: Zeroizing::new(seed), public })
     }
 
     pub fn seed(&self) -> &[u8; 32] {
@@ -123,9 +112,7 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring with one fresh key.
     pub fn generate(now: i64) -> Self {
-        Self {
-            keys: vec![SigningKey::generate(now)],
-        }
+        Self { keys: vec![SigningKey::generate(now)] }
     }
 
     /// A ring from stored keys; `None` when there is no active key.
@@ -150,8 +137,7 @@ impl KeyRing {
         for key in &mut self.keys {
             key.retired_at.get_or_insert(now);
         }
-        self.keys
-            .retain(|k| k.retired_at.is_some_and(|r| r + overlap > now));
+        self.keys.retain(|k| k.retired_at.is_some_and(|r| r + overlap > now));
         let mut fresh = SigningKey::generate(now);
         // Keep the order strict even when two rotations fall in one second.
         if let Some(last) = self.keys.last() {
@@ -164,15 +150,11 @@ impl KeyRing {
     /// Keys that may still have live tokens: the active one and those retired
     /// less than `overlap` seconds ago.
     pub fn live(&self, now: i64, overlap: i64) -> impl Iterator<Item = &SigningKey> {
-        self.keys
-            .iter()
-            .filter(move |k| k.retired_at.is_none_or(|r| r + overlap > now))
+        self.keys.iter().filter(move |k| k.retired_at.is_none_or(|r| r + overlap > now))
     }
 
     pub fn jwks(&self, now: i64, overlap: i64) -> Jwks {
-        Jwks {
-            keys: self.live(now, overlap).map(SigningKey::jwk).collect(),
-        }
+        Jwks { keys: self.live(now, overlap).map(SigningKey::jwk).collect() }
     }
 }
 
@@ -190,12 +172,7 @@ mod tests {
         assert_eq!(key["use"], "sig");
         assert_eq!(key["alg"], "EdDSA");
         assert!(key.get("d").is_none());
-        assert_eq!(
-            crate::b64url_decode(key["x"].as_str().unwrap())
-                .unwrap()
-                .len(),
-            32
-        );
+        assert_eq!(crate::b64url_decode(key["x"].as_str().unwrap()).unwrap().len(), 32);
     }
 
     #[test]
@@ -204,13 +181,7 @@ mod tests {
         let old = ring.active().kid.clone();
         let new = ring.rotate(2000, 660).kid.clone();
         assert_ne!(old, new);
-        let kids = |now| {
-            ring.jwks(now, 660)
-                .keys
-                .into_iter()
-                .map(|k| k.kid)
-                .collect::<Vec<_>>()
-        };
+        let kids = |now| ring.jwks(now, 660).keys.into_iter().map(|k| k.kid).collect::<Vec<_>>();
         assert_eq!(kids(2659), vec![old.clone(), new.clone()]);
         assert_eq!(kids(2660), vec![new.clone()]);
         assert_eq!(ring.active().kid, new);

@@ -41,7 +41,5 @@ pub fn b64url(bytes: &[u8]) -> String {
 /// Decodes base64url without padding; `None` on any malformed input.
 pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(text)
-        .ok()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
 }

@@ -1,61 +1,211 @@
-//! Wiring: configuration in, a running application out.
+//! Wiring: configuration in, a running application out, for each role.
+//!
+//! - `up`: the gateway on the public port; behind it, in this process, the
+//!   auth-service (`/auth/`, `/.well-known/`, `/openapi.json`) and the example
+//!   notes service. Revocations go straight from one to the other.
+//! - `auth-service`: the auth API alone.
+//! - `gateway`: the gateway alone, in front of a remote auth-service.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use api_gateway::gateway::GatewayParts;
+use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
 use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
+use auth_events::InProcessFeed;
 use auth_service::keys::KeyHandle;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::TokenSettings;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Up,
+    AuthService,
+    Gateway,
+}
+
+/// Where the configuration came from, so SIGHUP can read it again.
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.file.as_deref(), std::env::vars(), &self.overrides)?)
+    }
+}
 
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
+    gateway: Option<(Gateway, Vec<RouteConfig>)>,
+    locals: HashMap<String, axum::Router>,
+}
+
+/// The auth-service's pieces that `up` shares with the gateway.
+struct AuthParts {
+    state: AppState,
     keys: Arc<KeyHandle>,
     reload: Duration,
 }
 
+async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let stores = auth_store::open(&config.database_url(), true).await?;
+    tracing::info!(backend = stores.backend, "database ready");
+    let settings = auth_settings(config);
+    let keys = Arc::new(
+        KeyHandle::from_file(config.key_file(), settings.tokens.clone(), clock.clone())
+            .context("load the signing keys")?,
+    );
+    let hasher = Arc::new(Argon2Hasher::new(&config.passwords.hashing)?);
+    let mut accounts =
+        Accounts::new(stores.users.clone(), stores.sessions.clone(), hasher, clock.clone(), settings.accounts.clone());
+    if let Some(feed) = feed {
+        accounts = accounts.with_revocations(feed);
+    }
+    let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), settings);
+    Ok(AuthParts { state, keys, reload: Duration::from_secs(config.signing.reload_secs.max(1)) })
+}
+
+/// The routes every gateway has: the auth-service's own paths.
+fn auth_routes(upstream: &str) -> Vec<RouteConfig> {
+    ["/auth/", "/.well-known/", "/openapi.json"]
+        .into_iter()
+        .map(|prefix| RouteConfig::new(prefix, upstream, AuthMode::Public))
+        .collect()
+}
+
+fn route_table(
+    auth_upstream: &str,
+    configured: &[RouteConfig],
+    locals: &HashMap<String, axum::Router>,
+) -> anyhow::Result<RouteTable> {
+    let mut all = auth_routes(auth_upstream);
+    all.extend(configured.iter().cloned());
+    Ok(RouteTable::build(&all, &[auth_upstream], locals)?)
+}
+
+fn gateway_settings(config: &Config) -> GatewaySettings {
+    let mut allowed_origins = vec![config.public_url.clone()];
+    allowed_origins.extend(config.csrf.trusted_origins.iter().cloned());
+    GatewaySettings {
+        allowed_origins,
+        trusted_proxies: config.gateway.trusted_proxies.clone(),
+        token_cache_size: config.gateway.token_cache_size.max(1),
+        jwks_refresh_secs: config.gateway.jwks_refresh_secs,
+    }
+}
+
 impl Application {
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
         ensure_data_dir(&config)?;
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let stores = auth_store::open(&config.database_url(), true).await?;
-        tracing::info!(backend = stores.backend, "database ready");
-        let settings = auth_settings(&config);
-        let keys = Arc::new(
-            KeyHandle::from_file(config.key_file(), settings.tokens.clone(), clock.clone())
-                .context("load the signing keys")?,
-        );
-        let hasher = Arc::new(Argon2Hasher::new(&config.passwords.hashing)?);
-        let accounts = Accounts::new(
-            stores.users.clone(),
-            stores.sessions.clone(),
-            hasher,
-            clock.clone(),
-            settings.accounts.clone(),
-        );
-        let state = AppState::new(
-            accounts,
-            keys.clone(),
-            clock,
-            stores.health.clone(),
-            settings,
-        );
-        let listener = TcpListener::bind(&config.listen)
+        let listener =
+            TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        match role {
+            Role::AuthService => {
+                let auth = auth_parts(&config, None).await?;
+                let keys = auth.keys.clone();
+                Ok(Self {
+                    listener,
+                    router: auth_service::router(auth.state),
+                    background: vec![Box::new(move || keys.spawn_refresher(auth.reload))],
+                    gateway: None,
+                    locals: HashMap::new(),
+                })
+            }
+            Role::Up => Self::up(config, listener).await,
+            Role::Gateway => Self::standalone_gateway(config, listener).await,
+        }
+    }
+
+    async fn up(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let feed = Arc::new(InProcessFeed::new());
+        let auth = auth_parts(&config, Some(feed.clone())).await?;
+        let notes = notes_service::NotesStore::connect(&config.notes_database_url())
             .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+            .context("open the notes database")?;
+        let mut locals = HashMap::new();
+        locals.insert("auth".to_owned(), auth_service::router(auth.state.clone()));
+        locals.insert("notes".to_owned(), notes_service::router(notes));
+        let routes = route_table("inproc://auth", &config.gateway.routes, &locals)?;
+        let keys = auth.keys.clone();
+        let jwks = LocalJwks::new(move || keys.current().jwks.clone());
+        let authenticator = Arc::new(Authenticator::new(
+            Arc::new(jwks),
+            auth.state.settings().tokens.clone(),
+            config.gateway.token_cache_size.max(1),
+        ));
+        authenticator.refresh().await.map_err(|e| anyhow::anyhow!("read the signing keys: {e}"))?;
+        let state = auth.state.clone();
+        let gateway = Gateway::new(GatewayParts {
+            routes,
+            authenticator,
+            revocations: feed,
+            csrf: auth.keys.csrf().clone(),
+            clock: Arc::new(SystemClock),
+            settings: gateway_settings(&config),
+            extra_metrics: Some(Box::new(move || state.metrics().render(state.accounts().hasher().in_flight()))),
+        })
+        .map_err(anyhow::Error::msg)?;
+        let (keys, reload, g) = (auth.keys.clone(), auth.reload, gateway.clone());
         Ok(Self {
             listener,
-            router: auth_service::router(state),
-            keys,
-            reload: Duration::from_secs(config.signing.reload_secs.max(1)),
+            router: gateway.router(),
+            background: vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || g.spawn_background())],
+            gateway: Some((gateway, config.gateway.routes.clone())),
+            locals,
+        })
+    }
+
+    async fn standalone_gateway(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
+        let auth_url = config
+            .gateway
+            .auth_service_url
+            .clone()
+            .context("gatehouse gateway needs gateway.auth_service_url (GATEHOUSE_GATEWAY__AUTH_SERVICE_URL)")?;
+        let locals = HashMap::new();
+        let routes = route_table(&auth_url, &config.gateway.routes, &locals)?;
+        let jwks = HttpJwks::new(&auth_url).map_err(anyhow::Error::msg)?;
+        let tokens = auth_settings(&config).tokens;
+        let authenticator =
+            Arc::new(Authenticator::new(Arc::new(jwks), tokens, config.gateway.token_cache_size.max(1)));
+        if let Err(error) = authenticator.refresh().await {
+            tracing::warn!(%error, "no JWKS yet; authenticated routes answer 503 until it arrives");
+        }
+        // The CSRF secret is shared with the auth-service through its key file.
+        let csrf = auth_tokens::keyfile::load(&config.key_file())
+            .with_context(|| format!("read the CSRF secret from {}", config.key_file().display()))?
+            .csrf;
+        let gateway = Gateway::new(GatewayParts {
+            routes,
+            authenticator,
+            revocations: Arc::new(InProcessFeed::new()),
+            csrf,
+            clock: Arc::new(SystemClock),
+            settings: gateway_settings(&config),
+            extra_metrics: None,
+        })
+        .map_err(anyhow::Error::msg)?;
+        let g = gateway.clone();
+        Ok(Self {
+            listener,
+            router: gateway.router(),
+            background: vec![Box::new(move || g.spawn_background())],
+            gateway: Some((gateway, config.gateway.routes.clone())),
+            locals,
         })
     }
 
@@ -65,36 +215,78 @@ impl Application {
 
     pub async fn run_until_stopped(
         self,
+        source: ConfigSource,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
-        let refresher = self.keys.spawn_refresher(self.reload);
+        let mut tasks: Vec<JoinHandle<()>> = self.background.into_iter().map(|start| start()).collect();
+        if let Some((gateway, _)) = self.gateway {
+            tasks.push(spawn_route_reloader(gateway, source, self.locals));
+        }
         let served = auth_service::serve(self.listener, self.router, shutdown).await;
-        refresher.abort();
+        for task in tasks {
+            task.abort();
+        }
         served.context("server failed")?;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
+/// On SIGHUP: read the configuration again and swap in its routes; a bad
+/// file is reported and the running routes stay.
+fn spawn_route_reloader(
+    gateway: Gateway,
+    source: ConfigSource,
+    locals: HashMap<String, axum::Router>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                tracing::error!("cannot listen for SIGHUP; routes will not reload");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                let reloaded = source.load().and_then(|config| {
+                    let auth = config.gateway.auth_service_url.clone().unwrap_or_else(|| "inproc://auth".into());
+                    route_table(&auth, &config.gateway.routes, &locals)
+                });
+                match reloaded {
+                    Ok(table) => {
+                        tracing::info!(routes = table.len(), "routes reloaded");
+                        gateway.replace_routes(table);
+                    }
+                    Err(error) => {
+                        tracing::error!(error = format!("{error:#}"), "route reload refused; keeping the old routes")
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (gateway, source, locals);
+    })
+}
+
 fn auth_settings(config: &Config) -> AuthSettings {
+    let public_url = config.public_url.trim_end_matches('/').to_owned();
+    let tokens = TokenSettings {
+        issuer: public_url.clone(),
+        audience: config.tokens.audience.clone(),
+        lifetime: config.tokens.access_ttl_secs,
+        leeway: config.tokens.leeway_secs,
+    };
     AuthSettings {
-        public_url: config.public_url.trim_end_matches('/').to_owned(),
-        tokens: TokenSettings {
-            issuer: config.public_url.trim_end_matches('/').to_owned(),
-            audience: config.tokens.audience.clone(),
-            lifetime: config.tokens.access_ttl_secs,
-            leeway: config.tokens.leeway_secs,
-        },
+        public_url,
         accounts: AccountsSettings {
-            password: PasswordPolicy {
-                min_chars: config.passwords.min_chars,
-                max_chars: config.passwords.max_chars,
-            },
+            password: PasswordPolicy { min_chars: config.passwords.min_chars, max_chars: config.passwords.max_chars },
             session_lifetime: time::Duration::days(config.sessions.lifetime_days),
             session_idle: time::Duration::days(config.sessions.idle_days),
             refresh_grace: time::Duration::seconds(config.sessions.refresh_grace_secs),
+            access_token_reach: time::Duration::seconds(tokens.key_overlap()),
         },
+        tokens,
         trusted_origins: config.csrf.trusted_origins.clone(),
     }
 }
@@ -103,8 +295,7 @@ fn auth_settings(config: &Config) -> AuthSettings {
 fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("create the data directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("create the data directory {}", dir.display()))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

@@ -6,15 +6,11 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::app::Application;
+use crate::app::{Application, ConfigSource, Role};
 use crate::config::{Config, Overrides};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "gatehouse",
-    version,
-    about = "Authentication service and API gateway"
-)]
+#[command(name = "gatehouse", version, about = "Authentication service and API gateway")]
 struct Cli {
     /// TOML configuration file.
     #[arg(long, global = true, value_name = "FILE")]
@@ -35,6 +31,8 @@ enum Command {
     Up,
     /// The auth-service alone.
     AuthService,
+    /// The gateway alone, in front of a remote auth-service.
+    Gateway,
     /// Apply database migrations and exit.
     Migrate,
     /// Signing-key rotation.
@@ -53,21 +51,20 @@ enum KeysCommand {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Up);
-    let overrides = Overrides {
-        listen: cli.listen,
-        data_dir: cli.data_dir,
-    };
-    let config = Config::load(cli.config.as_deref(), std::env::vars(), &overrides)?;
+    let source = ConfigSource { file: cli.config, overrides: Overrides { listen: cli.listen, data_dir: cli.data_dir } };
+    let config: Config = source.load()?;
     crate::telemetry::init(&config.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
     runtime.block_on(async move {
         match command {
-            Command::Up | Command::AuthService => {
-                let app = Application::build(config).await?;
-                app.run_until_stopped(shutdown_signal()).await
+            Command::Up | Command::AuthService | Command::Gateway => {
+                let role = match command {
+                    Command::AuthService => Role::AuthService,
+                    Command::Gateway => Role::Gateway,
+                    _ => Role::Up,
+                };
+                let app = Application::build(config, role).await?;
+                app.run_until_stopped(source, shutdown_signal()).await
             }
             Command::Migrate => crate::app::migrate(&config).await,
             Command::Keys(KeysCommand::Rotate) => crate::keys::rotate(&config),
@@ -81,9 +78,7 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
             Err(error) => {
                 tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use api_gateway::{AuthMode, RouteConfig};
 use auth_core::hashing::HashingSettings;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -24,7 +25,43 @@ pub struct Config {
     pub passwords: PasswordsConfig,
     pub signing: SigningConfig,
     pub csrf: CsrfConfig,
+    pub gateway: GatewayConfig,
+    pub notes: NotesConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Where `gatehouse gateway` finds the auth-service (JWKS, `/auth/`); unused by `up`.
+    pub auth_service_url: Option<String>,
+    /// The route table; `/auth/` and `/.well-known/` always go to the auth-service.
+    pub routes: Vec<RouteConfig>,
+    /// Peers (IPs or CIDRs) whose X-Forwarded-* headers are believed.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds between JWKS refreshes.
+    pub jwks_refresh_secs: u64,
+    /// Verified tokens remembered until they expire.
+    pub token_cache_size: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            auth_service_url: None,
+            routes: vec![RouteConfig::new("/api/notes", "inproc://notes", AuthMode::Required)],
+            trusted_proxies: Vec::new(),
+            jwks_refresh_secs: 60,
+            token_cache_size: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotesConfig {
+    /// The example notes service's own database in `up`; unset = `sqlite://<data_dir>/notes.db`.
+    pub database_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +136,8 @@ impl Default for Config {
             passwords: PasswordsConfig::default(),
             signing: SigningConfig::default(),
             csrf: CsrfConfig::default(),
+            gateway: GatewayConfig::default(),
+            notes: NotesConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -106,49 +145,31 @@ impl Default for Config {
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        Self {
-            audience: "gatehouse".into(),
-            access_ttl_secs: 600,
-            leeway_secs: 60,
-        }
+        Self { audience: "gatehouse".into(), access_ttl_secs: 600, leeway_secs: 60 }
     }
 }
 
 impl Default for SessionsConfig {
     fn default() -> Self {
-        Self {
-            lifetime_days: 30,
-            idle_days: 7,
-            refresh_grace_secs: 5,
-        }
+        Self { lifetime_days: 30, idle_days: 7, refresh_grace_secs: 5 }
     }
 }
 
 impl Default for PasswordsConfig {
     fn default() -> Self {
-        Self {
-            min_chars: 15,
-            max_chars: 128,
-            hashing: HashingSettings::default(),
-        }
+        Self { min_chars: 15, max_chars: 128, hashing: HashingSettings::default() }
     }
 }
 
 impl Default for SigningConfig {
     fn default() -> Self {
-        Self {
-            key_file: None,
-            reload_secs: 5,
-        }
+        Self { key_file: None, reload_secs: 5 }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            format: "text".into(),
-            filter: "info".into(),
-        }
+        Self { format: "text".into(), filter: "info".into() }
     }
 }
 
@@ -183,12 +204,8 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment
-            .merge(env_provider(env))
-            .merge(Serialized::defaults(flags));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        figment = figment.merge(env_provider(env)).merge(Serialized::defaults(flags));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -210,10 +227,7 @@ impl Config {
         if self.sessions.idle_days < 1 || self.sessions.lifetime_days < self.sessions.idle_days {
             return bad("sessions need idle_days ≥ 1 and lifetime_days ≥ idle_days");
         }
-        if self.passwords.min_chars < 8
-            || self.passwords.max_chars < 64
-            || self.passwords.max_chars > 1024
-        {
+        if self.passwords.min_chars < 8 || self.passwords.max_chars < 64 || self.passwords.max_chars > 1024 {
             return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -229,19 +243,21 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gatehouse.db").display()))
     }
 
-    pub fn key_file(&self) -> PathBuf {
-        self.signing
-            .key_file
+    pub fn notes_database_url(&self) -> String {
+        self.notes
+            .database_url
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("notes.db").display()))
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.signing.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys.json"))
     }
 }
 
 /// `GATEHOUSE_DATABASE__URL` → `database.url`. `GATEHOUSE_TEST_*` belongs to
 /// the test suites and is not configuration.
-fn env_provider(
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Serialized<figment::value::Dict> {
+fn env_provider(env: impl IntoIterator<Item = (String, String)>) -> Serialized<figment::value::Dict> {
     let mut dict = figment::value::Dict::new();
     for (key, value) in env {
         let Some(rest) = key.strip_prefix("GATEHOUSE_") else {
@@ -264,9 +280,7 @@ fn insert(dict: &mut figment::value::Dict, path: &[String], value: figment::valu
             dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(figment::value::Dict::new()));
+            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(figment::value::Dict::new()));
             if let Value::Dict(_, inner) = entry {
                 insert(inner, rest, value);
             }
@@ -276,8 +290,7 @@ fn insert(dict: &mut figment::value::Dict, path: &[String], value: figment::valu
 
 /// Environment values are TOML scalars or arrays when they parse as such, strings otherwise.
 fn parse_env_value(raw: &str) -> figment::value::Value {
-    raw.parse::<figment::value::Value>()
-        .unwrap_or_else(|_| figment::value::Value::from(raw.to_owned()))
+    raw.parse::<figment::value::Value>().unwrap_or_else(|_| figment::value::Value::from(raw.to_owned()))
 }
 
 #[cfg(test)]
@@ -285,10 +298,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -306,7 +316,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("gh-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("gatehouse.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\n[database]\nurl = \"sqlite://file.db\"\n[tokens]\naccess_ttl_secs = 300\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[database]\nurl = \"sqlite://file.db\"\n[tokens]\naccess_ttl_secs = 300\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&file),
             env(&[
@@ -315,10 +329,7 @@ mod tests {
                 ("GATEHOUSE_TEST_POSTGRES_URL", "ignored"),
                 ("PATH", "/bin"),
             ]),
-            &Overrides {
-                listen: Some("127.0.0.1:0".into()),
-                data_dir: None,
-            },
+            &Overrides { listen: Some("127.0.0.1:0".into()), data_dir: None },
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:0");
@@ -330,37 +341,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_an_error() {
-        let err = Config::load(
-            None,
-            env(&[("GATEHOUSE_DATABSE__URL", "x")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(None, env(&[("GATEHOUSE_DATABSE__URL", "x")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("databse"), "{err}");
-        let err = Config::load(
-            None,
-            env(&[("GATEHOUSE_TOKENS__TTL", "5")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(None, env(&[("GATEHOUSE_TOKENS__TTL", "5")]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("ttl"), "{err}");
     }
 
     #[test]
     fn unsafe_values_are_refused() {
-        let err = Config::load(
-            None,
-            env(&[("GATEHOUSE_TOKENS__ACCESS_TTL_SECS", "86400")]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(None, env(&[("GATEHOUSE_TOKENS__ACCESS_TTL_SECS", "86400")]), &Overrides::default())
+            .unwrap_err();
         assert!(err.to_string().contains("access_ttl_secs"), "{err}");
-        let err = Config::load(
-            Some(Path::new("/nonexistent/g.toml")),
-            env(&[]),
-            &Overrides::default(),
-        )
-        .unwrap_err();
+        let err = Config::load(Some(Path::new("/nonexistent/g.toml")), env(&[]), &Overrides::default()).unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)));
     }
 

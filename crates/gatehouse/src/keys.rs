@@ -17,14 +17,8 @@ pub fn rotate(config: &Config) -> anyhow::Result<()> {
     let old = secrets.ring.active().kid.clone();
     let new = secrets.ring.rotate(now, overlap(config)).kid.clone();
     keyfile::save(&path, &secrets).with_context(|| format!("write {}", path.display()))?;
-    println!(
-        "rotated: new signing key {new}; {old} keeps verifying for {} s",
-        overlap(config)
-    );
-    println!(
-        "running servers pick the new key up within {} s",
-        config.signing.reload_secs
-    );
+    println!("rotated: new signing key {new}; {old} keeps verifying for {} s", overlap(config));
+    println!("running servers pick the new key up within {} s", config.signing.reload_secs);
     Ok(())
 }
 
@@ -42,10 +36,7 @@ pub fn list(config: &Config) -> anyhow::Result<()> {
             Some(_) => "retired, expired".to_owned(),
         };
         let retired = key.retired_at.map_or("-".to_owned(), |r| r.to_string());
-        println!(
-            "{:<18} {:<12} {:<12} {status}",
-            key.kid, key.created_at, retired
-        );
+        println!("{:<18} {:<12} {:<12} {status}", key.kid, key.created_at, retired);
     }
     Ok(())
 }

@@ -5,8 +5,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogConfig;
 
 pub fn init(config: &LogConfig) -> anyhow::Result<()> {
-    let filter =
-        EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
+    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.filter))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

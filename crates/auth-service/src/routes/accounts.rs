@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use auth_core::accounts::{
-    ClientInfo, DeleteError, LoginError, RefreshError, Refreshed, RegisterError,
-};
+use auth_core::accounts::{ClientInfo, DeleteError, LoginError, RefreshError, Refreshed, RegisterError};
 use auth_core::{OpaqueSecret, Session, User};
 use auth_tokens::AccessClaims;
 use axum::extract::{ConnectInfo, State};
@@ -106,29 +104,17 @@ pub async fn register(
     State(state): State<AppState>,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
-    let user = state
-        .accounts()
-        .register(&body.email, &body.password)
-        .await
-        .map_err(|e| match e {
-            RegisterError::InvalidEmail => {
-                ApiError::bad_request("invalid_email", "not a valid email address")
-            }
-            RegisterError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
-            RegisterError::EmailTaken => ApiError::new(
-                StatusCode::CONFLICT,
-                "email_taken",
-                "an account with this email already exists",
-            ),
-            RegisterError::Hash(e) => e.into(),
-            RegisterError::Store(e) => e.into(),
-        })?;
+    let user = state.accounts().register(&body.email, &body.password).await.map_err(|e| match e {
+        RegisterError::InvalidEmail => ApiError::bad_request("invalid_email", "not a valid email address"),
+        RegisterError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
+        RegisterError::EmailTaken => {
+            ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
+        }
+        RegisterError::Hash(e) => e.into(),
+        RegisterError::Store(e) => e.into(),
+    })?;
     tracing::info!(user_id = %user.id, "account registered");
-    let body = RegisteredUser {
-        id: user.id.as_uuid(),
-        email: user.email.to_string(),
-        created_at: user.created_at,
-    };
+    let body = RegisteredUser { id: user.id.as_uuid(), email: user.email.to_string(), created_at: user.created_at };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -138,28 +124,15 @@ pub struct Peer(Option<SocketAddr>);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| *addr),
-        ))
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr)))
     }
 }
 
 fn client_info(headers: &HeaderMap, Peer(peer): Peer) -> ClientInfo {
-    let user_agent = headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .map(|ua| ua.chars().take(256).collect());
-    ClientInfo {
-        user_agent,
-        ip: peer.map(|addr| addr.ip().to_string()),
-    }
+    let user_agent =
+        headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect());
+    ClientInfo { user_agent, ip: peer.map(|addr| addr.ip().to_string()) }
 }
 
 /// Log in with email and password; sets the three session cookies.
@@ -179,11 +152,7 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let client = client_info(&headers, peer);
     let ip = client.ip.clone().unwrap_or_default();
-    match state
-        .accounts()
-        .login(&body.email, &body.password, client)
-        .await
-    {
+    match state.accounts().login(&body.email, &body.password, client).await {
         Ok(done) => {
             state.metrics().login(true);
             tracing::info!(user_id = %done.user.id, session_id = %done.session.id, %ip, "login succeeded");
@@ -207,25 +176,14 @@ pub async fn login(
         (status = 401, description = "`unauthenticated`: unknown, reused (the session is then revoked) or expired refresh token", body = ErrorBody),
         (status = 403, description = "`csrf_failed`", body = ErrorBody),
     ))]
-pub async fn refresh(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let token = cookies::get(&headers, cookies::REFRESH).ok_or_else(ApiError::unauthenticated)?;
     // CSRF before rotation: a refused request must not consume the token.
-    let session = state
-        .accounts()
-        .session_of_refresh(token)
-        .await?
-        .ok_or_else(ApiError::unauthenticated)?;
+    let session = state.accounts().session_of_refresh(token).await?.ok_or_else(ApiError::unauthenticated)?;
     check_csrf(&state, &headers, session)?;
     match state.accounts().refresh(token).await {
-        Ok(Refreshed::Rotated(done)) => {
-            session_response(&state, &done.user, &done.session, Some(&done.refresh))
-        }
-        Ok(Refreshed::WithinGrace { user, session }) => {
-            session_response(&state, &user, &session, None)
-        }
+        Ok(Refreshed::Rotated(done)) => session_response(&state, &done.user, &done.session, Some(&done.refresh)),
+        Ok(Refreshed::WithinGrace { user, session }) => session_response(&state, &user, &session, None),
         Err(RefreshError::Invalid | RefreshError::Reused | RefreshError::SessionEnded) => {
             let mut response = ApiError::unauthenticated().into_response();
             append_cookies(response.headers_mut(), cookies::clear_all());
@@ -259,35 +217,17 @@ fn session_response(
         roles: user.roles.clone(),
         permissions: user.permissions.clone(),
     };
-    let access = state
-        .keys()
-        .current()
-        .signer
-        .sign(&claims)
-        .map_err(ApiError::internal)?;
+    let access = state.keys().current().signer.sign(&claims).map_err(ApiError::internal)?;
     let session_left = (session.expires_at - now).whole_seconds().max(0);
-    let mut set = vec![cookies::set(
-        cookies::ACCESS,
-        &access,
-        tokens.lifetime,
-        true,
-    )];
+    let mut set = vec![cookies::set(cookies::ACCESS, &access, tokens.lifetime, true)];
     if let Some(refresh) = refresh {
-        set.push(cookies::set(
-            cookies::REFRESH,
-            refresh.expose(),
-            session_left,
-            true,
-        ));
+        set.push(cookies::set(cookies::REFRESH, refresh.expose(), session_left, true));
         let csrf = state.keys().csrf().mint(&session.id.to_string());
         set.push(cookies::set(cookies::CSRF, &csrf, session_left, false));
     }
     let body = LoginResponse {
         user: UserView::from(user),
-        session: SessionRef {
-            id: session.id.as_uuid(),
-            expires_at: session.expires_at,
-        },
+        session: SessionRef { id: session.id.as_uuid(), expires_at: session.expires_at },
     };
     let mut response = Json(body).into_response();
     append_cookies(response.headers_mut(), set);
@@ -333,16 +273,9 @@ pub async fn delete_account(
     caller: Caller,
     AppJson(body): AppJson<DeleteAccount>,
 ) -> Result<Response, ApiError> {
-    let deleted = state
-        .accounts()
-        .delete_account(caller.user.id, caller.session.id, body.password.as_deref())
-        .await;
+    let deleted = state.accounts().delete_account(caller.user.id, caller.session.id, body.password.as_deref()).await;
     deleted.map_err(|e| match e {
-        DeleteError::WrongPassword => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "wrong_password",
-            "the password is wrong",
-        ),
+        DeleteError::WrongPassword => ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the password is wrong"),
         DeleteError::ReauthenticationRequired => ApiError::new(
             StatusCode::FORBIDDEN,
             "reauthentication_required",

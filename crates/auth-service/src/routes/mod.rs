@@ -11,11 +11,7 @@ use crate::AppState;
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .merge(accounts::router())
-        .merge(sessions::router())
-        .merge(wellknown::router())
-        .merge(ops::router())
+    Router::new().merge(accounts::router()).merge(sessions::router()).merge(wellknown::router()).merge(ops::router())
 }
 
 pub async fn not_found() -> ApiError {

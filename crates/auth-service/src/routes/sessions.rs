@@ -47,10 +47,7 @@ pub struct SessionList {
         (status = 200, description = "Active sessions", body = SessionList),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
     ))]
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<SessionList>, ApiError> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<SessionList>, ApiError> {
     let sessions = state.accounts().sessions(caller.user.id).await?;
     let sessions = sessions
         .into_iter()
@@ -84,14 +81,10 @@ pub async fn revoke_one(
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::not_found("session_not_found", "no such session");
     let id: SessionId = id.parse().map_err(|_| not_found())?;
-    state
-        .accounts()
-        .revoke_session(caller.user.id, id)
-        .await
-        .map_err(|e| match e {
-            RevokeError::NotFound => not_found(),
-            RevokeError::Store(e) => e.into(),
-        })?;
+    state.accounts().revoke_session(caller.user.id, id).await.map_err(|e| match e {
+        RevokeError::NotFound => not_found(),
+        RevokeError::Store(e) => e.into(),
+    })?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -103,13 +96,7 @@ pub async fn revoke_one(
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`", body = ErrorBody),
     ))]
-pub async fn revoke_others(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<StatusCode, ApiError> {
-    state
-        .accounts()
-        .revoke_other_sessions(caller.user.id, caller.session.id)
-        .await?;
+pub async fn revoke_others(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
+    state.accounts().revoke_other_sessions(caller.user.id, caller.session.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,9 +20,6 @@ pub fn router() -> Router<AppState> {
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let keys: Jwks = state.keys().current().jwks.clone();
     let mut response = Json(keys).into_response();
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=60"),
-    );
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
     response
 }

@@ -8,16 +8,10 @@ async fn cookie_authenticated_unsafe_requests_need_a_csrf_token_of_their_own_ses
     each_backend(async |app| {
         let (_, victim) = app.signed_in().await;
         let (_, attacker) = app.signed_in().await;
-        for (method, path) in [
-            (Method::DELETE, "/auth/logout"),
-            (Method::DELETE, "/auth/sessions"),
-            (Method::POST, "/auth/refresh"),
-        ] {
-            let missing = app
-                .with_cookies(method.clone(), path, &victim)
-                .send()
-                .await
-                .unwrap();
+        for (method, path) in
+            [(Method::DELETE, "/auth/logout"), (Method::DELETE, "/auth/sessions"), (Method::POST, "/auth/refresh")]
+        {
+            let missing = app.with_cookies(method.clone(), path, &victim).send().await.unwrap();
             assert_eq!(missing.status(), 403, "{method} {path} without header");
             assert_eq!(code(missing).await, "csrf_failed");
 
@@ -27,27 +21,13 @@ async fn cookie_authenticated_unsafe_requests_need_a_csrf_token_of_their_own_ses
                 .send()
                 .await
                 .unwrap();
-            assert_eq!(
-                mismatch.status(),
-                403,
-                "{method} {path} with another header"
-            );
+            assert_eq!(mismatch.status(), 403, "{method} {path} with another header");
 
             // The attacker plants their own valid pair: bound to the wrong session.
             let mut planted = victim.clone();
-            planted
-                .cookies
-                .insert("__Host-csrf_token".into(), attacker.csrf().to_owned());
-            let foreign_pair = app
-                .as_page(method.clone(), path, &planted)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(
-                foreign_pair.status(),
-                403,
-                "{method} {path} with a pair of another session"
-            );
+            planted.cookies.insert("__Host-csrf_token".into(), attacker.csrf().to_owned());
+            let foreign_pair = app.as_page(method.clone(), path, &planted).send().await.unwrap();
+            assert_eq!(foreign_pair.status(), 403, "{method} {path} with a pair of another session");
         }
         // Nothing above took effect.
         assert_eq!(app.me(&victim).await.status(), 200);
@@ -78,12 +58,7 @@ async fn an_unprefixed_csrf_cookie_is_ignored() {
 async fn bearer_requests_need_no_csrf_token() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
-        let response = app
-            .request(Method::DELETE, "/auth/logout")
-            .bearer_auth(browser.access())
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::DELETE, "/auth/logout").bearer_auth(browser.access()).send().await.unwrap();
         assert_eq!(response.status(), 204);
         assert_eq!(app.me(&browser).await.status(), 401);
     })
@@ -94,10 +69,7 @@ async fn bearer_requests_need_no_csrf_token() {
 async fn cross_site_requests_are_refused_even_with_a_valid_pair() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
-        for (name, value) in [
-            ("sec-fetch-site", "cross-site"),
-            ("origin", "https://evil.example"),
-        ] {
+        for (name, value) in [("sec-fetch-site", "cross-site"), ("origin", "https://evil.example")] {
             let response = app
                 .as_page(Method::DELETE, "/auth/delete", &browser)
                 .header(name, value)

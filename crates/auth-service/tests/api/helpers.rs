@@ -47,22 +47,15 @@ pub async fn each_backend_with(options: Options, scenario: impl AsyncFn(TestApp)
 }
 
 pub fn token_settings() -> TokenSettings {
-    TokenSettings {
-        issuer: ISSUER.into(),
-        audience: "gatehouse".into(),
-        lifetime: 600,
-        leeway: 60,
-    }
+    TokenSettings { issuer: ISSUER.into(), audience: "gatehouse".into(), lifetime: 600, leeway: 60 }
 }
 
 pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let db = TestDatabase::create(backend).await;
     let stores = auth_store::open(&db.url, true).await.unwrap();
     let clock = Arc::new(ManualClock::starting_now());
-    let key_file =
-        std::env::temp_dir().join(format!("gatehouse-keys-{}.json", uuid::Uuid::new_v4()));
-    let keys =
-        Arc::new(KeyHandle::from_file(key_file.clone(), token_settings(), clock.clone()).unwrap());
+    let key_file = std::env::temp_dir().join(format!("gatehouse-keys-{}.json", uuid::Uuid::new_v4()));
+    let keys = Arc::new(KeyHandle::from_file(key_file.clone(), token_settings(), clock.clone()).unwrap());
     let hasher = Arc::new(Argon2Hasher::new(&options.hashing).unwrap());
     let accounts = Accounts::new(
         stores.users.clone(),
@@ -77,38 +70,15 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         accounts: AccountsSettings::default(),
         trusted_origins: vec!["https://app.example.com".into()],
     };
-    let state = AppState::new(
-        accounts,
-        keys.clone(),
-        clock.clone(),
-        stores.health.clone(),
-        settings,
-    );
+    let state = AppState::new(accounts, keys.clone(), clock.clone(), stores.health.clone(), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(auth_service::serve(
-        listener,
-        auth_service::router(state),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    TestApp {
-        address,
-        client,
-        clock,
-        stores,
-        keys,
-        hasher,
-        key_file,
-        _shutdown: tx,
-        _db: db,
-    }
+    tokio::spawn(auth_service::serve(listener, auth_service::router(state), async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    TestApp { address, client, clock, stores, keys, hasher, key_file, _shutdown: tx, _db: db }
 }
 
 impl Drop for TestApp {
@@ -160,30 +130,23 @@ impl Browser {
     }
 
     pub fn cookie_header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 }
 
 impl TestApp {
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.client
-            .request(method, format!("{}{path}", self.address))
+        self.client.request(method, format!("{}{path}", self.address))
     }
 
     /// A request carrying the browser's cookies (no CSRF header).
     pub fn with_cookies(&self, method: Method, path: &str, browser: &Browser) -> RequestBuilder {
-        self.request(method, path)
-            .header(header::COOKIE, browser.cookie_header())
+        self.request(method, path).header(header::COOKIE, browser.cookie_header())
     }
 
     /// A request as the page's script would send it: cookies plus the CSRF header.
     pub fn as_page(&self, method: Method, path: &str, browser: &Browser) -> RequestBuilder {
-        self.with_cookies(method, path, browser)
-            .header("x-csrf-token", browser.csrf())
+        self.with_cookies(method, path, browser).header("x-csrf-token", browser.csrf())
     }
 
     pub async fn register(&self, email: &str, password: &str) -> Response {
@@ -219,25 +182,15 @@ impl TestApp {
     }
 
     pub async fn me(&self, browser: &Browser) -> Response {
-        self.with_cookies(Method::GET, "/auth/me", browser)
-            .send()
-            .await
-            .unwrap()
+        self.with_cookies(Method::GET, "/auth/me", browser).send().await.unwrap()
     }
 
     pub async fn me_bearer(&self, token: &str) -> Response {
-        self.request(Method::GET, "/auth/me")
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
+        self.request(Method::GET, "/auth/me").bearer_auth(token).send().await.unwrap()
     }
 
     pub async fn refresh(&self, browser: &Browser) -> Response {
-        self.as_page(Method::POST, "/auth/refresh", browser)
-            .send()
-            .await
-            .unwrap()
+        self.as_page(Method::POST, "/auth/refresh", browser).send().await.unwrap()
     }
 
     pub fn hash_operations(&self) -> u64 {
@@ -251,10 +204,7 @@ pub async fn body(response: Response) -> Value {
 
 /// The error code of an error response.
 pub async fn code(response: Response) -> String {
-    body(response).await["error"]["code"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    body(response).await["error"]["code"].as_str().unwrap().to_owned()
 }
 
 /// The claims of a JWT, decoded without verification (for assertions only).

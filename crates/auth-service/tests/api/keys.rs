@@ -6,19 +6,12 @@ use time::Duration;
 use crate::helpers::*;
 
 async fn jwks(app: &TestApp) -> serde_json::Value {
-    body(
-        app.request(Method::GET, "/.well-known/jwks.json")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await
+    body(app.request(Method::GET, "/.well-known/jwks.json").send().await.unwrap()).await
 }
 
 fn kid(jwt: &str) -> String {
     let header = jwt.split('.').next().unwrap();
-    let header: serde_json::Value =
-        serde_json::from_slice(&auth_tokens::b64url_decode(header).unwrap()).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&auth_tokens::b64url_decode(header).unwrap()).unwrap();
     header["kid"].as_str().unwrap().to_owned()
 }
 
@@ -33,14 +26,8 @@ async fn the_jwks_publishes_the_signing_key_and_nothing_private() {
         let mut members: Vec<&str> = key.keys().map(String::as_str).collect();
         members.sort();
         assert_eq!(members, ["alg", "crv", "kid", "kty", "use", "x"]);
-        assert_eq!(
-            (key["kty"].as_str(), key["crv"].as_str()),
-            (Some("OKP"), Some("Ed25519"))
-        );
-        assert_eq!(
-            (key["use"].as_str(), key["alg"].as_str()),
-            (Some("sig"), Some("EdDSA"))
-        );
+        assert_eq!((key["kty"].as_str(), key["crv"].as_str()), (Some("OKP"), Some("Ed25519")));
+        assert_eq!((key["use"].as_str(), key["alg"].as_str()), (Some("sig"), Some("EdDSA")));
         assert_eq!(key["kid"].as_str().unwrap(), kid(browser.access()));
     })
     .await;
@@ -53,20 +40,14 @@ async fn after_a_rotation_old_tokens_verify_until_they_expire_then_the_old_key_l
         let old_kid = kid(before.access());
 
         let mut secrets = keyfile::load(&app.key_file).unwrap();
-        secrets
-            .ring
-            .rotate(app.clock.unix(), token_settings().key_overlap());
+        secrets.ring.rotate(app.clock.unix(), token_settings().key_overlap());
         keyfile::save(&app.key_file, &secrets).unwrap();
         app.keys.refresh().unwrap();
 
         let after = app.log_in(&email).await;
         let new_kid = kid(after.access());
         assert_ne!(new_kid, old_kid);
-        assert_eq!(
-            app.me(&before).await.status(),
-            200,
-            "a token of the retired key still verifies"
-        );
+        assert_eq!(app.me(&before).await.status(), 200, "a token of the retired key still verifies");
         assert_eq!(app.me(&after).await.status(), 200);
         let kids: Vec<String> = jwks(&app).await["keys"]
             .as_array()
@@ -76,8 +57,7 @@ async fn after_a_rotation_old_tokens_verify_until_they_expire_then_the_old_key_l
             .collect();
         assert_eq!(kids, [old_kid.clone(), new_kid.clone()]);
 
-        app.clock
-            .advance(Duration::seconds(token_settings().key_overlap()));
+        app.clock.advance(Duration::seconds(token_settings().key_overlap()));
         app.keys.refresh().unwrap();
         let kids: Vec<String> = jwks(&app).await["keys"]
             .as_array()

@@ -12,45 +12,24 @@ async fn login_sets_exactly_the_three_host_cookies_and_no_store() {
         let response = app.login(&email, PASSWORD).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
-        let cookies: Vec<String> = response
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
-            .collect();
+        let cookies: Vec<String> =
+            response.headers().get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         assert_eq!(cookies.len(), 3);
         let attributes = |name: &str| -> Vec<String> {
-            let cookie = cookies
-                .iter()
-                .find(|c| c.starts_with(&format!("{name}=")))
-                .unwrap();
+            let cookie = cookies.iter().find(|c| c.starts_with(&format!("{name}="))).unwrap();
             let mut attrs: Vec<String> = cookie.split("; ").skip(1).map(str::to_owned).collect();
             attrs.sort();
             attrs
         };
-        assert_eq!(
-            attributes("__Host-access_token"),
-            [
-                "HttpOnly",
-                "Max-Age=600",
-                "Path=/",
-                "SameSite=Lax",
-                "Secure"
-            ]
-        );
+        assert_eq!(attributes("__Host-access_token"), ["HttpOnly", "Max-Age=600", "Path=/", "SameSite=Lax", "Secure"]);
         let refresh = attributes("__Host-refresh_token");
         assert_eq!(
-            refresh
-                .iter()
-                .filter(|a| !a.starts_with("Max-Age="))
-                .collect::<Vec<_>>(),
+            refresh.iter().filter(|a| !a.starts_with("Max-Age=")).collect::<Vec<_>>(),
             ["HttpOnly", "Path=/", "SameSite=Lax", "Secure"]
         );
         let csrf = attributes("__Host-csrf_token");
         assert_eq!(
-            csrf.iter()
-                .filter(|a| !a.starts_with("Max-Age="))
-                .collect::<Vec<_>>(),
+            csrf.iter().filter(|a| !a.starts_with("Max-Age=")).collect::<Vec<_>>(),
             ["Path=/", "SameSite=Lax", "Secure"]
         );
         for c in &cookies {
@@ -63,28 +42,11 @@ async fn login_sets_exactly_the_three_host_cookies_and_no_store() {
         assert!(body["session"]["id"].is_string());
         assert!(body["session"]["expires_at"].is_string());
         // The refresh token is 256 random bits; the database holds only its hash.
-        assert_eq!(
-            auth_tokens::b64url_decode(browser.refresh()).unwrap().len(),
-            32
-        );
+        assert_eq!(auth_tokens::b64url_decode(browser.refresh()).unwrap().len(), 32);
         let stored = auth_core::SecretHash::of(browser.refresh());
-        assert!(
-            app.stores
-                .sessions
-                .refresh_record(&stored)
-                .await
-                .unwrap()
-                .is_some()
-        );
+        assert!(app.stores.sessions.refresh_record(&stored).await.unwrap().is_some());
         let raw = auth_core::SecretHash::from_stored(browser.refresh().to_owned());
-        assert!(
-            app.stores
-                .sessions
-                .refresh_record(&raw)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(app.stores.sessions.refresh_record(&raw).await.unwrap().is_none());
     })
     .await;
 }
@@ -102,11 +64,7 @@ async fn unknown_email_and_wrong_password_get_identical_401s_after_the_same_work
         ] {
             let before = app.hash_operations();
             let response = app.login(who, password).await;
-            assert_eq!(
-                app.hash_operations(),
-                before + 1,
-                "{who}: no hash was verified"
-            );
+            assert_eq!(app.hash_operations(), before + 1, "{who}: no hash was verified");
             let status = response.status();
             let mut headers: Vec<(String, String)> = response
                 .headers()
@@ -118,11 +76,7 @@ async fn unknown_email_and_wrong_password_get_identical_401s_after_the_same_work
             answers.push((status, headers, response.bytes().await.unwrap()));
         }
         assert_eq!(answers[0].0, 401);
-        assert!(
-            answers[0]
-                .1
-                .contains(&("www-authenticate".into(), "Bearer".into()))
-        );
+        assert!(answers[0].1.contains(&("www-authenticate".into(), "Bearer".into())));
         assert_eq!(answers[0], answers[1]);
         assert_eq!(answers[0], answers[2]);
         let body: serde_json::Value = serde_json::from_slice(&answers[0].2).unwrap();
@@ -142,18 +96,8 @@ async fn the_whole_password_is_checked_exactly_after_nfc() {
         assert_eq!(app.login(&email, &long).await.status(), 200);
 
         let other = crate::helpers::email();
-        assert_eq!(
-            app.register(&other, "caf\u{e9} caf\u{e9} caf\u{e9} caf\u{e9}")
-                .await
-                .status(),
-            201
-        );
-        assert_eq!(
-            app.login(&other, "cafe\u{301} cafe\u{301} cafe\u{301} cafe\u{301}")
-                .await
-                .status(),
-            200
-        );
+        assert_eq!(app.register(&other, "caf\u{e9} caf\u{e9} caf\u{e9} caf\u{e9}").await.status(), 201);
+        assert_eq!(app.login(&other, "cafe\u{301} cafe\u{301} cafe\u{301} cafe\u{301}").await.status(), 200);
     })
     .await;
 }
@@ -162,11 +106,7 @@ async fn the_whole_password_is_checked_exactly_after_nfc() {
 async fn a_hash_with_weaker_parameters_is_upgraded_at_login() {
     each_backend(async |app| {
         let email = email();
-        let id: UserId = body(app.register(&email, PASSWORD).await).await["id"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let id: UserId = body(app.register(&email, PASSWORD).await).await["id"].as_str().unwrap().parse().unwrap();
         let weak = auth_core::Argon2Hasher::new(&auth_core::hashing::HashingSettings {
             memory_kib: 12_288,
             iterations: 3,
@@ -174,28 +114,11 @@ async fn a_hash_with_weaker_parameters_is_upgraded_at_login() {
         })
         .unwrap();
         let weak_hash =
-            auth_core::PasswordHasher::hash(&weak, &auth_core::Password::for_login(PASSWORD))
-                .await
-                .unwrap();
-        app.stores
-            .users
-            .set_password_hash(id, &weak_hash)
-            .await
-            .unwrap();
+            auth_core::PasswordHasher::hash(&weak, &auth_core::Password::for_login(PASSWORD)).await.unwrap();
+        app.stores.users.set_password_hash(id, &weak_hash).await.unwrap();
         assert_eq!(app.login(&email, PASSWORD).await.status(), 200);
-        let stored = app
-            .stores
-            .users
-            .user_by_id(id)
-            .await
-            .unwrap()
-            .unwrap()
-            .password_hash
-            .unwrap();
-        assert!(
-            stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{stored}"
-        );
+        let stored = app.stores.users.user_by_id(id).await.unwrap().unwrap().password_hash.unwrap();
+        assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
         assert_eq!(app.login(&email, PASSWORD).await.status(), 200);
     })
     .await;
@@ -207,19 +130,10 @@ async fn login_and_register_are_refused_cross_site() {
         let email = email();
         app.register(&email, PASSWORD).await;
         let creds = json!({"email": email, "password": PASSWORD});
-        for (name, value) in [
-            ("sec-fetch-site", "cross-site"),
-            ("origin", "https://evil.example"),
-            ("origin", "null"),
-        ] {
+        for (name, value) in [("sec-fetch-site", "cross-site"), ("origin", "https://evil.example"), ("origin", "null")]
+        {
             for path in ["/auth/login", "/auth/register"] {
-                let response = app
-                    .request(Method::POST, path)
-                    .header(name, value)
-                    .json(&creds)
-                    .send()
-                    .await
-                    .unwrap();
+                let response = app.request(Method::POST, path).header(name, value).json(&creds).send().await.unwrap();
                 assert_eq!(response.status(), 403, "{path} with {name}: {value}");
                 assert_eq!(code(response).await, "csrf_failed");
             }
@@ -231,13 +145,8 @@ async fn login_and_register_are_refused_cross_site() {
             ("origin", "https://app.example.com".to_owned()),
             ("origin", ISSUER.to_owned()),
         ] {
-            let response = app
-                .request(Method::POST, "/auth/login")
-                .header(name, &value)
-                .json(&creds)
-                .send()
-                .await
-                .unwrap();
+            let response =
+                app.request(Method::POST, "/auth/login").header(name, &value).json(&creds).send().await.unwrap();
             assert_eq!(response.status(), 200, "{name}: {value} (host {host})");
         }
     })
@@ -248,10 +157,7 @@ async fn login_and_register_are_refused_cross_site() {
 async fn credentials_are_not_accepted_in_a_get() {
     each_backend(async |app| {
         let response = app
-            .request(
-                Method::GET,
-                "/auth/login?email=a@example.com&password=correct+horse+battery+staple",
-            )
+            .request(Method::GET, "/auth/login?email=a@example.com&password=correct+horse+battery+staple")
             .send()
             .await
             .unwrap();
@@ -278,12 +184,7 @@ async fn me_answers_with_cookie_or_bearer_and_401_without() {
         assert_eq!(anonymous.status(), 401);
         assert_eq!(anonymous.headers()[header::WWW_AUTHENTICATE], "Bearer");
         assert_eq!(code(anonymous).await, "unauthenticated");
-        let basic = app
-            .request(Method::GET, "/auth/me")
-            .basic_auth("a", Some("b"))
-            .send()
-            .await
-            .unwrap();
+        let basic = app.request(Method::GET, "/auth/me").basic_auth("a", Some("b")).send().await.unwrap();
         assert_eq!(basic.status(), 401);
     })
     .await;
@@ -294,9 +195,7 @@ async fn every_login_opens_a_fresh_session_with_fresh_tokens() {
     each_backend(async |app| {
         let (email, first) = app.signed_in().await;
         let mut planted = first.clone();
-        planted
-            .cookies
-            .insert("__Host-csrf_token".into(), "attacker.chosen".into());
+        planted.cookies.insert("__Host-csrf_token".into(), "attacker.chosen".into());
         let response = app
             .with_cookies(Method::POST, "/auth/login", &planted)
             .json(&json!({"email": email, "password": PASSWORD}))
@@ -308,14 +207,8 @@ async fn every_login_opens_a_fresh_session_with_fresh_tokens() {
         assert_ne!(second.access(), first.access());
         assert_ne!(second.csrf(), "attacker.chosen");
         assert_ne!(second.refresh(), first.refresh());
-        assert_ne!(
-            claims(second.access())["sid"],
-            claims(first.access())["sid"]
-        );
-        assert_ne!(
-            claims(second.access())["jti"],
-            claims(first.access())["jti"]
-        );
+        assert_ne!(claims(second.access())["sid"], claims(first.access())["sid"]);
+        assert_ne!(claims(second.access())["jti"], claims(first.access())["jti"]);
     })
     .await;
 }

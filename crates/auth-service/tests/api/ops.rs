@@ -45,13 +45,7 @@ async fn metrics_count_requests_logins_and_hashes_in_flight() {
 #[tokio::test]
 async fn the_openapi_document_covers_every_route_and_the_error_body() {
     each_backend(async |app| {
-        let doc = body(
-            app.request(Method::GET, "/openapi.json")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let doc = body(app.request(Method::GET, "/openapi.json").send().await.unwrap()).await;
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         let routes = [
             ("/auth/register", "post"),
@@ -71,17 +65,10 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
         ];
         let paths = doc["paths"].as_object().unwrap();
         for (path, method) in routes {
-            assert!(
-                paths.get(path).and_then(|p| p.get(method)).is_some(),
-                "{method} {path} undocumented"
-            );
+            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} undocumented");
         }
         let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
-        assert_eq!(
-            documented,
-            routes.len(),
-            "a documented route is not in this test's list"
-        );
+        assert_eq!(documented, routes.len(), "a documented route is not in this test's list");
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
         assert!(doc["components"]["schemas"]["Credentials"].is_object());
         let login = &paths["/auth/login"]["post"]["responses"];
@@ -93,11 +80,7 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
 #[tokio::test]
 async fn unknown_routes_are_404_json() {
     each_backend(async |app| {
-        let response = app
-            .request(Method::GET, "/no/such/thing")
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::GET, "/no/such/thing").send().await.unwrap();
         assert_eq!(response.status(), 404);
         assert_eq!(code(response).await, "not_found");
     })
@@ -106,13 +89,7 @@ async fn unknown_routes_are_404_json() {
 
 #[tokio::test]
 async fn a_flood_of_logins_gets_503_busy_while_health_stays_up() {
-    let options = Options {
-        hashing: HashingSettings {
-            permits: 1,
-            max_wait_ms: 20,
-            ..Default::default()
-        },
-    };
+    let options = Options { hashing: HashingSettings { permits: 1, max_wait_ms: 20, ..Default::default() } };
     each_backend_with(options, async |app| {
         let email = email();
         app.register(&email, PASSWORD).await;
@@ -138,10 +115,7 @@ async fn a_flood_of_logins_gets_503_busy_while_health_stays_up() {
                 other => panic!("unexpected {other}"),
             }
         }
-        assert!(
-            busy > 0,
-            "twelve logins through one hashing slot never had to wait 20 ms"
-        );
+        assert!(busy > 0, "twelve logins through one hashing slot never had to wait 20 ms");
     })
     .await;
 }

@@ -15,10 +15,7 @@ async fn refresh_rotates_the_refresh_token_and_issues_a_new_access_token() {
         browser.absorb(&response);
         assert_ne!(browser.refresh(), before.refresh());
         assert_ne!(browser.access(), before.access());
-        assert_eq!(
-            claims(browser.access())["sid"],
-            claims(before.access())["sid"]
-        );
+        assert_eq!(claims(browser.access())["sid"], claims(before.access())["sid"]);
         assert_eq!(app.me(&browser).await.status(), 200);
         // The new token refreshes in turn.
         app.clock.advance(Duration::seconds(30));
@@ -73,11 +70,7 @@ async fn two_refreshes_racing_with_the_same_token_keep_the_session() {
 async fn a_refresh_needs_the_csrf_header_and_a_refused_one_does_not_use_the_token_up() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
-        let no_header = app
-            .with_cookies(Method::POST, "/auth/refresh", &browser)
-            .send()
-            .await
-            .unwrap();
+        let no_header = app.with_cookies(Method::POST, "/auth/refresh", &browser).send().await.unwrap();
         assert_eq!(no_header.status(), 403);
         assert_eq!(code(no_header).await, "csrf_failed");
         app.clock.advance(Duration::seconds(60));
@@ -91,9 +84,7 @@ async fn an_access_token_or_garbage_as_refresh_token_is_401() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
         let mut swapped = browser.clone();
-        swapped
-            .cookies
-            .insert("__Host-refresh_token".into(), browser.access().to_owned());
+        swapped.cookies.insert("__Host-refresh_token".into(), browser.access().to_owned());
         assert_eq!(app.refresh(&swapped).await.status(), 401);
         swapped.cookies.remove("__Host-refresh_token");
         assert_eq!(app.refresh(&swapped).await.status(), 401);
@@ -118,11 +109,7 @@ async fn sessions_end_after_the_idle_period_and_after_the_absolute_lifetime() {
             busy.absorb(&response);
         }
         app.clock.advance(Duration::days(6));
-        assert_eq!(
-            app.refresh(&busy).await.status(),
-            401,
-            "refreshed past the 30-day lifetime"
-        );
+        assert_eq!(app.refresh(&busy).await.status(), 401, "refreshed past the 30-day lifetime");
     })
     .await;
 }

@@ -8,12 +8,7 @@ use crate::helpers::*;
 async fn registering_returns_201_and_records_user_registered_in_the_outbox() {
     each_backend(async |app| {
         let email = email();
-        let response = app
-            .register(
-                &format!("  {}  ", email.replace("example.com", "Example.COM")),
-                PASSWORD,
-            )
-            .await;
+        let response = app.register(&format!("  {}  ", email.replace("example.com", "Example.COM")), PASSWORD).await;
         assert_eq!(response.status(), 201);
         let user = body(response).await;
         assert_eq!(user["email"], email);
@@ -33,11 +28,7 @@ async fn a_duplicate_email_is_409_even_with_another_domain_case_or_whitespace() 
     each_backend(async |app| {
         let email = email();
         assert_eq!(app.register(&email, PASSWORD).await.status(), 201);
-        for twin in [
-            email.clone(),
-            email.replace("example.com", "EXAMPLE.com"),
-            format!(" {email}\t"),
-        ] {
+        for twin in [email.clone(), email.replace("example.com", "EXAMPLE.com"), format!(" {email}\t")] {
             let response = app.register(&twin, PASSWORD).await;
             assert_eq!(response.status(), 409, "{twin:?}");
             assert_eq!(code(response).await, "email_taken");
@@ -88,11 +79,7 @@ async fn weak_passwords_are_refused_with_the_reason() {
 async fn bodies_that_are_not_json_are_415() {
     each_backend(async |app| {
         let form = format!("email={}&password=x", email());
-        for content_type in [
-            "text/plain",
-            "application/x-www-form-urlencoded",
-            "multipart/form-data; boundary=x",
-        ] {
+        for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
             let response = app
                 .request(Method::POST, "/auth/register")
                 .header(header::CONTENT_TYPE, content_type)
@@ -120,21 +107,11 @@ async fn malformed_json_and_unknown_fields_are_400() {
         assert_eq!(response.status(), 400);
         assert_eq!(code(response).await, "invalid_json");
         let with_hint = json!({"email": email(), "password": PASSWORD, "hint": "my dog"});
-        let response = app
-            .request(Method::POST, "/auth/register")
-            .json(&with_hint)
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::POST, "/auth/register").json(&with_hint).send().await.unwrap();
         assert_eq!(response.status(), 400);
         assert_eq!(code(response).await, "invalid_body");
         let missing = json!({"email": email()});
-        let response = app
-            .request(Method::POST, "/auth/register")
-            .json(&missing)
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::POST, "/auth/register").json(&missing).send().await.unwrap();
         assert_eq!(response.status(), 400);
     })
     .await;
@@ -145,20 +122,10 @@ async fn a_body_over_16_kib_is_413_before_any_hashing() {
     each_backend(async |app| {
         let before = app.hash_operations();
         let huge = json!({"email": email(), "password": "x".repeat(1 << 20)});
-        let response = app
-            .request(Method::POST, "/auth/register")
-            .json(&huge)
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::POST, "/auth/register").json(&huge).send().await.unwrap();
         assert_eq!(response.status(), 413);
         assert_eq!(code(response).await, "body_too_large");
-        let response = app
-            .request(Method::POST, "/auth/login")
-            .json(&huge)
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::POST, "/auth/login").json(&huge).send().await.unwrap();
         assert_eq!(response.status(), 413);
         assert_eq!(app.hash_operations(), before);
     })

@@ -35,10 +35,7 @@ async fn issued_tokens_carry_the_profile_and_no_personal_data() {
     each_backend(async |app| {
         let (email, browser) = app.signed_in().await;
         let header = decode(&parts(browser.access())[0]);
-        assert_eq!(
-            header,
-            json!({"typ": "at+jwt", "alg": "EdDSA", "kid": header["kid"]})
-        );
+        assert_eq!(header, json!({"typ": "at+jwt", "alg": "EdDSA", "kid": header["kid"]}));
         let c = claims(browser.access());
         assert_eq!(c["iss"], ISSUER);
         assert_eq!(c["aud"], "gatehouse");
@@ -55,8 +52,7 @@ async fn issued_tokens_carry_the_profile_and_no_personal_data() {
 async fn forged_and_altered_tokens_are_refused() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
-        let [header, payload, signature] =
-            <[String; 3]>::try_from(parts(browser.access())).unwrap();
+        let [header, payload, signature] = <[String; 3]>::try_from(parts(browser.access())).unwrap();
 
         let none = encode(&json!({"alg": "none", "typ": "at+jwt"}));
         refused_like_no_token(&app, &format!("{none}.{payload}.")).await;
@@ -70,12 +66,9 @@ async fn forged_and_altered_tokens_are_refused() {
         refused_like_no_token(&app, &format!("{header}.{}.{signature}", encode(&edited))).await;
 
         let x = app.keys.current().jwks.keys[0].x.clone();
-        let hs_header =
-            encode(&json!({"alg": "HS256", "typ": "at+jwt", "kid": decode(&header)["kid"]}));
+        let hs_header = encode(&json!({"alg": "HS256", "typ": "at+jwt", "kid": decode(&header)["kid"]}));
         use hmac::Mac as _;
-        let mut mac =
-            hmac::Hmac::<sha2::Sha256>::new_from_slice(&auth_tokens::b64url_decode(&x).unwrap())
-                .unwrap();
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&auth_tokens::b64url_decode(&x).unwrap()).unwrap();
         mac.update(format!("{hs_header}.{payload}").as_bytes());
         let hs = b64url(&mac.finalize().into_bytes());
         refused_like_no_token(&app, &format!("{hs_header}.{payload}.{hs}")).await;
@@ -94,33 +87,15 @@ async fn tokens_with_the_wrong_audience_issuer_or_timing_are_refused() {
         let signer = TokenSigner::new(&auth_tokens::keyfile::load(&app.key_file).unwrap().ring);
         let now = app.clock.unix();
         let variants = [
-            AccessClaims {
-                aud: "other-api".into(),
-                ..good.clone()
-            },
-            AccessClaims {
-                iss: format!("{ISSUER}/"),
-                ..good.clone()
-            },
-            AccessClaims {
-                nbf: now + 120,
-                ..good.clone()
-            },
-            AccessClaims {
-                exp: now - 61,
-                iat: now - 661,
-                nbf: now - 661,
-                ..good.clone()
-            },
+            AccessClaims { aud: "other-api".into(), ..good.clone() },
+            AccessClaims { iss: format!("{ISSUER}/"), ..good.clone() },
+            AccessClaims { nbf: now + 120, ..good.clone() },
+            AccessClaims { exp: now - 61, iat: now - 661, nbf: now - 661, ..good.clone() },
         ];
         for claims in variants {
             refused_like_no_token(&app, &signer.sign(&claims).unwrap()).await;
         }
-        assert_eq!(
-            app.me_bearer(&signer.sign(&good).unwrap()).await.status(),
-            200,
-            "the control token"
-        );
+        assert_eq!(app.me_bearer(&signer.sign(&good).unwrap()).await.status(), 200, "the control token");
     })
     .await;
 }
@@ -130,19 +105,10 @@ async fn an_access_token_expires_after_its_lifetime_plus_leeway() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;
         app.clock.advance(Duration::seconds(630));
-        assert_eq!(
-            app.me(&browser).await.status(),
-            200,
-            "within the 60 s leeway"
-        );
+        assert_eq!(app.me(&browser).await.status(), 200, "within the 60 s leeway");
         app.clock.advance(Duration::seconds(31));
         assert_eq!(app.me(&browser).await.status(), 401);
-        let response = app
-            .request(Method::GET, "/auth/me")
-            .bearer_auth(browser.access())
-            .send()
-            .await
-            .unwrap();
+        let response = app.request(Method::GET, "/auth/me").bearer_auth(browser.access()).send().await.unwrap();
         assert_eq!(response.status(), 401);
     })
     .await;

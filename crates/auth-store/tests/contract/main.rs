@@ -3,9 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use auth_core::events::StoredEvent;
-use auth_core::{
-    DomainEvent, Email, EventKind, OpaqueSecret, Session, SessionId, StoreError, User, UserId,
-};
+use auth_core::{DomainEvent, Email, EventKind, OpaqueSecret, Session, SessionId, StoreError, User, UserId};
 use auth_store::testing::{Backend, TestDatabase};
 use auth_store::{Stores, open};
 use time::{Duration, OffsetDateTime};
@@ -33,8 +31,7 @@ async fn fixture(backend: Backend) -> Fixture {
 /// Millisecond precision, as both backends store it.
 fn now() -> OffsetDateTime {
     let t = auth_core::Clock::now(&auth_core::SystemClock);
-    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000)
-        .unwrap()
+    t.replace_nanosecond(t.millisecond() as u32 * 1_000_000).unwrap()
 }
 
 fn user(email: &str) -> User {
@@ -51,11 +48,7 @@ fn user(email: &str) -> User {
 
 async fn registered(stores: &Stores, email: &str) -> User {
     let u = user(email);
-    stores
-        .users
-        .create_user(&u, &DomainEvent::registered(&u, "password", u.created_at))
-        .await
-        .unwrap();
+    stores.users.create_user(&u, &DomainEvent::registered(&u, "password", u.created_at)).await.unwrap();
     u
 }
 
@@ -76,11 +69,7 @@ fn session(user: UserId, at: OffsetDateTime) -> Session {
 async fn logged_in(stores: &Stores, user: UserId, at: OffsetDateTime) -> (Session, OpaqueSecret) {
     let s = session(user, at);
     let refresh = OpaqueSecret::generate();
-    stores
-        .sessions
-        .create_session(&s, &refresh.hash(), &DomainEvent::logged_in(user, s.id, at))
-        .await
-        .unwrap();
+    stores.sessions.create_session(&s, &refresh.hash(), &DomainEvent::logged_in(user, s.id, at)).await.unwrap();
     (s, refresh)
 }
 
@@ -92,14 +81,8 @@ fn kinds(events: &[StoredEvent]) -> Vec<EventKind> {
 async fn a_created_user_is_found_by_email_and_id_with_its_event_in_the_outbox() {
     each_backend(async |stores| {
         let u = registered(&stores, "alice@example.com").await;
-        assert_eq!(
-            stores.users.user_by_email(&u.email).await.unwrap(),
-            Some(u.clone())
-        );
-        assert_eq!(
-            stores.users.user_by_id(u.id).await.unwrap(),
-            Some(u.clone())
-        );
+        assert_eq!(stores.users.user_by_email(&u.email).await.unwrap(), Some(u.clone()));
+        assert_eq!(stores.users.user_by_id(u.id).await.unwrap(), Some(u.clone()));
         let events = stores.outbox.events_of(u.id).await.unwrap();
         assert_eq!(kinds(&events), vec![EventKind::Registered]);
         assert_eq!(events[0].event.data["email"], "alice@example.com");
@@ -117,10 +100,7 @@ async fn a_second_user_with_the_same_email_conflicts_and_writes_nothing() {
         let err = stores.users.create_user(&twin, &event).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict), "{err:?}");
         assert!(stores.users.user_by_id(twin.id).await.unwrap().is_none());
-        assert!(
-            stores.outbox.events_of(twin.id).await.unwrap().is_empty(),
-            "half-written registration"
-        );
+        assert!(stores.outbox.events_of(twin.id).await.unwrap().is_empty(), "half-written registration");
     })
     .await;
 }
@@ -128,34 +108,12 @@ async fn a_second_user_with_the_same_email_conflicts_and_writes_nothing() {
 #[tokio::test]
 async fn unknown_users_are_none_and_updates_of_them_not_found() {
     each_backend(async |stores| {
-        assert!(
-            stores
-                .users
-                .user_by_id(UserId::new())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            stores
-                .users
-                .user_by_email(&Email::parse("nobody@example.com").unwrap())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let err = stores
-            .users
-            .set_password_hash(UserId::new(), "x")
-            .await
-            .unwrap_err();
+        assert!(stores.users.user_by_id(UserId::new()).await.unwrap().is_none());
+        assert!(stores.users.user_by_email(&Email::parse("nobody@example.com").unwrap()).await.unwrap().is_none());
+        let err = stores.users.set_password_hash(UserId::new(), "x").await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound));
         let id = UserId::new();
-        let err = stores
-            .users
-            .delete_user(id, &DomainEvent::deleted(id, now()))
-            .await
-            .unwrap_err();
+        let err = stores.users.delete_user(id, &DomainEvent::deleted(id, now())).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound));
     })
     .await;
@@ -168,34 +126,16 @@ async fn deleting_a_user_removes_its_sessions_and_tokens_and_scrubs_its_events()
         let (s, refresh) = logged_in(&stores, u.id, now()).await;
         let first = stores.outbox.events_of(u.id).await.unwrap()[0].event.id;
         stores.outbox.mark_published(&[first], now()).await.unwrap();
-        stores
-            .users
-            .delete_user(u.id, &DomainEvent::deleted(u.id, now()))
-            .await
-            .unwrap();
+        stores.users.delete_user(u.id, &DomainEvent::deleted(u.id, now())).await.unwrap();
 
         assert!(stores.users.user_by_id(u.id).await.unwrap().is_none());
         assert!(stores.sessions.session(s.id).await.unwrap().is_none());
-        assert!(
-            stores
-                .sessions
-                .refresh_record(&refresh.hash())
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(stores.sessions.refresh_record(&refresh.hash()).await.unwrap().is_none());
         let events = stores.outbox.events_of(u.id).await.unwrap();
-        assert_eq!(
-            kinds(&events),
-            vec![EventKind::LoggedIn, EventKind::Deleted]
-        );
+        assert_eq!(kinds(&events), vec![EventKind::LoggedIn, EventKind::Deleted]);
         assert_eq!(events[1].event.data, serde_json::json!({"user_id": u.id}));
         for e in &events {
-            assert!(
-                !e.event.data.to_string().contains("carol"),
-                "PII left in {:?}",
-                e.event
-            );
+            assert!(!e.event.data.to_string().contains("carol"), "PII left in {:?}", e.event);
         }
     })
     .await;
@@ -205,16 +145,9 @@ async fn deleting_a_user_removes_its_sessions_and_tokens_and_scrubs_its_events()
 async fn undelivered_registration_events_lose_the_email_when_the_user_is_deleted() {
     each_backend(async |stores| {
         let u = registered(&stores, "dave@example.com").await;
-        stores
-            .users
-            .delete_user(u.id, &DomainEvent::deleted(u.id, now()))
-            .await
-            .unwrap();
+        stores.users.delete_user(u.id, &DomainEvent::deleted(u.id, now())).await.unwrap();
         let events = stores.outbox.events_of(u.id).await.unwrap();
-        assert_eq!(
-            kinds(&events),
-            vec![EventKind::Registered, EventKind::Deleted]
-        );
+        assert_eq!(kinds(&events), vec![EventKind::Registered, EventKind::Deleted]);
         assert!(events[0].event.data.get("email").is_none());
         assert_eq!(events[0].event.data["user_id"], serde_json::json!(u.id));
     })
@@ -225,11 +158,7 @@ async fn undelivered_registration_events_lose_the_email_when_the_user_is_deleted
 async fn the_password_hash_can_be_replaced() {
     each_backend(async |stores| {
         let u = registered(&stores, "erin@example.com").await;
-        stores
-            .users
-            .set_password_hash(u.id, "$argon2id$new")
-            .await
-            .unwrap();
+        stores.users.set_password_hash(u.id, "$argon2id$new").await.unwrap();
         let got = stores.users.user_by_id(u.id).await.unwrap().unwrap();
         assert_eq!(got.password_hash.as_deref(), Some("$argon2id$new"));
     })
@@ -244,25 +173,11 @@ async fn sessions_round_trip_and_only_active_ones_are_listed_newest_first() {
         let (old, _) = logged_in(&stores, u.id, t0).await;
         let (new, _) = logged_in(&stores, u.id, t0 + Duration::seconds(1)).await;
         let (gone, _) = logged_in(&stores, u.id, t0 + Duration::seconds(2)).await;
-        assert_eq!(
-            stores.sessions.session(old.id).await.unwrap(),
-            Some(old.clone())
-        );
+        assert_eq!(stores.sessions.session(old.id).await.unwrap(), Some(old.clone()));
         assert!(stores.sessions.revoke_session(gone.id, t0).await.unwrap());
-        let listed = stores
-            .sessions
-            .active_sessions(u.id, t0 + Duration::seconds(3))
-            .await
-            .unwrap();
-        assert_eq!(
-            listed.iter().map(|s| s.id).collect::<Vec<_>>(),
-            vec![new.id, old.id]
-        );
-        let after_idle = stores
-            .sessions
-            .active_sessions(u.id, t0 + Duration::days(8))
-            .await
-            .unwrap();
+        let listed = stores.sessions.active_sessions(u.id, t0 + Duration::seconds(3)).await.unwrap();
+        assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![new.id, old.id]);
+        let after_idle = stores.sessions.active_sessions(u.id, t0 + Duration::days(8)).await.unwrap();
         assert!(after_idle.is_empty());
     })
     .await;
@@ -274,46 +189,17 @@ async fn rotation_is_a_compare_and_swap_on_the_current_token() {
         let u = registered(&stores, "gina@example.com").await;
         let t0 = now();
         let (s, first) = logged_in(&stores, u.id, t0).await;
-        let record = stores
-            .sessions
-            .refresh_record(&first.hash())
-            .await
-            .unwrap()
-            .unwrap();
+        let record = stores.sessions.refresh_record(&first.hash()).await.unwrap().unwrap();
         assert_eq!(record.session_id, s.id);
         assert_eq!(record.superseded_at, None);
 
         let t1 = t0 + Duration::seconds(10);
         let (second, third) = (OpaqueSecret::generate(), OpaqueSecret::generate());
         let idle = t1 + Duration::days(7);
-        assert!(
-            stores
-                .sessions
-                .rotate_refresh(s.id, &first.hash(), &second.hash(), t1, idle)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !stores
-                .sessions
-                .rotate_refresh(s.id, &first.hash(), &third.hash(), t1, idle)
-                .await
-                .unwrap()
-        );
-        assert!(
-            stores
-                .sessions
-                .refresh_record(&third.hash())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let old = stores
-            .sessions
-            .refresh_record(&first.hash())
-            .await
-            .unwrap()
-            .unwrap();
+        assert!(stores.sessions.rotate_refresh(s.id, &first.hash(), &second.hash(), t1, idle).await.unwrap());
+        assert!(!stores.sessions.rotate_refresh(s.id, &first.hash(), &third.hash(), t1, idle).await.unwrap());
+        assert!(stores.sessions.refresh_record(&third.hash()).await.unwrap().is_none());
+        let old = stores.sessions.refresh_record(&first.hash()).await.unwrap().unwrap();
         assert_eq!(old.superseded_at, Some(t1));
         let got = stores.sessions.session(s.id).await.unwrap().unwrap();
         assert_eq!((got.last_seen_at, got.idle_expires_at), (t1, idle));
@@ -328,32 +214,10 @@ async fn revoking_is_idempotent_and_writes_one_logout_event() {
         let (s, _) = logged_in(&stores, u.id, now()).await;
         assert!(stores.sessions.revoke_session(s.id, now()).await.unwrap());
         assert!(!stores.sessions.revoke_session(s.id, now()).await.unwrap());
-        assert!(
-            !stores
-                .sessions
-                .revoke_session(SessionId::new(), now())
-                .await
-                .unwrap()
-        );
-        assert!(
-            stores
-                .sessions
-                .session(s.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked_at
-                .is_some()
-        );
+        assert!(!stores.sessions.revoke_session(SessionId::new(), now()).await.unwrap());
+        assert!(stores.sessions.session(s.id).await.unwrap().unwrap().revoked_at.is_some());
         let events = stores.outbox.events_of(u.id).await.unwrap();
-        assert_eq!(
-            kinds(&events),
-            vec![
-                EventKind::Registered,
-                EventKind::LoggedIn,
-                EventKind::LoggedOut
-            ]
-        );
+        assert_eq!(kinds(&events), vec![EventKind::Registered, EventKind::LoggedIn, EventKind::LoggedOut]);
         assert_eq!(events[2].event.data["session_id"], serde_json::json!(s.id));
     })
     .await;
@@ -369,29 +233,15 @@ async fn revoking_all_other_sessions_keeps_the_current_one_and_spares_other_user
         let (a, _) = logged_in(&stores, u.id, t0).await;
         let (b, _) = logged_in(&stores, u.id, t0).await;
         let (theirs, _) = logged_in(&stores, other.id, t0).await;
-        let mut revoked = stores
-            .sessions
-            .revoke_sessions_of(u.id, Some(keep.id), t0)
-            .await
-            .unwrap();
+        let mut revoked = stores.sessions.revoke_sessions_of(u.id, Some(keep.id), t0).await.unwrap();
         revoked.sort();
         let mut expected = vec![a.id, b.id];
         expected.sort();
         assert_eq!(revoked, expected);
         let active = stores.sessions.active_sessions(u.id, t0).await.unwrap();
-        assert_eq!(
-            active.iter().map(|s| s.id).collect::<Vec<_>>(),
-            vec![keep.id]
-        );
-        assert_eq!(
-            stores.sessions.active_sessions(other.id, t0).await.unwrap()[0].id,
-            theirs.id
-        );
-        let all = stores
-            .sessions
-            .revoke_sessions_of(u.id, None, t0)
-            .await
-            .unwrap();
+        assert_eq!(active.iter().map(|s| s.id).collect::<Vec<_>>(), vec![keep.id]);
+        assert_eq!(stores.sessions.active_sessions(other.id, t0).await.unwrap()[0].id, theirs.id);
+        let all = stores.sessions.revoke_sessions_of(u.id, None, t0).await.unwrap();
         assert_eq!(all, vec![keep.id]);
     })
     .await;
@@ -403,23 +253,12 @@ async fn the_outbox_yields_unpublished_events_in_order_until_marked() {
         let u = registered(&stores, "kate@example.com").await;
         logged_in(&stores, u.id, now()).await;
         let pending = stores.outbox.unpublished(10).await.unwrap();
-        assert_eq!(
-            kinds(&pending),
-            vec![EventKind::Registered, EventKind::LoggedIn]
-        );
+        assert_eq!(kinds(&pending), vec![EventKind::Registered, EventKind::LoggedIn]);
         assert_eq!(stores.outbox.unpublished(1).await.unwrap().len(), 1);
-        stores
-            .outbox
-            .mark_published(&[pending[0].event.id], now())
-            .await
-            .unwrap();
+        stores.outbox.mark_published(&[pending[0].event.id], now()).await.unwrap();
         let rest = stores.outbox.unpublished(10).await.unwrap();
         assert_eq!(kinds(&rest), vec![EventKind::LoggedIn]);
-        assert!(
-            stores.outbox.events_of(u.id).await.unwrap()[0]
-                .published_at
-                .is_some()
-        );
+        assert!(stores.outbox.events_of(u.id).await.unwrap()[0].published_at.is_some());
     })
     .await;
 }
@@ -431,18 +270,8 @@ async fn migrations_apply_once_and_the_database_answers_pings() {
         let stores = open(&db.url, true).await.unwrap();
         stores.health.ping().await.unwrap();
         let applied = match backend {
-            Backend::Sqlite => auth_store::SqliteStore::connect(&db.url)
-                .await
-                .unwrap()
-                .migrate()
-                .await
-                .unwrap(),
-            Backend::Postgres => auth_store::PgStore::connect(&db.url)
-                .await
-                .unwrap()
-                .migrate()
-                .await
-                .unwrap(),
+            Backend::Sqlite => auth_store::SqliteStore::connect(&db.url).await.unwrap().migrate().await.unwrap(),
+            Backend::Postgres => auth_store::PgStore::connect(&db.url).await.unwrap().migrate().await.unwrap(),
         };
         assert!(applied.is_empty(), "{backend:?} re-applied {applied:?}");
     }
@@ -451,8 +280,5 @@ async fn migrations_apply_once_and_the_database_answers_pings() {
 #[tokio::test]
 async fn an_unknown_database_scheme_is_refused_clearly() {
     let err = open("mysql://localhost/x", true).await.unwrap_err();
-    assert!(
-        err.to_string().contains("sqlite:// or postgres://"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("sqlite:// or postgres://"), "{err}");
 }

@@ -17,8 +17,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("gatehouse-cli-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!("gatehouse-cli-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -42,10 +41,7 @@ fn gatehouse(data_dir: &Path) -> Command {
             cmd.env_remove(key);
         }
     }
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .kill_on_drop(true);
+    cmd.arg("--data-dir").arg(data_dir).env("RUST_LOG", "info").kill_on_drop(true);
     cmd
 }
 
@@ -56,12 +52,7 @@ struct Server {
 
 /// Starts a serving command on port 0 and waits for its `listening on` line.
 async fn start(mut cmd: Command) -> Server {
-    let mut child = cmd
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.arg("--listen").arg("127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -81,16 +72,9 @@ async fn start(mut cmd: Command) -> Server {
 impl Server {
     async fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .await
-            .unwrap();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
         assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("no exit within 20 s")
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("no exit within 20 s").unwrap()
     }
 }
 
@@ -98,19 +82,9 @@ impl Server {
 async fn sign_in(client: &reqwest::Client, url: &str) -> String {
     let email = format!("smoke-{}@example.com", uuid::Uuid::new_v4().simple());
     let creds = json!({"email": email, "password": PASSWORD});
-    let registered = client
-        .post(format!("{url}/auth/register"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
+    let registered = client.post(format!("{url}/auth/register")).json(&creds).send().await.unwrap();
     assert_eq!(registered.status(), 201);
-    let login = client
-        .post(format!("{url}/auth/login"))
-        .json(&creds)
-        .send()
-        .await
-        .unwrap();
+    let login = client.post(format!("{url}/auth/login")).json(&creds).send().await.unwrap();
     assert_eq!(login.status(), 200);
     let cookie = login
         .headers()
@@ -120,23 +94,11 @@ async fn sign_in(client: &reqwest::Client, url: &str) -> String {
         .find(|c| c.starts_with("__Host-access_token="))
         .unwrap()
         .to_owned();
-    cookie
-        .split(';')
-        .next()
-        .unwrap()
-        .trim_start_matches("__Host-access_token=")
-        .to_owned()
+    cookie.split(';').next().unwrap().trim_start_matches("__Host-access_token=").to_owned()
 }
 
 async fn me(client: &reqwest::Client, url: &str, token: &str) -> u16 {
-    client
-        .get(format!("{url}/auth/me"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    client.get(format!("{url}/auth/me")).bearer_auth(token).send().await.unwrap().status().as_u16()
 }
 
 #[tokio::test]
@@ -146,15 +108,7 @@ async fn up_serves_the_api_and_exits_zero_on_sigterm() {
     let client = reqwest::Client::new();
     let token = sign_in(&client, &server.url).await;
     assert_eq!(me(&client, &server.url, &token).await, 200);
-    assert_eq!(
-        client
-            .get(format!("{}/readyz", server.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(client.get(format!("{}/readyz", server.url)).send().await.unwrap().status(), 200);
     let status = server.stop().await;
     assert!(status.success(), "exit status {status:?}");
 }
@@ -180,61 +134,35 @@ async fn a_key_rotation_reaches_the_running_server_and_old_tokens_keep_working()
     let client = reqwest::Client::new();
     let old = sign_in(&client, &server.url).await;
 
-    let rotated = gatehouse(&dir.data())
-        .args(["keys", "rotate"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        rotated.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rotated.stderr)
-    );
+    let rotated = gatehouse(&dir.data()).args(["keys", "rotate"]).output().await.unwrap();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
     assert!(String::from_utf8_lossy(&rotated.stdout).contains("rotated"));
 
     // The server checks the key file every second; give it a bounded while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let jwks: Value = client
-            .get(format!("{}/.well-known/jwks.json", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jwks: Value =
+            client.get(format!("{}/.well-known/jwks.json", server.url)).send().await.unwrap().json().await.unwrap();
         if jwks["keys"].as_array().unwrap().len() == 2 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rotation never reached the server"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "the rotation never reached the server");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let new = sign_in(&client, &server.url).await;
     let kid = |t: &str| {
         let header = t.split('.').next().unwrap();
         use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header)
-            .unwrap();
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header).unwrap();
         serde_json::from_slice::<Value>(&bytes).unwrap()["kid"].clone()
     };
     assert_ne!(kid(&old), kid(&new));
     assert_eq!(me(&client, &server.url, &old).await, 200);
     assert_eq!(me(&client, &server.url, &new).await, 200);
 
-    let listed = gatehouse(&dir.data())
-        .args(["keys", "list"])
-        .output()
-        .await
-        .unwrap();
+    let listed = gatehouse(&dir.data()).args(["keys", "list"]).output().await.unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
-    assert!(
-        listed.contains("active (signs)") && listed.contains("retired, verifies"),
-        "{listed}"
-    );
+    assert!(listed.contains("active (signs)") && listed.contains("retired, verifies"), "{listed}");
     server.stop().await;
 }
 
@@ -243,24 +171,11 @@ async fn migrate_applies_the_schema_and_exits() {
     for backend in Backend::available() {
         let dir = TempDir::new();
         let db = TestDatabase::create(backend).await;
-        let out = gatehouse(&dir.data())
-            .env("GATEHOUSE_DATABASE__URL", &db.url)
-            .arg("migrate")
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{backend:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = gatehouse(&dir.data()).env("GATEHOUSE_DATABASE__URL", &db.url).arg("migrate").output().await.unwrap();
+        assert!(out.status.success(), "{backend:?}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
-        let again = gatehouse(&dir.data())
-            .env("GATEHOUSE_DATABASE__URL", &db.url)
-            .arg("migrate")
-            .output()
-            .await
-            .unwrap();
+        let again =
+            gatehouse(&dir.data()).env("GATEHOUSE_DATABASE__URL", &db.url).arg("migrate").output().await.unwrap();
         assert!(again.status.success());
     }
 }
@@ -283,28 +198,16 @@ async fn up_runs_on_postgres_when_given_its_url() {
 #[tokio::test]
 async fn bad_configuration_fails_fast_with_a_clear_message() {
     let dir = TempDir::new();
-    let out = gatehouse(&dir.data())
-        .env("GATEHOUSE_DATABSE__URL", "sqlite://x.db")
-        .output()
-        .await
-        .unwrap();
+    let out = gatehouse(&dir.data()).env("GATEHOUSE_DATABSE__URL", "sqlite://x.db").output().await.unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("databse"), "{stderr}");
 
-    let out = gatehouse(&dir.data())
-        .env("GATEHOUSE_DATABASE__URL", "mysql://db/x")
-        .output()
-        .await
-        .unwrap();
+    let out = gatehouse(&dir.data()).env("GATEHOUSE_DATABASE__URL", "mysql://db/x").output().await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sqlite:// or postgres://"));
 
-    let out = gatehouse(&dir.data())
-        .args(["--config", "/nonexistent/gatehouse.toml"])
-        .output()
-        .await
-        .unwrap();
+    let out = gatehouse(&dir.data()).args(["--config", "/nonexistent/gatehouse.toml"]).output().await.unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
@@ -314,20 +217,14 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     let dir = TempDir::new();
     let mut cmd = gatehouse(&dir.data());
     // One hashing slot: the logins below queue behind each other.
-    cmd.env("GATEHOUSE_PASSWORDS__HASHING__PERMITS", "1")
-        .env("GATEHOUSE_PASSWORDS__HASHING__MAX_WAIT_MS", "30000");
+    cmd.env("GATEHOUSE_PASSWORDS__HASHING__PERMITS", "1").env("GATEHOUSE_PASSWORDS__HASHING__MAX_WAIT_MS", "30000");
     let server = start(cmd).await;
     let client = reqwest::Client::new();
     sign_in(&client, &server.url).await;
     let creds = json!({"email": "nobody@example.com", "password": PASSWORD});
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..4 {
-        let (request, tx) = (
-            client
-                .post(format!("{}/auth/login", server.url))
-                .json(&creds),
-            tx.clone(),
-        );
+        let (request, tx) = (client.post(format!("{}/auth/login", server.url)).json(&creds), tx.clone());
         tokio::spawn(async move { tx.send(request.send().await.map(|r| r.status().as_u16())) });
     }
     drop(tx);
@@ -338,10 +235,7 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     assert!(status.success());
     let mut rest = 0;
     while let Some(answer) = answers.recv().await {
-        assert_eq!(
-            answer.expect("an in-flight request was dropped at shutdown"),
-            401
-        );
+        assert_eq!(answer.expect("an in-flight request was dropped at shutdown"), 401);
         rest += 1;
     }
     assert_eq!(rest, 3);

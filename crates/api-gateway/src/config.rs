@@ -1,0 +1,79 @@
+//! Gateway settings as written in the config file (`[gateway]`, `[[gateway.routes]]`).
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A valid, unrevoked access token is needed.
+    #[default]
+    Required,
+    /// Anyone may pass; no identity is asserted.
+    Public,
+}
+
+fn default_timeout() -> u64 {
+    30
+}
+
+/// One `[[gateway.routes]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path prefix, e.g. `/api/notes`; matches itself and everything below it.
+    pub prefix: String,
+    /// `http://host:port[/base]`, or `inproc://NAME` for a service in this process.
+    pub upstream: String,
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Any of these roles lets the request through; empty means any user.
+    #[serde(default)]
+    pub require_roles: Vec<String>,
+    /// Remove the prefix from the path before forwarding.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Seconds to wait for the upstream's response headers (504 after).
+    #[serde(default = "default_timeout")]
+    pub timeout: u64,
+    /// Speak HTTP/2 (prior knowledge, h2c) to this upstream.
+    #[serde(default)]
+    pub http2: bool,
+}
+
+impl RouteConfig {
+    pub fn new(prefix: &str, upstream: &str, auth: AuthMode) -> Self {
+        Self {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+            auth,
+            require_roles: Vec::new(),
+            strip_prefix: false,
+            timeout: default_timeout(),
+            http2: false,
+        }
+    }
+}
+
+/// Everything the gateway needs besides its routes and collaborators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Origins allowed to send unsafe cookie requests (besides the request's own host).
+    pub allowed_origins: Vec<String>,
+    /// Peers whose `X-Forwarded-*` headers are believed: IPs or CIDRs.
+    pub trusted_proxies: Vec<String>,
+    /// Verified tokens remembered until they expire.
+    pub token_cache_size: usize,
+    /// Seconds between background JWKS refreshes.
+    pub jwks_refresh_secs: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
+            token_cache_size: 100_000,
+            jwks_refresh_secs: 60,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! `GatewayError`: classified by source (client → 4xx, upstream → 502/504,
+//! our own dependencies → 503), always the same JSON shape as the auth-service.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route")]
+    NoRoute,
+    /// Missing, invalid, expired or revoked token: one answer for all.
+    /// `presented` says whether a token was sent at all (RFC 6750 §3.1).
+    #[error("unauthenticated")]
+    Unauthenticated { presented: bool },
+    #[error("forbidden")]
+    Forbidden,
+    #[error("csrf: {0}")]
+    Csrf(String),
+    #[error("signing keys not yet obtained")]
+    KeysUnavailable,
+    #[error("revocation feed not current")]
+    RevocationUnavailable,
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            Self::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path".into()),
+            Self::Unauthenticated { .. } => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required".into())
+            }
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "your roles do not allow this".into()),
+            Self::Csrf(why) => (StatusCode::FORBIDDEN, "csrf_failed", why.clone()),
+            Self::KeysUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable", "token keys are not available yet".into())
+            }
+            Self::RevocationUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation_unavailable",
+                "revocations cannot be checked right now".into(),
+            ),
+            Self::UpstreamUnavailable => {
+                (StatusCode::BAD_GATEWAY, "upstream_unavailable", "the service behind this route is unavailable".into())
+            }
+            Self::UpstreamTimeout => {
+                (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "the service behind this route timed out".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        let mut response = (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let headers = response.headers_mut();
+        match self {
+            Self::Unauthenticated { presented: true } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            Self::Unauthenticated { presented: false } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::KeysUnavailable | Self::RevocationUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}

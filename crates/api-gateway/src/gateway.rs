@@ -1,0 +1,242 @@
+//! The request path, in order:
+//!
+//! 1. the gateway's own endpoints (`/healthz`, `/readyz`, `/metrics`);
+//! 2. route lookup, longest prefix (404 when none);
+//! 3. on `auth = "required"` routes: token from bearer header or cookie →
+//!    verify against the JWKS (503 when no keys yet) → revocation feed current
+//!    (503 otherwise: fail closed) → not revoked → CSRF for cookie-borne
+//!    unsafe requests → roles;
+//! 4. strip spoofable identity, our cookies and untrusted forwarding headers;
+//!    set `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
+//!    `X-Forwarded-*`;
+//! 5. forward, streaming, within the route's timeout (502/504).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use auth_core::Clock;
+use auth_events::RevocationFeed;
+use auth_tokens::csrf::{check_pair, check_site};
+use auth_tokens::{AccessClaims, CsrfKey, cookies};
+use axum::Router;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::{AuthFailure, Authenticator};
+use crate::config::{AuthMode, GatewaySettings};
+use crate::error::GatewayError;
+use crate::forward::Forwarder;
+use crate::identity::{self, Identity, TrustedProxies};
+use crate::metrics::GatewayMetrics;
+use crate::routes::{Route, RouteTable};
+
+/// What a gateway is built from.
+pub struct GatewayParts {
+    pub routes: RouteTable,
+    pub authenticator: Arc<Authenticator>,
+    pub revocations: Arc<dyn RevocationFeed>,
+    pub csrf: CsrfKey,
+    pub clock: Arc<dyn Clock>,
+    pub settings: GatewaySettings,
+    /// More Prometheus text appended to `/metrics` (the in-process auth-service's).
+    pub extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+#[derive(Clone)]
+pub struct Gateway(Arc<Inner>);
+
+struct Inner {
+    routes: RwLock<Arc<RouteTable>>,
+    auth: Arc<Authenticator>,
+    revocations: Arc<dyn RevocationFeed>,
+    csrf: CsrfKey,
+    clock: Arc<dyn Clock>,
+    forwarder: Forwarder,
+    metrics: GatewayMetrics,
+    trusted: TrustedProxies,
+    allowed_origins: Vec<String>,
+    jwks_refresh: Duration,
+    extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+}
+
+impl Gateway {
+    pub fn new(parts: GatewayParts) -> Result<Self, String> {
+        let trusted = TrustedProxies::parse(&parts.settings.trusted_proxies)?;
+        let allowed_origins =
+            parts.settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        Ok(Self(Arc::new(Inner {
+            routes: RwLock::new(Arc::new(parts.routes)),
+            auth: parts.authenticator,
+            revocations: parts.revocations,
+            csrf: parts.csrf,
+            clock: parts.clock,
+            forwarder: Forwarder::new(),
+            metrics: GatewayMetrics::default(),
+            trusted,
+            allowed_origins,
+            jwks_refresh: Duration::from_secs(parts.settings.jwks_refresh_secs.max(1)),
+            extra_metrics: parts.extra_metrics,
+        })))
+    }
+
+    /// Swaps in a new route table; requests in flight finish on the old one.
+    pub fn replace_routes(&self, table: RouteTable) {
+        *self.0.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    fn routes(&self) -> Arc<RouteTable> {
+        self.0.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.0.auth
+    }
+
+    /// Every request goes through [`Gateway::handle`].
+    pub fn router(&self) -> Router {
+        let gateway = self.clone();
+        Router::new().fallback(move |request: Request| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(request).await }
+        })
+    }
+
+    /// Refreshes the JWKS and prunes expired revocations periodically.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(gateway.0.jwks_refresh);
+            loop {
+                tick.tick().await;
+                let _ = gateway.0.auth.refresh().await;
+                gateway.0.revocations.set().prune(gateway.0.clock.unix());
+            }
+        })
+    }
+
+    pub async fn handle(&self, request: Request) -> Response {
+        if request.method() == Method::GET
+            && let Some(response) = self.own_endpoint(request.uri().path())
+        {
+            return response;
+        }
+        let routes = self.routes();
+        let Some(route) = routes.find(request.uri().path()) else {
+            self.0.metrics.request("", StatusCode::NOT_FOUND.as_u16());
+            return GatewayError::NoRoute.into_response();
+        };
+        let response = match self.pass(route, request).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        };
+        self.0.metrics.request(&route.prefix, response.status().as_u16());
+        response
+    }
+
+    fn own_endpoint(&self, path: &str) -> Option<Response> {
+        match path {
+            "/healthz" => Some(axum::Json(json!({"status": "ok"})).into_response()),
+            "/readyz" if self.0.auth.has_keys() && self.0.revocations.is_current() => {
+                Some(axum::Json(json!({"status": "ready"})).into_response())
+            }
+            "/readyz" => Some(GatewayError::KeysUnavailable.into_response()),
+            "/metrics" => {
+                let mut text = self.0.metrics.render(self.0.revocations.set().len(), self.0.auth.jwks_age());
+                if let Some(extra) = &self.0.extra_metrics {
+                    text.push_str(&extra());
+                }
+                let mut response = text.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                Some(response)
+            }
+            _ => None,
+        }
+    }
+
+    async fn pass(&self, route: &Route, mut request: Request) -> Result<Response, GatewayError> {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let claims = match route.auth {
+            AuthMode::Required => Some(self.authenticate(route, request.method(), request.headers()).await?),
+            AuthMode::Public => None,
+        };
+        let identity = claims.as_deref().map(|c| Identity { user_id: &c.sub, roles: &c.roles, session_id: &c.sid });
+        let trusted = peer.is_some_and(|p| self.0.trusted.contains(p));
+        let request_id =
+            identity::prepare(request.headers_mut(), identity.as_ref(), route.forward_credentials, peer, trusted);
+        let path = route.upstream_path(request.uri().path());
+        let path_and_query = match request.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let started = Instant::now();
+        let mut response = self.0.forwarder.send(route, request, &path_and_query).await?;
+        self.0.metrics.upstream_latency(&route.prefix, started.elapsed());
+        response.headers_mut().insert(identity::REQUEST_ID, request_id);
+        Ok(response)
+    }
+
+    async fn authenticate(
+        &self,
+        route: &Route,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<Arc<AccessClaims>, GatewayError> {
+        let (token, by_cookie) = presented(headers)?;
+        let claims = self.0.auth.verify(token, self.0.clock.unix()).await.map_err(|failure| match failure {
+            AuthFailure::NoKeys => GatewayError::KeysUnavailable,
+            AuthFailure::Invalid(reason) => {
+                self.0.metrics.auth_failure(reason.reason());
+                GatewayError::Unauthenticated { presented: true }
+            }
+        })?;
+        if !self.0.revocations.is_current() {
+            return Err(GatewayError::RevocationUnavailable);
+        }
+        if self.0.revocations.set().is_revoked(&claims.sid, &claims.sub, claims.iat) {
+            self.0.metrics.auth_failure("revoked");
+            return Err(GatewayError::Unauthenticated { presented: true });
+        }
+        if by_cookie && is_unsafe(method) {
+            self.check_csrf(headers, &claims.sid)?;
+        }
+        if !route.require_roles.is_empty() && !claims.roles.iter().any(|r| route.require_roles.contains(r)) {
+            return Err(GatewayError::Forbidden);
+        }
+        Ok(claims)
+    }
+
+    fn check_csrf(&self, headers: &HeaderMap, sid: &str) -> Result<(), GatewayError> {
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let refused = |r: auth_tokens::csrf::CsrfRefusal| GatewayError::Csrf(r.to_string());
+        check_site(text("sec-fetch-site"), text("origin"), text("host"), &self.0.allowed_origins).map_err(refused)?;
+        let cookie =
+            cookies::find(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), cookies::CSRF);
+        check_pair(&self.0.csrf, text("x-csrf-token"), cookie, sid).map_err(refused)
+    }
+}
+
+/// The presented token and whether it came in the cookie.
+fn presented(headers: &HeaderMap) -> Result<(&str, bool), GatewayError> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(GatewayError::Unauthenticated { presented: true })?;
+        return Ok((token, false));
+    }
+    cookies::find(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), cookies::ACCESS)
+        .map(|t| (t, true))
+        .ok_or(GatewayError::Unauthenticated { presented: false })
+}

@@ -1,0 +1,28 @@
+//! The API gateway (DESIGN §8): every request is routed, authenticated,
+//! checked against revocations and CSRF, stripped of spoofable identity, and
+//! forwarded with trusted identity headers.
+//!
+//! Layout:
+//! - [`config`]: route and gateway settings as they appear in the config file.
+//! - [`routes`]: the route table, longest prefix wins, swappable at runtime.
+//! - [`auth`]: token verification against the JWKS, with a verified-token cache.
+//! - [`identity`]: what upstreams may and may not see (headers, cookies).
+//! - [`forward`]: pooled, streaming forwarding to HTTP or in-process upstreams.
+//! - [`metrics`]: Prometheus metrics of the gateway.
+//! - [`gateway`]: [`Gateway`], the request path in one place.
+//! - [`error`]: [`GatewayError`], classified by who is at fault.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod identity;
+pub mod metrics;
+pub mod routes;
+
+pub use auth::{Authenticator, HttpJwks, JwksSource, LocalJwks};
+pub use config::{AuthMode, GatewaySettings, RouteConfig};
+pub use error::GatewayError;
+pub use gateway::Gateway;
+pub use routes::{RouteError, RouteTable};

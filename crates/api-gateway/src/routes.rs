@@ -1,0 +1,198 @@
+//! The route table: longest prefix wins; built whole and swapped whole, so a
+//! reload never leaves half a table in place.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::Uri;
+use axum::http::uri::{Authority, Scheme};
+
+use crate::config::{AuthMode, RouteConfig};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("route prefix {0:?} must start with '/'")]
+    Prefix(String),
+    #[error("route {prefix}: upstream {upstream:?} is not http://HOST:PORT[/PATH] or inproc://NAME")]
+    Upstream { prefix: String, upstream: String },
+    #[error("route {prefix}: no in-process service named {name:?}")]
+    UnknownLocal { prefix: String, name: String },
+    #[error("two routes have the prefix {0:?}")]
+    Duplicate(String),
+    #[error("route {0}: timeout must be between 1 and 3600 seconds")]
+    Timeout(String),
+}
+
+#[derive(Clone)]
+pub enum Upstream {
+    Http { scheme: Scheme, authority: Authority, base_path: String, http2: bool },
+    Local(Router),
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { scheme, authority, base_path, .. } => write!(f, "{scheme}://{authority}{base_path}"),
+            Self::Local(_) => f.write_str("inproc"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: Upstream,
+    pub auth: AuthMode,
+    pub require_roles: Vec<String>,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+    /// The auth-service's own routes receive the session cookies and
+    /// `Authorization`; every other upstream gets identity headers instead.
+    pub forward_credentials: bool,
+}
+
+impl Route {
+    fn matches(&self, path: &str) -> bool {
+        match path.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+
+    /// The path to send upstream.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+        if !self.strip_prefix {
+            return path;
+        }
+        let rest = path.strip_prefix(self.prefix.trim_end_matches('/')).unwrap_or(path);
+        if rest.is_empty() { "/" } else { rest }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    /// Longest prefix first.
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Builds and validates the table. `credentials` lists the upstreams that
+    /// are the auth-service itself; `locals` the in-process services by name.
+    pub fn build(
+        configs: &[RouteConfig],
+        credentials: &[&str],
+        locals: &HashMap<String, Router>,
+    ) -> Result<Self, RouteError> {
+        let mut routes = Vec::with_capacity(configs.len());
+        for c in configs {
+            if !c.prefix.starts_with('/') {
+                return Err(RouteError::Prefix(c.prefix.clone()));
+            }
+            if !(1..=3600).contains(&c.timeout) {
+                return Err(RouteError::Timeout(c.prefix.clone()));
+            }
+            if routes.iter().any(|r: &Route| r.prefix == c.prefix) {
+                return Err(RouteError::Duplicate(c.prefix.clone()));
+            }
+            routes.push(Route {
+                prefix: c.prefix.clone(),
+                upstream: upstream(c, locals)?,
+                auth: c.auth,
+                require_roles: c.require_roles.clone(),
+                strip_prefix: c.strip_prefix,
+                timeout: Duration::from_secs(c.timeout),
+                forward_credentials: credentials.contains(&c.upstream.as_str()),
+            });
+        }
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Ok(Self { routes })
+    }
+
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+fn upstream(c: &RouteConfig, locals: &HashMap<String, Router>) -> Result<Upstream, RouteError> {
+    if let Some(name) = c.upstream.strip_prefix("inproc://") {
+        return locals
+            .get(name)
+            .cloned()
+            .map(Upstream::Local)
+            .ok_or_else(|| RouteError::UnknownLocal { prefix: c.prefix.clone(), name: name.into() });
+    }
+    let bad = || RouteError::Upstream { prefix: c.prefix.clone(), upstream: c.upstream.clone() };
+    let uri: Uri = c.upstream.parse().map_err(|_| bad())?;
+    let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned()) else {
+        return Err(bad());
+    };
+    if scheme != Scheme::HTTP || uri.query().is_some() {
+        return Err(bad());
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream::Http { scheme, authority, base_path, http2: c.http2 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(routes: &[(&str, &str)]) -> RouteTable {
+        let configs: Vec<RouteConfig> =
+            routes.iter().map(|(p, u)| RouteConfig::new(p, u, AuthMode::Required)).collect();
+        RouteTable::build(&configs, &[], &HashMap::new()).unwrap()
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_wins_on_segment_boundaries() {
+        let t = table(&[("/api", "http://a:1"), ("/api/notes", "http://b:2"), ("/auth/", "http://c:3")]);
+        let found = |p: &str| t.find(p).map(|r| r.prefix.as_str());
+        assert_eq!(found("/api/notes"), Some("/api/notes"));
+        assert_eq!(found("/api/notes/7"), Some("/api/notes"));
+        assert_eq!(found("/api/notesx"), Some("/api"));
+        assert_eq!(found("/api"), Some("/api"));
+        assert_eq!(found("/auth/login"), Some("/auth/"));
+        assert_eq!(found("/apis"), None);
+        assert_eq!(found("/"), None);
+    }
+
+    #[test]
+    fn strip_prefix_leaves_the_rest_of_the_path() {
+        let mut c = RouteConfig::new("/api/notes", "http://b:2", AuthMode::Public);
+        c.strip_prefix = true;
+        let t = RouteTable::build(&[c], &[], &HashMap::new()).unwrap();
+        let r = t.find("/api/notes/7").unwrap();
+        assert_eq!(r.upstream_path("/api/notes/7"), "/7");
+        assert_eq!(r.upstream_path("/api/notes"), "/");
+    }
+
+    #[test]
+    fn bad_tables_are_refused_whole() {
+        let build = |c: RouteConfig| RouteTable::build(&[c], &[], &HashMap::new()).unwrap_err();
+        assert!(matches!(build(RouteConfig::new("api", "http://a:1", AuthMode::Public)), RouteError::Prefix(_)));
+        for bad in ["ftp://a:1", "a:1", "http://", "https://a:1", "http://a:1/?x=1"] {
+            assert!(
+                matches!(build(RouteConfig::new("/a", bad, AuthMode::Public)), RouteError::Upstream { .. }),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            build(RouteConfig::new("/a", "inproc://nope", AuthMode::Public)),
+            RouteError::UnknownLocal { .. }
+        ));
+        let twice = [
+            RouteConfig::new("/a", "http://a:1", AuthMode::Public),
+            RouteConfig::new("/a", "http://b:1", AuthMode::Public),
+        ];
+        assert!(matches!(RouteTable::build(&twice, &[], &HashMap::new()), Err(RouteError::Duplicate(_))));
+    }
+}

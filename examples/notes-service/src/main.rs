@@ -1,0 +1,31 @@
+//! `notes-service` standalone: `--listen ADDR` (default 127.0.0.1:9001) and
+//! `--database-url URL` (default `sqlite://./data/notes.db`), or the
+//! environment variables NOTES_LISTEN and NOTES_DATABASE_URL.
+
+use anyhow::Context as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let mut listen = std::env::var("NOTES_LISTEN").unwrap_or_else(|_| "127.0.0.1:9001".into());
+    let mut url = std::env::var("NOTES_DATABASE_URL").unwrap_or_else(|_| "sqlite://./data/notes.db".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().context("--listen needs an address")?,
+            "--database-url" => url = args.next().context("--database-url needs a URL")?,
+            other => anyhow::bail!("unknown argument {other:?}; use --listen ADDR --database-url URL"),
+        }
+    }
+    if let Some(path) = url.strip_prefix("sqlite://").and_then(|p| std::path::Path::new(p).parent()) {
+        std::fs::create_dir_all(path).ok();
+    }
+    let store = notes_service::NotesStore::connect(&url).await.with_context(|| format!("open {url}"))?;
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;
+    tracing::info!("listening on http://{}", listener.local_addr()?);
+    notes_service::serve(listener, notes_service::router(store), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
