@@ -1,0 +1,115 @@
+//! Forwarding: failures classified, bodies streamed, upgrades tunnelled, HTTP/2.
+
+use api_gateway::AuthMode;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::helpers::*;
+
+fn closed_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn a_refused_upstream_is_502_and_a_slow_one_504() {
+    let upstream = serve(echo_upstream()).await;
+    let mut slow = route("/api", &upstream, AuthMode::Public);
+    slow.timeout = 1;
+    let routes = vec![route("/down", &closed_port(), AuthMode::Public), slow];
+    let h = harness_with(routes, upstream).await;
+    let down = h.get("/down/x").send().await.unwrap();
+    assert_eq!(down.status(), 502);
+    assert_eq!(json(down).await["error"]["code"], "upstream_unavailable");
+    let late = h.get("/api/slow").send().await.unwrap();
+    assert_eq!(late.status(), 504);
+    assert_eq!(json(late).await["error"]["code"], "upstream_timeout");
+}
+
+/// Peak resident memory of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_100_mib_upload_streams_through_without_being_buffered() {
+    let h = harness().await;
+    let (token, claims) = h.token();
+    const SIZE: usize = 100 * 1024 * 1024;
+    let before = peak_rss_kib();
+    let addr = h.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let csrf = h.csrf.mint(&claims.sid);
+    let head = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: {addr}\r\nCookie: __Host-access_token={token}; __Host-csrf_token={csrf}\r\n\
+         X-CSRF-Token: {csrf}\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..SIZE / chunk.len() {
+        stream.write_all(&chunk).await.unwrap();
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(&format!("\"body_bytes\":{SIZE}")), "{response}");
+    let grown_mib = (peak_rss_kib() - before) / 1024;
+    assert!(grown_mib < 50, "peak memory grew by {grown_mib} MiB for a 100 MiB upload");
+}
+
+#[tokio::test]
+async fn websocket_style_upgrades_are_tunnelled_both_ways() {
+    let h = harness().await;
+    let (token, _) = h.token();
+    let addr = h.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "GET /api/upgrade HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"ping through the tunnel").await.unwrap();
+    let mut echoed = vec![0u8; "ping through the tunnel".len()];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"ping through the tunnel");
+}
+
+#[tokio::test]
+async fn http2_upstreams_are_spoken_to_in_http2() {
+    let upstream = serve(echo_upstream()).await;
+    let mut h2 = route("/h2", &upstream, AuthMode::Public);
+    h2.http2 = true;
+    let h = harness_with(vec![h2], upstream).await;
+    let response = h.get("/h2/x").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(json(response).await["path"], "/h2/x");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_do_not_cross() {
+    let h = harness().await;
+    let echo = json(
+        h.get("/public/x")
+            .header("connection", "keep-alive, x-private-hop")
+            .header("x-private-hop", "1")
+            .header("te", "trailers")
+            .header("x-end-to-end", "1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(echo["headers"]["x-private-hop"].is_null());
+    assert!(echo["headers"]["te"].is_null());
+    assert_eq!(echo["headers"]["x-end-to-end"], "1");
+}

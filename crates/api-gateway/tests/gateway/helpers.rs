@@ -1,0 +1,219 @@
+//! A gateway with its own key ring, CSRF key, revocation set and manual clock,
+//! and an upstream that echoes what it received.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api_gateway::gateway::GatewayParts;
+use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, JwksSource, LocalJwks, RouteConfig, RouteTable};
+use auth_core::{Clock, ManualClock};
+use auth_events::{InProcessFeed, RevocationFeed, RevocationSet};
+use auth_tokens::{AccessClaims, CsrfKey, KeyRing, TokenSettings, TokenSigner};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use serde_json::{Value, json};
+
+pub const ISSUER: &str = "http://127.0.0.1:8080";
+
+pub fn token_settings() -> TokenSettings {
+    TokenSettings { issuer: ISSUER.into(), audience: "gatehouse".into(), lifetime: 600, leeway: 60 }
+}
+
+/// Echoes method, path, query, headers and the number of body bytes.
+/// `/slow` answers after 3 s; `/upgrade` switches to a byte echo.
+pub fn echo_upstream() -> Router {
+    Router::new().fallback(|mut request: Request| async move {
+        match request.uri().path() {
+            "/slow" | "/api/slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                return "late".into_response();
+            }
+            "/upgrade" | "/api/upgrade" => return upgrade_echo(&mut request),
+            _ => {}
+        }
+        let headers: HashMap<String, String> =
+            request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned())).collect();
+        let (method, path, query) =
+            (request.method().to_string(), request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
+        let mut body = request.into_body();
+        let mut bytes = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                bytes += data.len();
+            }
+        }
+        axum::Json(json!({"method": method, "path": path, "query": query, "headers": headers, "body_bytes": bytes}))
+            .into_response()
+    })
+}
+
+fn upgrade_echo(request: &mut Request) -> Response {
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let io = upgrade.await.unwrap();
+        let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(Body::empty())
+        .unwrap()
+}
+
+pub async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    url
+}
+
+/// A feed whose health the test controls.
+#[derive(Default)]
+pub struct SwitchableFeed {
+    pub inner: InProcessFeed,
+    pub broken: AtomicBool,
+}
+
+impl RevocationFeed for SwitchableFeed {
+    fn set(&self) -> &RevocationSet {
+        self.inner.set()
+    }
+
+    fn is_current(&self) -> bool {
+        !self.broken.load(Ordering::SeqCst)
+    }
+}
+
+pub struct Harness {
+    pub url: String,
+    pub upstream: String,
+    pub gateway: Gateway,
+    pub ring: Arc<Mutex<KeyRing>>,
+    pub csrf: CsrfKey,
+    pub feed: Arc<SwitchableFeed>,
+    pub clock: Arc<ManualClock>,
+    pub client: reqwest::Client,
+}
+
+pub fn route(prefix: &str, upstream: &str, auth: AuthMode) -> RouteConfig {
+    RouteConfig::new(prefix, upstream, auth)
+}
+
+/// The default table: `/api` required, `/public` public, `/admin` admins only.
+pub async fn harness() -> Harness {
+    let upstream = serve(echo_upstream()).await;
+    let mut admin = route("/admin", &upstream, AuthMode::Required);
+    admin.require_roles = vec!["admin".into()];
+    let routes =
+        vec![route("/api", &upstream, AuthMode::Required), route("/public", &upstream, AuthMode::Public), admin];
+    harness_with(routes, upstream).await
+}
+
+pub async fn harness_with(routes: Vec<RouteConfig>, upstream: String) -> Harness {
+    let clock = Arc::new(ManualClock::starting_now());
+    let ring = Arc::new(Mutex::new(KeyRing::generate(clock.unix())));
+    let source = {
+        let (ring, clock) = (ring.clone(), clock.clone());
+        LocalJwks::new(move || ring.lock().unwrap().jwks(clock.unix(), token_settings().key_overlap()))
+    };
+    harness_full(routes, upstream, Arc::new(source), clock, ring).await
+}
+
+pub async fn harness_full(
+    routes: Vec<RouteConfig>,
+    upstream: String,
+    source: Arc<dyn JwksSource>,
+    clock: Arc<ManualClock>,
+    ring: Arc<Mutex<KeyRing>>,
+) -> Harness {
+    let authenticator = Arc::new(Authenticator::new(source, token_settings(), 1000));
+    let _ = authenticator.refresh().await;
+    let feed = Arc::new(SwitchableFeed::default());
+    let csrf = CsrfKey::generate();
+    let settings = GatewaySettings {
+        allowed_origins: vec![ISSUER.into()],
+        trusted_proxies: vec!["10.0.0.0/8".into()],
+        ..Default::default()
+    };
+    let gateway = Gateway::new(GatewayParts {
+        routes: RouteTable::build(&routes, &[], &HashMap::new()).unwrap(),
+        authenticator,
+        revocations: feed.clone(),
+        csrf: csrf.clone(),
+        clock: clock.clone(),
+        settings,
+        extra_metrics: None,
+    })
+    .unwrap();
+    let url = serve(gateway.router()).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Harness { url, upstream, gateway, ring, csrf, feed, clock, client }
+}
+
+impl Harness {
+    pub fn claims(&self) -> AccessClaims {
+        let now = self.clock.unix();
+        AccessClaims {
+            iss: ISSUER.into(),
+            sub: uuid::Uuid::new_v4().to_string(),
+            aud: "gatehouse".into(),
+            exp: now + 600,
+            iat: now,
+            nbf: now,
+            jti: AccessClaims::new_jti(),
+            sid: uuid::Uuid::new_v4().to_string(),
+            roles: vec!["viewer".into()],
+            permissions: vec![],
+        }
+    }
+
+    pub fn sign(&self, claims: &AccessClaims) -> String {
+        TokenSigner::new(&self.ring.lock().unwrap()).sign(claims).unwrap()
+    }
+
+    pub fn token(&self) -> (String, AccessClaims) {
+        let claims = self.claims();
+        (self.sign(&claims), claims)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(format!("{}{path}", self.url))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(format!("{}{path}", self.url))
+    }
+
+    /// A cookie request as a page would send it, with a valid CSRF pair for `claims`.
+    pub fn cookie_post(&self, path: &str, token: &str, claims: &AccessClaims) -> reqwest::RequestBuilder {
+        let csrf = self.csrf.mint(&claims.sid);
+        self.post(path)
+            .header("cookie", format!("__Host-access_token={token}; __Host-csrf_token={csrf}"))
+            .header("x-csrf-token", csrf)
+    }
+}
+
+pub async fn json(response: reqwest::Response) -> Value {
+    response.json().await.unwrap()
+}
+
+/// The one 401 body, whatever the reason.
+pub async fn assert_unauthenticated(response: reqwest::Response) {
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+    assert_eq!(
+        json(response).await,
+        json!({"error": {"code": "unauthenticated", "message": "authentication is required"}})
+    );
+}

@@ -1,0 +1,9 @@
+//! The gateway on 127.0.0.1:0 in front of mock upstreams on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod auth;
+mod forwarding;
+mod identity;
+mod routing;

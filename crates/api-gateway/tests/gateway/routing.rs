@@ -1,0 +1,50 @@
+//! Route lookup and live reload.
+
+use std::collections::HashMap;
+
+use api_gateway::{AuthMode, RouteTable};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn no_route_is_a_404_json() {
+    let h = harness().await;
+    let response = h.get("/nowhere").send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(json(response).await["error"]["code"], "no_route");
+    assert_eq!(h.get("/apis").send().await.unwrap().status(), 404, "prefixes match whole segments");
+}
+
+#[tokio::test]
+async fn the_longest_prefix_wins_and_strip_prefix_rewrites_the_path() {
+    let upstream = serve(echo_upstream()).await;
+    let mut stripped = route("/public/stripped", &upstream, AuthMode::Public);
+    stripped.strip_prefix = true;
+    let routes =
+        vec![route("/public", &upstream, AuthMode::Public), stripped, route("/api", &upstream, AuthMode::Required)];
+    let h = harness_with(routes, upstream).await;
+    let echo = json(h.get("/public/stripped/7?x=1&y=2").send().await.unwrap()).await;
+    assert_eq!(echo["path"], "/7");
+    assert_eq!(echo["query"], "x=1&y=2");
+    let echo = json(h.get("/public/other").send().await.unwrap()).await;
+    assert_eq!(echo["path"], "/public/other");
+}
+
+#[tokio::test]
+async fn routes_are_replaced_live_and_kept_alive_connections_carry_on() {
+    let h = harness().await;
+    assert_eq!(h.get("/public/x").send().await.unwrap().status(), 200);
+    assert_eq!(h.get("/v2/x").send().await.unwrap().status(), 404);
+    let table = RouteTable::build(&[route("/v2", &h.upstream, AuthMode::Public)], &[], &HashMap::new()).unwrap();
+    h.gateway.replace_routes(table);
+    // The same client (and pooled connection) sees the new table at once.
+    assert_eq!(h.get("/v2/x").send().await.unwrap().status(), 200);
+    assert_eq!(h.get("/public/x").send().await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn the_gateway_answers_its_own_health_endpoints() {
+    let h = harness().await;
+    assert_eq!(h.get("/healthz").send().await.unwrap().status(), 200);
+    assert_eq!(h.get("/readyz").send().await.unwrap().status(), 200);
+}
