@@ -48,6 +48,7 @@ fn gatehouse(data_dir: &Path) -> Command {
 struct Server {
     child: Child,
     url: String,
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Starts a serving command on port 0 and waits for its `listening on` line.
@@ -65,11 +66,34 @@ async fn start(mut cmd: Command) -> Server {
     .await
     .expect("no `listening on` line within 60 s");
     // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Server { child, url }
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    Server { child, url, log }
 }
 
 impl Server {
+    /// Waits (bounded) for a log line containing `needle`.
+    async fn wait_for_log(&mut self, needle: &str) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.log.recv().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("the log ended without {needle:?}");
+        });
+        found.await.unwrap_or_else(|_| panic!("no log line with {needle:?} within 20 s"))
+    }
+
+    fn hang_up(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    }
+
     async fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().unwrap().to_string();
         let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
@@ -240,3 +264,5 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     }
     assert_eq!(rest, 3);
 }
+
+mod up;

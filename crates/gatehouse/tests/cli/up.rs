@@ -1,0 +1,137 @@
+//! `gatehouse up` as the whole system: the gateway in front of the
+//! auth-service and the notes service.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A browser: the cookie header to send and the CSRF token to echo.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+async fn log_in(client: &reqwest::Client, url: &str, email: &str) -> Browser {
+    let creds = json!({"email": email, "password": PASSWORD});
+    let login = client.post(format!("{url}/auth/login")).json(&creds).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    let pairs: Vec<String> = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect();
+    let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
+    Browser { cookie: pairs.join("; "), csrf }
+}
+
+async fn register(client: &reqwest::Client, url: &str) -> String {
+    let email = format!("up-{}@example.com", uuid::Uuid::new_v4().simple());
+    let creds = json!({"email": email, "password": PASSWORD});
+    assert_eq!(client.post(format!("{url}/auth/register")).json(&creds).send().await.unwrap().status(), 201);
+    email
+}
+
+async fn notes(client: &reqwest::Client, url: &str, b: &Browser) -> reqwest::Response {
+    client.get(format!("{url}/api/notes")).header("cookie", &b.cookie).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let email = register(&client, &url).await;
+    let b = log_in(&client, &url, &email).await;
+
+    let created = client
+        .post(format!("{url}/api/notes"))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .header("x-user-id", "someone-else")
+        .json(&json!({"body": "buy milk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let without_csrf = client.post(format!("{url}/api/notes")).header("cookie", &b.cookie).json(&json!({"body": "x"})).send().await.unwrap();
+    assert_eq!(without_csrf.status(), 403);
+    let listed: Value = notes(&client, &url, &b).await.json().await.unwrap();
+    assert_eq!(listed["notes"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["notes"][0]["body"], "buy milk");
+
+    let other = log_in(&client, &url, &register(&client, &url).await).await;
+    let theirs: Value = notes(&client, &url, &other).await.json().await.unwrap();
+    assert_eq!(theirs["notes"], json!([]), "one user's notes leaked to another");
+
+    let logout = client.delete(format!("{url}/auth/logout")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf).send().await.unwrap();
+    assert_eq!(logout.status(), 204);
+    let refused = notes(&client, &url, &b).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+    assert_eq!(notes(&client, &url, &other).await.status(), 200);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn deleting_the_account_refuses_every_session_of_it_at_the_gateway() {
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let email = register(&client, &url).await;
+    let laptop = log_in(&client, &url, &email).await;
+    let phone = log_in(&client, &url, &email).await;
+    assert_eq!(notes(&client, &url, &phone).await.status(), 200);
+    let deleted = client
+        .delete(format!("{url}/auth/delete"))
+        .header("cookie", &laptop.cookie)
+        .header("x-csrf-token", &laptop.csrf)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(notes(&client, &url, &laptop).await.status(), 401);
+    assert_eq!(notes(&client, &url, &phone).await.status(), 401);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn routes_reload_on_sighup_and_a_bad_file_keeps_the_old_ones() {
+    let dir = TempDir::new();
+    let upstream = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(|| async { "from the extra upstream" });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    };
+    let file = dir.0.join("gatehouse.toml");
+    let routes = |extra: &str| {
+        format!(
+            "[[gateway.routes]]\nprefix = \"/api/notes\"\nupstream = \"inproc://notes\"\n\n\
+             [[gateway.routes]]\nprefix = \"/extra\"\nupstream = \"{extra}\"\nauth = \"public\"\n"
+        )
+    };
+    std::fs::write(&file, routes("http://127.0.0.1:9")).unwrap();
+    let mut cmd = gatehouse(&dir.data());
+    cmd.arg("--config").arg(&file);
+    let mut server = start(cmd).await;
+    let client = reqwest::Client::new();
+    let extra = format!("{}/extra/x", server.url);
+    assert_eq!(client.get(&extra).send().await.unwrap().status(), 502);
+
+    std::fs::write(&file, routes(&upstream)).unwrap();
+    server.hang_up();
+    server.wait_for_log("routes reloaded").await;
+    let reloaded = client.get(&extra).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    assert_eq!(reloaded.text().await.unwrap(), "from the extra upstream");
+
+    std::fs::write(&file, routes("ftp://nowhere")).unwrap();
+    server.hang_up();
+    let refusal = server.wait_for_log("route reload refused").await;
+    assert!(refusal.contains("ftp://nowhere"), "{refusal}");
+    assert_eq!(client.get(&extra).send().await.unwrap().status(), 200, "the old routes should stay");
+    assert!(server.stop().await.success());
+}
