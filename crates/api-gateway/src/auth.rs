@@ -86,7 +86,7 @@ pub struct Authenticator {
     verifier: RwLock<Option<Arc<TokenVerifier>>>,
     fetched_at: Mutex<Option<Instant>>,
     refetched_at: Mutex<Option<Instant>>,
-    cache: Mutex<HashMap<Arc<str>, Arc<AccessClaims>>>,
+    cache: RwLock<HashMap<Arc<str>, Arc<AccessClaims>>>,
     cache_size: usize,
 }
 
@@ -102,7 +102,7 @@ impl Authenticator {
             verifier: RwLock::new(None),
             fetched_at: Mutex::new(None),
             refetched_at: Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
             cache_size,
         }
     }
@@ -125,7 +125,7 @@ impl Authenticator {
         if changed {
             // Cached verdicts were made with the old keys; a key that left
             // must not keep its tokens alive through the cache.
-            lock(&self.cache).clear();
+            self.cache.write().unwrap_or_else(|e| e.into_inner()).clear();
             *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Some(verifier);
         }
         *lock(&self.fetched_at) = Some(Instant::now());
@@ -147,7 +147,7 @@ impl Authenticator {
 
     pub async fn verify(&self, token: &str, now: i64) -> Result<Arc<AccessClaims>, AuthFailure> {
         let verifier = self.current().ok_or(AuthFailure::NoKeys)?;
-        let cached = lock(&self.cache).get(token).cloned();
+        let cached = self.cache.read().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
         if let Some(claims) = cached {
             verifier.check_time(&claims, now).map_err(AuthFailure::Invalid)?;
             return Ok(claims);
@@ -161,7 +161,7 @@ impl Authenticator {
         }
         .map_err(AuthFailure::Invalid)?;
         let claims = Arc::new(claims);
-        let mut cache = lock(&self.cache);
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= self.cache_size {
             cache.clear();
         }

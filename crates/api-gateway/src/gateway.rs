@@ -54,12 +54,18 @@ struct Inner {
     revocations: Arc<dyn RevocationFeed>,
     csrf: CsrfKey,
     clock: Arc<dyn Clock>,
-    forwarder: Forwarder,
     metrics: GatewayMetrics,
     trusted: TrustedProxies,
     allowed_origins: Vec<String>,
     jwks_refresh: Duration,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
+}
+
+thread_local! {
+    /// One connection pool per thread: a pooled connection is driven by a
+    /// task on the thread that opened it, so a request on a single-threaded
+    /// worker runtime never waits on another thread.
+    static FORWARDER: Forwarder = Forwarder::new();
 }
 
 fn is_unsafe(method: &Method) -> bool {
@@ -71,14 +77,15 @@ impl Gateway {
         let trusted = TrustedProxies::parse(&parts.settings.trusted_proxies)?;
         let allowed_origins =
             parts.settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        let metrics = GatewayMetrics::default();
+        let routes = parts.routes.attach(&metrics);
         Ok(Self(Arc::new(Inner {
-            routes: RwLock::new(Arc::new(parts.routes)),
+            routes: RwLock::new(Arc::new(routes)),
             auth: parts.authenticator,
             revocations: parts.revocations,
             csrf: parts.csrf,
             clock: parts.clock,
-            forwarder: Forwarder::new(),
-            metrics: GatewayMetrics::default(),
+            metrics,
             trusted,
             allowed_origins,
             jwks_refresh: Duration::from_secs(parts.settings.jwks_refresh_secs.max(1)),
@@ -88,6 +95,7 @@ impl Gateway {
 
     /// Swaps in a new route table; requests in flight finish on the old one.
     pub fn replace_routes(&self, table: RouteTable) {
+        let table = table.attach(&self.0.metrics);
         *self.0.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 
@@ -129,14 +137,14 @@ impl Gateway {
         }
         let routes = self.routes();
         let Some(route) = routes.find(request.uri().path()) else {
-            self.0.metrics.request("", StatusCode::NOT_FOUND.as_u16());
+            self.0.metrics.unrouted().status(StatusCode::NOT_FOUND.as_u16());
             return GatewayError::NoRoute.into_response();
         };
         let response = match self.pass(route, request).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
-        self.0.metrics.request(&route.prefix, response.status().as_u16());
+        route.stats.status(response.status().as_u16());
         response
     }
 
@@ -178,8 +186,8 @@ impl Gateway {
             None => path.to_owned(),
         };
         let started = Instant::now();
-        let mut response = self.0.forwarder.send(route, request, &path_and_query).await?;
-        self.0.metrics.upstream_latency(&route.prefix, started.elapsed());
+        let mut response = FORWARDER.with(Forwarder::clone).send(route, request, &path_and_query).await?;
+        route.stats.upstream_latency(started.elapsed());
         response.headers_mut().insert(identity::REQUEST_ID, request_id);
         Ok(response)
     }

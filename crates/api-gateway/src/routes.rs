@@ -2,6 +2,7 @@
 //! reload never leaves half a table in place.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,6 +10,7 @@ use axum::http::Uri;
 use axum::http::uri::{Authority, Scheme};
 
 use crate::config::{AuthMode, RouteConfig};
+use crate::metrics::{GatewayMetrics, RouteStats};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
@@ -50,6 +52,8 @@ pub struct Route {
     /// The auth-service's own routes receive the session cookies and
     /// `Authorization`; every other upstream gets identity headers instead.
     pub forward_credentials: bool,
+    /// This route's counters; attached by the gateway when the table goes live.
+    pub stats: Arc<RouteStats>,
 }
 
 impl Route {
@@ -103,10 +107,19 @@ impl RouteTable {
                 strip_prefix: c.strip_prefix,
                 timeout: Duration::from_secs(c.timeout),
                 forward_credentials: credentials.contains(&c.upstream.as_str()),
+                stats: Arc::default(),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Self { routes })
+    }
+
+    /// Gives every route the counters `metrics` keeps for its prefix.
+    pub(crate) fn attach(mut self, metrics: &GatewayMetrics) -> Self {
+        for route in &mut self.routes {
+            route.stats = metrics.route(&route.prefix);
+        }
+        self
     }
 
     pub fn find(&self, path: &str) -> Option<&Route> {

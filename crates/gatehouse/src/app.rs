@@ -48,6 +48,8 @@ impl ConfigSource {
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// Extra single-threaded serving runtimes besides the caller's (gateway roles).
+    extra_workers: usize,
     router: axum::Router,
     background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
     gateway: Option<(Gateway, Vec<RouteConfig>)>,
@@ -113,13 +115,18 @@ impl Application {
     pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
         ensure_data_dir(&config)?;
         let listener =
-            TcpListener::bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
-        match role {
+            bind_shared(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let extra_workers = match role {
+            Role::AuthService => 0,
+            Role::Up | Role::Gateway => config.serving_threads().saturating_sub(1),
+        };
+        let mut app = match role {
             Role::AuthService => {
                 let auth = auth_parts(&config, None).await?;
                 let keys = auth.keys.clone();
                 Ok(Self {
                     listener,
+                    extra_workers: 0,
                     router: auth_service::router(auth.state),
                     background: vec![Box::new(move || keys.spawn_refresher(auth.reload))],
                     gateway: None,
@@ -128,7 +135,9 @@ impl Application {
             }
             Role::Up => Self::up(config, listener).await,
             Role::Gateway => Self::standalone_gateway(config, listener).await,
-        }
+        }?;
+        app.extra_workers = extra_workers;
+        Ok(app)
     }
 
     async fn up(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
@@ -163,6 +172,7 @@ impl Application {
         let (keys, reload, g) = (auth.keys.clone(), auth.reload, gateway.clone());
         Ok(Self {
             listener,
+            extra_workers: 0,
             router: gateway.router(),
             background: vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || g.spawn_background())],
             gateway: Some((gateway, config.gateway.routes.clone())),
@@ -202,6 +212,7 @@ impl Application {
         let g = gateway.clone();
         Ok(Self {
             listener,
+            extra_workers: 0,
             router: gateway.router(),
             background: vec![Box::new(move || g.spawn_background())],
             gateway: Some((gateway, config.gateway.routes.clone())),
@@ -223,7 +234,21 @@ impl Application {
         if let Some((gateway, _)) = self.gateway {
             tasks.push(spawn_route_reloader(gateway, source, self.locals));
         }
-        let served = auth_service::serve(self.listener, self.router, shutdown).await;
+        let addr = self.listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers: Vec<_> = (0..self.extra_workers)
+            .map(|i| spawn_worker(i + 1, addr, self.router.clone(), stopped.clone()))
+            .collect::<Result<_, _>>()?;
+        let served = auth_service::serve(self.listener, self.router, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+        for worker in workers {
+            if let Ok(Err(error)) = worker.join() {
+                tracing::error!(%error, "a serving worker failed");
+            }
+        }
         for task in tasks {
             task.abort();
         }
@@ -231,6 +256,46 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Binds `listen` with SO_REUSEPORT, so that worker runtimes can each accept
+/// on the same address and the kernel spreads connections among them.
+async fn bind_shared(listen: &str) -> std::io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing"))?;
+    bind_reusable(addr)
+}
+
+fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// A serving worker: one thread, one single-threaded runtime, its own
+/// listener on the shared address, like an nginx worker. Requests never hop
+/// threads, which is most of the cost of a proxy this small.
+fn spawn_worker(
+    n: usize,
+    addr: SocketAddr,
+    router: axum::Router,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
+    std::thread::Builder::new().name(format!("gatehouse-worker-{n}")).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let listener = bind_reusable(addr)?;
+            auth_service::serve(listener, router, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    })
 }
 
 /// On SIGHUP: read the configuration again and swap in its routes; a bad

@@ -54,7 +54,13 @@ pub fn run() -> anyhow::Result<()> {
     let source = ConfigSource { file: cli.config, overrides: Overrides { listen: cli.listen, data_dir: cli.data_dir } };
     let config: Config = source.load()?;
     crate::telemetry::init(&config.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start the runtime")?;
+    // The gateway roles serve on single-threaded runtimes, this one and one
+    // per extra worker (see app::spawn_worker); the rest use a shared pool.
+    let runtime = match command {
+        Command::Up | Command::Gateway => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    }
+    .context("start the runtime")?;
     runtime.block_on(async move {
         match command {
             Command::Up | Command::AuthService | Command::Gateway => {

@@ -17,6 +17,9 @@ pub struct Config {
     pub public_url: String,
     /// Address to listen on; port 0 picks a free port.
     pub listen: String,
+    /// Serving threads of the gateway roles, each a single-threaded runtime
+    /// (like nginx workers); 0 = one per CPU core.
+    pub workers: usize,
     /// Holds the SQLite file and the development signing keys.
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
@@ -129,6 +132,7 @@ impl Default for Config {
         Self {
             public_url: "http://127.0.0.1:8080".into(),
             listen: "127.0.0.1:8080".into(),
+            workers: 0,
             data_dir: PathBuf::from("./data"),
             database: DatabaseConfig::default(),
             tokens: TokensConfig::default(),
@@ -241,6 +245,13 @@ impl Config {
             .url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("gatehouse.db").display()))
+    }
+
+    pub fn serving_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn notes_database_url(&self) -> String {

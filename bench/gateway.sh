@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Gateway benchmark, all on 127.0.0.1, bounded in time, stops by itself.
+# Measures with wrk against one tiny upstream (an nginx `return 200`, one worker):
+#   (a) the upstream directly,
+#   (b) nginx as a plain keep-alive reverse proxy (no auth, two workers),
+#   (c) the Gatehouse gateway on an auth = "required" route with a valid
+#       access cookie: verification, revocation check and identity headers
+#       on every request (two runtime threads).
+# Prints a Markdown table for docs/BENCHMARKS.md.
+#
+# Usage: bench/gateway.sh            (DURATION=10s CONNECTIONS=64 THREADS=2)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+UPSTREAM_PORT=19101
+NGINX_PORT=19102
+GATEHOUSE_PORT=19103
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk >/dev/null
+fi
+cargo build --release -q -p gatehouse
+
+work="$(mktemp -d)"
+gatehouse_pid=""
+cleanup() {
+  [ -n "$gatehouse_pid" ] && kill "$gatehouse_pid" 2>/dev/null || true
+  for pid in "$work"/*/nginx.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null; done
+  true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The upstream and the proxy are separate nginx processes, as the upstream
+# and the gateway are: every setup pays the same process hops.
+mkdir -p "$work/upstream" "$work/proxy"
+cat > "$work/upstream/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/upstream/nginx.pid;
+error_log $work/upstream/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok\n"; } }
+}
+CONF
+cat > "$work/proxy/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/proxy/nginx.pid;
+error_log $work/proxy/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream tiny { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://tiny;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+nginx -c "$work/upstream/nginx.conf" -p "$work/upstream"
+nginx -c "$work/proxy/nginx.conf" -p "$work/proxy"
+
+cat > "$work/gatehouse.toml" <<CONF
+listen = "127.0.0.1:$GATEHOUSE_PORT"
+data_dir = "$work/data"
+[log]
+filter = "warn"
+[[gateway.routes]]
+prefix = "/bench"
+upstream = "http://127.0.0.1:$UPSTREAM_PORT"
+auth = "required"
+CONF
+target/release/gatehouse --config "$work/gatehouse.toml" up &
+gatehouse_pid=$!
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$GATEHOUSE_PORT/healthz" >/dev/null && break
+  sleep 0.1
+done
+
+g="http://127.0.0.1:$GATEHOUSE_PORT"
+creds='{"email":"bench@example.com","password":"correct horse battery staple"}'
+curl -sf -X POST "$g/auth/register" -H 'Content-Type: application/json' -d "$creds" >/dev/null
+cookie="$(curl -sf -D - -o /dev/null -X POST "$g/auth/login" -H 'Content-Type: application/json' -d "$creds" \
+  | tr -d '\r' | sed -n 's/^set-cookie: \(__Host-access_token=[^;]*\);.*/\1/Ip')"
+[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "$g/bench")" = 200 ] || { echo "gateway refused the cookie" >&2; exit 1; }
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$g/bench")" = 401 ] || { echo "gateway let an anonymous request through" >&2; exit 1; }
+
+run() { # name url [header]
+  local out
+  if [ -n "${3:-}" ]; then
+    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$3" "$2")"
+  else
+    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")"
+  fi
+  local rps p50 p99 errors
+  rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+  p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
+  p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
+  errors="$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')"
+  echo "$1|$rps|$p50|$p99|${errors:-none}"
+}
+
+a="$(run "(a) upstream directly" "http://127.0.0.1:$UPSTREAM_PORT/bench")"
+b="$(run "(b) nginx reverse proxy, no auth" "http://127.0.0.1:$NGINX_PORT/bench")"
+c="$(run "(c) Gatehouse gateway, authenticated" "$g/bench" "Cookie: $cookie")"
+rss_kib="$(awk '/VmRSS/ {print $2}' "/proc/$gatehouse_pid/status")"
+
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+echo
+echo "| setup | requests/s | p50 | p99 | errors |"
+echo "|---|---|---|---|---|"
+for row in "$a" "$b" "$c"; do echo "| ${row//|/ | } |"; done
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
+ra="$(cut -d'|' -f2 <<<"$a")"; rb="$(cut -d'|' -f2 <<<"$b")"; rc="$(cut -d'|' -f2 <<<"$c")"
+echo
+echo "c/b = $(ratio "$rc" "$rb"), c/a = $(ratio "$rc" "$ra"); gateway resident memory after the run: $((rss_kib / 1024)) MiB"
