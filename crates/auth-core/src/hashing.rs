@@ -5,11 +5,11 @@
 //! permit within `max_wait` gets [`HashError::Busy`] (answered 503 + Retry-After)
 //! instead of queueing without bound.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher as _, PasswordVerifier as _, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Semaphore;
@@ -74,6 +74,33 @@ pub struct Argon2Hasher {
     dummy_phc: String,
     in_flight: Arc<AtomicUsize>,
     operations: AtomicU64,
+    memory: Arc<MemoryPool>,
+}
+
+/// Argon2's working memory (19 MiB per hash), kept and reused. At most
+/// `permits` hashes run at once, so at most `permits` buffers ever exist and
+/// resident memory stays at permits × m + baseline, however many logins come.
+/// (Left to the allocator, each blocking thread's arena kept its own copies.)
+#[derive(Debug, Default)]
+struct MemoryPool {
+    free: Mutex<Vec<Vec<Block>>>,
+    /// Buffers larger than this (hashes made with stronger parameters than
+    /// ours) are used once and not kept.
+    keep_blocks: usize,
+}
+
+impl MemoryPool {
+    fn with_blocks<T>(&self, blocks: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+        let mut buffer = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+        if buffer.len() < blocks {
+            buffer.resize(blocks, Block::default());
+        }
+        let result = work(&mut buffer[..blocks]);
+        if buffer.len() <= self.keep_blocks {
+            self.free.lock().unwrap_or_else(|e| e.into_inner()).push(buffer);
+        }
+        result
+    }
 }
 
 impl Argon2Hasher {
@@ -84,8 +111,9 @@ impl Argon2Hasher {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let memory = Arc::new(MemoryPool { free: Mutex::default(), keep_blocks: params.block_count() });
         let dummy = SecretString::from(crate::OpaqueSecret::generate().expose().to_owned());
-        let dummy_phc = hash_blocking(&params, &dummy)?;
+        let dummy_phc = hash_blocking(&params, &dummy, &memory)?;
         Ok(Self {
             params,
             permits: Arc::new(Semaphore::new(permits)),
@@ -93,6 +121,7 @@ impl Argon2Hasher {
             dummy_phc,
             in_flight: Arc::new(AtomicUsize::new(0)),
             operations: AtomicU64::new(0),
+            memory,
         })
     }
 
@@ -100,7 +129,7 @@ impl Argon2Hasher {
     async fn run<T, F>(&self, work: F) -> Result<T, HashError>
     where
         T: Send + 'static,
-        F: FnOnce() -> Result<T, HashError> + Send + 'static,
+        F: FnOnce(&MemoryPool) -> Result<T, HashError> + Send + 'static,
     {
         self.operations.fetch_add(1, Ordering::Relaxed);
         let in_flight = InFlight::enter(self.in_flight.clone());
@@ -108,25 +137,21 @@ impl Argon2Hasher {
             .await
             .map_err(|_| HashError::Busy)?
             .map_err(|_| HashError::Busy)?;
+        let memory = self.memory.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _in_flight = in_flight;
-            work()
+            work(&memory)
         })
         .await
         .map_err(|e| HashError::Internal(e.to_string()))?
     }
 
     fn weaker_than_current(&self, phc: &str) -> bool {
-        let Ok(hash) = PasswordHash::new(phc) else {
-            return true;
-        };
-        let Ok(stored) = Params::try_from(&hash) else {
-            return true;
-        };
-        hash.algorithm.as_str() != "argon2id"
-            || stored.m_cost() < self.params.m_cost()
-            || stored.t_cost() < self.params.t_cost()
+        let Ok(stored) = Phc::parse(phc) else { return true };
+        stored.algorithm != Algorithm::Argon2id
+            || stored.params.m_cost() < self.params.m_cost()
+            || stored.params.t_cost() < self.params.t_cost()
     }
 }
 
@@ -147,26 +172,81 @@ impl Drop for InFlight {
     }
 }
 
-fn argon2(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+/// A PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`), taken apart.
+struct Phc {
+    algorithm: Algorithm,
+    version: Version,
+    params: Params,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
 }
 
-fn hash_blocking(params: &Params, password: &SecretString) -> Result<String, HashError> {
-    argon2(params)
-        .hash_password(password.expose_secret().as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| HashError::Internal(e.to_string()))
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD_NO_PAD
 }
 
-fn verify_blocking(password: &SecretString, phc: &str) -> Result<bool, HashError> {
-    let hash = PasswordHash::new(phc).map_err(|e| HashError::Internal(e.to_string()))?;
-    // Verification uses the parameters stored in the hash itself.
-    let argon = Argon2::default();
-    match argon.verify_password(password.expose_secret().as_bytes(), &hash) {
-        Ok(()) => Ok(true),
-        Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-        Err(e) => Err(HashError::Internal(e.to_string())),
+impl Phc {
+    fn parse(phc: &str) -> Result<Self, HashError> {
+        use base64::Engine as _;
+        let bad = || HashError::Internal("stored password hash is not an Argon2 PHC string".into());
+        let parts: Vec<&str> = phc.split('$').collect();
+        let [_, algorithm, version, params, salt, hash] = parts.as_slice() else { return Err(bad()) };
+        let algorithm = Algorithm::new(algorithm).map_err(|_| bad())?;
+        let version = match *version {
+            "v=19" => Version::V0x13,
+            "v=16" => Version::V0x10,
+            _ => return Err(bad()),
+        };
+        let (mut m, mut t, mut p) = (None, None, None);
+        for pair in params.split(',') {
+            let (key, value) = pair.split_once('=').ok_or_else(bad)?;
+            let value: u32 = value.parse().map_err(|_| bad())?;
+            match key {
+                "m" => m = Some(value),
+                "t" => t = Some(value),
+                "p" => p = Some(value),
+                _ => {}
+            }
+        }
+        let (Some(m), Some(t), Some(p)) = (m, t, p) else { return Err(bad()) };
+        let params = Params::new(m, t, p, None).map_err(|_| bad())?;
+        let (salt, hash) = (b64().decode(salt).map_err(|_| bad())?, b64().decode(hash).map_err(|_| bad())?);
+        Ok(Self { algorithm, version, params, salt, hash })
     }
+}
+
+fn hash_blocking(params: &Params, password: &SecretString, memory: &MemoryPool) -> Result<String, HashError> {
+    use base64::Engine as _;
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| HashError::Internal(e.to_string()))?;
+    let mut out = [0u8; 32];
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    memory
+        .with_blocks(params.block_count(), |blocks| {
+            argon.hash_password_into_with_memory(password.expose_secret().as_bytes(), &salt, &mut out, blocks)
+        })
+        .map_err(|e| HashError::Internal(e.to_string()))?;
+    Ok(format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        params.m_cost(),
+        params.t_cost(),
+        params.p_cost(),
+        b64().encode(salt),
+        b64().encode(out)
+    ))
+}
+
+fn verify_blocking(password: &SecretString, phc: &str, memory: &MemoryPool) -> Result<bool, HashError> {
+    // Verification uses the parameters stored in the hash itself.
+    let stored = Phc::parse(phc)?;
+    let mut out = vec![0u8; stored.hash.len()];
+    let argon = Argon2::new(stored.algorithm, stored.version, stored.params.clone());
+    memory
+        .with_blocks(stored.params.block_count(), |blocks| {
+            argon.hash_password_into_with_memory(password.expose_secret().as_bytes(), &stored.salt, &mut out, blocks)
+        })
+        .map_err(|e| HashError::Internal(e.to_string()))?;
+    Ok(bool::from(subtle::ConstantTimeEq::ct_eq(out.as_slice(), stored.hash.as_slice())))
 }
 
 fn owned(password: &Password) -> SecretString {
@@ -177,12 +257,12 @@ fn owned(password: &Password) -> SecretString {
 impl PasswordHasher for Argon2Hasher {
     async fn hash(&self, password: &Password) -> Result<String, HashError> {
         let (params, password) = (self.params.clone(), owned(password));
-        self.run(move || hash_blocking(&params, &password)).await
+        self.run(move |memory| hash_blocking(&params, &password, memory)).await
     }
 
     async fn verify(&self, password: &Password, phc: &str) -> Result<Verification, HashError> {
         let (password, stored) = (owned(password), phc.to_owned());
-        let matched = self.run(move || verify_blocking(&password, &stored)).await?;
+        let matched = self.run(move |memory| verify_blocking(&password, &stored, memory)).await?;
         Ok(match matched {
             true => Verification::Match { needs_rehash: self.weaker_than_current(phc) },
             false => Verification::Mismatch,
@@ -191,7 +271,7 @@ impl PasswordHasher for Argon2Hasher {
 
     async fn verify_dummy(&self, password: &Password) -> Result<(), HashError> {
         let (password, dummy) = (owned(password), self.dummy_phc.clone());
-        self.run(move || verify_blocking(&password, &dummy)).await.map(|_| ())
+        self.run(move |memory| verify_blocking(&password, &dummy, memory)).await.map(|_| ())
     }
 
     fn in_flight(&self) -> usize {
@@ -222,6 +302,48 @@ mod tests {
         assert_eq!(h.verify(&pw, &a).await.unwrap(), Verification::Match { needs_rehash: false });
         let wrong = Password::for_login("correct horse battery stapl");
         assert_eq!(h.verify(&wrong, &a).await.unwrap(), Verification::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn hashes_interoperate_with_the_reference_phc_implementation() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let h = hasher();
+        let pw = Password::for_login("correct horse battery staple");
+        let ours = h.hash(&pw).await.unwrap();
+        let parsed = argon2::PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok());
+        let theirs = Argon2::default().hash_password(pw.expose().as_bytes()).unwrap().to_string();
+        assert_eq!(h.verify(&pw, &theirs).await.unwrap(), Verification::Match { needs_rehash: false });
+        assert_eq!(h.verify(&Password::for_login("nope"), &theirs).await.unwrap(), Verification::Mismatch);
+    }
+
+    #[tokio::test]
+    async fn working_memory_is_reused_not_multiplied() {
+        let h = Arc::new(hasher());
+        let pw = "correct horse battery staple";
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let h = h.clone();
+                tokio::spawn(async move { h.hash(&Password::for_login(pw)).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let permits = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let kept = h.memory.free.lock().unwrap().len();
+        assert!((1..=permits).contains(&kept), "{kept} buffers kept for {permits} permits");
+    }
+
+    #[tokio::test]
+    async fn malformed_stored_hashes_are_errors_not_panics() {
+        let h = hasher();
+        let pw = Password::for_login("x");
+        for bad in
+            ["", "$argon2id$v=19$m=19456,t=2,p=1$$", "$bcrypt$xx", "$argon2id$v=19$m=x,t=2,p=1$c2FsdHNhbHQ$aGFzaA"]
+        {
+            assert!(h.verify(&pw, bad).await.is_err(), "{bad:?}");
+        }
     }
 
     #[tokio::test]
