@@ -9,6 +9,11 @@ async fn jwks(app: &TestApp) -> serde_json::Value {
     body(app.request(Method::GET, "/.well-known/jwks.json").send().await.unwrap()).await
 }
 
+async fn published_kids(app: &TestApp) -> Vec<String> {
+    let set = jwks(app).await;
+    set["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap().to_owned()).collect()
+}
+
 fn kid(jwt: &str) -> String {
     let header = jwt.split('.').next().unwrap();
     let header: serde_json::Value = serde_json::from_slice(&auth_tokens::b64url_decode(header).unwrap()).unwrap();
@@ -49,23 +54,11 @@ async fn after_a_rotation_old_tokens_verify_until_they_expire_then_the_old_key_l
         assert_ne!(new_kid, old_kid);
         assert_eq!(app.me(&before).await.status(), 200, "a token of the retired key still verifies");
         assert_eq!(app.me(&after).await.status(), 200);
-        let kids: Vec<String> = jwks(&app).await["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(kids, [old_kid.clone(), new_kid.clone()]);
+        assert_eq!(published_kids(&app).await, [old_kid.clone(), new_kid.clone()]);
 
         app.clock.advance(Duration::seconds(token_settings().key_overlap()));
         app.keys.refresh().unwrap();
-        let kids: Vec<String> = jwks(&app).await["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k["kid"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(kids, [new_kid]);
+        assert_eq!(published_kids(&app).await, [new_kid]);
         assert_eq!(app.me(&before).await.status(), 401);
     })
     .await;
