@@ -73,6 +73,20 @@ pub trait Outbox: Send + Sync + 'static {
     /// Every event about `user`, oldest first (for tests and operators).
     async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError>;
     async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError>;
+    /// Hands the oldest unpublished events (up to `limit`) to `sink` and marks
+    /// those it accepted as published. On PostgreSQL one relay at a time holds
+    /// the batch (advisory lock, rows `FOR UPDATE SKIP LOCKED`), so several
+    /// processes may run relays and order is kept; a crash mid-batch leaves the
+    /// rows unpublished, to be sent again (the broker deduplicates by id).
+    async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError>;
+}
+
+/// Where the outbox relay delivers events: a message broker or an in-process bus.
+#[async_trait]
+pub trait EventSink: Send + Sync {
+    /// Delivers `events` in order; returns how many, from the first, were
+    /// durably accepted. Events after the first refusal count as not accepted.
+    async fn deliver(&self, events: &[DomainEvent]) -> usize;
 }
 
 /// Told of every revocation right after it is committed, so that gateways

@@ -1,10 +1,20 @@
 //! Events and revocations leaving the auth-service.
 //!
 //! Layout:
+//! - [`cloudevent`]: the CloudEvents 1.0 envelope of every published event.
+//! - [`publish`]: the sinks: [`NatsPublisher`] (JetStream, `Nats-Msg-Id` dedup)
+//!   and [`InProcessBus`] (`gatehouse up`).
+//! - [`relay`]: [`OutboxRelay`], from the `outbox` table to a sink.
 //! - [`revocation`]: the in-memory [`RevocationSet`] a gateway checks on every
 //!   request, the [`RevocationFeed`] that keeps it current, and the in-process
 //!   feed `gatehouse up` uses.
 
+pub mod cloudevent;
+pub mod publish;
+pub mod relay;
 pub mod revocation;
 
+pub use cloudevent::CloudEvent;
+pub use publish::{InProcessBus, NatsPublisher};
+pub use relay::OutboxRelay;
 pub use revocation::{InProcessFeed, RevocationFeed, RevocationSet};

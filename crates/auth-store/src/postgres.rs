@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId,
-    UserStore,
+    DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User,
+    UserId, UserStore,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -333,6 +333,39 @@ impl Outbox for PgStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut tx = self.begin().await?;
+        // One relay at a time keeps events in order; the others skip this round.
+        let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(7449354444734264692)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if !ours {
+            return Ok(0);
+        }
+        let sql = concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+        );
+        let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(&mut *tx).await.map_err(store_error)?;
+        let events: Vec<DomainEvent> =
+            rows.iter().map(event_from).map(|e| e.map(|s| s.event)).collect::<Result<_, _>>()?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let accepted = sink.deliver(&events).await.min(events.len());
+        let ids: Vec<Uuid> = events[..accepted].iter().map(|e| e.id).collect();
+        sqlx::query("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)")
+            .bind(&ids)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(accepted)
     }
 }
 

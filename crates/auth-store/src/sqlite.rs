@@ -2,14 +2,15 @@
 //! WAL mode and foreign keys (the cascades of account deletion depend on them).
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId,
-    UserStore,
+    DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User,
+    UserId, UserStore,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -21,6 +22,8 @@ use crate::{Health, OpenError, event_columns, session_columns, store_error, user
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// One relay batch at a time (SQLite serves a single process).
+    relay: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -38,7 +41,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, relay: Arc::default() })
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -373,6 +376,20 @@ impl Outbox for SqliteStore {
                 .map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)
+    }
+
+    /// SQLite serves one process: an in-process lock stands in for the claim,
+    /// and no write transaction is held open while the sink works.
+    async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError> {
+        let Ok(_ours) = self.relay.try_lock() else { return Ok(0) };
+        let events: Vec<DomainEvent> = self.unpublished(limit).await?.into_iter().map(|s| s.event).collect();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let accepted = sink.deliver(&events).await.min(events.len());
+        let ids: Vec<Uuid> = events[..accepted].iter().map(|e| e.id).collect();
+        self.mark_published(&ids, now).await?;
+        Ok(accepted)
     }
 }
 

@@ -16,8 +16,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use api_gateway::gateway::GatewayParts;
 use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
+use auth_core::EventSink;
 use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
-use auth_events::InProcessFeed;
+use auth_events::{InProcessBus, InProcessFeed, NatsPublisher, OutboxRelay};
 use auth_service::keys::KeyHandle;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::TokenSettings;
@@ -61,6 +62,34 @@ struct AuthParts {
     state: AppState,
     keys: Arc<KeyHandle>,
     reload: Duration,
+    relay: Arc<OutboxRelay>,
+    relay_interval: Duration,
+    /// Set when events stay in this process (no NATS configured).
+    bus: Option<InProcessBus>,
+}
+
+impl AuthParts {
+    /// The key-file watcher and the outbox relay.
+    fn background(&self) -> Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>> {
+        let (keys, reload) = (self.keys.clone(), self.reload);
+        let (relay, interval) = (self.relay.clone(), self.relay_interval);
+        vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || relay.spawn(interval))]
+    }
+}
+
+/// NATS JetStream when `nats.url` is set, else the in-process bus.
+async fn event_sink(config: &Config) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
+    match &config.nats.url {
+        Some(url) => {
+            let nats = NatsPublisher::connect(url).await?;
+            tracing::info!(%url, "publishing events to NATS JetStream");
+            Ok((Arc::new(nats), None))
+        }
+        None => {
+            let bus = InProcessBus::default();
+            Ok((Arc::new(bus.clone()), Some(bus)))
+        }
+    }
 }
 
 async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
@@ -78,8 +107,17 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     if let Some(feed) = feed {
         accounts = accounts.with_revocations(feed);
     }
+    let (sink, bus) = event_sink(config).await?;
+    let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), settings);
-    Ok(AuthParts { state, keys, reload: Duration::from_secs(config.signing.reload_secs.max(1)) })
+    Ok(AuthParts {
+        state,
+        keys,
+        reload: Duration::from_secs(config.signing.reload_secs.max(1)),
+        relay,
+        relay_interval: Duration::from_millis(config.events.relay_interval_ms.max(10)),
+        bus,
+    })
 }
 
 /// The routes every gateway has: the auth-service's own paths.
@@ -123,12 +161,12 @@ impl Application {
         let mut app = match role {
             Role::AuthService => {
                 let auth = auth_parts(&config, None).await?;
-                let keys = auth.keys.clone();
+                let background = auth.background();
                 Ok(Self {
                     listener,
                     extra_workers: 0,
                     router: auth_service::router(auth.state),
-                    background: vec![Box::new(move || keys.spawn_refresher(auth.reload))],
+                    background,
                     gateway: None,
                     locals: HashMap::new(),
                 })
@@ -146,6 +184,9 @@ impl Application {
         let notes = notes_service::NotesStore::connect(&config.notes_database_url())
             .await
             .context("open the notes database")?;
+        // Without NATS, the notes service follows the in-process bus, so an
+        // account deletion reaches its database here too.
+        let follower = auth.bus.as_ref().map(|bus| (notes.clone(), bus.subscribe()));
         let mut locals = HashMap::new();
         locals.insert("auth".to_owned(), auth_service::router(auth.state.clone()));
         locals.insert("notes".to_owned(), notes_service::router(notes));
@@ -169,12 +210,17 @@ impl Application {
             extra_metrics: Some(Box::new(move || state.metrics().render(state.accounts().hasher().in_flight()))),
         })
         .map_err(anyhow::Error::msg)?;
-        let (keys, reload, g) = (auth.keys.clone(), auth.reload, gateway.clone());
+        let g = gateway.clone();
+        let mut background = auth.background();
+        background.push(Box::new(move || g.spawn_background()));
+        if let Some((notes, events)) = follower {
+            background.push(Box::new(move || tokio::spawn(notes_service::follow(notes, events))));
+        }
         Ok(Self {
             listener,
             extra_workers: 0,
             router: gateway.router(),
-            background: vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || g.spawn_background())],
+            background,
             gateway: Some((gateway, config.gateway.routes.clone())),
             locals,
         })

@@ -29,6 +29,8 @@ pub struct Config {
     pub signing: SigningConfig,
     pub csrf: CsrfConfig,
     pub gateway: GatewayConfig,
+    pub nats: NatsConfig,
+    pub events: EventsConfig,
     pub notes: NotesConfig,
     pub log: LogConfig,
 }
@@ -57,6 +59,28 @@ impl Default for GatewayConfig {
             jwks_refresh_secs: 60,
             token_cache_size: 100_000,
         }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// `nats://HOST:PORT`; unset = events go to the in-process bus.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How often the outbox relay looks for new events, in milliseconds.
+    pub relay_interval_ms: u64,
+    /// Events per relay batch.
+    pub relay_batch: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { relay_interval_ms: 200, relay_batch: 100 }
     }
 }
 
@@ -141,6 +165,8 @@ impl Default for Config {
             signing: SigningConfig::default(),
             csrf: CsrfConfig::default(),
             gateway: GatewayConfig::default(),
+            nats: NatsConfig::default(),
+            events: EventsConfig::default(),
             notes: NotesConfig::default(),
             log: LogConfig::default(),
         }

@@ -183,6 +183,32 @@ pub fn router(store: NotesStore) -> Router {
     Router::new().route("/api/notes", get(list).post(add)).route("/api/notes/{id}", delete(remove)).with_state(store)
 }
 
+/// Applies one event to the notes database: `user.deleted` erases every note
+/// of that user. Other events are not this service's business.
+pub async fn apply(store: &NotesStore, event: &auth_events::CloudEvent) -> sqlx::Result<()> {
+    if event.kind == "user.deleted" {
+        let erased = store.erase_user(&event.subject).await?;
+        tracing::info!(user_id = %event.subject, erased, "erased the notes of a deleted user");
+    }
+    Ok(())
+}
+
+/// Follows the in-process bus of `gatehouse up` until it closes.
+pub async fn follow(store: NotesStore, mut events: tokio::sync::broadcast::Receiver<auth_events::CloudEvent>) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match events.recv().await {
+            Ok(event) => {
+                if let Err(error) = apply(&store, &event).await {
+                    tracing::error!(%error, event_id = %event.id, "could not apply an event");
+                }
+            }
+            Err(RecvError::Lagged(missed)) => tracing::error!(missed, "the notes service fell behind the event bus"),
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,

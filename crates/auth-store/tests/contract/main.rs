@@ -3,7 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use auth_core::events::StoredEvent;
-use auth_core::{DomainEvent, Email, EventKind, OpaqueSecret, Session, SessionId, StoreError, User, UserId};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use auth_core::{DomainEvent, Email, EventKind, EventSink, OpaqueSecret, Session, SessionId, StoreError, User, UserId};
 use auth_store::testing::{Backend, TestDatabase};
 use auth_store::{Stores, open};
 use time::{Duration, OffsetDateTime};
@@ -281,4 +284,82 @@ async fn migrations_apply_once_and_the_database_answers_pings() {
 async fn an_unknown_database_scheme_is_refused_clearly() {
     let err = open("mysql://localhost/x", true).await.unwrap_err();
     assert!(err.to_string().contains("sqlite:// or postgres://"), "{err}");
+}
+
+/// Accepts the first `accept` events of each delivery and records them.
+struct RecordingSink {
+    accept: usize,
+    delivered: Mutex<Vec<DomainEvent>>,
+    pause: std::time::Duration,
+}
+
+impl RecordingSink {
+    fn new(accept: usize) -> Self {
+        Self { accept, delivered: Mutex::new(Vec::new()), pause: std::time::Duration::ZERO }
+    }
+}
+
+#[async_trait]
+impl EventSink for RecordingSink {
+    async fn deliver(&self, events: &[DomainEvent]) -> usize {
+        tokio::time::sleep(self.pause).await;
+        let n = self.accept.min(events.len());
+        self.delivered.lock().unwrap().extend_from_slice(&events[..n]);
+        n
+    }
+}
+
+#[tokio::test]
+async fn the_relay_marks_published_exactly_what_the_sink_accepted_in_order() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "relay@example.com").await;
+        logged_in(&stores, u.id, now()).await;
+        logged_in(&stores, u.id, now()).await;
+        let sink = RecordingSink::new(2);
+        assert_eq!(stores.outbox.relay_batch(10, &sink, now()).await.unwrap(), 2);
+        let delivered: Vec<EventKind> = sink.delivered.lock().unwrap().iter().map(|e| e.kind).collect();
+        assert_eq!(delivered, [EventKind::Registered, EventKind::LoggedIn]);
+        let left = stores.outbox.unpublished(10).await.unwrap();
+        assert_eq!(kinds(&left), [EventKind::LoggedIn], "the refused event stays for the next round");
+        let all = RecordingSink::new(usize::MAX);
+        assert_eq!(stores.outbox.relay_batch(10, &all, now()).await.unwrap(), 1);
+        assert_eq!(stores.outbox.relay_batch(10, &all, now()).await.unwrap(), 0);
+        assert!(stores.outbox.unpublished(10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_sink_that_accepts_nothing_loses_nothing() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "down@example.com").await;
+        let down = RecordingSink::new(0);
+        assert_eq!(stores.outbox.relay_batch(10, &down, now()).await.unwrap(), 0);
+        assert_eq!(kinds(&stores.outbox.unpublished(10).await.unwrap()), [EventKind::Registered]);
+        assert_eq!(stores.outbox.events_of(u.id).await.unwrap()[0].published_at, None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn concurrent_relays_never_deliver_an_event_twice() {
+    each_backend(async |stores| {
+        for i in 0..20 {
+            registered(&stores, &format!("many{i}@example.com")).await;
+        }
+        let slow = |accept| RecordingSink { pause: std::time::Duration::from_millis(50), ..RecordingSink::new(accept) };
+        let (a, b) = (slow(usize::MAX), slow(usize::MAX));
+        let (na, nb) =
+            tokio::join!(stores.outbox.relay_batch(100, &a, now()), stores.outbox.relay_batch(100, &b, now()));
+        let (na, nb) = (na.unwrap(), nb.unwrap());
+        let again = RecordingSink::new(usize::MAX);
+        let rest = stores.outbox.relay_batch(100, &again, now()).await.unwrap();
+        assert_eq!(na + nb + rest, 20, "every event delivered once: {na} + {nb} + {rest}");
+        let mut ids: Vec<_> =
+            [&a, &b, &again].iter().flat_map(|s| s.delivered.lock().unwrap().clone()).map(|e| e.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 20);
+    })
+    .await;
 }

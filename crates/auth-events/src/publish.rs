@@ -1,0 +1,130 @@
+//! Where events go: NATS JetStream in production, an in-process bus in
+//! `gatehouse up`. Both are [`EventSink`]s for the outbox relay.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use async_trait::async_trait;
+use auth_core::{DomainEvent, EventSink};
+use tokio::sync::broadcast;
+
+use crate::cloudevent::{CloudEvent, SOURCE};
+
+/// The JetStream stream of user events and the subjects it holds.
+pub const STREAM: &str = "GATEHOUSE_USERS";
+pub const SUBJECTS: &str = "user.>";
+
+/// Events for subscribers in the same process (`gatehouse up`).
+#[derive(Debug, Clone)]
+pub struct InProcessBus {
+    tx: broadcast::Sender<CloudEvent>,
+}
+
+impl Default for InProcessBus {
+    fn default() -> Self {
+        Self::new(1024)
+    }
+}
+
+impl InProcessBus {
+    pub fn new(capacity: usize) -> Self {
+        Self { tx: broadcast::channel(capacity).0 }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<CloudEvent> {
+        self.tx.subscribe()
+    }
+}
+
+#[async_trait]
+impl EventSink for InProcessBus {
+    async fn deliver(&self, events: &[DomainEvent]) -> usize {
+        for event in events {
+            // No subscriber is fine: the event is recorded in the outbox.
+            let _ = self.tx.send(CloudEvent::from_domain(event, SOURCE));
+        }
+        events.len()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("cannot create or update the JetStream stream {STREAM}: {0}")]
+    Stream(String),
+}
+
+/// Publishes to JetStream with `Nats-Msg-Id` = event id and waits for the acks.
+#[derive(Clone)]
+pub struct NatsPublisher {
+    jetstream: jetstream::Context,
+}
+
+impl std::fmt::Debug for NatsPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NatsPublisher")
+    }
+}
+
+impl NatsPublisher {
+    /// Connects and creates (or updates) the stream.
+    pub async fn connect(url: &str) -> Result<Self, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| NatsError::Connect { url: url.into(), reason: e.to_string() })?;
+        let jetstream = jetstream::new(client);
+        jetstream
+            .create_or_update_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                // Consumers catch up within a week or rebuild from their own data.
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::Stream(e.to_string()))?;
+        Ok(Self { jetstream })
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+}
+
+#[async_trait]
+impl EventSink for NatsPublisher {
+    /// Sends the whole batch, then collects the acks in order.
+    async fn deliver(&self, events: &[DomainEvent]) -> usize {
+        let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
+        for event in events {
+            let cloud = CloudEvent::from_domain(event, SOURCE);
+            let message = jetstream::message::PublishMessage::build()
+                .message_id(&cloud.id)
+                .header("Content-Type", "application/cloudevents+json")
+                .payload(cloud.to_json().into());
+            match self.jetstream.send_publish(cloud.kind.clone(), message).await {
+                Ok(ack) => pending.push(ack),
+                Err(error) => {
+                    tracing::warn!(%error, event_id = %cloud.id, "publishing to NATS failed");
+                    break;
+                }
+            }
+        }
+        let mut accepted = 0;
+        for ack in pending {
+            match ack.await {
+                Ok(_) => accepted += 1,
+                Err(error) => {
+                    tracing::warn!(%error, "NATS did not acknowledge an event");
+                    break;
+                }
+            }
+        }
+        accepted
+    }
+}
