@@ -86,7 +86,7 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
 }
 
 #[tokio::test]
-async fn deleting_the_account_refuses_every_session_of_it_at_the_gateway() {
+async fn deleting_the_account_refuses_every_session_and_erases_the_users_notes() {
     let dir = TempDir::new();
     let server = start(gatehouse(&dir.data())).await;
     let (client, url) = (reqwest::Client::new(), server.url.clone());
@@ -94,6 +94,29 @@ async fn deleting_the_account_refuses_every_session_of_it_at_the_gateway() {
     let laptop = log_in(&client, &url, &email).await;
     let phone = log_in(&client, &url, &email).await;
     assert_eq!(notes(&client, &url, &phone).await.status(), 200);
+    let created = client
+        .post(format!("{url}/api/notes"))
+        .header("cookie", &laptop.cookie)
+        .header("x-csrf-token", &laptop.csrf)
+        .json(&json!({"body": "to be erased"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let me: Value = client
+        .get(format!("{url}/auth/me"))
+        .header("cookie", &laptop.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user_id = me["id"].as_str().unwrap().to_owned();
+    let notes_db = notes_service::NotesStore::connect(&format!("sqlite://{}", dir.data().join("notes.db").display()))
+        .await
+        .unwrap();
+    assert_eq!(notes_db.count_of(&user_id).await.unwrap(), 1);
     let deleted = client
         .delete(format!("{url}/auth/delete"))
         .header("cookie", &laptop.cookie)
@@ -105,6 +128,13 @@ async fn deleting_the_account_refuses_every_session_of_it_at_the_gateway() {
     assert_eq!(deleted.status(), 204);
     assert_eq!(notes(&client, &url, &laptop).await.status(), 401);
     assert_eq!(notes(&client, &url, &phone).await.status(), 401);
+    // user.deleted travels through the outbox and the in-process bus to the
+    // notes service's own database; the relay runs every 200 ms.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while notes_db.count_of(&user_id).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(server.stop().await.success());
 }
 
