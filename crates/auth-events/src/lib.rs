@@ -5,16 +5,20 @@
 //! - [`publish`]: the sinks: [`NatsPublisher`] (JetStream, `Nats-Msg-Id` dedup)
 //!   and [`InProcessBus`] (`gatehouse up`).
 //! - [`relay`]: [`OutboxRelay`], from the `outbox` table to a sink.
+//! - [`nats_revocation`]: revocations across processes in the JetStream KV
+//!   bucket `gatehouse_revocations`: the auth-service's sink and the gateways' feed.
 //! - [`revocation`]: the in-memory [`RevocationSet`] a gateway checks on every
 //!   request, the [`RevocationFeed`] that keeps it current, and the in-process
 //!   feed `gatehouse up` uses.
 
 pub mod cloudevent;
+pub mod nats_revocation;
 pub mod publish;
 pub mod relay;
 pub mod revocation;
 
 pub use cloudevent::CloudEvent;
+pub use nats_revocation::{NatsRevocationFeed, NatsRevocationSink};
 pub use publish::{InProcessBus, NatsPublisher};
 pub use relay::OutboxRelay;
-pub use revocation::{InProcessFeed, RevocationFeed, RevocationSet};
+pub use revocation::{FanOut, InProcessFeed, RevocationFeed, RevocationSet};

@@ -107,6 +107,24 @@ impl RevocationSink for InProcessFeed {
     }
 }
 
+/// Tells every one of several sinks (the local gateway and NATS, in `up` with NATS).
+pub struct FanOut(pub Vec<Arc<dyn RevocationSink>>);
+
+#[async_trait]
+impl RevocationSink for FanOut {
+    async fn session_revoked(&self, session: SessionId, until: OffsetDateTime) {
+        for sink in &self.0 {
+            sink.session_revoked(session, until).await;
+        }
+    }
+
+    async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
+        for sink in &self.0 {
+            sink.user_revoked(user, not_before, until).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

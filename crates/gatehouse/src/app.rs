@@ -16,9 +16,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use api_gateway::gateway::GatewayParts;
 use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
-use auth_core::EventSink;
 use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
-use auth_events::{InProcessBus, InProcessFeed, NatsPublisher, OutboxRelay};
+use auth_core::{EventSink, RevocationSink};
+use auth_events::{
+    FanOut, InProcessBus, InProcessFeed, NatsPublisher, NatsRevocationFeed, NatsRevocationSink, OutboxRelay,
+    RevocationFeed,
+};
 use auth_service::keys::KeyHandle;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::TokenSettings;
@@ -77,6 +80,11 @@ impl AuthParts {
     }
 }
 
+/// How long a revocation matters: the longest an access token lives, plus skew.
+fn token_reach(config: &Config) -> Duration {
+    Duration::from_secs((config.tokens.access_ttl_secs + config.tokens.leeway_secs).max(1) as u64)
+}
+
 /// NATS JetStream when `nats.url` is set, else the in-process bus.
 async fn event_sink(config: &Config) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
     match &config.nats.url {
@@ -104,8 +112,15 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let hasher = Arc::new(Argon2Hasher::new(&config.passwords.hashing)?);
     let mut accounts =
         Accounts::new(stores.users.clone(), stores.sessions.clone(), hasher, clock.clone(), settings.accounts.clone());
+    let mut sinks: Vec<Arc<dyn RevocationSink>> = Vec::new();
     if let Some(feed) = feed {
-        accounts = accounts.with_revocations(feed);
+        sinks.push(feed);
+    }
+    if let Some(url) = &config.nats.url {
+        sinks.push(Arc::new(NatsRevocationSink::connect(url, token_reach(config)).await?));
+    }
+    if !sinks.is_empty() {
+        accounts = accounts.with_revocations(Arc::new(FanOut(sinks)));
     }
     let (sink, bus) = event_sink(config).await?;
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
@@ -245,10 +260,20 @@ impl Application {
         let csrf = auth_tokens::keyfile::load(&config.key_file())
             .with_context(|| format!("read the CSRF secret from {}", config.key_file().display()))?
             .csrf;
+        let revocations: Arc<dyn RevocationFeed> = match &config.nats.url {
+            Some(url) => {
+                let staleness = Duration::from_millis(config.gateway.revocation_max_staleness_ms);
+                NatsRevocationFeed::start(url, token_reach(&config), staleness).await?
+            }
+            None => {
+                tracing::warn!("no nats.url: this gateway will not hear of logouts made elsewhere");
+                Arc::new(InProcessFeed::new())
+            }
+        };
         let gateway = Gateway::new(GatewayParts {
             routes,
             authenticator,
-            revocations: Arc::new(InProcessFeed::new()),
+            revocations,
             csrf,
             clock: Arc::new(SystemClock),
             settings: gateway_settings(&config),

@@ -48,6 +48,9 @@ pub struct GatewayConfig {
     pub jwks_refresh_secs: u64,
     /// Verified tokens remembered until they expire.
     pub token_cache_size: usize,
+    /// With NATS: how long the revocation watch may be broken before
+    /// authenticated routes answer 503 (fail closed), in milliseconds.
+    pub revocation_max_staleness_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -58,6 +61,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             jwks_refresh_secs: 60,
             token_cache_size: 100_000,
+            revocation_max_staleness_ms: 5_000,
         }
     }
 }
