@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use auth_core::{Clock, DomainEvent, Email, EventSink, SystemClock, User, UserId};
+use auth_core::{RevocationSink, SessionId};
 use auth_events::publish::STREAM;
-use auth_events::{CloudEvent, NatsPublisher, OutboxRelay};
+use auth_events::{CloudEvent, NatsPublisher, NatsRevocationFeed, NatsRevocationSink, OutboxRelay, RevocationFeed};
 use auth_store::testing::{Backend, TestDatabase};
 
 /// The tests read the shared stream's sequence numbers: one at a time.
@@ -84,4 +85,113 @@ async fn the_relay_moves_committed_events_to_jetstream_and_marks_them() {
         let cloud: CloudEvent = serde_json::from_slice(&last.payload).unwrap();
         assert_eq!(cloud.id, events[0].event.id.to_string());
     }
+}
+
+const REACH: std::time::Duration = std::time::Duration::from_secs(660);
+
+/// Polls `condition` every 10 ms for at most `limit`; returns how long it took.
+async fn within(limit: std::time::Duration, condition: impl Fn() -> bool) -> Option<std::time::Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test]
+#[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+async fn a_revocation_reaches_watching_gateways_at_once_and_new_ones_replay_it() {
+    let long = std::time::Duration::from_secs(10);
+    let sink = NatsRevocationSink::connect(&url(), REACH).await.unwrap();
+    let watching = NatsRevocationFeed::start(&url(), REACH, std::time::Duration::from_secs(5)).await.unwrap();
+    assert!(within(long, || watching.is_current()).await.is_some(), "the feed never replayed the bucket");
+
+    let (session, user) = (SessionId::new(), UserId::new());
+    let now = SystemClock.now();
+    sink.session_revoked(session, now + time::Duration::seconds(600)).await;
+    sink.user_revoked(user, now, now + time::Duration::seconds(600)).await;
+    let sid = session.to_string();
+    let took = within(long, || watching.set().is_revoked(&sid, "someone", 0)).await;
+    let took = took.expect("the revocation never reached the watching feed");
+    eprintln!("revocation propagation: {took:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+    let uid = user.to_string();
+    assert!(within(long, || watching.set().is_revoked("other", &uid, now.unix_timestamp())).await.is_some());
+
+    // A gateway started later learns the same before it calls itself current.
+    let late = NatsRevocationFeed::start(&url(), REACH, std::time::Duration::from_secs(5)).await.unwrap();
+    assert!(within(long, || late.is_current()).await.is_some());
+    assert!(late.set().is_revoked(&sid, "someone", 0), "a new feed was current before replaying");
+}
+
+/// A TCP relay to the NATS server that the test can cut and restore.
+struct Cable {
+    addr: std::net::SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Cable {
+    async fn lay(addr: std::net::SocketAddr) -> Self {
+        let target = url().trim_start_matches("nats://").to_owned();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(std::sync::Mutex::new(Vec::<tokio::task::JoinHandle<()>>::new()));
+        let accept = {
+            let conns = conns.clone();
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let target = target.clone();
+                    conns.lock().unwrap().push(tokio::spawn(async move {
+                        if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            })
+        };
+        let reaper = tokio::spawn(async move {
+            // Owns the connection tasks so that cutting the cable ends them.
+            let _guard = AbortOnDrop(conns);
+            std::future::pending::<()>().await;
+        });
+        Self { addr, tasks: vec![accept, reaper] }
+    }
+
+    fn cut(self) -> std::net::SocketAddr {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.addr
+    }
+}
+
+struct AbortOnDrop(Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in self.0.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+async fn a_feed_cut_off_from_nats_stops_vouching_and_recovers_when_reconnected() {
+    let cable = Cable::lay("127.0.0.1:0".parse().unwrap()).await;
+    let via = format!("nats://{}", cable.addr);
+    let staleness = std::time::Duration::from_millis(500);
+    let feed = NatsRevocationFeed::start(&via, REACH, staleness).await.unwrap();
+    let long = std::time::Duration::from_secs(20);
+    assert!(within(long, || feed.is_current()).await.is_some());
+
+    let addr = cable.cut();
+    let stale = within(long, || !feed.is_current()).await.expect("a feed without NATS kept vouching for its set");
+    assert!(stale >= staleness / 2, "gave up after {stale:?}, before the staleness bound");
+
+    let _restored = Cable::lay(addr).await;
+    assert!(within(long, || feed.is_current()).await.is_some(), "the feed never recovered");
 }
