@@ -265,4 +265,5 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     assert_eq!(rest, 3);
 }
 
+mod cluster;
 mod up;
