@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
-use auth_core::{RevocationSink, SessionId, UserId};
+use auth_core::{DomainEvent, EventKind, RevocationSink, SessionId, UserId};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -71,6 +71,7 @@ async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
 #[derive(Clone)]
 pub struct NatsRevocationSink {
     kv: kv::Store,
+    reach: Duration,
 }
 
 impl std::fmt::Debug for NatsRevocationSink {
@@ -83,14 +84,37 @@ impl NatsRevocationSink {
     /// `reach`: access-token lifetime plus clock skew, the bucket's `max_age`.
     pub async fn connect(url: &str, reach: Duration) -> Result<Self, NatsError> {
         let client = connect(url).await?;
-        Ok(Self { kv: bucket(&jetstream::new(client), reach).await? })
+        Ok(Self { kv: bucket(&jetstream::new(client), reach).await?, reach })
+    }
+
+    /// The revocation an outbox event implies, if any: the relay writes these
+    /// too, so a revocation survives an auth-service dying right after its
+    /// commit.
+    pub(crate) async fn put_for_event(&self, event: &DomainEvent) -> Result<(), String> {
+        let until = (event.occurred_at + self.reach).unix_timestamp();
+        let (key, entry) = match event.kind {
+            EventKind::LoggedOut => {
+                let Some(sid) = event.data["session_id"].as_str() else { return Ok(()) };
+                (format!("session.{sid}"), Entry { not_before: None, until })
+            }
+            EventKind::Deleted => (
+                format!("user.{}", event.user_id),
+                Entry { not_before: Some(event.occurred_at.unix_timestamp()), until },
+            ),
+            _ => return Ok(()),
+        };
+        self.try_put(&key, &entry).await
+    }
+
+    async fn try_put(&self, key: &str, entry: &Entry) -> Result<(), String> {
+        let value = serde_json::to_vec(entry).unwrap_or_default();
+        self.kv.put(key, value.into()).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
     async fn put(&self, key: String, entry: Entry) {
-        let value = serde_json::to_vec(&entry).unwrap_or_default();
         for attempt in 1..=5u32 {
-            match self.kv.put(&key, value.clone().into()).await {
-                Ok(_) => return,
+            match self.try_put(&key, &entry).await {
+                Ok(()) => return,
                 Err(error) => {
                     tracing::error!(%error, %key, attempt, "cannot publish a revocation");
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;

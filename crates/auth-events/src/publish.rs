@@ -9,6 +9,7 @@ use auth_core::{DomainEvent, EventSink};
 use tokio::sync::broadcast;
 
 use crate::cloudevent::{CloudEvent, SOURCE};
+use crate::nats_revocation::NatsRevocationSink;
 
 /// The JetStream stream of user events and the subjects it holds.
 pub const STREAM: &str = "GATEHOUSE_USERS";
@@ -59,6 +60,7 @@ pub enum NatsError {
 #[derive(Clone)]
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
+    revocations: Option<NatsRevocationSink>,
 }
 
 impl std::fmt::Debug for NatsPublisher {
@@ -88,7 +90,14 @@ impl NatsPublisher {
             })
             .await
             .map_err(|e| NatsError::Stream(e.to_string()))?;
-        Ok(Self { jetstream })
+        Ok(Self { jetstream, revocations: None })
+    }
+
+    /// Also writes the revocation each logout or deletion event implies, before
+    /// publishing it: the durable path beside the auth-service's direct write.
+    pub fn with_revocations(mut self, sink: NatsRevocationSink) -> Self {
+        self.revocations = Some(sink);
+        self
     }
 
     pub fn jetstream(&self) -> &jetstream::Context {
@@ -102,6 +111,12 @@ impl EventSink for NatsPublisher {
     async fn deliver(&self, events: &[DomainEvent]) -> usize {
         let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
         for event in events {
+            if let Some(revocations) = &self.revocations
+                && let Err(error) = revocations.put_for_event(event).await
+            {
+                tracing::warn!(%error, event_id = %event.id, "writing a revocation to NATS failed");
+                break;
+            }
             let cloud = CloudEvent::from_domain(event, SOURCE);
             let message = jetstream::message::PublishMessage::build()
                 .message_id(&cloud.id)

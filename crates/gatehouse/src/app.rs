@@ -89,7 +89,8 @@ fn token_reach(config: &Config) -> Duration {
 async fn event_sink(config: &Config) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
     match &config.nats.url {
         Some(url) => {
-            let nats = NatsPublisher::connect(url).await?;
+            let revocations = NatsRevocationSink::connect(url, token_reach(config)).await?;
+            let nats = NatsPublisher::connect(url).await?.with_revocations(revocations);
             tracing::info!(%url, "publishing events to NATS JetStream");
             Ok((Arc::new(nats), None))
         }

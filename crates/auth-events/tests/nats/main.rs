@@ -195,3 +195,21 @@ async fn a_feed_cut_off_from_nats_stops_vouching_and_recovers_when_reconnected()
     let _restored = Cable::lay(addr).await;
     assert!(within(long, || feed.is_current()).await.is_some(), "the feed never recovered");
 }
+
+#[tokio::test]
+#[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+async fn relayed_logout_and_deletion_events_also_write_their_revocations() {
+    let _serial = SERIAL.lock().await;
+    let revocations = NatsRevocationSink::connect(&url(), REACH).await.unwrap();
+    let nats = NatsPublisher::connect(&url()).await.unwrap().with_revocations(revocations);
+    let feed = NatsRevocationFeed::start(&url(), REACH, std::time::Duration::from_secs(5)).await.unwrap();
+    let long = std::time::Duration::from_secs(10);
+    assert!(within(long, || feed.is_current()).await.is_some());
+    let (user, session) = (UserId::new(), SessionId::new());
+    let now = SystemClock.now();
+    let events = [DomainEvent::logged_out(user, session, now), DomainEvent::deleted(user, now)];
+    assert_eq!(nats.deliver(&events).await, 2);
+    let (sid, uid) = (session.to_string(), user.to_string());
+    assert!(within(long, || feed.set().is_revoked(&sid, "x", 0)).await.is_some());
+    assert!(within(long, || feed.set().is_revoked("y", &uid, now.unix_timestamp())).await.is_some());
+}
