@@ -1,6 +1,9 @@
-//! Events on a real NATS JetStream server (`GATEHOUSE_TEST_NATS_URL`); these
-//! tests are ignored, and say so, when no server is named.
+//! Published events checked against their schemas, and events and revocations
+//! on a real NATS JetStream server (`GATEHOUSE_TEST_NATS_URL`); the NATS tests
+//! are ignored, and say so, when no server is named.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod schemas;
 
 use std::sync::Arc;
 
@@ -17,7 +20,7 @@ fn url() -> String {
     std::env::var("GATEHOUSE_TEST_NATS_URL").expect("GATEHOUSE_TEST_NATS_URL")
 }
 
-fn user() -> User {
+pub fn user() -> User {
     User {
         id: UserId::new(),
         email: Email::parse(&format!("nats-{}@example.com", uuid::Uuid::new_v4().simple())).unwrap(),
@@ -55,7 +58,10 @@ async fn events_are_cloudevents_keyed_by_their_id_and_a_second_publication_is_dr
         assert_eq!(stored.subject.as_str(), event.kind.subject());
         let headers = stored.headers;
         assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), event.id.to_string());
-        let cloud: CloudEvent = serde_json::from_slice(&stored.payload).unwrap();
+        let published: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap();
+        let kind = event.kind.subject();
+        assert_eq!(schemas::violations(&schemas::schema(kind), &published, "$"), Vec::<String>::new());
+        let cloud: CloudEvent = serde_json::from_value(published).unwrap();
         assert_eq!(cloud.specversion, "1.0");
         assert_eq!(cloud.id, event.id.to_string());
         assert_eq!(cloud.kind, event.kind.subject());
