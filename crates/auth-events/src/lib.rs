@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`cloudevent`]: the CloudEvents 1.0 envelope of every published event.
+//! - [`consumer`]: the helper downstream services consume with: durable,
+//!   explicit acks, bounded redelivery with backoff, dead letters.
 //! - [`publish`]: the sinks: [`NatsPublisher`] (JetStream, `Nats-Msg-Id` dedup)
 //!   and [`InProcessBus`] (`gatehouse up`).
 //! - [`relay`]: [`OutboxRelay`], from the `outbox` table to a sink.
@@ -12,12 +14,14 @@
 //!   feed `gatehouse up` uses.
 
 pub mod cloudevent;
+pub mod consumer;
 pub mod nats_revocation;
 pub mod publish;
 pub mod relay;
 pub mod revocation;
 
 pub use cloudevent::CloudEvent;
+pub use consumer::{Consumer, ConsumerSettings, EventHandler};
 pub use nats_revocation::{NatsRevocationFeed, NatsRevocationSink};
 pub use publish::{InProcessBus, NatsPublisher};
 pub use relay::OutboxRelay;

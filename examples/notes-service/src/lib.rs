@@ -25,7 +25,11 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS notes (
     body TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS notes_user_id ON notes (user_id);";
+CREATE INDEX IF NOT EXISTS notes_user_id ON notes (user_id);
+CREATE TABLE IF NOT EXISTS handled_events (
+    id TEXT PRIMARY KEY,
+    handled_at BIGINT NOT NULL
+);";
 
 /// The longest note accepted, in characters.
 pub const MAX_NOTE: usize = 10_000;
@@ -65,10 +69,7 @@ impl NotesStore {
     }
 
     pub async fn add(&self, user: &str, body: &str) -> sqlx::Result<Note> {
-        #[allow(clippy::disallowed_methods)] // an example service keeps its own wall clock
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let note = Note { id: uuid::Uuid::new_v4().to_string(), body: body.to_owned(), created_at: now };
+        let note = Note { id: uuid::Uuid::new_v4().to_string(), body: body.to_owned(), created_at: now_ms() };
         sqlx::query("INSERT INTO notes (id, user_id, body, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&note.id)
             .bind(user)
@@ -95,6 +96,29 @@ impl NotesStore {
         Ok(done.rows_affected())
     }
 
+    /// Erases `user`'s notes for event `event_id`, once: the event id is
+    /// recorded in the same transaction, so a redelivered event changes
+    /// nothing. `None` when the event had been handled before.
+    pub async fn erase_user_once(&self, event_id: &str, user: &str) -> sqlx::Result<Option<u64>> {
+        let mut tx = self.pool.begin().await?;
+        let first = sqlx::query("INSERT INTO handled_events (id, handled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(event_id)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        let erased = if first {
+            Some(
+                sqlx::query("DELETE FROM notes WHERE user_id = $1").bind(user).execute(&mut *tx).await?.rows_affected(),
+            )
+        } else {
+            None
+        };
+        tx.commit().await?;
+        Ok(erased)
+    }
+
     pub async fn count_of(&self, user: &str) -> sqlx::Result<i64> {
         sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE user_id = $1")
             .bind(user)
@@ -102,6 +126,13 @@ impl NotesStore {
             .await?
             .try_get("n")
     }
+}
+
+/// Unix milliseconds.
+fn now_ms() -> i64 {
+    #[allow(clippy::disallowed_methods)] // an example service keeps its own wall clock
+    let now = std::time::SystemTime::now();
+    now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Every way a request can fail, as `{"error": {"code", "message"}}`.
@@ -184,13 +215,55 @@ pub fn router(store: NotesStore) -> Router {
 }
 
 /// Applies one event to the notes database: `user.deleted` erases every note
-/// of that user. Other events are not this service's business.
+/// of that user, once per event. Other events are not this service's business.
 pub async fn apply(store: &NotesStore, event: &auth_events::CloudEvent) -> sqlx::Result<()> {
-    if event.kind == "user.deleted" {
-        let erased = store.erase_user(&event.subject).await?;
+    if event.kind == "user.deleted"
+        && let Some(erased) = store.erase_user_once(&event.id, &event.subject).await?
+    {
         tracing::info!(user_id = %event.subject, erased, "erased the notes of a deleted user");
     }
     Ok(())
+}
+
+/// The service's name in `user.deletion_completed` and in the auth-service's ledger.
+pub const SERVICE: &str = "notes";
+
+/// `user.deletion_completed` for `deleted`: a fixed id per deletion and
+/// service, so that saying it twice (after a redelivery) stores it once.
+pub fn deletion_completed(deleted: &auth_events::CloudEvent) -> auth_events::CloudEvent {
+    auth_events::CloudEvent {
+        specversion: "1.0".into(),
+        id: format!("{}.{SERVICE}", deleted.id),
+        source: "gatehouse/notes-service".into(),
+        kind: "user.deletion_completed".into(),
+        time: deleted.time.clone(),
+        subject: deleted.subject.clone(),
+        datacontenttype: "application/json".into(),
+        data: json!({"user_id": deleted.subject, "service": SERVICE}),
+    }
+}
+
+/// The notes service on NATS: applies `user.deleted`, then confirms it with
+/// `user.deletion_completed` (also when a redelivered event finds the work
+/// done, in case the first confirmation was lost).
+pub struct NatsHandler {
+    pub store: NotesStore,
+    pub jetstream: async_nats::jetstream::Context,
+}
+
+#[async_trait::async_trait]
+impl auth_events::EventHandler for NatsHandler {
+    async fn handle(&self, event: &auth_events::CloudEvent) -> Result<(), String> {
+        if event.kind != "user.deleted" {
+            return Ok(());
+        }
+        apply(&self.store, event).await.map_err(|e| e.to_string())?;
+        let done = deletion_completed(event);
+        let message =
+            async_nats::jetstream::message::PublishMessage::build().message_id(&done.id).payload(done.to_json().into());
+        let ack = self.jetstream.send_publish(done.kind.clone(), message).await.map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
 }
 
 /// Follows the in-process bus of `gatehouse up` until it closes.

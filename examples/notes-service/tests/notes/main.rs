@@ -110,3 +110,142 @@ async fn erasing_a_user_removes_all_their_notes_and_no_one_elses() {
     })
     .await;
 }
+
+mod nats {
+    //! The notes service as a NATS consumer (`GATEHOUSE_TEST_NATS_URL`).
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use auth_core::{Clock, DomainEvent, EventSink, SystemClock, UserId};
+    use auth_events::{CloudEvent, Consumer, ConsumerSettings, EventHandler, NatsPublisher};
+    use notes_service::{NatsHandler, NotesStore};
+
+    use super::*;
+
+    fn url() -> String {
+        std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap()
+    }
+
+    fn settings(name: &str, filter: &str) -> ConsumerSettings {
+        ConsumerSettings {
+            deliver: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..ConsumerSettings::new(&format!("{name}-{}", uuid::Uuid::new_v4().simple()), filter)
+        }
+    }
+
+    #[tokio::test]
+    #[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+    async fn a_deleted_users_notes_are_erased_once_and_the_erasure_confirmed() {
+        let db = TestDatabase::create(Backend::Sqlite).await;
+        let store = NotesStore::connect(&db.url).await.unwrap();
+        let nats = NatsPublisher::connect(&url()).await.unwrap();
+        let handler = Arc::new(NatsHandler { store: store.clone(), jetstream: nats.jetstream().clone() });
+        let settings = settings("notes", "user.deleted");
+        let durable = settings.durable.clone();
+        let consumer = Consumer::connect(&url(), settings, handler.clone()).await.unwrap();
+        let user = UserId::new();
+        let uid = user.to_string();
+        store.add(&uid, "one").await.unwrap();
+        store.add(&uid, "two").await.unwrap();
+        store.add("someone-else", "kept").await.unwrap();
+
+        let deleted = DomainEvent::deleted(user, SystemClock.now());
+        assert_eq!(nats.deliver(std::slice::from_ref(&deleted)).await, 1);
+        let mut handled = 0;
+        for _ in 0..10 {
+            handled += consumer.try_consume_batch(10, Duration::from_millis(500)).await.unwrap();
+            if handled > 0 {
+                break;
+            }
+        }
+        assert_eq!(handled, 1);
+        assert_eq!(store.count_of(&uid).await.unwrap(), 0);
+        assert_eq!(store.count_of("someone-else").await.unwrap(), 1);
+
+        let stream = nats.jetstream().get_stream("GATEHOUSE_USERS").await.unwrap();
+        let confirmation = stream.get_last_raw_message_by_subject("user.deletion_completed").await.unwrap();
+        let confirmation: CloudEvent = serde_json::from_slice(&confirmation.payload).unwrap();
+        assert_eq!(confirmation.subject, uid);
+        assert_eq!(confirmation.data, serde_json::json!({"user_id": uid, "service": "notes"}));
+
+        // Redelivered: the recorded event id makes it a no-op.
+        store.add(&uid, "written after the deletion").await.unwrap();
+        let again = CloudEvent::from_domain(&deleted, "gatehouse/auth-service");
+        handler.handle(&again).await.unwrap();
+        assert_eq!(store.count_of(&uid).await.unwrap(), 1, "a redelivered deletion ran twice");
+        stream.delete_consumer(&durable).await.unwrap();
+    }
+
+    struct AlwaysFails;
+
+    #[async_trait]
+    impl EventHandler for AlwaysFails {
+        async fn handle(&self, _: &CloudEvent) -> Result<(), String> {
+            Err("this handler never succeeds".into())
+        }
+    }
+
+    #[tokio::test]
+    #[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+    async fn an_event_failing_every_delivery_goes_to_the_dead_letters() {
+        let nats = NatsPublisher::connect(&url()).await.unwrap();
+        let mut settings = settings("failing", "user.logged_in");
+        settings.max_deliver = 2;
+        settings.backoff = vec![Duration::from_millis(50)];
+        let dead_subject = settings.dead_letter_subject();
+        let durable = settings.durable.clone();
+        let consumer = Consumer::connect(&url(), settings, Arc::new(AlwaysFails)).await.unwrap();
+        let event = DomainEvent::logged_in(UserId::new(), auth_core::SessionId::new(), SystemClock.now());
+        assert_eq!(nats.deliver(std::slice::from_ref(&event)).await, 1);
+        let dead = nats.jetstream().get_stream("GATEHOUSE_DEAD_LETTERS").await.unwrap();
+        let mut letter = None;
+        for _ in 0..40 {
+            assert_eq!(consumer.try_consume_batch(10, Duration::from_millis(200)).await.unwrap(), 0);
+            if let Ok(found) = dead.get_last_raw_message_by_subject(&dead_subject).await {
+                letter = Some(serde_json::from_slice::<CloudEvent>(&found.payload).unwrap());
+                break;
+            }
+        }
+        let letter = letter.expect("the failing event never reached the dead letters");
+        assert_eq!(letter.id, event.id.to_string());
+        let events = nats.jetstream().get_stream("GATEHOUSE_USERS").await.unwrap();
+        events.delete_consumer(&durable).await.unwrap();
+    }
+}
+
+#[test]
+fn the_deletion_confirmation_matches_its_schema() {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/events/user.deletion_completed.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let id = uuid::Uuid::new_v4().to_string();
+    let deleted = auth_events::CloudEvent {
+        specversion: "1.0".into(),
+        id: uuid::Uuid::new_v4().to_string(),
+        source: "gatehouse/auth-service".into(),
+        kind: "user.deleted".into(),
+        time: "2026-11-27T10:00:00Z".into(),
+        subject: id.clone(),
+        datacontenttype: "application/json".into(),
+        data: json!({"user_id": id}),
+    };
+    let done = serde_json::to_value(notes_service::deletion_completed(&deleted)).unwrap();
+    let data_schema = &schema["properties"]["data"];
+    for field in data_schema["required"].as_array().unwrap() {
+        assert!(done["data"].get(field.as_str().unwrap()).is_some(), "missing {field}");
+    }
+    for member in done["data"].as_object().unwrap().keys() {
+        assert!(data_schema["properties"].get(member).is_some(), "{member} is not in the schema");
+    }
+    for member in done.as_object().unwrap().keys() {
+        assert!(schema["properties"].get(member).is_some(), "{member} is not in the schema");
+    }
+    assert_eq!(done["type"], schema["properties"]["type"]["const"]);
+}
