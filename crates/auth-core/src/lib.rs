@@ -33,7 +33,10 @@ pub use events::{DomainEvent, EventKind};
 pub use hashing::{Argon2Hasher, HashError, PasswordHasher};
 pub use ids::{SessionId, UserId};
 pub use password::{Password, PasswordError, PasswordPolicy};
-pub use ports::{EventSink, NoRevocationSink, Outbox, RevocationSink, SessionStore, StoreError, UserStore};
+pub use ports::{
+    DeletionLedger, DeletionRecord, EventSink, NoRevocationSink, Outbox, RevocationSink, SessionStore, StoreError,
+    UserStore,
+};
 pub use secret::{OpaqueSecret, SecretHash};
 pub use session::Session;
 pub use user::User;

@@ -108,3 +108,22 @@ impl RevocationSink for NoRevocationSink {
     async fn session_revoked(&self, _: SessionId, _: OffsetDateTime) {}
     async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {}
 }
+
+/// A deleted account as the ledger keeps it: when, and which services have
+/// confirmed erasing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionRecord {
+    pub user_id: UserId,
+    pub deleted_at: OffsetDateTime,
+    /// (service, confirmed at), by service name.
+    pub confirmations: Vec<(String, OffsetDateTime)>,
+}
+
+/// The deletion ledger. `UserStore::delete_user` opens the entry in its own
+/// transaction; downstream services' confirmations fill it.
+#[async_trait]
+pub trait DeletionLedger: Send + Sync + 'static {
+    /// Records that `service` erased `user` (idempotent: the first time counts).
+    async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError>;
+    async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError>;
+}

@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use auth_core::{DomainEvent, EventSink};
 use tokio::sync::broadcast;
 
+use std::sync::Arc;
+
 use crate::cloudevent::{CloudEvent, SOURCE};
+use crate::consumer::EventHandler;
 use crate::nats_revocation::NatsRevocationSink;
 
 /// The JetStream stream of user events and the subjects it holds.
@@ -34,6 +37,31 @@ impl InProcessBus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<CloudEvent> {
         self.tx.subscribe()
+    }
+
+    /// Puts an event of another service (a deletion confirmation) on the bus.
+    pub fn publish(&self, event: CloudEvent) {
+        let _ = self.tx.send(event);
+    }
+
+    /// Feeds every event on the bus to `handler` until the task is aborted;
+    /// the in-process counterpart of [`crate::Consumer`].
+    pub fn follow(&self, handler: Arc<dyn EventHandler>) -> tokio::task::JoinHandle<()> {
+        let mut events = self.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if let Err(error) = handler.handle(&event).await {
+                            tracing::error!(%error, event_id = %event.id, "an in-process handler failed");
+                        }
+                    }
+                    Err(RecvError::Lagged(missed)) => tracing::error!(missed, "a handler fell behind the event bus"),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        })
     }
 }
 

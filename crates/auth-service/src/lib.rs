@@ -9,6 +9,7 @@
 //! - [`guard`]: refusals before any handler runs (cross-site requests, non-JSON bodies).
 //! - [`cookies`]: the three `__Host-` cookies.
 //! - [`keys`]: the live signing keys, reloaded when the key file changes.
+//! - [`ledger`]: the deletion ledger's intake of `user.deletion_completed`.
 //! - [`error`]: [`error::ApiError`], the one error body.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
@@ -18,6 +19,7 @@ pub mod cookies;
 pub mod error;
 pub mod guard;
 pub mod keys;
+pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use crate::routes::{accounts, ops, sessions, wellknown};
+use crate::routes::{accounts, admin, ops, sessions, wellknown};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -10,6 +10,7 @@ use crate::routes::{accounts, ops, sessions, wellknown};
         accounts::delete_account, accounts::me,
         sessions::list, sessions::revoke_one, sessions::revoke_others,
         wellknown::jwks,
+        admin::deletion,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     tags(
@@ -17,6 +18,7 @@ use crate::routes::{accounts, ops, sessions, wellknown};
         (name = "sessions", description = "The caller's login sessions"),
         (name = "keys", description = "Public signing keys"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
+        (name = "admin", description = "Operator endpoints (bearer operator token)"),
     )
 )]
 pub struct ApiDoc;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use auth_core::{Accounts, AccountsSettings, Clock};
+use auth_core::{Accounts, AccountsSettings, Clock, DeletionLedger};
 use auth_store::Health;
 use auth_tokens::TokenSettings;
 
@@ -17,6 +17,10 @@ pub struct AuthSettings {
     pub accounts: AccountsSettings,
     /// Further origins allowed to send unsafe requests (besides `public_url`).
     pub trusted_origins: Vec<String>,
+    /// Bearer token of the operator endpoints; `None` disables them.
+    pub operator_token: Option<String>,
+    /// Services expected to confirm each account deletion.
+    pub deletion_services: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -27,6 +31,7 @@ struct Inner {
     keys: Arc<KeyHandle>,
     clock: Arc<dyn Clock>,
     health: Arc<dyn Health>,
+    ledger: Arc<dyn DeletionLedger>,
     metrics: Metrics,
     settings: AuthSettings,
     allowed_origins: Vec<String>,
@@ -38,13 +43,23 @@ impl AppState {
         keys: Arc<KeyHandle>,
         clock: Arc<dyn Clock>,
         health: Arc<dyn Health>,
+        ledger: Arc<dyn DeletionLedger>,
         settings: AuthSettings,
     ) -> Self {
         let allowed_origins = std::iter::once(&settings.public_url)
             .chain(&settings.trusted_origins)
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect();
-        Self(Arc::new(Inner { accounts, keys, clock, health, metrics: Metrics::default(), settings, allowed_origins }))
+        Self(Arc::new(Inner {
+            accounts,
+            keys,
+            clock,
+            health,
+            ledger,
+            metrics: Metrics::default(),
+            settings,
+            allowed_origins,
+        }))
     }
 
     pub fn accounts(&self) -> &Accounts {
@@ -61,6 +76,10 @@ impl AppState {
 
     pub fn health(&self) -> &dyn Health {
         self.0.health.as_ref()
+    }
+
+    pub fn ledger(&self) -> &dyn DeletionLedger {
+        self.0.ledger.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -15,7 +15,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use auth_core::{Outbox, SessionStore, StoreError, UserStore};
+use auth_core::{DeletionLedger, Outbox, SessionStore, StoreError, UserStore};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -32,14 +32,22 @@ pub struct Stores {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
     pub outbox: Arc<dyn Outbox>,
+    pub ledger: Arc<dyn DeletionLedger>,
     pub health: Arc<dyn Health>,
     pub backend: &'static str,
 }
 
 impl Stores {
-    fn of<S: UserStore + SessionStore + Outbox + Health>(store: S, backend: &'static str) -> Self {
+    fn of<S: UserStore + SessionStore + Outbox + DeletionLedger + Health>(store: S, backend: &'static str) -> Self {
         let store = Arc::new(store);
-        Self { users: store.clone(), sessions: store.clone(), outbox: store.clone(), health: store, backend }
+        Self {
+            users: store.clone(),
+            sessions: store.clone(),
+            outbox: store.clone(),
+            ledger: store.clone(),
+            health: store,
+            backend,
+        }
     }
 }
 

@@ -12,11 +12,23 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const POSTGRES: &[Migration] =
-    &[Migration { version: 1, name: "accounts", sql: include_str!("../migrations/postgres/0001_accounts.sql") }];
+pub const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "accounts", sql: include_str!("../migrations/postgres/0001_accounts.sql") },
+    Migration {
+        version: 2,
+        name: "deletion_ledger",
+        sql: include_str!("../migrations/postgres/0002_deletion_ledger.sql"),
+    },
+];
 
-pub const SQLITE: &[Migration] =
-    &[Migration { version: 1, name: "accounts", sql: include_str!("../migrations/sqlite/0001_accounts.sql") }];
+pub const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "accounts", sql: include_str!("../migrations/sqlite/0001_accounts.sql") },
+    Migration {
+        version: 2,
+        name: "deletion_ledger",
+        sql: include_str!("../migrations/sqlite/0002_deletion_ledger.sql"),
+    },
+];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {
     move |e| OpenError::Migration { version: m.version, name: m.name, reason: e.to_string() }

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User,
-    UserId, UserStore,
+    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId,
+    SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -150,6 +150,12 @@ impl UserStore for PgStore {
         if gone.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        sqlx::query("INSERT INTO deletions (user_id, deleted_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(id.as_uuid())
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         // Delivered events of the user go; undelivered ones lose their PII.
         sqlx::query("DELETE FROM outbox WHERE user_id = $1 AND published_at IS NOT NULL")
             .bind(id.as_uuid())
@@ -366,6 +372,41 @@ impl Outbox for PgStore {
             .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(accepted)
+    }
+}
+
+#[async_trait]
+impl DeletionLedger for PgStore {
+    async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user.as_uuid())
+        .bind(service)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError> {
+        let deleted_at: Option<OffsetDateTime> =
+            sqlx::query_scalar("SELECT deleted_at FROM deletions WHERE user_id = $1")
+                .bind(user.as_uuid())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?;
+        let Some(deleted_at) = deleted_at else { return Ok(None) };
+        let confirmations: Vec<(String, OffsetDateTime)> = sqlx::query_as(
+            "SELECT service, confirmed_at FROM deletion_confirmations WHERE user_id = $1 ORDER BY service",
+        )
+        .bind(user.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Some(DeletionRecord { user_id: user, deleted_at, confirmations }))
     }
 }
 

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId, SessionStore, StoreError, User,
-    UserId, UserStore,
+    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId,
+    SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
@@ -186,6 +186,12 @@ impl UserStore for SqliteStore {
         if gone.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        sqlx::query("INSERT INTO deletions (user_id, deleted_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(id.to_string())
+            .bind(ms(event.occurred_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         // Delivered events of the user go; undelivered ones lose their PII.
         sqlx::query("DELETE FROM outbox WHERE user_id = ? AND published_at IS NOT NULL")
             .bind(id.to_string())
@@ -390,6 +396,41 @@ impl Outbox for SqliteStore {
         let ids: Vec<Uuid> = events[..accepted].iter().map(|e| e.id).collect();
         self.mark_published(&ids, now).await?;
         Ok(accepted)
+    }
+}
+
+#[async_trait]
+impl DeletionLedger for SqliteStore {
+    async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(user.to_string())
+        .bind(service)
+        .bind(ms(at))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError> {
+        let deleted_at: Option<i64> = sqlx::query_scalar("SELECT deleted_at FROM deletions WHERE user_id = ?")
+            .bind(user.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let Some(deleted_at) = deleted_at else { return Ok(None) };
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT service, confirmed_at FROM deletion_confirmations WHERE user_id = ? ORDER BY service",
+        )
+        .bind(user.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let confirmations = rows.into_iter().map(|(s, at)| Ok((s, from_ms(at)?))).collect::<Result<_, StoreError>>()?;
+        Ok(Some(DeletionRecord { user_id: user, deleted_at: from_ms(deleted_at)?, confirmations }))
     }
 }
 

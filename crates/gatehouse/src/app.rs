@@ -19,10 +19,11 @@ use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, L
 use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
 use auth_core::{EventSink, RevocationSink};
 use auth_events::{
-    FanOut, InProcessBus, InProcessFeed, NatsPublisher, NatsRevocationFeed, NatsRevocationSink, OutboxRelay,
-    RevocationFeed,
+    Consumer, ConsumerSettings, FanOut, InProcessBus, InProcessFeed, NatsPublisher, NatsRevocationFeed,
+    NatsRevocationSink, OutboxRelay, RevocationFeed,
 };
 use auth_service::keys::KeyHandle;
+use auth_service::ledger::LedgerHandler;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::TokenSettings;
 use tokio::net::TcpListener;
@@ -69,6 +70,7 @@ struct AuthParts {
     relay_interval: Duration,
     /// Set when events stay in this process (no NATS configured).
     bus: Option<InProcessBus>,
+    ledger_consumer: Option<Arc<Consumer>>,
 }
 
 impl AuthParts {
@@ -76,7 +78,12 @@ impl AuthParts {
     fn background(&self) -> Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>> {
         let (keys, reload) = (self.keys.clone(), self.reload);
         let (relay, interval) = (self.relay.clone(), self.relay_interval);
-        vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || relay.spawn(interval))]
+        let mut tasks: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>> =
+            vec![Box::new(move || keys.spawn_refresher(reload)), Box::new(move || relay.spawn(interval))];
+        if let Some(consumer) = self.ledger_consumer.clone() {
+            tasks.push(Box::new(move || consumer.spawn()));
+        }
+        tasks
     }
 }
 
@@ -125,8 +132,22 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     }
     let (sink, bus) = event_sink(config).await?;
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
-    let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), settings);
+    // The deletion ledger hears downstream services' confirmations.
+    let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
+    let ledger_consumer = match (&config.nats.url, &bus) {
+        (Some(url), _) => {
+            let settings = ConsumerSettings::new(auth_service::ledger::CONSUMER, "user.deletion_completed");
+            Some(Arc::new(Consumer::connect(url, settings, intake).await?))
+        }
+        (None, Some(bus)) => {
+            bus.follow(intake);
+            None
+        }
+        (None, None) => None,
+    };
+    let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), stores.ledger.clone(), settings);
     Ok(AuthParts {
+        ledger_consumer,
         state,
         keys,
         reload: Duration::from_secs(config.signing.reload_secs.max(1)),
@@ -202,7 +223,9 @@ impl Application {
             .context("open the notes database")?;
         // Without NATS, the notes service follows the in-process bus, so an
         // account deletion reaches its database here too.
-        let follower = auth.bus.as_ref().map(|bus| (notes.clone(), bus.subscribe()));
+        if let Some(bus) = &auth.bus {
+            bus.follow(Arc::new(notes_service::BusHandler { store: notes.clone(), bus: bus.clone() }));
+        }
         let mut locals = HashMap::new();
         locals.insert("auth".to_owned(), auth_service::router(auth.state.clone()));
         locals.insert("notes".to_owned(), notes_service::router(notes));
@@ -229,9 +252,6 @@ impl Application {
         let g = gateway.clone();
         let mut background = auth.background();
         background.push(Box::new(move || g.spawn_background()));
-        if let Some((notes, events)) = follower {
-            background.push(Box::new(move || tokio::spawn(notes_service::follow(notes, events))));
-        }
         Ok(Self {
             listener,
             extra_workers: 0,
@@ -425,6 +445,8 @@ fn auth_settings(config: &Config) -> AuthSettings {
         },
         tokens,
         trusted_origins: config.csrf.trusted_origins.clone(),
+        operator_token: config.admin.operator_token.clone(),
+        deletion_services: config.events.deletion_services.clone(),
     }
 }
 

@@ -31,6 +31,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub nats: NatsConfig,
     pub events: EventsConfig,
+    pub admin: AdminConfig,
     pub notes: NotesConfig,
     pub log: LogConfig,
 }
@@ -80,12 +81,21 @@ pub struct EventsConfig {
     pub relay_interval_ms: u64,
     /// Events per relay batch.
     pub relay_batch: u32,
+    /// Services that must confirm each account deletion (`user.deletion_completed`).
+    pub deletion_services: Vec<String>,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { relay_interval_ms: 200, relay_batch: 100 }
+        Self { relay_interval_ms: 200, relay_batch: 100, deletion_services: vec!["notes".into()] }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token of the operator endpoints (`/auth/admin/…`); unset disables them.
+    pub operator_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +181,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             nats: NatsConfig::default(),
             events: EventsConfig::default(),
+            admin: AdminConfig::default(),
             notes: NotesConfig::default(),
             log: LogConfig::default(),
         }

@@ -266,19 +266,21 @@ impl auth_events::EventHandler for NatsHandler {
     }
 }
 
-/// Follows the in-process bus of `gatehouse up` until it closes.
-pub async fn follow(store: NotesStore, mut events: tokio::sync::broadcast::Receiver<auth_events::CloudEvent>) {
-    use tokio::sync::broadcast::error::RecvError;
-    loop {
-        match events.recv().await {
-            Ok(event) => {
-                if let Err(error) = apply(&store, &event).await {
-                    tracing::error!(%error, event_id = %event.id, "could not apply an event");
-                }
-            }
-            Err(RecvError::Lagged(missed)) => tracing::error!(missed, "the notes service fell behind the event bus"),
-            Err(RecvError::Closed) => return,
+/// The notes service on the in-process bus of `gatehouse up`: applies
+/// `user.deleted` and puts the confirmation back on the bus.
+pub struct BusHandler {
+    pub store: NotesStore,
+    pub bus: auth_events::InProcessBus,
+}
+
+#[async_trait::async_trait]
+impl auth_events::EventHandler for BusHandler {
+    async fn handle(&self, event: &auth_events::CloudEvent) -> Result<(), String> {
+        if event.kind == "user.deleted" {
+            apply(&self.store, event).await.map_err(|e| e.to_string())?;
+            self.bus.publish(deletion_completed(event));
         }
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The routes, one module per area, merged here.
 
 pub mod accounts;
+pub mod admin;
 pub mod ops;
 pub mod sessions;
 pub mod wellknown;
@@ -11,7 +12,12 @@ use crate::AppState;
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(accounts::router()).merge(sessions::router()).merge(wellknown::router()).merge(ops::router())
+    Router::new()
+        .merge(accounts::router())
+        .merge(admin::router())
+        .merge(sessions::router())
+        .merge(wellknown::router())
+        .merge(ops::router())
 }
 
 pub async fn not_found() -> ApiError {

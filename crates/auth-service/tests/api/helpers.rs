@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const ISSUER: &str = "http://127.0.0.1:8080";
+pub const OPERATOR_TOKEN: &str = "operator-secret-for-tests";
 
 pub struct TestApp {
     pub address: String,
@@ -69,8 +70,11 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         tokens: token_settings(),
         accounts: AccountsSettings::default(),
         trusted_origins: vec!["https://app.example.com".into()],
+        operator_token: Some(OPERATOR_TOKEN.into()),
+        deletion_services: vec!["notes".into(), "billing".into()],
     };
-    let state = AppState::new(accounts, keys.clone(), clock.clone(), stores.health.clone(), settings);
+    let state =
+        AppState::new(accounts, keys.clone(), clock.clone(), stores.health.clone(), stores.ledger.clone(), settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod admin;
 mod csrf;
 mod keys;
 mod login;

@@ -58,6 +58,7 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
             ("/auth/sessions", "delete"),
             ("/auth/sessions/{id}", "delete"),
             ("/.well-known/jwks.json", "get"),
+            ("/auth/admin/deletions/{user_id}", "get"),
             ("/healthz", "get"),
             ("/readyz", "get"),
             ("/metrics", "get"),

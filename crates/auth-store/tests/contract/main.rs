@@ -363,3 +363,23 @@ async fn concurrent_relays_never_deliver_an_event_twice() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_user_opens_a_ledger_entry_that_confirmations_fill_once() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "ledger@example.com").await;
+        assert!(stores.ledger.deletion(u.id).await.unwrap().is_none());
+        let at = now();
+        stores.users.delete_user(u.id, &DomainEvent::deleted(u.id, at)).await.unwrap();
+        let record = stores.ledger.deletion(u.id).await.unwrap().unwrap();
+        assert_eq!(record.deleted_at, at);
+        assert!(record.confirmations.is_empty());
+        let first = at + Duration::seconds(1);
+        stores.ledger.confirm_deletion(u.id, "notes", first).await.unwrap();
+        stores.ledger.confirm_deletion(u.id, "notes", first + Duration::seconds(5)).await.unwrap();
+        stores.ledger.confirm_deletion(u.id, "billing", first).await.unwrap();
+        let record = stores.ledger.deletion(u.id).await.unwrap().unwrap();
+        assert_eq!(record.confirmations, [("billing".to_owned(), first), ("notes".to_owned(), first)]);
+    })
+    .await;
+}

@@ -88,7 +88,9 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
 #[tokio::test]
 async fn deleting_the_account_refuses_every_session_and_erases_the_users_notes() {
     let dir = TempDir::new();
-    let server = start(gatehouse(&dir.data())).await;
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env("GATEHOUSE_ADMIN__OPERATOR_TOKEN", "operator-token-of-this-test");
+    let server = start(cmd).await;
     let (client, url) = (reqwest::Client::new(), server.url.clone());
     let email = register(&client, &url).await;
     let laptop = log_in(&client, &url, &email).await;
@@ -133,6 +135,18 @@ async fn deleting_the_account_refuses_every_session_and_erases_the_users_notes()
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while notes_db.count_of(&user_id).await.unwrap() > 0 {
         assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // …and the notes service's confirmation reaches the deletion ledger.
+    let ledger = format!("{url}/auth/admin/deletions/{user_id}");
+    loop {
+        let status: Value =
+            client.get(&ledger).bearer_auth("operator-token-of-this-test").send().await.unwrap().json().await.unwrap();
+        if status["complete"] == true {
+            assert_eq!(status["confirmed"][0]["service"], "notes");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the ledger never showed the notes service's confirmation");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(server.stop().await.success());
