@@ -113,3 +113,130 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
         assert!(server.stop().await.success());
     }
 }
+
+/// The notes service as its own process would run it: its router as the
+/// gateways' upstream, its consumer on NATS, its own SQLite database.
+async fn notes_service(db_url: &str) -> (String, notes_service::NotesStore, String) {
+    let store = notes_service::NotesStore::connect(db_url).await.unwrap();
+    let nats = std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap();
+    let client = async_nats::connect(&nats).await.unwrap();
+    let handler =
+        notes_service::NatsHandler { store: store.clone(), jetstream: async_nats::jetstream::new(client.clone()) };
+    let durable = format!("notes-{}", uuid::Uuid::new_v4().simple());
+    let settings = auth_events::ConsumerSettings {
+        deliver: async_nats::jetstream::consumer::DeliverPolicy::New,
+        ..auth_events::ConsumerSettings::new(&durable, "user.deleted")
+    };
+    let consumer = auth_events::Consumer::connect(&nats, settings, std::sync::Arc::new(handler)).await.unwrap();
+    std::sync::Arc::new(consumer).spawn();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(notes_service::serve(listener, notes_service::router(store.clone()), std::future::pending()));
+    (url, store, durable)
+}
+
+#[tokio::test]
+#[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
+async fn a_deleted_account_leaves_no_row_in_any_database_and_the_ledger_shows_it() {
+    let dir = TempDir::new();
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let mut auth = with_services(gatehouse(&dir.data()), &db);
+    auth.env("GATEHOUSE_ADMIN__OPERATOR_TOKEN", "cluster-operator").arg("auth-service");
+    let auth = start(auth).await;
+    let notes_db = format!("sqlite://{}", dir.0.join("notes.db").display());
+    let (notes_url, notes, durable) = notes_service(&notes_db).await;
+    let file = dir.0.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[gateway]\nauth_service_url = \"{}\"\n\n[[gateway.routes]]\nprefix = \"/api/notes\"\nupstream = \"{notes_url}\"\n",
+            auth.url
+        ),
+    )
+    .unwrap();
+    let mut gw = with_services(gatehouse(&dir.data()), &db);
+    gw.arg("--config").arg(&file).arg("gateway");
+    let gw = start(gw).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{}/readyz", gw.url)).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let email = format!("erase-{}@example.com", uuid::Uuid::new_v4().simple());
+    let creds = json!({"email": email, "password": PASSWORD});
+    assert_eq!(client.post(format!("{}/auth/register", gw.url)).json(&creds).send().await.unwrap().status(), 201);
+    let login = client.post(format!("{}/auth/login", gw.url)).json(&creds).send().await.unwrap();
+    let pairs: Vec<String> = login
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .collect();
+    let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
+    let cookie = pairs.join("; ");
+    let user: serde_json::Value = login.json().await.unwrap();
+    let user_id = user["user"]["id"].as_str().unwrap().to_owned();
+    for body in ["one", "two"] {
+        let created = client
+            .post(format!("{}/api/notes", gw.url))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", &csrf)
+            .json(&json!({"body": body}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    assert_eq!(notes.count_of(&user_id).await.unwrap(), 2);
+
+    let deleted = client
+        .delete(format!("{}/auth/delete", gw.url))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let since = Instant::now();
+    let ledger = format!("{}/auth/admin/deletions/{user_id}", auth.url);
+    loop {
+        let status: serde_json::Value =
+            client.get(&ledger).bearer_auth("cluster-operator").send().await.unwrap().json().await.unwrap();
+        if status["complete"] == true {
+            break;
+        }
+        assert!(since.elapsed() < Duration::from_secs(15), "the ledger never completed: {status}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    eprintln!("deletion to ledger-complete across processes: {:?}", since.elapsed());
+    assert_eq!(notes.count_of(&user_id).await.unwrap(), 0, "notes left in the notes database");
+
+    // No row of the user in the auth database; events not yet relayed at the
+    // deletion stay in the outbox, stripped to ids.
+    let mut conn = {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&db.url).await.unwrap()
+    };
+    for (table, column) in [("users", "id"), ("sessions", "user_id")] {
+        let sql = format!("SELECT count(*) FROM {table} WHERE {column} = $1::uuid");
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(&user_id).fetch_one(&mut conn).await.unwrap();
+        assert_eq!(rows, 0, "rows of the user left in {table}");
+    }
+    let pii: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE data::text LIKE '%' || $1 || '%'")
+        .bind(&email)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(pii, 0, "the email survived in the outbox");
+
+    let js = async_nats::jetstream::new(
+        async_nats::connect(std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap()).await.unwrap(),
+    );
+    js.get_stream("GATEHOUSE_USERS").await.unwrap().delete_consumer(&durable).await.unwrap();
+    for server in [gw, auth] {
+        assert!(server.stop().await.success());
+    }
+}
