@@ -31,7 +31,7 @@ for i in $(seq 0 $((AUTH_SERVICES - 1))); do
   target/release/gatehouse auth-service --data-dir "$DATA" --listen "127.0.0.1:$((8081 + i))" &
   pids+=($!)
 done
-target/release/notes-service --listen 127.0.0.1:9001 --database-url "sqlite://$DATA/notes.db" &
+target/release/notes-service --listen 127.0.0.1:9001 --database-url "sqlite://$DATA/notes.db" --nats-url "$NATS_URL" &
 pids+=($!)
 sleep 1
 for i in $(seq 0 $((GATEWAYS - 1))); do
