@@ -79,6 +79,8 @@ pub trait Outbox: Send + Sync + 'static {
     /// processes may run relays and order is kept; a crash mid-batch leaves the
     /// rows unpublished, to be sent again (the broker deduplicates by id).
     async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError>;
+    /// Deletes events published before `before`; returns how many.
+    async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError>;
 }
 
 /// Where the outbox relay delivers events: a message broker or an in-process bus.

@@ -8,6 +8,10 @@ use std::time::Duration;
 use auth_core::{Clock, EventSink, Outbox, StoreError};
 use tokio::sync::Notify;
 
+/// Published events are kept this long (as long as the stream keeps them),
+/// for operators looking into what was sent.
+pub const KEEP_PUBLISHED: time::Duration = time::Duration::days(7);
+
 pub struct OutboxRelay {
     outbox: Arc<dyn Outbox>,
     sink: Arc<dyn EventSink>,
@@ -31,11 +35,24 @@ impl OutboxRelay {
         self.wake.notify_one();
     }
 
-    /// Relays until the outbox is empty, then waits `interval` (or a nudge).
+    /// Deletes events published more than [`KEEP_PUBLISHED`] ago.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        self.outbox.prune_published(self.clock.now() - KEEP_PUBLISHED).await
+    }
+
+    /// Relays until the outbox is empty, then waits `interval` (or a nudge);
+    /// prunes old published events once an hour.
     pub fn spawn(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let relay = Arc::clone(self);
         tokio::spawn(async move {
+            let mut pruned = tokio::time::Instant::now();
             loop {
+                if pruned.elapsed() >= Duration::from_secs(3600) {
+                    pruned = tokio::time::Instant::now();
+                    if let Err(error) = relay.prune().await {
+                        tracing::warn!(%error, "pruning published events failed");
+                    }
+                }
                 match relay.try_relay_batch().await {
                     Ok(n) if n >= relay.batch as usize => continue,
                     Ok(_) => {}

@@ -341,6 +341,15 @@ impl Outbox for PgStore {
         Ok(())
     }
 
+    async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
     async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError> {
         let mut tx = self.begin().await?;
         // One relay at a time keeps events in order; the others skip this round.

@@ -384,6 +384,15 @@ impl Outbox for SqliteStore {
         tx.commit().await.map_err(store_error)
     }
 
+    async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?")
+            .bind(ms(before))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected())
+    }
+
     /// SQLite serves one process: an in-process lock stands in for the claim,
     /// and no write transaction is held open while the sink works.
     async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError> {

@@ -383,3 +383,19 @@ async fn deleting_a_user_opens_a_ledger_entry_that_confirmations_fill_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn pruning_deletes_only_events_published_before_the_cut_off() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "prune@example.com").await;
+        logged_in(&stores, u.id, now()).await;
+        let events = stores.outbox.events_of(u.id).await.unwrap();
+        let t0 = now();
+        stores.outbox.mark_published(&[events[0].event.id], t0).await.unwrap();
+        assert_eq!(stores.outbox.prune_published(t0).await.unwrap(), 0, "the cut-off is exclusive");
+        assert_eq!(stores.outbox.prune_published(t0 + Duration::seconds(1)).await.unwrap(), 1);
+        let left = stores.outbox.events_of(u.id).await.unwrap();
+        assert_eq!(kinds(&left), [EventKind::LoggedIn], "an unpublished event was pruned");
+    })
+    .await;
+}
