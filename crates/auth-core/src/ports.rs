@@ -126,6 +126,7 @@ pub struct DeletionRecord {
 #[async_trait]
 pub trait DeletionLedger: Send + Sync + 'static {
     /// Records that `service` erased `user` (idempotent: the first time counts).
+    /// Confirmations for users this database never deleted are ignored.
     async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError>;
     async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError>;
 }

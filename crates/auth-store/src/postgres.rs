@@ -388,8 +388,8 @@ impl Outbox for PgStore {
 impl DeletionLedger for PgStore {
     async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) \
+             SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM deletions WHERE user_id = $1) ON CONFLICT DO NOTHING",
         )
         .bind(user.as_uuid())
         .bind(service)

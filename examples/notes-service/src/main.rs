@@ -7,7 +7,8 @@ use anyhow::Context as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).init();
     let mut listen = std::env::var("NOTES_LISTEN").unwrap_or_else(|_| "127.0.0.1:9001".into());
     let mut url = std::env::var("NOTES_DATABASE_URL").unwrap_or_else(|_| "sqlite://./data/notes.db".into());
     let mut nats = std::env::var("NOTES_NATS_URL").ok();

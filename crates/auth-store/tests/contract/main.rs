@@ -380,6 +380,9 @@ async fn deleting_a_user_opens_a_ledger_entry_that_confirmations_fill_once() {
         stores.ledger.confirm_deletion(u.id, "billing", first).await.unwrap();
         let record = stores.ledger.deletion(u.id).await.unwrap().unwrap();
         assert_eq!(record.confirmations, [("billing".to_owned(), first), ("notes".to_owned(), first)]);
+        let stranger = UserId::new();
+        stores.ledger.confirm_deletion(stranger, "notes", first).await.unwrap();
+        assert!(stores.ledger.deletion(stranger).await.unwrap().is_none());
     })
     .await;
 }
