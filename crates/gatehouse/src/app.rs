@@ -136,7 +136,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
     let ledger_consumer = match (&config.nats.url, &bus) {
         (Some(url), _) => {
-            let settings = ConsumerSettings::new(auth_service::ledger::CONSUMER, "user.deletion_completed");
+            let settings = ConsumerSettings::new(&config.events.ledger_consumer, "user.deletion_completed");
             Some(Arc::new(Consumer::connect(url, settings, intake).await?))
         }
         (None, Some(bus)) => {

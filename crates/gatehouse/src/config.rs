@@ -83,11 +83,19 @@ pub struct EventsConfig {
     pub relay_batch: u32,
     /// Services that must confirm each account deletion (`user.deletion_completed`).
     pub deletion_services: Vec<String>,
+    /// The durable NATS consumer feeding the deletion ledger; every
+    /// auth-service of one deployment shares it (one name per database).
+    pub ledger_consumer: String,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { relay_interval_ms: 200, relay_batch: 100, deletion_services: vec!["notes".into()] }
+        Self {
+            relay_interval_ms: 200,
+            relay_batch: 100,
+            deletion_services: vec!["notes".into()],
+            ledger_consumer: auth_service::ledger::CONSUMER.into(),
+        }
     }
 }
 

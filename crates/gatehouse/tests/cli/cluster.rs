@@ -7,9 +7,24 @@ use serde_json::json;
 
 use super::*;
 
+fn ledger_consumer(db: &TestDatabase) -> String {
+    format!("ledger-{}", db.url.rsplit('/').next().unwrap_or_default())
+}
+
+/// Removes the deployment's ledger consumer from the shared NATS server.
+async fn forget_ledger(db: &TestDatabase) {
+    let nats = async_nats::connect(std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap()).await.unwrap();
+    let stream = async_nats::jetstream::new(nats).get_stream("GATEHOUSE_USERS").await.unwrap();
+    let _ = stream.delete_consumer(&ledger_consumer(db)).await;
+}
+
+/// The processes of one deployment: its database, NATS, and a deletion-ledger
+/// consumer of its own (deployments sharing a NATS server must not share it).
 fn with_services(mut cmd: Command, db: &TestDatabase) -> Command {
+    let ledger = ledger_consumer(db);
     cmd.env("GATEHOUSE_DATABASE__URL", &db.url)
-        .env("GATEHOUSE_NATS__URL", std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap());
+        .env("GATEHOUSE_NATS__URL", std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap())
+        .env("GATEHOUSE_EVENTS__LEDGER_CONSUMER", ledger);
     cmd
 }
 
@@ -112,6 +127,7 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
     for server in [gw_a, gw_b, auth_a, auth_b] {
         assert!(server.stop().await.success());
     }
+    forget_ledger(&db).await;
 }
 
 /// The notes service as its own process would run it: its router as the
@@ -239,4 +255,106 @@ async fn a_deleted_account_leaves_no_row_in_any_database_and_the_ledger_shows_it
     for server in [gw, auth] {
         assert!(server.stop().await.success());
     }
+    forget_ledger(&db).await;
+}
+
+#[tokio::test]
+#[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
+async fn an_auth_service_killed_mid_relay_loses_no_event_and_duplicates_none() {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures_util::StreamExt as _;
+    use sqlx::Connection as _;
+
+    const EVENTS: i64 = 10_000;
+    let dir = TempDir::new();
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let out = with_services(gatehouse(&dir.data()), &db).arg("migrate").output().await.unwrap();
+    assert!(out.status.success());
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, user_id, data, occurred_at) \
+         SELECT gen_random_uuid(), 'user.registered', u, jsonb_build_object('user_id', u, 'method', 'password'), now() \
+         FROM (SELECT gen_random_uuid() AS u FROM generate_series(1, $1)) AS users",
+    )
+    .bind(EVENTS)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let nats = async_nats::connect(std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let stream = js.get_stream("GATEHOUSE_USERS").await.unwrap().info().await.unwrap().state.last_sequence;
+
+    // Small batches, so that the kill lands between a publish and its commit.
+    let relay = |cmd: &mut Command| {
+        cmd.env("GATEHOUSE_EVENTS__RELAY_BATCH", "50").env("GATEHOUSE_EVENTS__RELAY_INTERVAL_MS", "10");
+    };
+    let mut first = with_services(gatehouse(&dir.data()), &db);
+    relay(&mut first);
+    first.arg("auth-service");
+    let first = start(first).await;
+    let published = async |conn: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL").fetch_one(conn).await.unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while published(&mut conn).await == 0 {
+        assert!(Instant::now() < deadline, "the relay never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let pid = first.child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().await.unwrap().success());
+    let at_kill = published(&mut conn).await;
+    assert!(at_kill < EVENTS, "the relay finished before it could be killed");
+
+    let mut second = with_services(gatehouse(&dir.data()), &db);
+    relay(&mut second);
+    second.arg("auth-service");
+    let second = start(second).await;
+    while published(&mut conn).await < EVENTS {
+        assert!(Instant::now() < deadline, "the second relay never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("killed with {at_kill} of {EVENTS} events published; the second relay published the rest");
+
+    // Every event is in the stream exactly once.
+    let ids: std::collections::HashSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM outbox")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
+    let reader = js
+        .get_stream("GATEHOUSE_USERS")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: stream + 1 },
+            ack_policy: AckPolicy::None,
+            filter_subject: "user.registered".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    loop {
+        let mut batch = reader.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            got += 1;
+            let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+            let id = event["id"].as_str().unwrap().to_owned();
+            if ids.contains(&id) {
+                *seen.entry(id).or_default() += 1;
+            }
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), ids.len(), "events lost: {} of {}", ids.len() - seen.len(), ids.len());
+    let duplicated = seen.values().filter(|n| **n > 1).count();
+    assert_eq!(duplicated, 0, "{duplicated} events stored twice");
+    assert!(second.stop().await.success());
+    forget_ledger(&db).await;
 }
