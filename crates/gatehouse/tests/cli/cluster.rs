@@ -79,6 +79,7 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
     let creds = json!({"email": email, "password": PASSWORD});
     assert_eq!(client.post(format!("{}/auth/register", gw_a.url)).json(&creds).send().await.unwrap().status(), 201);
     let mut delays = Vec::new();
+    let mut last_cookie = None;
     for _ in 0..20 {
         let login = client.post(format!("{}/auth/login", gw_a.url)).json(&creds).send().await.unwrap();
         assert_eq!(login.status(), 200);
@@ -115,7 +116,26 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
             }
         }
         delays.push(since.elapsed());
+        last_cookie = Some(cookie);
     }
+    // A gateway started after those logouts never lets one of them through:
+    // before it has replayed the bucket it answers 503, after it 401.
+    let old_cookie = last_cookie.clone().unwrap();
+    let late = gateway(&auth_a.url);
+    let late = start(late).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status =
+            client.get(format!("{}/api/x", late.url)).header("cookie", &old_cookie).send().await.unwrap().status();
+        assert_ne!(status, 200, "a new gateway served a logged-out session");
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(Instant::now() < deadline, "the new gateway never caught up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(late.stop().await.success());
     delays.sort();
     eprintln!(
         "logout to 401 on both gateways over {} logouts: p50 {:?}, p99 {:?}, max {:?}",

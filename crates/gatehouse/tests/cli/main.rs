@@ -266,4 +266,5 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
 }
 
 mod cluster;
+mod nats_outage;
 mod up;

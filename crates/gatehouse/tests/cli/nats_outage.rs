@@ -1,0 +1,118 @@
+//! A NATS outage, on a NATS server of the test's own (a free port, its own
+//! storage folder), so it can be killed and restarted without touching the
+//! machine's shared server.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use serde_json::json;
+use sqlx::Connection as _;
+
+use super::*;
+
+struct OwnNats {
+    child: Child,
+}
+
+impl OwnNats {
+    async fn start(port: u16, store: &Path) -> Self {
+        let binary = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server (Debian package nats-server) is installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "our nats-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { child }
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn unpublished(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(conn).await.unwrap()
+}
+
+#[tokio::test]
+#[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
+async fn registrations_during_a_nats_outage_all_arrive_once_it_is_back() {
+    const USERS: usize = 500;
+    let dir = TempDir::new();
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let (port, store) = (free_port(), dir.0.join("nats"));
+    let nats = OwnNats::start(port, &store).await;
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env("GATEHOUSE_DATABASE__URL", &db.url)
+        .env("GATEHOUSE_NATS__URL", &nats_url)
+        // Cheap hashing: this test is about events, not passwords.
+        .env("GATEHOUSE_PASSWORDS__HASHING__MEMORY_KIB", "1024")
+        .env("GATEHOUSE_PASSWORDS__HASHING__ITERATIONS", "1")
+        .env("GATEHOUSE_PASSWORDS__HASHING__MAX_WAIT_MS", "60000")
+        .env("GATEHOUSE_EVENTS__RELAY_INTERVAL_MS", "50")
+        .arg("auth-service");
+    let auth = start(cmd).await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    nats.kill().await;
+
+    let client = reqwest::Client::new();
+    let register = |i: usize| {
+        let (client, url) = (client.clone(), auth.url.clone());
+        async move {
+            let creds = json!({"email": format!("outage{i}@example.com"), "password": PASSWORD});
+            client.post(format!("{url}/auth/register")).json(&creds).send().await.unwrap().status().as_u16()
+        }
+    };
+    let statuses: Vec<u16> = futures_util::stream::iter(0..USERS).map(register).buffer_unordered(16).collect().await;
+    assert!(statuses.iter().all(|s| *s == 201), "registrations failed while NATS was down");
+    assert_eq!(unpublished(&mut conn).await, USERS as i64, "events were lost or claimed sent while NATS was down");
+
+    let _nats = OwnNats::start(port, &store).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while unpublished(&mut conn).await > 0 {
+        assert!(Instant::now() < deadline, "the relay never caught up after NATS came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let client = async_nats::connect(&nats_url).await.unwrap();
+    let reader = async_nats::jetstream::new(client)
+        .get_stream("GATEHOUSE_USERS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            filter_subject: "user.registered".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashMap::<String, u32>::new();
+    loop {
+        let mut batch = reader.fetch().max_messages(500).expires(Duration::from_millis(500)).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            got += 1;
+            let event: serde_json::Value = serde_json::from_slice(&message.unwrap().payload).unwrap();
+            *seen.entry(event["id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), USERS, "user.registered events in the stream");
+    assert!(seen.values().all(|n| *n == 1), "an event was stored twice");
+    assert!(auth.stop().await.success());
+}
