@@ -83,14 +83,7 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
     for _ in 0..20 {
         let login = client.post(format!("{}/auth/login", gw_a.url)).json(&creds).send().await.unwrap();
         assert_eq!(login.status(), 200);
-        let pairs: Vec<String> = login
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-            .collect();
-        let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
-        let cookie = pairs.join("; ");
+        let Browser { cookie, csrf } = Browser::from_login(&login);
         for g in [&gw_a.url, &gw_b.url] {
             let ok = client.get(format!("{g}/api/x")).header("cookie", &cookie).send().await.unwrap();
             assert_eq!(ok.status(), 200);
@@ -204,14 +197,7 @@ async fn a_deleted_account_leaves_no_row_in_any_database_and_the_ledger_shows_it
     let creds = json!({"email": email, "password": PASSWORD});
     assert_eq!(client.post(format!("{}/auth/register", gw.url)).json(&creds).send().await.unwrap().status(), 201);
     let login = client.post(format!("{}/auth/login", gw.url)).json(&creds).send().await.unwrap();
-    let pairs: Vec<String> = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .collect();
-    let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
-    let cookie = pairs.join("; ");
+    let Browser { cookie, csrf } = Browser::from_login(&login);
     let user: serde_json::Value = login.json().await.unwrap();
     let user_id = user["user"]["id"].as_str().unwrap().to_owned();
     for body in ["one", "two"] {
@@ -281,8 +267,6 @@ async fn a_deleted_account_leaves_no_row_in_any_database_and_the_ledger_shows_it
 #[tokio::test]
 #[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
 async fn an_auth_service_killed_mid_relay_loses_no_event_and_duplicates_none() {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    use futures_util::StreamExt as _;
     use sqlx::Connection as _;
 
     const EVENTS: i64 = 10_000;
@@ -343,35 +327,12 @@ async fn an_auth_service_killed_mid_relay_loses_no_event_and_duplicates_none() {
         .into_iter()
         .map(|u| u.to_string())
         .collect();
-    let reader = js
-        .get_stream("GATEHOUSE_USERS")
+    let nats_url = std::env::var("GATEHOUSE_TEST_NATS_URL").unwrap();
+    let seen: std::collections::HashMap<String, u32> = stream_ids(&nats_url, "user.registered", stream + 1)
         .await
-        .unwrap()
-        .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: stream + 1 },
-            ack_policy: AckPolicy::None,
-            filter_subject: "user.registered".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut seen = std::collections::HashMap::<String, u32>::new();
-    loop {
-        let mut batch = reader.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.unwrap();
-            got += 1;
-            let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-            let id = event["id"].as_str().unwrap().to_owned();
-            if ids.contains(&id) {
-                *seen.entry(id).or_default() += 1;
-            }
-        }
-        if got == 0 {
-            break;
-        }
-    }
+        .into_iter()
+        .filter(|(id, _)| ids.contains(id))
+        .collect();
     assert_eq!(seen.len(), ids.len(), "events lost: {} of {}", ids.len() - seen.len(), ids.len());
     let duplicated = seen.values().filter(|n| **n > 1).count();
     assert_eq!(duplicated, 0, "{duplicated} events stored twice");

@@ -265,6 +265,59 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     assert_eq!(rest, 3);
 }
 
+/// A browser: the cookie header to send and the CSRF token to echo.
+struct Browser {
+    cookie: String,
+    csrf: String,
+}
+
+impl Browser {
+    /// The session cookies a login response set.
+    fn from_login(login: &reqwest::Response) -> Self {
+        let pairs: Vec<String> = login
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .collect();
+        let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
+        Self { cookie: pairs.join("; "), csrf }
+    }
+}
+
+/// How many times each event id of `subject` appears in the stream of the
+/// NATS server at `url`, from sequence `from` on.
+async fn stream_ids(url: &str, subject: &str, from: u64) -> std::collections::HashMap<String, u32> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures_util::StreamExt as _;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+    let reader = js
+        .get_stream("GATEHOUSE_USERS")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+            ack_policy: AckPolicy::None,
+            filter_subject: subject.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        let mut batch = reader.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            got += 1;
+            let event: serde_json::Value = serde_json::from_slice(&message.unwrap().payload).unwrap();
+            *seen.entry(event["id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        if got == 0 {
+            return seen;
+        }
+    }
+}
+
 mod cluster;
 mod nats_outage;
 mod up;

@@ -87,31 +87,7 @@ async fn registrations_during_a_nats_outage_all_arrive_once_it_is_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let client = async_nats::connect(&nats_url).await.unwrap();
-    let reader = async_nats::jetstream::new(client)
-        .get_stream("GATEHOUSE_USERS")
-        .await
-        .unwrap()
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-            filter_subject: "user.registered".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut seen = std::collections::HashMap::<String, u32>::new();
-    loop {
-        let mut batch = reader.fetch().max_messages(500).expires(Duration::from_millis(500)).messages().await.unwrap();
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            got += 1;
-            let event: serde_json::Value = serde_json::from_slice(&message.unwrap().payload).unwrap();
-            *seen.entry(event["id"].as_str().unwrap().to_owned()).or_default() += 1;
-        }
-        if got == 0 {
-            break;
-        }
-    }
+    let seen = stream_ids(&nats_url, "user.registered", 1).await;
     assert_eq!(seen.len(), USERS, "user.registered events in the stream");
     assert!(seen.values().all(|n| *n == 1), "an event was stored twice");
     assert!(auth.stop().await.success());

@@ -5,24 +5,11 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// A browser: the cookie header to send and the CSRF token to echo.
-struct Browser {
-    cookie: String,
-    csrf: String,
-}
-
 async fn log_in(client: &reqwest::Client, url: &str, email: &str) -> Browser {
     let creds = json!({"email": email, "password": PASSWORD});
     let login = client.post(format!("{url}/auth/login")).json(&creds).send().await.unwrap();
     assert_eq!(login.status(), 200);
-    let pairs: Vec<String> = login
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .collect();
-    let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
-    Browser { cookie: pairs.join("; "), csrf }
+    Browser::from_login(&login)
 }
 
 async fn register(client: &reqwest::Client, url: &str) -> String {
