@@ -283,7 +283,7 @@ impl Application {
             .csrf;
         let revocations: Arc<dyn RevocationFeed> = match &config.nats.url {
             Some(url) => {
-                let staleness = Duration::from_millis(config.gateway.revocation_max_staleness_ms);
+                let staleness = Duration::from_secs_f64(config.gateway.revocation.max_staleness);
                 NatsRevocationFeed::start(url, token_reach(&config), staleness).await?
             }
             None => {

@@ -49,10 +49,26 @@ pub struct GatewayConfig {
     pub jwks_refresh_secs: u64,
     /// Verified tokens remembered until they expire.
     pub token_cache_size: usize,
-    /// With NATS: how long the revocation watch may be broken before
-    /// authenticated routes answer 503 (fail closed), in milliseconds.
-    pub revocation_max_staleness_ms: u64,
+    pub revocation: RevocationConfig,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevocationConfig {
+    /// With NATS: seconds the revocation watch may be broken before
+    /// authenticated routes answer 503 (fail closed).
+    pub max_staleness: f64,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        Self { max_staleness: 5.0 }
+    }
+}
+
+// Whole-config equality (used by tests) needs `Eq`; a NaN here never gets
+// that far: `validate` refuses it.
+impl Eq for RevocationConfig {}
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -62,7 +78,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             jwks_refresh_secs: 60,
             token_cache_size: 100_000,
-            revocation_max_staleness_ms: 5_000,
+            revocation: RevocationConfig::default(),
         }
     }
 }
@@ -282,6 +298,9 @@ impl Config {
         }
         if self.passwords.min_chars < 8 || self.passwords.max_chars < 64 || self.passwords.max_chars > 1024 {
             return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
+        }
+        if !(0.1..=3600.0).contains(&self.gateway.revocation.max_staleness) {
+            return bad("gateway.revocation.max_staleness must be between 0.1 and 3600 seconds");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format must be \"text\" or \"json\"");
