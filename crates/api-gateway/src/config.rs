@@ -72,7 +72,7 @@ impl Default for GatewaySettings {
         Self {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
-            token_cache_size: 100_000,
+            token_cache_size: 10_000,
             jwks_refresh_secs: 60,
         }
     }

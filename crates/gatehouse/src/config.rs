@@ -77,7 +77,7 @@ impl Default for GatewayConfig {
             routes: vec![RouteConfig::new("/api/notes", "inproc://notes", AuthMode::Required)],
             trusted_proxies: Vec::new(),
             jwks_refresh_secs: 60,
-            token_cache_size: 100_000,
+            token_cache_size: 10_000,
             revocation: RevocationConfig::default(),
         }
     }
