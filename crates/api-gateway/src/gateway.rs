@@ -181,9 +181,10 @@ impl Gateway {
         let request_id =
             identity::prepare(request.headers_mut(), identity.as_ref(), route.forward_credentials, peer, trusted);
         let path = route.upstream_path(request.uri().path());
-        let path_and_query = match request.uri().query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
+        let path_and_query = match (request.uri().query(), route.strip_prefix) {
+            (_, false) => request.uri().path_and_query().map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned()),
+            (Some(q), true) => format!("{path}?{q}"),
+            (None, true) => path.to_owned(),
         };
         let started = Instant::now();
         let mut response = FORWARDER.with(Forwarder::clone).send(route, request, &path_and_query).await?;

@@ -67,9 +67,11 @@ pub fn prepare(
     peer: Option<IpAddr>,
     peer_trusted: bool,
 ) -> HeaderValue {
-    let spoofed: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
-    for name in spoofed {
-        headers.remove(name);
+    if headers.keys().any(spoofable) {
+        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
+        for name in spoofed {
+            headers.remove(name);
+        }
     }
     if !forward_credentials {
         strip_our_cookies(headers);
@@ -107,6 +109,9 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 }
 
 fn strip_our_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(7).any(|w| w == b"__Host-")) {
+        return;
+    }
     let kept: Vec<HeaderValue> = headers
         .get_all(header::COOKIE)
         .iter()
