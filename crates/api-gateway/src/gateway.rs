@@ -239,9 +239,7 @@ fn presented(headers: &HeaderMap) -> Result<(&str, bool), GatewayError> {
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
+            .and_then(auth_tokens::bearer_token)
             .ok_or(GatewayError::Unauthenticated { presented: true })?;
         return Ok((token, false));
     }

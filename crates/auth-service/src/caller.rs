@@ -39,12 +39,7 @@ pub struct Caller {
 fn presented(headers: &HeaderMap) -> Result<Option<(&str, Credential)>, ApiError> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| ApiError::unauthenticated())?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(ApiError::unauthenticated)?;
+        let token = auth_tokens::bearer_token(value).ok_or_else(ApiError::unauthenticated)?;
         return Ok(Some((token, Credential::Bearer)));
     }
     Ok(cookies::get(headers, cookies::ACCESS).map(|t| (t, Credential::Cookie)))

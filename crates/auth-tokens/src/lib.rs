@@ -32,6 +32,16 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// The token of an `Authorization: Bearer <token>` header value (the scheme
+/// in either case, RFC 6750); `None` for another scheme or an empty token.
+pub fn bearer_token(authorization: &str) -> Option<&str> {
+    authorization
+        .strip_prefix("Bearer ")
+        .or_else(|| authorization.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
 /// Base64url without padding, as JOSE uses it.
 pub fn b64url(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -42,4 +52,16 @@ pub fn b64url(bytes: &[u8]) -> String {
 pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bearer_tokens_are_read_from_either_case_of_the_scheme_only() {
+        assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(super::bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(super::bearer_token("Basic abc"), None);
+        assert_eq!(super::bearer_token("Bearer  "), None);
+        assert_eq!(super::bearer_token("Bearerabc"), None);
+    }
 }

@@ -44,9 +44,9 @@ fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(auth_tokens::bearer_token)
         .ok_or_else(ApiError::unauthenticated)?;
-    if same_token(presented.trim(), expected) { Ok(()) } else { Err(ApiError::unauthenticated()) }
+    if same_token(presented, expected) { Ok(()) } else { Err(ApiError::unauthenticated()) }
 }
 
 /// Which services have confirmed erasing a deleted user, and which are pending.
