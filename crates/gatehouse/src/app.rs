@@ -25,7 +25,6 @@ use auth_events::{
 use auth_service::keys::KeyHandle;
 use auth_service::ledger::LedgerHandler;
 use auth_service::{AppState, AuthSettings};
-use auth_tokens::TokenSettings;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -89,7 +88,7 @@ impl AuthParts {
 
 /// How long a revocation matters: the longest an access token lives, plus skew.
 fn token_reach(config: &Config) -> Duration {
-    Duration::from_secs((config.tokens.access_ttl_secs + config.tokens.leeway_secs).max(1) as u64)
+    Duration::from_secs(config.token_settings().key_overlap().max(1) as u64)
 }
 
 /// NATS JetStream when `nats.url` is set, else the in-process bus.
@@ -271,7 +270,7 @@ impl Application {
         let locals = HashMap::new();
         let routes = route_table(&auth_url, &config.gateway.routes, &locals)?;
         let jwks = HttpJwks::new(&auth_url).map_err(anyhow::Error::msg)?;
-        let tokens = auth_settings(&config).tokens;
+        let tokens = config.token_settings();
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(jwks), tokens, config.gateway.token_cache_size.max(1)));
         if let Err(error) = authenticator.refresh().await {
@@ -427,15 +426,9 @@ fn spawn_route_reloader(
 }
 
 fn auth_settings(config: &Config) -> AuthSettings {
-    let public_url = config.public_url.trim_end_matches('/').to_owned();
-    let tokens = TokenSettings {
-        issuer: public_url.clone(),
-        audience: config.tokens.audience.clone(),
-        lifetime: config.tokens.access_ttl_secs,
-        leeway: config.tokens.leeway_secs,
-    };
+    let tokens = config.token_settings();
     AuthSettings {
-        public_url,
+        public_url: tokens.issuer.clone(),
         accounts: AccountsSettings {
             password: PasswordPolicy { min_chars: config.passwords.min_chars, max_chars: config.passwords.max_chars },
             session_lifetime: time::Duration::days(config.sessions.lifetime_days),

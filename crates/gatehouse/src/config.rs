@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use api_gateway::{AuthMode, RouteConfig};
 use auth_core::hashing::HashingSettings;
+use auth_tokens::TokenSettings;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -327,6 +328,16 @@ impl Config {
             .database_url
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("notes.db").display()))
+    }
+
+    /// What issuing and verifying access tokens agree on.
+    pub fn token_settings(&self) -> TokenSettings {
+        TokenSettings {
+            issuer: self.public_url.trim_end_matches('/').to_owned(),
+            audience: self.tokens.audience.clone(),
+            lifetime: self.tokens.access_ttl_secs,
+            leeway: self.tokens.leeway_secs,
+        }
     }
 
     pub fn key_file(&self) -> PathBuf {

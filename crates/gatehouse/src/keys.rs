@@ -7,7 +7,7 @@ use auth_tokens::keyfile;
 use crate::config::Config;
 
 fn overlap(config: &Config) -> i64 {
-    config.tokens.access_ttl_secs + config.tokens.leeway_secs
+    config.token_settings().key_overlap()
 }
 
 pub fn rotate(config: &Config) -> anyhow::Result<()> {
