@@ -90,12 +90,6 @@ impl NotesStore {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Erases every note of `user` (account deletion); returns how many.
-    pub async fn erase_user(&self, user: &str) -> sqlx::Result<u64> {
-        let done = sqlx::query("DELETE FROM notes WHERE user_id = $1").bind(user).execute(&self.pool).await?;
-        Ok(done.rows_affected())
-    }
-
     /// Erases `user`'s notes for event `event_id`, once: the event id is
     /// recorded in the same transaction, so a redelivered event changes
     /// nothing. `None` when the event had been handled before.

@@ -104,7 +104,7 @@ async fn erasing_a_user_removes_all_their_notes_and_no_one_elses() {
             app.add("alice", &format!("note {i}")).await;
         }
         app.add("bob", "keep me").await;
-        assert_eq!(app.store.erase_user("alice").await.unwrap(), 3);
+        assert_eq!(app.store.erase_user_once("deleted-alice", "alice").await.unwrap(), Some(3));
         assert_eq!(app.store.count_of("alice").await.unwrap(), 0);
         assert_eq!(app.store.count_of("bob").await.unwrap(), 1);
     })
