@@ -68,10 +68,6 @@ thread_local! {
     static FORWARDER: Forwarder = Forwarder::new();
 }
 
-fn is_unsafe(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
-}
-
 impl Gateway {
     pub fn new(parts: GatewayParts) -> Result<Self, String> {
         let trusted = TrustedProxies::parse(&parts.settings.trusted_proxies)?;
@@ -214,7 +210,7 @@ impl Gateway {
             self.0.metrics.auth_failure("revoked");
             return Err(GatewayError::Unauthenticated { presented: true });
         }
-        if by_cookie && is_unsafe(method) {
+        if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
             self.check_csrf(headers, &claims.sid)?;
         }
         if !route.require_roles.is_empty() && !claims.roles.iter().any(|r| route.require_roles.contains(r)) {

@@ -15,7 +15,7 @@ use crate::error::ApiError;
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 
 pub fn is_unsafe(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    auth_tokens::csrf::changes_state(method.as_str())
 }
 
 pub async fn protect(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -66,6 +66,12 @@ pub fn same_token(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// Whether a request with this method may change state, and so falls under
+/// the CSRF rules (everything but GET, HEAD, OPTIONS and TRACE).
+pub fn changes_state(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
 /// Why an unsafe request was refused as a possible forgery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum CsrfRefusal {
