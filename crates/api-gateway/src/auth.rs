@@ -6,6 +6,7 @@
 //! the last good set is kept when a fetch fails. Until a first set arrives,
 //! authenticated routes answer 503, not 401.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -88,10 +89,6 @@ pub struct Authenticator {
     refetched_at: Mutex<Option<Instant>>,
     cache: RwLock<HashMap<Arc<str>, Arc<AccessClaims>>>,
     cache_size: usize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Authenticator {

@@ -26,3 +26,8 @@ pub use config::{AuthMode, GatewaySettings, RouteConfig};
 pub use error::GatewayError;
 pub use gateway::Gateway;
 pub use routes::{RouteError, RouteTable};
+
+/// A poisoned lock means a panic elsewhere; the data is still the best we have.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

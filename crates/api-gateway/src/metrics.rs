@@ -5,6 +5,7 @@
 //! The hot path only touches atomics: each route's counters are created once,
 //! when the route table is built, and found by the route's position.
 
+use crate::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,10 +84,6 @@ pub struct GatewayMetrics {
     routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     unrouted: RouteStats,
     auth_failures: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GatewayMetrics {
