@@ -6,7 +6,6 @@
 //! the last good set is kept when a fetch fails. Until a first set arrives,
 //! authenticated routes answer 503, not 401.
 
-use crate::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -18,6 +17,8 @@ use axum::http::{Request, Uri};
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::lock;
 
 /// The least time between two refetches triggered by unknown `kid`s.
 const REFETCH_SPACING: Duration = Duration::from_secs(5);

@@ -5,12 +5,13 @@
 //! The hot path only touches atomics: each route's counters are created once,
 //! when the route table is built, and found by the route's position.
 
-use crate::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::lock;
 
 const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 /// Statuses counted on their own; anything else is counted by class (`2xx`…).
