@@ -6,7 +6,8 @@
 #   (c) the Gatehouse gateway on an auth = "required" route with a valid
 #       access cookie: verification, revocation check and identity headers
 #       on every request (two runtime threads).
-# Prints a Markdown table for docs/BENCHMARKS.md.
+# Prints a Markdown table for docs/BENCHMARKS.md, with the CPU time the
+# measured server (upstream, nginx workers, gateway process) spent per request.
 #
 # Usage: bench/gateway.sh            (DURATION=10s CONNECTIONS=64 THREADS=2)
 set -euo pipefail
@@ -93,30 +94,49 @@ cookie="$(curl -sf -D - -o /dev/null -X POST "$g/auth/login" -H 'Content-Type: a
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "$g/bench")" = 200 ] || { echo "gateway refused the cookie" >&2; exit 1; }
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$g/bench")" = 401 ] || { echo "gateway let an anonymous request through" >&2; exit 1; }
 
-run() { # name url [header]
-  local out
-  if [ -n "${3:-}" ]; then
-    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$3" "$2")"
+# CPU time (user + system, in clock ticks) of a process and its children's
+# threads: the nginx master's workers, or every thread of the gateway.
+ticks() { # pid...
+  local total=0 pid
+  for pid in "$@"; do
+    for stat in /proc/"$pid"/task/*/stat; do
+      total=$((total + $(awk '{print $14 + $15}' "$stat" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+nginx_workers() { pgrep -P "$(cat "$1")" | tr '\n' ' '; }
+
+run() { # name url measured-pids [header]
+  local out before after
+  before="$(ticks $3)"
+  if [ -n "${4:-}" ]; then
+    out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "$4" "$2")"
   else
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")"
   fi
-  local rps p50 p99 errors
+  after="$(ticks $3)"
+  local rps p50 p99 errors requests cpu
   rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
   p50="$(awk '$1=="50%" {print $2}' <<<"$out")"
   p99="$(awk '$1=="99%" {print $2}' <<<"$out")"
+  requests="$(awk '/requests in/ {print $1}' <<<"$out")"
   errors="$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')"
-  echo "$1|$rps|$p50|$p99|${errors:-none}"
+  # CPU microseconds the measured process spent per request.
+  cpu="$(awk -v t="$((after - before))" -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')"
+  echo "$1|$rps|$p50|$p99|$cpu|${errors:-none}"
 }
 
-a="$(run "(a) upstream directly" "http://127.0.0.1:$UPSTREAM_PORT/bench")"
-b="$(run "(b) nginx reverse proxy, no auth" "http://127.0.0.1:$NGINX_PORT/bench")"
-c="$(run "(c) Gatehouse gateway, authenticated" "$g/bench" "Cookie: $cookie")"
+upstream_workers="$(nginx_workers "$work/upstream/nginx.pid")"
+a="$(run "(a) upstream directly" "http://127.0.0.1:$UPSTREAM_PORT/bench" "$upstream_workers")"
+b="$(run "(b) nginx reverse proxy, no auth" "http://127.0.0.1:$NGINX_PORT/bench" "$(nginx_workers "$work/proxy/nginx.pid")")"
+c="$(run "(c) Gatehouse gateway, authenticated" "$g/bench" "$gatehouse_pid" "Cookie: $cookie")"
 rss_kib="$(awk '/VmRSS/ {print $2}' "/proc/$gatehouse_pid/status")"
 
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 echo
-echo "| setup | requests/s | p50 | p99 | errors |"
-echo "|---|---|---|---|---|"
+echo "| setup | requests/s | p50 | p99 | CPU µs/request (of the server measured) | errors |"
+echo "|---|---|---|---|---|---|"
 for row in "$a" "$b" "$c"; do echo "| ${row//|/ | } |"; done
 ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
 ra="$(cut -d'|' -f2 <<<"$a")"; rb="$(cut -d'|' -f2 <<<"$b")"; rc="$(cut -d'|' -f2 <<<"$c")"

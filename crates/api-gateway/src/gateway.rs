@@ -11,25 +11,23 @@
 //!    `X-Forwarded-*`;
 //! 5. forward, streaming, within the route's timeout (502/504).
 
-use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth_core::Clock;
 use auth_events::RevocationFeed;
 use auth_tokens::csrf::{check_pair, check_site};
-use auth_tokens::{AccessClaims, CsrfKey, cookies};
-use axum::Router;
-use axum::extract::{ConnectInfo, Request};
+use auth_tokens::{CsrfKey, cookies};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::auth::{AuthFailure, Authenticator};
+use crate::auth::{AuthFailure, Authenticator, Verified};
 use crate::config::{AuthMode, GatewaySettings};
 use crate::error::GatewayError;
-use crate::forward::Forwarder;
-use crate::identity::{self, Identity, TrustedProxies};
+use crate::forward;
+use crate::identity::{self, Peer, TrustedProxies};
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, RouteTable};
 
@@ -59,13 +57,6 @@ struct Inner {
     allowed_origins: Vec<String>,
     jwks_refresh: Duration,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
-}
-
-thread_local! {
-    /// One connection pool per thread: a pooled connection is driven by a
-    /// task on the thread that opened it, so a request on a single-threaded
-    /// worker runtime never waits on another thread.
-    static FORWARDER: Forwarder = Forwarder::new();
 }
 
 impl Gateway {
@@ -103,15 +94,6 @@ impl Gateway {
         &self.0.auth
     }
 
-    /// Every request goes through [`Gateway::handle`].
-    pub fn router(&self) -> Router {
-        let gateway = self.clone();
-        Router::new().fallback(move |request: Request| {
-            let gateway = gateway.clone();
-            async move { gateway.handle(request).await }
-        })
-    }
-
     /// Refreshes the JWKS and prunes expired revocations periodically.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let gateway = self.clone();
@@ -125,7 +107,9 @@ impl Gateway {
         })
     }
 
-    pub async fn handle(&self, request: Request) -> Response {
+    /// One request from `peer` (the TCP peer, if known), all the way: see the
+    /// module documentation. [`crate::serve`] calls this for every request.
+    pub async fn handle(&self, request: Request, peer: Option<Peer>) -> Response {
         if request.method() == Method::GET
             && let Some(response) = self.own_endpoint(request.uri().path())
         {
@@ -136,7 +120,7 @@ impl Gateway {
             self.0.metrics.unrouted().status(StatusCode::NOT_FOUND.as_u16());
             return GatewayError::NoRoute.into_response();
         };
-        let response = match self.pass(route, request).await {
+        let response = match self.pass(route, request, peer.as_ref()).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
@@ -166,24 +150,17 @@ impl Gateway {
         }
     }
 
-    async fn pass(&self, route: &Route, mut request: Request) -> Result<Response, GatewayError> {
-        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let claims = match route.auth {
+    async fn pass(&self, route: &Route, mut request: Request, peer: Option<&Peer>) -> Result<Response, GatewayError> {
+        let verified = match route.auth {
             AuthMode::Required => Some(self.authenticate(route, request.method(), request.headers()).await?),
             AuthMode::Public => None,
         };
-        let identity = claims.as_deref().map(|c| Identity { user_id: &c.sub, roles: &c.roles, session_id: &c.sid });
-        let trusted = peer.is_some_and(|p| self.0.trusted.contains(p));
-        let request_id =
-            identity::prepare(request.headers_mut(), identity.as_ref(), route.forward_credentials, peer, trusted);
-        let path = route.upstream_path(request.uri().path());
-        let path_and_query = match (request.uri().query(), route.strip_prefix) {
-            (_, false) => request.uri().path_and_query().map_or_else(|| path.to_owned(), |pq| pq.as_str().to_owned()),
-            (Some(q), true) => format!("{path}?{q}"),
-            (None, true) => path.to_owned(),
-        };
+        let identity = verified.as_deref().map(|v| &v.identity);
+        let trusted = peer.is_some_and(|p| self.0.trusted.contains(p.ip));
+        let request_id = identity::prepare(request.headers_mut(), identity, route.forward_credentials, peer, trusted);
+        let target = route.upstream_target(request.uri()).ok_or(GatewayError::UpstreamUnavailable)?;
         let started = Instant::now();
-        let mut response = FORWARDER.with(Forwarder::clone).send(route, request, &path_and_query).await?;
+        let mut response = forward::send(route, request, target).await?;
         route.stats.upstream_latency(started.elapsed());
         response.headers_mut().insert(identity::REQUEST_ID, request_id);
         Ok(response)
@@ -194,9 +171,9 @@ impl Gateway {
         route: &Route,
         method: &Method,
         headers: &HeaderMap,
-    ) -> Result<Arc<AccessClaims>, GatewayError> {
+    ) -> Result<Arc<Verified>, GatewayError> {
         let (token, by_cookie) = presented(headers)?;
-        let claims = self.0.auth.verify(token, self.0.clock.unix()).await.map_err(|failure| match failure {
+        let verified = self.0.auth.verify(token, self.0.clock.unix()).await.map_err(|failure| match failure {
             AuthFailure::NoKeys => GatewayError::KeysUnavailable,
             AuthFailure::Invalid(reason) => {
                 self.0.metrics.auth_failure(reason.reason());
@@ -206,9 +183,17 @@ impl Gateway {
         if !self.0.revocations.is_current() {
             return Err(GatewayError::RevocationUnavailable);
         }
-        if self.0.revocations.set().is_revoked(&claims.sid, &claims.sub, claims.iat) {
-            self.0.metrics.auth_failure("revoked");
-            return Err(GatewayError::Unauthenticated { presented: true });
+        // Revocations only ever add entries: a token found not revoked stays so
+        // until the set's generation moves, and most requests only read it.
+        let set = self.0.revocations.set();
+        let generation = set.generation();
+        let claims = &verified.claims;
+        if !verified.unrevoked_at(generation) {
+            if set.is_revoked(&claims.sid, &claims.sub, claims.iat) {
+                self.0.metrics.auth_failure("revoked");
+                return Err(GatewayError::Unauthenticated { presented: true });
+            }
+            verified.mark_unrevoked_at(generation);
         }
         if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
             self.check_csrf(headers, &claims.sid)?;
@@ -216,15 +201,14 @@ impl Gateway {
         if !route.require_roles.is_empty() && !claims.roles.iter().any(|r| route.require_roles.contains(r)) {
             return Err(GatewayError::Forbidden);
         }
-        Ok(claims)
+        Ok(verified)
     }
 
     fn check_csrf(&self, headers: &HeaderMap, sid: &str) -> Result<(), GatewayError> {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let refused = |r: auth_tokens::csrf::CsrfRefusal| GatewayError::Csrf(r.to_string());
         check_site(text("sec-fetch-site"), text("origin"), text("host"), &self.0.allowed_origins).map_err(refused)?;
-        let cookie =
-            cookies::find(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), cookies::CSRF);
+        let cookie = cookies::find(identity::cookie_lines(headers), cookies::CSRF);
         check_pair(&self.0.csrf, text("x-csrf-token"), cookie, sid).map_err(refused)
     }
 }
@@ -239,7 +223,7 @@ fn presented(headers: &HeaderMap) -> Result<(&str, bool), GatewayError> {
             .ok_or(GatewayError::Unauthenticated { presented: true })?;
         return Ok((token, false));
     }
-    cookies::find(headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()), cookies::ACCESS)
+    cookies::find(identity::cookie_lines(headers), cookies::ACCESS)
         .map(|t| (t, true))
         .ok_or(GatewayError::Unauthenticated { presented: false })
 }

@@ -26,12 +26,38 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The identity the gateway vouches for.
+/// The identity the gateway vouches for, as header values: made once per
+/// verified token, not once per request.
 #[derive(Debug, Clone)]
-pub struct Identity<'a> {
-    pub user_id: &'a str,
-    pub roles: &'a [String],
-    pub session_id: &'a str,
+pub struct IdentityHeaders {
+    user_id: Option<HeaderValue>,
+    roles: Option<HeaderValue>,
+    session_id: Option<HeaderValue>,
+}
+
+impl IdentityHeaders {
+    pub fn new(user_id: &str, roles: &[String], session_id: &str) -> Self {
+        Self {
+            user_id: HeaderValue::from_str(user_id).ok(),
+            roles: HeaderValue::from_str(&roles.join(",")).ok(),
+            session_id: HeaderValue::from_str(session_id).ok(),
+        }
+    }
+}
+
+/// The TCP peer of a connection, with its address already written out for
+/// `X-Forwarded-For`: made once per connection, not once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    text: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Self {
+        let text = HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip, text }
+    }
 }
 
 fn spoofable(name: &HeaderName) -> bool {
@@ -41,16 +67,30 @@ fn spoofable(name: &HeaderName) -> bool {
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // Most messages carry none: one pass over the names instead of a removal per kind.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .map(|n| n.trim().to_owned())
         .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
+    for name in &named {
+        headers.remove(name.as_str());
+    }
+    while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)).cloned() {
         headers.remove(name);
     }
+}
+
+/// The `Cookie` header lines as text. Cookie values may hold UTF-8, which
+/// the header API's visible-ASCII check (byte by byte, slow on a long token)
+/// would refuse; our cookies are ASCII either way.
+pub fn cookie_lines(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(header::COOKIE).into_iter().filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
 }
 
 /// A request id worth keeping: 1–128 characters of `[A-Za-z0-9._-]`.
@@ -62,9 +102,9 @@ fn valid_request_id(v: &HeaderValue) -> bool {
 /// Rewrites the request headers for the upstream. Returns the request id.
 pub fn prepare(
     headers: &mut HeaderMap,
-    identity: Option<&Identity<'_>>,
+    identity: Option<&IdentityHeaders>,
     forward_credentials: bool,
-    peer: Option<IpAddr>,
+    peer: Option<&Peer>,
     peer_trusted: bool,
 ) -> HeaderValue {
     if headers.keys().any(spoofable) {
@@ -81,9 +121,11 @@ pub fn prepare(
         }
     }
     if let Some(id) = identity {
-        insert(headers, USER_ID, id.user_id);
-        insert(headers, USER_ROLES, &id.roles.join(","));
-        insert(headers, SESSION_ID, id.session_id);
+        for (name, value) in [(USER_ID, &id.user_id), (USER_ROLES, &id.roles), (SESSION_ID, &id.session_id)] {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
     }
     let request_id = headers.get(&REQUEST_ID).filter(|v| valid_request_id(v)).cloned().unwrap_or_else(new_request_id);
     headers.insert(REQUEST_ID, request_id.clone());
@@ -91,33 +133,38 @@ pub fn prepare(
     request_id
 }
 
-/// A fresh request id: a random per-process prefix and a counter — unique,
-/// and cheaper than asking the OS for randomness on every request.
+/// A fresh request id: a random per-thread prefix and a per-thread counter —
+/// unique, cheaper than asking the OS for randomness on every request, and
+/// touching no memory another thread writes.
 fn new_request_id() -> HeaderValue {
-    use std::sync::LazyLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static PREFIX: LazyLock<u64> = LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair().0);
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{:016x}-{n:x}", *PREFIX)).unwrap_or(HeaderValue::from_static("-"))
+    use std::cell::Cell;
+    thread_local! {
+        static NEXT: Cell<(u64, u64)> = Cell::new((uuid::Uuid::new_v4().as_u64_pair().0, 0));
+    }
+    let (prefix, n) = NEXT.get();
+    NEXT.set((prefix, n.wrapping_add(1)));
+    let mut id = [0u8; 33];
+    hex(&mut id[..16], prefix);
+    id[16] = b'-';
+    hex(&mut id[17..], n);
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("-"))
 }
 
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name, v);
+/// Writes `n` as lowercase hex, zero-padded to the width of `out`.
+fn hex(out: &mut [u8], mut n: u64) {
+    for byte in out.iter_mut().rev() {
+        *byte = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
 fn strip_our_cookies(headers: &mut HeaderMap) {
-    if !headers.get_all(header::COOKIE).iter().any(|v| v.as_bytes().windows(7).any(|w| w == b"__Host-")) {
+    if !cookie_lines(headers).any(|line| line.contains("__Host-")) {
         return;
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| auth_tokens::cookies::without(v, &auth_tokens::cookies::ALL))
-        .filter_map(|v| HeaderValue::from_str(&v).ok())
+    let kept: Vec<HeaderValue> = cookie_lines(headers)
+        .filter_map(|line| auth_tokens::cookies::without(line, &auth_tokens::cookies::ALL))
+        .filter_map(|line| HeaderValue::from_bytes(line.as_bytes()).ok())
         .collect();
     headers.remove(header::COOKIE);
     for v in kept {
@@ -126,15 +173,16 @@ fn strip_our_cookies(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-*`: believed from trusted proxies only, else set from the peer.
-fn forwarding(headers: &mut HeaderMap, peer: Option<IpAddr>, peer_trusted: bool) {
-    let peer = peer.map(|p| p.to_string());
+fn forwarding(headers: &mut HeaderMap, peer: Option<&Peer>, peer_trusted: bool) {
     if peer_trusted {
         if let Some(peer) = peer {
             let chain = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {peer}"),
-                None => peer,
+                Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip)).ok(),
+                None => Some(peer.text.clone()),
             };
-            insert(headers, FORWARDED_FOR, &chain);
+            if let Some(chain) = chain {
+                headers.insert(FORWARDED_FOR, chain);
+            }
         }
         if !headers.contains_key(&FORWARDED_PROTO) {
             headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -142,7 +190,9 @@ fn forwarding(headers: &mut HeaderMap, peer: Option<IpAddr>, peer_trusted: bool)
     } else {
         headers.remove(header::FORWARDED);
         match peer {
-            Some(peer) => insert(headers, FORWARDED_FOR, &peer),
+            Some(peer) => {
+                headers.insert(FORWARDED_FOR, peer.text.clone());
+            }
             None => {
                 headers.remove(&FORWARDED_FOR);
             }
@@ -200,6 +250,10 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 mod tests {
     use super::*;
 
+    fn peer(ip: &str) -> Peer {
+        Peer::new(ip.parse().unwrap())
+    }
+
     #[test]
     fn spoofed_identity_and_our_cookies_never_pass() {
         let mut h = HeaderMap::new();
@@ -210,8 +264,8 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("a=1; __Host-access_token=t; __Host-csrf_token=c"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         let roles = vec!["editor".to_owned(), "viewer".to_owned()];
-        let id = Identity { user_id: "u1", roles: &roles, session_id: "s1" };
-        prepare(&mut h, Some(&id), false, "10.0.0.9".parse().ok(), false);
+        let id = IdentityHeaders::new("u1", &roles, "s1");
+        prepare(&mut h, Some(&id), false, Some(&peer("10.0.0.9")), false);
         assert_eq!(h["x-user-id"], "u1");
         assert_eq!(h["x-user-roles"], "editor,viewer");
         assert_eq!(h["x-session-id"], "s1");
@@ -231,14 +285,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare(&mut h, None, false, "192.0.2.1".parse().ok(), false);
+        prepare(&mut h, None, false, Some(&peer("192.0.2.1")), false);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare(&mut h, None, false, "10.1.2.3".parse().ok(), true);
+        prepare(&mut h, None, false, Some(&peer("10.1.2.3")), true);
         assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -253,7 +307,10 @@ mod tests {
         let first = prepare(&mut h, None, false, None, false);
         assert!(valid_request_id(&first));
         let mut again = HeaderMap::new();
-        assert_ne!(prepare(&mut again, None, false, None, false), first);
+        let second = prepare(&mut again, None, false, None, false);
+        assert_ne!(second, first);
+        assert!(valid_request_id(&second));
+        assert_eq!(first.len(), 33);
     }
 
     #[test]

@@ -8,8 +8,10 @@
 //! - [`auth`]: token verification against the JWKS, with a verified-token cache.
 //! - [`identity`]: what upstreams may and may not see (headers, cookies).
 //! - [`forward`]: pooled, streaming forwarding to HTTP or in-process upstreams.
+//! - `pool`: the per-thread HTTP/1.1 connection pool.
 //! - [`metrics`]: Prometheus metrics of the gateway.
 //! - [`gateway`]: [`Gateway`], the request path in one place.
+//! - [`server`]: hyper's connections straight into [`Gateway::handle`].
 //! - [`error`]: [`GatewayError`], classified by who is at fault.
 
 pub mod auth;
@@ -19,13 +21,16 @@ pub mod forward;
 pub mod gateway;
 pub mod identity;
 pub mod metrics;
+mod pool;
 pub mod routes;
+pub mod server;
 
 pub use auth::{Authenticator, HttpJwks, JwksSource, LocalJwks};
 pub use config::{AuthMode, GatewaySettings, RouteConfig};
 pub use error::GatewayError;
 pub use gateway::Gateway;
 pub use routes::{RouteError, RouteTable};
+pub use server::serve;
 
 /// A poisoned lock means a panic elsewhere; the data is still the best we have.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

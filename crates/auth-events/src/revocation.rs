@@ -5,6 +5,7 @@
 //! access-token lifetime could need.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -22,6 +23,10 @@ struct Entries {
 #[derive(Debug, Default)]
 pub struct RevocationSet {
     entries: RwLock<Entries>,
+    /// Moves on every revocation, after the entry is in: a token found not
+    /// revoked at generation `g` is still not revoked while the generation is
+    /// `g` (pruning only drops entries no live token matches).
+    generation: AtomicU64,
 }
 
 impl RevocationSet {
@@ -33,6 +38,7 @@ impl RevocationSet {
         let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let slot = e.sessions.entry(sid.to_owned()).or_insert(until);
         *slot = (*slot).max(until);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Tokens of `uid` issued at or before `not_before` are revoked.
@@ -40,6 +46,12 @@ impl RevocationSet {
         let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let slot = e.users.entry(uid.to_owned()).or_insert((not_before, until));
         *slot = (slot.0.max(not_before), slot.1.max(until));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Read before [`RevocationSet::is_revoked`]; see the field's comment.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Whether a token of session `sid`, user `sub`, issued at `iat` is revoked.
@@ -154,5 +166,19 @@ mod tests {
         assert!(set.is_revoked("s", "u", 80));
         set.prune(250);
         assert!(set.is_revoked("s", "u", 80));
+    }
+
+    #[test]
+    fn every_revocation_moves_the_generation_and_pruning_does_not() {
+        let set = RevocationSet::new();
+        let start = set.generation();
+        set.revoke_session("s", 100);
+        let after_session = set.generation();
+        assert_ne!(after_session, start);
+        set.revoke_user("u", 10, 100);
+        assert_ne!(set.generation(), after_session);
+        let before_prune = set.generation();
+        set.prune(1_000);
+        assert_eq!(set.generation(), before_prune, "pruning revokes nothing new");
     }
 }

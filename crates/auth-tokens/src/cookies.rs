@@ -21,13 +21,17 @@ pub fn find<'a>(headers: impl IntoIterator<Item = &'a str>, name: &str) -> Optio
 /// A `Cookie` header value without the cookies named in `names`; `None` when
 /// nothing is left.
 pub fn without(header: &str, names: &[&str]) -> Option<String> {
-    let kept: Vec<&str> = header
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| !names.iter().any(|n| pair.split_once('=').map_or(*pair, |(k, _)| k) == *n))
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    let mut kept = String::new();
+    for pair in header.split(';').map(str::trim).filter(|pair| !pair.is_empty()) {
+        if names.contains(&pair.split_once('=').map_or(pair, |(name, _)| name)) {
+            continue;
+        }
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
+    (!kept.is_empty()).then_some(kept)
 }
 
 #[cfg(test)]

@@ -54,10 +54,32 @@ pub struct Application {
     listener: TcpListener,
     /// Extra single-threaded serving runtimes besides the caller's (gateway roles).
     extra_workers: usize,
-    router: axum::Router,
+    service: Service,
     background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
     gateway: Option<(Gateway, Vec<RouteConfig>)>,
     locals: HashMap<String, axum::Router>,
+}
+
+/// What a listener serves.
+#[derive(Clone)]
+enum Service {
+    /// The auth-service alone, behind its axum router.
+    Auth(axum::Router),
+    /// A gateway, which does its own routing (to in-process services too).
+    Gateway(Gateway),
+}
+
+impl Service {
+    async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        match self {
+            Self::Auth(router) => auth_service::serve(listener, router, shutdown).await,
+            Self::Gateway(gateway) => api_gateway::serve(listener, gateway, shutdown).await,
+        }
+    }
 }
 
 /// The auth-service's pieces that `up` shares with the gateway.
@@ -201,7 +223,7 @@ impl Application {
                 Ok(Self {
                     listener,
                     extra_workers: 0,
-                    router: auth_service::router(auth.state),
+                    service: Service::Auth(auth_service::router(auth.state)),
                     background,
                     gateway: None,
                     locals: HashMap::new(),
@@ -254,7 +276,7 @@ impl Application {
         Ok(Self {
             listener,
             extra_workers: 0,
-            router: gateway.router(),
+            service: Service::Gateway(gateway.clone()),
             background,
             gateway: Some((gateway, config.gateway.routes.clone())),
             locals,
@@ -304,7 +326,7 @@ impl Application {
         Ok(Self {
             listener,
             extra_workers: 0,
-            router: gateway.router(),
+            service: Service::Gateway(gateway.clone()),
             background: vec![Box::new(move || g.spawn_background())],
             gateway: Some((gateway, config.gateway.routes.clone())),
             locals,
@@ -328,13 +350,15 @@ impl Application {
         let addr = self.listener.local_addr()?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let workers: Vec<_> = (0..self.extra_workers)
-            .map(|i| spawn_worker(i + 1, addr, self.router.clone(), stopped.clone()))
+            .map(|i| spawn_worker(i + 1, addr, self.service.clone(), stopped.clone()))
             .collect::<Result<_, _>>()?;
-        let served = auth_service::serve(self.listener, self.router, async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        })
-        .await;
+        let served = self
+            .service
+            .serve(self.listener, async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
         for worker in workers {
             if let Ok(Err(error)) = worker.join() {
                 tracing::error!(%error, "a serving worker failed");
@@ -374,17 +398,18 @@ fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn spawn_worker(
     n: usize,
     addr: SocketAddr,
-    router: axum::Router,
+    service: Service,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
     std::thread::Builder::new().name(format!("gatehouse-worker-{n}")).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         runtime.block_on(async move {
             let listener = bind_reusable(addr)?;
-            auth_service::serve(listener, router, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
+            service
+                .serve(listener, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
         })
     })
 }

@@ -139,6 +139,37 @@ async fn the_jwks_is_fetched_over_http_and_refetched_for_an_unknown_kid() {
 }
 
 #[tokio::test]
+async fn a_key_that_leaves_the_jwks_takes_its_cached_tokens_with_it() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let ring = Arc::new(Mutex::new(KeyRing::generate(clock.unix())));
+    let jwks_server = {
+        let (ring, clock) = (ring.clone(), clock.clone());
+        axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let jwks = ring.lock().unwrap().jwks(clock.unix(), 660);
+                async move { axum::Json(jwks) }
+            }),
+        )
+    };
+    let auth_url = serve(jwks_server).await;
+    let upstream = serve(echo_upstream()).await;
+    let routes = vec![route("/api", &upstream, AuthMode::Required)];
+    let h =
+        harness_full(routes, upstream, Arc::new(HttpJwks::new(&auth_url).unwrap()), clock.clone(), ring.clone()).await;
+    let (old, _) = h.token();
+    for _ in 0..2 {
+        assert_eq!(h.get("/api/x").bearer_auth(&old).send().await.unwrap().status(), 200);
+    }
+    // No overlap: the old key is gone from the ring and the JWKS at once.
+    ring.lock().unwrap().rotate(clock.unix(), 0);
+    h.gateway.authenticator().refresh().await.unwrap();
+    assert_unauthenticated(h.get("/api/x").bearer_auth(&old).send().await.unwrap()).await;
+    let (new, _) = h.token();
+    assert_eq!(h.get("/api/x").bearer_auth(&new).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn cookie_requests_that_change_state_need_a_csrf_token_of_their_session() {
     let h = harness().await;
     let (token, claims) = h.token();

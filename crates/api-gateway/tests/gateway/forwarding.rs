@@ -1,5 +1,8 @@
 //! Forwarding: failures classified, bodies streamed, upgrades tunnelled, HTTP/2.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use api_gateway::AuthMode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -112,4 +115,82 @@ async fn hop_by_hop_headers_do_not_cross() {
     assert!(echo["headers"]["x-private-hop"].is_null());
     assert!(echo["headers"]["te"].is_null());
     assert_eq!(echo["headers"]["x-end-to-end"], "1");
+}
+
+/// A bare HTTP/1.1 upstream that counts its connections. Each answers
+/// `per_connection` requests with a `len`-byte body, the last of them with
+/// `Connection: close`, then closes.
+async fn counting_upstream(per_connection: usize, len: usize) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                for n in 1..=per_connection {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let close = if n == per_connection { "connection: close\r\n" } else { "" };
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n{close}\r\n");
+                    if stream.write_all(head.as_bytes()).await.is_err()
+                        || stream.write_all(&vec![b'x'; len]).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let (upstream, connections) = counting_upstream(usize::MAX, 2).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    for _ in 0..20 {
+        let response = h.get("/api/x").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "xx");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "one kept-alive connection carries every request");
+}
+
+#[tokio::test]
+async fn an_upstream_closing_its_connections_costs_no_request() {
+    let (upstream, connections) = counting_upstream(3, 2).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    for _ in 0..9 {
+        let response = h.get("/api/x").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "xx");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_response_abandoned_halfway_does_not_spoil_the_next_request() {
+    let (upstream, connections) = counting_upstream(usize::MAX, 4 << 20).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    let addr = h.url.trim_start_matches("http://").to_owned();
+    // A client that reads the head and a little of a 4 MiB body, then leaves.
+    let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    client.write_all(b"GET /api/big HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    let mut some = vec![0u8; 64 * 1024];
+    client.read_exact(&mut some).await.unwrap();
+    assert!(some.starts_with(b"HTTP/1.1 200"));
+    drop(client);
+    let response = h.get("/api/x").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap().len(), 4 << 20);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "the half-read connection was not reused");
 }

@@ -156,7 +156,9 @@ pub async fn harness_full(
         extra_metrics: None,
     })
     .unwrap();
-    let url = serve(gateway.router()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(api_gateway::serve(listener, gateway.clone(), std::future::pending()));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     Harness { url, upstream, gateway, ring, csrf, feed, clock, client }
 }

@@ -1,0 +1,160 @@
+//! Keep-alive HTTP/1.1 connections to upstreams, one pool per serving thread.
+//!
+//! Each serving thread runs its own single-threaded runtime, so its pool
+//! needs no lock: a connection is opened, driven (by a task on this thread),
+//! reused and closed here. A connection goes back to the pool as soon as
+//! the response body it carried has been read to the end; one whose body
+//! was dropped half-read is closed instead. Before reuse it must report
+//! ready, and a request a closed connection never took is retried once on
+//! a new one, so an upstream closing idle connections costs no request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::uri::Authority;
+use axum::http::{Request, Response};
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream and thread; more are closed.
+const MAX_IDLE: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Authority, Vec<SendRequest<Body>>>> = RefCell::new(HashMap::new());
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(e) => write!(f, "connect: {e}"),
+            Self::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Sends `request` (origin-form URI, `Host` set) to `authority` over a pooled
+/// connection and returns the response with its body streaming.
+pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Response<Body>, ExchangeError> {
+    let (mut sender, reused) = match checkout(authority).await {
+        Some(sender) => (sender, true),
+        None => (connect(authority).await?, false),
+    };
+    let response = match sender.try_send_request(request).await {
+        Ok(response) => response,
+        Err(mut error) => match error.take_message() {
+            // A kept connection closed before taking the request: once more on a new one.
+            Some(request) if reused => {
+                sender = connect(authority).await?;
+                sender.send_request(request).await.map_err(ExchangeError::Http)?
+            }
+            _ => return Err(ExchangeError::Http(error.into_error())),
+        },
+    };
+    let home = Some((authority.clone(), sender));
+    Ok(response.map(|body| {
+        let mut body = Returning { body, home };
+        body.return_if_done();
+        Body::new(body)
+    }))
+}
+
+/// An idle connection to `authority` that is ready for a request.
+async fn checkout(authority: &Authority) -> Option<SendRequest<Body>> {
+    loop {
+        let mut sender = IDLE.with(|idle| idle.borrow_mut().get_mut(authority).and_then(Vec::pop))?;
+        if sender.is_closed() {
+            continue;
+        }
+        if sender.ready().await.is_ok() {
+            return Some(sender);
+        }
+    }
+}
+
+async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeError> {
+    let address = (authority.host().trim_start_matches('[').trim_end_matches(']'), authority.port_u16().unwrap_or(80));
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| ExchangeError::Connect(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(ExchangeError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+fn checkin(authority: Authority, sender: SendRequest<Body>) {
+    if sender.is_closed() {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let senders = idle.entry(authority).or_default();
+        if senders.len() < MAX_IDLE {
+            senders.push(sender);
+        }
+    });
+}
+
+/// A response body that hands its connection back once read to the end.
+struct Returning {
+    body: Incoming,
+    home: Option<(Authority, SendRequest<Body>)>,
+}
+
+impl Returning {
+    fn return_if_done(&mut self) {
+        if hyper::body::Body::is_end_stream(&self.body)
+            && let Some((authority, sender)) = self.home.take()
+        {
+            checkin(authority, sender);
+        }
+    }
+}
+
+impl hyper::body::Body for Returning {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => {
+                if let Some((authority, sender)) = self.home.take() {
+                    checkin(authority, sender);
+                }
+            }
+            Some(Ok(_)) => self.return_if_done(),
+            // A broken body leaves the connection in no state to reuse.
+            Some(Err(_)) => self.home = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
