@@ -11,6 +11,8 @@
 //!    `X-Forwarded-*`;
 //! 5. forward, streaming, within the route's timeout (502/504).
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,10 @@ pub struct Gateway(Arc<Inner>);
 
 struct Inner {
     routes: RwLock<Arc<RouteTable>>,
+    /// Moves on every route reload; each thread keeps its own copy of the
+    /// table until then (see [`Gateway::routes`]).
+    routes_version: AtomicU64,
+    id: u64,
     auth: Arc<Authenticator>,
     revocations: Arc<dyn RevocationFeed>,
     csrf: CsrfKey,
@@ -66,8 +72,11 @@ impl Gateway {
             parts.settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
         let metrics = GatewayMetrics::default();
         let routes = parts.routes.attach(&metrics);
+        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Self(Arc::new(Inner {
             routes: RwLock::new(Arc::new(routes)),
+            routes_version: AtomicU64::new(0),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             auth: parts.authenticator,
             revocations: parts.revocations,
             csrf: parts.csrf,
@@ -84,10 +93,37 @@ impl Gateway {
     pub fn replace_routes(&self, table: RouteTable) {
         let table = table.attach(&self.0.metrics);
         *self.0.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+        self.0.routes_version.fetch_add(1, Ordering::Release);
     }
 
+    /// This thread's copy of the route table. A shared `Arc` would have
+    /// every request on every thread write its reference count; a copy per
+    /// thread, renewed when the version moves, costs one shared read.
     fn routes(&self) -> Arc<RouteTable> {
-        self.0.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        thread_local! {
+            static TABLES: RefCell<Vec<(u64, u64, Arc<RouteTable>)>> = const { RefCell::new(Vec::new()) };
+        }
+        let version = self.0.routes_version.load(Ordering::Acquire);
+        TABLES.with(|tables| {
+            let mut tables = tables.borrow_mut();
+            match tables.iter_mut().find(|(id, _, _)| *id == self.0.id) {
+                Some((_, seen, table)) if *seen == version => table.clone(),
+                Some((_, seen, table)) => {
+                    *table = Arc::new(self.shared_routes());
+                    *seen = version;
+                    table.clone()
+                }
+                None => {
+                    let table = Arc::new(self.shared_routes());
+                    tables.push((self.0.id, version, table.clone()));
+                    table
+                }
+            }
+        })
+    }
+
+    fn shared_routes(&self) -> RouteTable {
+        RouteTable::clone(&self.0.routes.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn authenticator(&self) -> &Arc<Authenticator> {

@@ -113,6 +113,8 @@ pub fn prepare(
             headers.remove(name);
         }
     }
+    // Up to seven headers are added below: grow the map once, not per insert.
+    headers.reserve(7);
     if !forward_credentials {
         strip_our_cookies(headers);
         if identity.is_some() {
@@ -159,13 +161,25 @@ fn hex(out: &mut [u8], mut n: u64) {
 }
 
 fn strip_our_cookies(headers: &mut HeaderMap) {
-    if !cookie_lines(headers).any(|line| line.contains("__Host-")) {
-        return;
+    let mut kept: Option<Vec<HeaderValue>> = None;
+    for (n, line) in headers.get_all(header::COOKIE).iter().enumerate() {
+        // A line that is not text cannot be vetted, so it goes.
+        let text = std::str::from_utf8(line.as_bytes()).ok();
+        if text.is_some_and(|t| !t.contains("__Host-")) {
+            if let Some(kept) = &mut kept {
+                kept.push(line.clone());
+            }
+            continue;
+        }
+        // The first line with one of ours: the lines before it stay as they were.
+        let kept = kept.get_or_insert_with(|| headers.get_all(header::COOKIE).iter().take(n).cloned().collect());
+        if let Some(rest) = text.and_then(|t| auth_tokens::cookies::without(t, &auth_tokens::cookies::ALL))
+            && let Ok(rest) = HeaderValue::from_bytes(rest.as_bytes())
+        {
+            kept.push(rest);
+        }
     }
-    let kept: Vec<HeaderValue> = cookie_lines(headers)
-        .filter_map(|line| auth_tokens::cookies::without(line, &auth_tokens::cookies::ALL))
-        .filter_map(|line| HeaderValue::from_bytes(line.as_bytes()).ok())
-        .collect();
+    let Some(kept) = kept else { return };
     headers.remove(header::COOKIE);
     for v in kept {
         headers.append(header::COOKIE, v);
@@ -278,6 +292,24 @@ mod tests {
         public.insert("x-user-id", HeaderValue::from_static("admin"));
         prepare(&mut public, None, false, None, false);
         assert!(public.get("x-user-id").is_none());
+    }
+
+    #[test]
+    fn our_cookies_go_from_every_cookie_line_and_the_rest_stay_in_order() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("__Host-access_token=t; b=2"));
+        h.append(header::COOKIE, HeaderValue::from_static("__Host-csrf_token=c"));
+        h.append(header::COOKIE, HeaderValue::from_bytes(b"x=\xff; __Host-refresh_token=r").unwrap());
+        h.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        prepare(&mut h, None, false, None, false);
+        let lines: Vec<_> = h.get_all(header::COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(lines, ["a=1", "b=2", "c=3"]);
+
+        let mut untouched = HeaderMap::new();
+        untouched.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        prepare(&mut untouched, None, false, None, false);
+        assert_eq!(untouched[header::COOKIE], "a=1; b=2");
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! set size and JWKS age.
 //!
 //! The hot path only touches atomics: each route's counters are created once,
-//! when the route table is built, and found by the route's position.
+//! when the route table is built, and found by the route's position. They
+//! are sharded by serving thread, each shard on its own cache lines, so two
+//! threads counting requests never write the same memory; `/metrics` sums.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +20,13 @@ const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 const STATUSES: [u16; 16] = [200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// One route's counters, shared by every request on that route.
+/// Shards per route; serving threads beyond this share shards.
+const SHARDS: usize = 8;
+
+/// One thread's share of a route's counters, alone on its cache lines.
 #[derive(Debug, Default)]
-pub struct RouteStats {
+#[repr(align(128))]
+struct Shard {
     statuses: [AtomicU64; STATUSES.len()],
     classes: [AtomicU64; CLASSES.len()],
     buckets: [AtomicU64; BUCKETS.len()],
@@ -28,42 +34,69 @@ pub struct RouteStats {
     sum_micros: AtomicU64,
 }
 
+/// One route's counters, shared by every request on that route.
+#[derive(Debug, Default)]
+pub struct RouteStats {
+    shards: [Shard; SHARDS],
+}
+
+/// This thread's shard number.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
 impl RouteStats {
+    fn shard(&self) -> &Shard {
+        &self.shards[shard_index()]
+    }
+
     pub fn status(&self, status: u16) {
+        let shard = self.shard();
         match STATUSES.iter().position(|s| *s == status) {
-            Some(i) => self.statuses[i].fetch_add(1, Ordering::Relaxed),
-            None => self.classes[usize::from((status / 100).clamp(1, 5) - 1)].fetch_add(1, Ordering::Relaxed),
+            Some(i) => shard.statuses[i].fetch_add(1, Ordering::Relaxed),
+            None => shard.classes[usize::from((status / 100).clamp(1, 5) - 1)].fetch_add(1, Ordering::Relaxed),
         };
     }
 
     pub fn upstream_latency(&self, elapsed: Duration) {
+        let shard = self.shard();
         let seconds = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| seconds <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            shard.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        shard.count.fetch_add(1, Ordering::Relaxed);
+        shard.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A counter summed over the shards.
+    fn total(&self, counter: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards.iter().map(|s| counter(s).load(Ordering::Relaxed)).sum()
     }
 
     fn render(&self, route: &str, out: &mut String) {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (status, n) in STATUSES.iter().zip(&self.statuses).map(|(s, n)| (s.to_string(), load(n))) {
+        let statuses = (0..STATUSES.len()).map(|i| self.total(|s| &s.statuses[i]));
+        for (status, n) in STATUSES.iter().zip(statuses) {
             if n > 0 {
                 let _ = writeln!(out, "gatehouse_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
         }
-        for (class, n) in CLASSES.iter().zip(&self.classes).map(|(c, n)| (c, load(n))) {
+        let classes = (0..CLASSES.len()).map(|i| self.total(|s| &s.classes[i]));
+        for (class, n) in CLASSES.iter().zip(classes) {
             if n > 0 {
                 let _ = writeln!(out, "gatehouse_gateway_requests_total{{route=\"{route}\",status=\"{class}\"}} {n}");
             }
         }
-        let count = load(&self.count);
+        let count = self.total(|s| &s.count);
         if count == 0 {
             return;
         }
         let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += load(n);
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.total(|s| &s.buckets[i]);
             let _ = writeln!(
                 out,
                 "gatehouse_gateway_upstream_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {cumulative}"
@@ -73,7 +106,7 @@ impl RouteStats {
             out,
             "gatehouse_gateway_upstream_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
         );
-        let sum = load(&self.sum_micros) as f64 / 1e6;
+        let sum = self.total(|s| &s.sum_micros) as f64 / 1e6;
         let _ = writeln!(out, "gatehouse_gateway_upstream_duration_seconds_sum{{route=\"{route}\"}} {sum}");
         let _ = writeln!(out, "gatehouse_gateway_upstream_duration_seconds_count{{route=\"{route}\"}} {count}");
     }
@@ -153,10 +186,13 @@ mod tests {
         api.upstream_latency(Duration::from_micros(300));
         api.upstream_latency(Duration::from_millis(20));
         m.unrouted().status(404);
+        std::thread::scope(|s| {
+            s.spawn(|| api.status(200));
+        });
         m.auth_failure("expired");
         let text = m.render(3, None);
         for line in [
-            "gatehouse_gateway_requests_total{route=\"/api\",status=\"200\"} 2",
+            "gatehouse_gateway_requests_total{route=\"/api\",status=\"200\"} 3",
             "gatehouse_gateway_requests_total{route=\"/api\",status=\"4xx\"} 1",
             "gatehouse_gateway_requests_total{route=\"\",status=\"404\"} 1",
             "gatehouse_gateway_upstream_duration_seconds_bucket{route=\"/api\",le=\"0.0005\"} 1",

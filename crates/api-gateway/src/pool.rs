@@ -9,8 +9,8 @@
 //! a new one, so an upstream closing idle connections costs no request.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -28,7 +28,53 @@ const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Authority, Vec<SendRequest<Body>>>> = RefCell::new(HashMap::new());
+    /// Idle connections by upstream. A gateway has few upstreams, so a list
+    /// searched by exact text beats hashing; slots are never removed, so a
+    /// slot's index names its upstream for the thread's lifetime.
+    static IDLE: RefCell<Vec<(Box<str>, Vec<SendRequest<Body>>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's pool, by number. On a multi-threaded runtime a request
+/// may move between threads; a connection only ever returns to the pool of
+/// the thread it left, and is closed otherwise.
+fn pool_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    thread_local! {
+        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ID.with(|id| *id)
+}
+
+/// Where an upstream's idle connections are: a pool and a slot in it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    pool: u64,
+    index: usize,
+}
+
+impl Slot {
+    /// The slot of `authority` in this thread's pool, made on first use.
+    fn of(authority: &Authority) -> Self {
+        let index = IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            match idle.iter().position(|(name, _)| **name == *authority.as_str()) {
+                Some(index) => index,
+                None => {
+                    idle.push((authority.as_str().into(), Vec::new()));
+                    idle.len() - 1
+                }
+            }
+        });
+        Self { pool: pool_id(), index }
+    }
+
+    /// `f` on the slot's idle list, if this is the slot's thread.
+    fn with<R>(self, f: impl FnOnce(&mut Vec<SendRequest<Body>>) -> R) -> Option<R> {
+        if self.pool != pool_id() {
+            return None;
+        }
+        IDLE.with(|idle| idle.borrow_mut().get_mut(self.index).map(|(_, senders)| f(senders)))
+    }
 }
 
 /// Why an exchange failed.
@@ -50,7 +96,8 @@ impl std::fmt::Display for ExchangeError {
 /// Sends `request` (origin-form URI, `Host` set) to `authority` over a pooled
 /// connection and returns the response with its body streaming.
 pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Response<Body>, ExchangeError> {
-    let (mut sender, reused) = match checkout(authority).await {
+    let slot = Slot::of(authority);
+    let (mut sender, reused) = match checkout(slot).await {
         Some(sender) => (sender, true),
         None => (connect(authority).await?, false),
     };
@@ -65,7 +112,7 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
             _ => return Err(ExchangeError::Http(error.into_error())),
         },
     };
-    let home = Some((authority.clone(), sender));
+    let home = Some((slot, sender));
     Ok(response.map(|body| {
         let mut body = Returning { body, home };
         body.return_if_done();
@@ -74,9 +121,9 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
 }
 
 /// An idle connection to `authority` that is ready for a request.
-async fn checkout(authority: &Authority) -> Option<SendRequest<Body>> {
+async fn checkout(slot: Slot) -> Option<SendRequest<Body>> {
     loop {
-        let mut sender = IDLE.with(|idle| idle.borrow_mut().get_mut(authority).and_then(Vec::pop))?;
+        let mut sender = slot.with(Vec::pop).flatten()?;
         if sender.is_closed() {
             continue;
         }
@@ -102,13 +149,11 @@ async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeErr
     Ok(sender)
 }
 
-fn checkin(authority: Authority, sender: SendRequest<Body>) {
+fn checkin(slot: Slot, sender: SendRequest<Body>) {
     if sender.is_closed() {
         return;
     }
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let senders = idle.entry(authority).or_default();
+    slot.with(|senders| {
         if senders.len() < MAX_IDLE {
             senders.push(sender);
         }
@@ -118,15 +163,15 @@ fn checkin(authority: Authority, sender: SendRequest<Body>) {
 /// A response body that hands its connection back once read to the end.
 struct Returning {
     body: Incoming,
-    home: Option<(Authority, SendRequest<Body>)>,
+    home: Option<(Slot, SendRequest<Body>)>,
 }
 
 impl Returning {
     fn return_if_done(&mut self) {
         if hyper::body::Body::is_end_stream(&self.body)
-            && let Some((authority, sender)) = self.home.take()
+            && let Some((slot, sender)) = self.home.take()
         {
-            checkin(authority, sender);
+            checkin(slot, sender);
         }
     }
 }
@@ -139,8 +184,8 @@ impl hyper::body::Body for Returning {
         let frame = ready!(Pin::new(&mut self.body).poll_frame(cx));
         match &frame {
             None => {
-                if let Some((authority, sender)) = self.home.take() {
-                    checkin(authority, sender);
+                if let Some((slot, sender)) = self.home.take() {
+                    checkin(slot, sender);
                 }
             }
             Some(Ok(_)) => self.return_if_done(),

@@ -7,8 +7,8 @@
 //! current, and stops vouching for its set when the watch has been broken for
 //! longer than `max_staleness`, so authenticated requests fail closed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
@@ -141,7 +141,10 @@ impl RevocationSink for NatsRevocationSink {
 pub struct NatsRevocationFeed {
     set: RevocationSet,
     replayed: AtomicBool,
-    healthy_at: Mutex<Option<Instant>>,
+    /// Milliseconds from `started` to the last sign of health, plus one (0:
+    /// never): an atomic, because every authenticated request reads it.
+    healthy_at: AtomicU64,
+    started: Instant,
     max_staleness: Duration,
 }
 
@@ -155,7 +158,8 @@ impl NatsRevocationFeed {
         let feed = Arc::new(Self {
             set: RevocationSet::new(),
             replayed: AtomicBool::new(false),
-            healthy_at: Mutex::new(None),
+            healthy_at: AtomicU64::new(0),
+            started: Instant::now(),
             max_staleness,
         });
         tokio::spawn(Arc::clone(&feed).watch(js, kv));
@@ -164,7 +168,8 @@ impl NatsRevocationFeed {
     }
 
     fn mark_healthy(&self) {
-        *self.healthy_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.healthy_at.store(since_start + 1, Ordering::Release);
     }
 
     fn apply(&self, entry: &kv::Entry) {
@@ -240,11 +245,9 @@ impl RevocationFeed for NatsRevocationFeed {
     }
 
     fn is_current(&self) -> bool {
+        let healthy_at = self.healthy_at.load(Ordering::Acquire);
         self.replayed.load(Ordering::SeqCst)
-            && self
-                .healthy_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|at| at.elapsed() <= self.max_staleness)
+            && healthy_at > 0
+            && self.started.elapsed() <= Duration::from_millis(healthy_at - 1) + self.max_staleness
     }
 }

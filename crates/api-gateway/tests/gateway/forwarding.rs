@@ -194,3 +194,23 @@ async fn a_response_abandoned_halfway_does_not_spoil_the_next_request() {
     assert_eq!(response.bytes().await.unwrap().len(), 4 << 20);
     assert_eq!(connections.load(Ordering::SeqCst), 2, "the half-read connection was not reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn pooled_connections_survive_requests_moving_between_threads() {
+    let (upstream, _) = counting_upstream(usize::MAX, 2).await;
+    let h = Arc::new(harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await);
+    let requests: Vec<_> = (0..200)
+        .map(|_| {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let response = h.get("/api/x").send().await.unwrap();
+                (response.status(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "xx");
+    }
+}
