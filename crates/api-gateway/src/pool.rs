@@ -31,8 +31,11 @@ thread_local! {
     /// Idle connections by upstream. A gateway has few upstreams, so a list
     /// searched by exact text beats hashing; slots are never removed, so a
     /// slot's index names its upstream for the thread's lifetime.
-    static IDLE: RefCell<Vec<(Box<str>, Vec<SendRequest<Body>>)>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<Upstream>> = const { RefCell::new(Vec::new()) };
 }
+
+/// An upstream's authority and its idle connections.
+type Upstream = (Box<str>, Vec<SendRequest<Body>>);
 
 /// This thread's pool, by number. On a multi-threaded runtime a request
 /// may move between threads; a connection only ever returns to the pool of
