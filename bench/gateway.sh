@@ -9,13 +9,14 @@
 # Prints a Markdown table for docs/BENCHMARKS.md, with the CPU time the
 # measured server (upstream, nginx workers, gateway process) spent per request.
 #
-# Usage: bench/gateway.sh            (DURATION=10s CONNECTIONS=64 THREADS=2)
+# Usage: bench/gateway.sh            (DURATION=10s CONNECTIONS=64 THREADS=2 ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
 UPSTREAM_PORT=19101
 NGINX_PORT=19102
 GATEHOUSE_PORT=19103
@@ -128,17 +129,26 @@ run() { # name url measured-pids [header]
 }
 
 upstream_workers="$(nginx_workers "$work/upstream/nginx.pid")"
+proxy_workers="$(nginx_workers "$work/proxy/nginx.pid")"
 a="$(run "(a) upstream directly" "http://127.0.0.1:$UPSTREAM_PORT/bench" "$upstream_workers")"
-b="$(run "(b) nginx reverse proxy, no auth" "http://127.0.0.1:$NGINX_PORT/bench" "$(nginx_workers "$work/proxy/nginx.pid")")"
-c="$(run "(c) Gatehouse gateway, authenticated" "$g/bench" "$gatehouse_pid" "Cookie: $cookie")"
+# The machine's noise is larger than the difference measured: (b) and (c)
+# run in alternation, ROUNDS times, and the ratio is the median of rounds.
+rows=()
+ratios=()
+ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
+for round in $(seq "$ROUNDS"); do
+  b="$(run "(b) nginx reverse proxy, no auth" "http://127.0.0.1:$NGINX_PORT/bench" "$proxy_workers")"
+  c="$(run "(c) Gatehouse gateway, authenticated" "$g/bench" "$gatehouse_pid" "Cookie: $cookie")"
+  rows+=("$b" "$c")
+  ratios+=("$(ratio "$(cut -d'|' -f2 <<<"$c")" "$(cut -d'|' -f2 <<<"$b")")")
+done
 rss_kib="$(awk '/VmRSS/ {print $2}' "/proc/$gatehouse_pid/status")"
 
-echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); wrk -t$THREADS -c$CONNECTIONS -d$DURATION, $ROUNDS rounds"
 echo
 echo "| setup | requests/s | p50 | p99 | CPU µs/request (of the server measured) | errors |"
 echo "|---|---|---|---|---|---|"
-for row in "$a" "$b" "$c"; do echo "| ${row//|/ | } |"; done
-ratio() { awk -v x="$1" -v y="$2" 'BEGIN { printf "%.2f", x / y }'; }
-ra="$(cut -d'|' -f2 <<<"$a")"; rb="$(cut -d'|' -f2 <<<"$b")"; rc="$(cut -d'|' -f2 <<<"$c")"
+for row in "$a" "${rows[@]}"; do echo "| ${row//|/ | } |"; done
+median="$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')"
 echo
-echo "c/b = $(ratio "$rc" "$rb"), c/a = $(ratio "$rc" "$ra"); gateway resident memory after the run: $((rss_kib / 1024)) MiB"
+echo "c/b by round: ${ratios[*]}; median c/b = $median; gateway resident memory after the run: $((rss_kib / 1024)) MiB"
