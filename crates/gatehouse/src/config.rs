@@ -48,7 +48,7 @@ pub struct GatewayConfig {
     pub trusted_proxies: Vec<String>,
     /// Seconds between JWKS refreshes.
     pub jwks_refresh_secs: u64,
-    /// Verified tokens remembered until they expire.
+    /// Verified tokens remembered until they expire, per serving thread.
     pub token_cache_size: usize,
     pub revocation: RevocationConfig,
 }
