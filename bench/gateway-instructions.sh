@@ -13,6 +13,7 @@
 # Usage: bench/gateway-instructions.sh      (DURATION=8s)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 DURATION="${DURATION:-8s}"
 UPSTREAM_PORT=19201
@@ -34,50 +35,10 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$work/upstream" "$work/proxy"
-cat > "$work/upstream/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok\n"; } }
-}
-CONF
-cat > "$work/proxy/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $work/proxy/nginx.pid;
-error_log $work/proxy/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  upstream tiny { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / { proxy_pass http://tiny; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-CONF
+write_upstream_conf "$work/upstream" "$UPSTREAM_PORT"
+write_proxy_conf "$work/proxy" "$NGINX_PORT" "$UPSTREAM_PORT" "daemon off; master_process off; worker_processes 1;"
 nginx -c "$work/upstream/nginx.conf" -p "$work/upstream"
-cat > "$work/gatehouse.toml" <<CONF
-listen = "127.0.0.1:$GATEHOUSE_PORT"
-data_dir = "$work/data"
-workers = 1
-[log]
-filter = "warn"
-[[gateway.routes]]
-prefix = "/bench"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-auth = "required"
-CONF
-
-wait_for() { # url
-  for _ in $(seq 300); do curl -s -o /dev/null "$1" && return; sleep 0.2; done
-  echo "$1 never answered" >&2
-  exit 1
-}
+write_gatehouse_conf "$work/gatehouse.toml" "$GATEHOUSE_PORT" "$work/data" "$UPSTREAM_PORT" "workers = 1"
 
 # name file pid url header: instructions per request between zeroing and dumping.
 measure() {
@@ -94,13 +55,9 @@ valgrind --tool=callgrind --callgrind-out-file="$work/gateway.callgrind" \
   target/release/gatehouse --config "$work/gatehouse.toml" up >"$work/gatehouse.log" 2>&1 &
 pids+=($!)
 gateway_pid=$!
-wait_for "http://127.0.0.1:$GATEHOUSE_PORT/healthz"
 g="http://127.0.0.1:$GATEHOUSE_PORT"
-creds='{"email":"bench@example.com","password":"correct horse battery staple"}'
-curl -sf -X POST "$g/auth/register" -H 'Content-Type: application/json' -d "$creds" >/dev/null
-cookie="$(curl -sf -D - -o /dev/null -X POST "$g/auth/login" -H 'Content-Type: application/json' -d "$creds" \
-  | tr -d '\r' | sed -n 's/^set-cookie: \(__Host-access_token=[^;]*\);.*/\1/Ip')"
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "$g/bench")" = 200 ] || { echo "gateway refused the cookie" >&2; exit 1; }
+wait_for "$g/healthz"
+cookie="$(bench_cookie "$g")"
 
 valgrind --tool=callgrind --callgrind-out-file="$work/nginx.callgrind" \
   nginx -c "$work/proxy/nginx.conf" -p "$work/proxy" >"$work/nginx.log" 2>&1 &

@@ -12,6 +12,7 @@
 # Usage: bench/gateway.sh            (DURATION=10s CONNECTIONS=64 THREADS=2 ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/common.sh
 
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-64}"
@@ -39,60 +40,17 @@ trap cleanup EXIT
 # The upstream and the proxy are separate nginx processes, as the upstream
 # and the gateway are: every setup pays the same process hops.
 mkdir -p "$work/upstream" "$work/proxy"
-cat > "$work/upstream/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "ok\n"; } }
-}
-CONF
-cat > "$work/proxy/nginx.conf" <<CONF
-worker_processes 2;
-pid $work/proxy/nginx.pid;
-error_log $work/proxy/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream tiny { server 127.0.0.1:$UPSTREAM_PORT; keepalive 128; }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://tiny;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
+write_upstream_conf "$work/upstream" "$UPSTREAM_PORT"
+write_proxy_conf "$work/proxy" "$NGINX_PORT" "$UPSTREAM_PORT" "worker_processes 2;"
 nginx -c "$work/upstream/nginx.conf" -p "$work/upstream"
 nginx -c "$work/proxy/nginx.conf" -p "$work/proxy"
 
-cat > "$work/gatehouse.toml" <<CONF
-listen = "127.0.0.1:$GATEHOUSE_PORT"
-data_dir = "$work/data"
-[log]
-filter = "warn"
-[[gateway.routes]]
-prefix = "/bench"
-upstream = "http://127.0.0.1:$UPSTREAM_PORT"
-auth = "required"
-CONF
+write_gatehouse_conf "$work/gatehouse.toml" "$GATEHOUSE_PORT" "$work/data" "$UPSTREAM_PORT"
 target/release/gatehouse --config "$work/gatehouse.toml" up &
 gatehouse_pid=$!
-for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$GATEHOUSE_PORT/healthz" >/dev/null && break
-  sleep 0.1
-done
-
 g="http://127.0.0.1:$GATEHOUSE_PORT"
-creds='{"email":"bench@example.com","password":"correct horse battery staple"}'
-curl -sf -X POST "$g/auth/register" -H 'Content-Type: application/json' -d "$creds" >/dev/null
-cookie="$(curl -sf -D - -o /dev/null -X POST "$g/auth/login" -H 'Content-Type: application/json' -d "$creds" \
-  | tr -d '\r' | sed -n 's/^set-cookie: \(__Host-access_token=[^;]*\);.*/\1/Ip')"
-[ "$(curl -s -o /dev/null -w '%{http_code}' -H "Cookie: $cookie" "$g/bench")" = 200 ] || { echo "gateway refused the cookie" >&2; exit 1; }
+wait_for "$g/healthz"
+cookie="$(bench_cookie "$g")"
 [ "$(curl -s -o /dev/null -w '%{http_code}' "$g/bench")" = 401 ] || { echo "gateway let an anonymous request through" >&2; exit 1; }
 
 # CPU time (user + system, in clock ticks) of a process and its children's

@@ -110,8 +110,9 @@ async fn without_any_jwks_authenticated_routes_are_503_not_401() {
     assert_eq!(h.get("/public/x").send().await.unwrap().status(), 200);
 }
 
-#[tokio::test]
-async fn the_jwks_is_fetched_over_http_and_refetched_for_an_unknown_kid() {
+/// A gateway that fetches its JWKS over HTTP from a server showing the
+/// live keys of the returned ring, with `/api` required.
+async fn harness_with_http_jwks() -> (Harness, Arc<Mutex<KeyRing>>, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::starting_now());
     let ring = Arc::new(Mutex::new(KeyRing::generate(clock.unix())));
     let jwks_server = {
@@ -129,6 +130,12 @@ async fn the_jwks_is_fetched_over_http_and_refetched_for_an_unknown_kid() {
     let routes = vec![route("/api", &upstream, AuthMode::Required)];
     let h =
         harness_full(routes, upstream, Arc::new(HttpJwks::new(&auth_url).unwrap()), clock.clone(), ring.clone()).await;
+    (h, ring, clock)
+}
+
+#[tokio::test]
+async fn the_jwks_is_fetched_over_http_and_refetched_for_an_unknown_kid() {
+    let (h, ring, clock) = harness_with_http_jwks().await;
     let (old, _) = h.token();
     assert_eq!(h.get("/api/x").bearer_auth(&old).send().await.unwrap().status(), 200);
     ring.lock().unwrap().rotate(clock.unix(), 660);
@@ -140,23 +147,7 @@ async fn the_jwks_is_fetched_over_http_and_refetched_for_an_unknown_kid() {
 
 #[tokio::test]
 async fn a_key_that_leaves_the_jwks_takes_its_cached_tokens_with_it() {
-    let clock = Arc::new(ManualClock::starting_now());
-    let ring = Arc::new(Mutex::new(KeyRing::generate(clock.unix())));
-    let jwks_server = {
-        let (ring, clock) = (ring.clone(), clock.clone());
-        axum::Router::new().route(
-            "/.well-known/jwks.json",
-            axum::routing::get(move || {
-                let jwks = ring.lock().unwrap().jwks(clock.unix(), 660);
-                async move { axum::Json(jwks) }
-            }),
-        )
-    };
-    let auth_url = serve(jwks_server).await;
-    let upstream = serve(echo_upstream()).await;
-    let routes = vec![route("/api", &upstream, AuthMode::Required)];
-    let h =
-        harness_full(routes, upstream, Arc::new(HttpJwks::new(&auth_url).unwrap()), clock.clone(), ring.clone()).await;
+    let (h, ring, clock) = harness_with_http_jwks().await;
     let (old, _) = h.token();
     for _ in 0..2 {
         assert_eq!(h.get("/api/x").bearer_auth(&old).send().await.unwrap().status(), 200);
