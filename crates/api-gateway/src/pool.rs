@@ -7,12 +7,15 @@
 //! was dropped half-read is closed instead. Before reuse it must report
 //! ready, and a request a closed connection never took is retried once on
 //! a new one, so an upstream closing idle connections costs no request.
+//! Connections idle for 90 s are closed by a sweep on the thread's runtime.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::uri::Authority;
@@ -26,16 +29,22 @@ use tokio::net::TcpStream;
 /// Idle connections kept per upstream and thread; more are closed.
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection idle this long is closed (by a sweep every `SWEEP_EVERY`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 thread_local! {
     /// Idle connections by upstream. A gateway has few upstreams, so a list
     /// searched by exact text beats hashing; slots are never removed, so a
     /// slot's index names its upstream for the thread's lifetime.
     static IDLE: RefCell<Vec<Upstream>> = const { RefCell::new(Vec::new()) };
+    /// Whether this thread's pool has a sweeper running (a runtime that
+    /// ends takes its sweeper with it; the next request starts another).
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// An upstream's authority and its idle connections.
-type Upstream = (Box<str>, Vec<SendRequest<Body>>);
+/// An upstream's authority and its idle connections, with when each went idle.
+type Upstream = (Box<str>, Vec<(SendRequest<Body>, Instant)>);
 
 /// This thread's pool, by number. On a multi-threaded runtime a request
 /// may move between threads; a connection only ever returns to the pool of
@@ -60,6 +69,9 @@ impl Slot {
     fn of(authority: &Authority) -> Self {
         let index = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
+            if !SWEEPING.with(Cell::get) {
+                spawn_sweeper();
+            }
             match idle.iter().position(|(name, _)| **name == *authority.as_str()) {
                 Some(index) => index,
                 None => {
@@ -72,7 +84,7 @@ impl Slot {
     }
 
     /// `f` on the slot's idle list, if this is the slot's thread.
-    fn with<R>(self, f: impl FnOnce(&mut Vec<SendRequest<Body>>) -> R) -> Option<R> {
+    fn with<R>(self, f: impl FnOnce(&mut Vec<(SendRequest<Body>, Instant)>) -> R) -> Option<R> {
         if self.pool != pool_id() {
             return None;
         }
@@ -126,7 +138,7 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
 /// An idle connection to `authority` that is ready for a request.
 async fn checkout(slot: Slot) -> Option<SendRequest<Body>> {
     loop {
-        let mut sender = slot.with(Vec::pop).flatten()?;
+        let (mut sender, _) = slot.with(Vec::pop).flatten()?;
         if sender.is_closed() {
             continue;
         }
@@ -158,7 +170,42 @@ fn checkin(slot: Slot, sender: SendRequest<Body>) {
     }
     slot.with(|senders| {
         if senders.len() < MAX_IDLE {
-            senders.push(sender);
+            senders.push((sender, Instant::now()));
+        }
+    });
+}
+
+/// Closes this thread's connections that have been idle too long (or that
+/// the upstream closed), every `SWEEP_EVERY`, on this thread's runtime. On a
+/// multi-threaded runtime the sweeper may wake elsewhere; it stops then, and
+/// the idle connections of that thread wait for their upstream to close them.
+fn spawn_sweeper() {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    /// Marks the sweeper gone when its task is dropped.
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            SWEEPING.with(|s| s.set(false));
+        }
+    }
+    SWEEPING.with(|s| s.set(true));
+    let pool = pool_id();
+    let running = Running;
+    tokio::spawn(async move {
+        let _running = running;
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            if pool_id() != pool {
+                return;
+            }
+            IDLE.with(|idle| {
+                for (_, senders) in idle.borrow_mut().iter_mut() {
+                    senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                }
+            });
         }
     });
 }

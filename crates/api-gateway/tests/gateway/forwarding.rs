@@ -214,3 +214,19 @@ async fn pooled_connections_survive_requests_moving_between_threads() {
         assert_eq!(body, "xx");
     }
 }
+
+#[tokio::test]
+async fn upstream_connections_idle_too_long_are_closed() {
+    let (upstream, connections) = counting_upstream(usize::MAX, 2).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    assert_eq!(h.get("/api/x").send().await.unwrap().text().await.unwrap(), "xx");
+    assert_eq!(h.get("/api/x").send().await.unwrap().text().await.unwrap(), "xx");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // Past the idle timeout (90 s) and a sweep (every 15 s), on the runtime's clock.
+    tokio::time::pause();
+    tokio::time::advance(std::time::Duration::from_secs(106)).await;
+    tokio::time::resume();
+    tokio::task::yield_now().await;
+    assert_eq!(h.get("/api/x").send().await.unwrap().text().await.unwrap(), "xx");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "the idle connection was closed and a new one opened");
+}
