@@ -68,8 +68,7 @@ struct Inner {
 impl Gateway {
     pub fn new(parts: GatewayParts) -> Result<Self, String> {
         let trusted = TrustedProxies::parse(&parts.settings.trusted_proxies)?;
-        let allowed_origins =
-            parts.settings.allowed_origins.iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect();
+        let allowed_origins = auth_tokens::csrf::allowed_origins(&parts.settings.allowed_origins);
         let metrics = GatewayMetrics::default();
         let routes = parts.routes.attach(&metrics);
         static IDS: AtomicU64 = AtomicU64::new(0);

@@ -46,10 +46,8 @@ impl AppState {
         ledger: Arc<dyn DeletionLedger>,
         settings: AuthSettings,
     ) -> Self {
-        let allowed_origins = std::iter::once(&settings.public_url)
-            .chain(&settings.trusted_origins)
-            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
-            .collect();
+        let allowed_origins =
+            auth_tokens::csrf::allowed_origins(std::iter::once(&settings.public_url).chain(&settings.trusted_origins));
         Self(Arc::new(Inner {
             accounts,
             keys,

@@ -95,6 +95,12 @@ pub fn check_pair(key: &CsrfKey, header: Option<&str>, cookie: Option<&str>, sid
     }
 }
 
+/// Configured origins in the form [`check_site`] compares them: lower-case,
+/// without a trailing slash.
+pub fn allowed_origins<'a>(configured: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    configured.into_iter().map(|o| o.trim_end_matches('/').to_ascii_lowercase()).collect()
+}
+
 /// Fetch metadata and `Origin` for an unsafe request: refuse
 /// `Sec-Fetch-Site: cross-site`, and an `Origin` that is neither one of
 /// `allowed` (lower-case `scheme://host[:port]`) nor the host the browser is
