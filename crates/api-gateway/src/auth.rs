@@ -6,17 +6,15 @@
 //! the last good set is kept when a fetch fails. Until a first set arrives,
 //! authenticated routes answer 503, not 401.
 //!
-//! Verified tokens are cached per serving thread, so the hot path of a
-//! request touches no memory another thread writes: the cache is found by
-//! the authenticator's id, and is valid while the authenticator's key
-//! generation (one atomic read) has not moved. A new key set clears every
-//! thread's cache, because a key that left must not keep its tokens alive.
+//! Verified tokens are cached per serving thread ([`PerThread`]), so the
+//! hot path of a request touches no memory another thread writes. A new key
+//! set empties every thread's cache, because a key that left must not keep
+//! its tokens alive.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,6 +26,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::identity::IdentityHeaders;
+use crate::local::PerThread;
 use crate::lock;
 
 /// The least time between two refetches triggered by unknown `kid`s.
@@ -120,28 +119,18 @@ impl Verified {
     }
 }
 
-/// One thread's cache for one authenticator.
+/// One thread's cache for one authenticator, made with the key set in force.
 struct ThreadCache {
-    owner: Weak<()>,
-    id: u64,
-    generation: u64,
     verifier: Arc<TokenVerifier>,
     entries: HashMap<u64, Arc<Verified>>,
-}
-
-thread_local! {
-    static CACHES: RefCell<Vec<ThreadCache>> = const { RefCell::new(Vec::new()) };
 }
 
 pub struct Authenticator {
     source: Arc<dyn JwksSource>,
     settings: TokenSettings,
     verifier: RwLock<Option<Arc<TokenVerifier>>>,
-    /// Moves whenever `verifier` changes; thread caches of another generation are stale.
-    generation: AtomicU64,
-    id: u64,
-    /// Thread caches hold a weak reference, so those of a dropped authenticator can go.
-    alive: Arc<()>,
+    /// The thread caches, remade whenever `verifier` changes.
+    caches: PerThread,
     /// Keys the caches by a keyed hash of the token's tail (its signature).
     hasher: RandomState,
     fetched_at: Mutex<Option<Instant>>,
@@ -152,14 +141,11 @@ pub struct Authenticator {
 impl Authenticator {
     /// `cache_size` bounds each serving thread's cache of verified tokens.
     pub fn new(source: Arc<dyn JwksSource>, settings: TokenSettings, cache_size: usize) -> Self {
-        static IDS: AtomicU64 = AtomicU64::new(0);
         Self {
             source,
             settings,
             verifier: RwLock::new(None),
-            generation: AtomicU64::new(0),
-            id: IDS.fetch_add(1, Ordering::Relaxed),
-            alive: Arc::new(()),
+            caches: PerThread::new(),
             hasher: RandomState::new(),
             fetched_at: Mutex::new(None),
             refetched_at: Mutex::new(None),
@@ -183,10 +169,10 @@ impl Authenticator {
             current.as_ref().is_none_or(|c| kids(c) != kids(&verifier))
         };
         if changed {
-            // Cached verdicts were made with the old keys: moving the
-            // generation empties every thread's cache before its next use.
+            // Cached verdicts were made with the old keys: every thread's
+            // cache is remade, empty, before its next use.
             *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Some(verifier);
-            self.generation.fetch_add(1, Ordering::Release);
+            self.caches.changed();
         }
         *lock(&self.fetched_at) = Some(Instant::now());
         Ok(())
@@ -244,34 +230,11 @@ impl Authenticator {
         self.hasher.hash_one((token.len(), tail))
     }
 
-    /// Runs `f` on this thread's cache, made or emptied first if the keys
+    /// Runs `f` on this thread's cache, made (empty) first if the keys
     /// changed; `None` when there are no keys at all.
     fn with_cache<R>(&self, f: impl FnOnce(&mut ThreadCache) -> R) -> Option<R> {
-        let generation = self.generation.load(Ordering::Acquire);
-        CACHES.with(|caches| {
-            let mut caches = caches.borrow_mut();
-            let index = match caches.iter().position(|c| c.id == self.id) {
-                Some(i) => i,
-                None => {
-                    caches.retain(|c| c.owner.strong_count() > 0);
-                    caches.push(ThreadCache {
-                        owner: Arc::downgrade(&self.alive),
-                        id: self.id,
-                        generation,
-                        verifier: self.current()?,
-                        entries: HashMap::new(),
-                    });
-                    caches.len() - 1
-                }
-            };
-            let cache = &mut caches[index];
-            if cache.generation != generation {
-                cache.verifier = self.current()?;
-                cache.entries.clear();
-                cache.generation = generation;
-            }
-            Some(f(cache))
-        })
+        let fresh = || Some(ThreadCache { verifier: self.current()?, entries: HashMap::new() });
+        self.caches.with(fresh, f)
     }
 
     fn may_refetch(&self) -> bool {

@@ -11,8 +11,6 @@
 //!    `X-Forwarded-*`;
 //! 5. forward, streaming, within the route's timeout (502/504).
 
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,6 +28,7 @@ use crate::config::{AuthMode, GatewaySettings};
 use crate::error::GatewayError;
 use crate::forward;
 use crate::identity::{self, Peer, TrustedProxies};
+use crate::local::PerThread;
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, RouteTable};
 
@@ -50,10 +49,8 @@ pub struct Gateway(Arc<Inner>);
 
 struct Inner {
     routes: RwLock<Arc<RouteTable>>,
-    /// Moves on every route reload; each thread keeps its own copy of the
-    /// table until then (see [`Gateway::routes`]).
-    routes_version: AtomicU64,
-    id: u64,
+    /// Each thread's copy of the table, remade after a reload (see [`Gateway::routes`]).
+    route_copies: PerThread,
     auth: Arc<Authenticator>,
     revocations: Arc<dyn RevocationFeed>,
     csrf: CsrfKey,
@@ -71,11 +68,9 @@ impl Gateway {
         let allowed_origins = auth_tokens::csrf::allowed_origins(&parts.settings.allowed_origins);
         let metrics = GatewayMetrics::default();
         let routes = parts.routes.attach(&metrics);
-        static IDS: AtomicU64 = AtomicU64::new(0);
         Ok(Self(Arc::new(Inner {
             routes: RwLock::new(Arc::new(routes)),
-            routes_version: AtomicU64::new(0),
-            id: IDS.fetch_add(1, Ordering::Relaxed),
+            route_copies: PerThread::new(),
             auth: parts.authenticator,
             revocations: parts.revocations,
             csrf: parts.csrf,
@@ -92,33 +87,16 @@ impl Gateway {
     pub fn replace_routes(&self, table: RouteTable) {
         let table = table.attach(&self.0.metrics);
         *self.0.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-        self.0.routes_version.fetch_add(1, Ordering::Release);
+        self.0.route_copies.changed();
     }
 
     /// This thread's copy of the route table. A shared `Arc` would have
-    /// every request on every thread write its reference count; a copy per
-    /// thread, renewed when the version moves, costs one shared read.
+    /// every request on every thread write its reference count.
     fn routes(&self) -> Arc<RouteTable> {
-        thread_local! {
-            static TABLES: RefCell<Vec<(u64, u64, Arc<RouteTable>)>> = const { RefCell::new(Vec::new()) };
-        }
-        let version = self.0.routes_version.load(Ordering::Acquire);
-        TABLES.with(|tables| {
-            let mut tables = tables.borrow_mut();
-            match tables.iter_mut().find(|(id, _, _)| *id == self.0.id) {
-                Some((_, seen, table)) if *seen == version => table.clone(),
-                Some((_, seen, table)) => {
-                    *table = Arc::new(self.shared_routes());
-                    *seen = version;
-                    table.clone()
-                }
-                None => {
-                    let table = Arc::new(self.shared_routes());
-                    tables.push((self.0.id, version, table.clone()));
-                    table
-                }
-            }
-        })
+        let copy = || Some(Arc::new(self.shared_routes()));
+        let table = self.0.route_copies.with(copy, |table: &mut Arc<RouteTable>| table.clone());
+        // `copy` always makes one.
+        table.unwrap_or_else(|| Arc::new(self.shared_routes()))
     }
 
     fn shared_routes(&self) -> RouteTable {

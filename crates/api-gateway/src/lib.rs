@@ -10,6 +10,7 @@
 //! - [`forward`]: pooled, streaming forwarding to HTTP or in-process upstreams.
 //! - `pool`: the per-thread HTTP/1.1 connection pool.
 //! - [`metrics`]: Prometheus metrics of the gateway.
+//! - `local`: per-thread state, so serving threads share no written memory.
 //! - [`gateway`]: [`Gateway`], the request path in one place.
 //! - [`server`]: hyper's connections straight into [`Gateway::handle`].
 //! - [`error`]: [`GatewayError`], classified by who is at fault.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod identity;
+mod local;
 pub mod metrics;
 mod pool;
 pub mod routes;

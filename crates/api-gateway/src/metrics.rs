@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,18 +40,9 @@ pub struct RouteStats {
     shards: [Shard; SHARDS],
 }
 
-/// This thread's shard number.
-fn shard_index() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    INDEX.with(|i| *i)
-}
-
 impl RouteStats {
     fn shard(&self) -> &Shard {
-        &self.shards[shard_index()]
+        &self.shards[(crate::local::thread_number() % SHARDS as u64) as usize]
     }
 
     pub fn status(&self, status: u16) {

@@ -11,7 +11,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -50,11 +49,7 @@ type Upstream = (Box<str>, Vec<(SendRequest<Body>, Instant)>);
 /// may move between threads; a connection only ever returns to the pool of
 /// the thread it left, and is closed otherwise.
 fn pool_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    thread_local! {
-        static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    ID.with(|id| *id)
+    crate::local::thread_number()
 }
 
 /// Where an upstream's idle connections are: a pool and a slot in it.
