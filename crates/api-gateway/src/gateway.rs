@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use auth_core::Clock;
 use auth_events::RevocationFeed;
 use auth_tokens::csrf::{check_pair, check_site};
-use auth_tokens::{CsrfKey, cookies};
+use auth_tokens::{Credential, CsrfKey, cookies};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -228,15 +228,10 @@ impl Gateway {
 
 /// The presented token and whether it came in the cookie.
 fn presented(headers: &HeaderMap) -> Result<(&str, bool), GatewayError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(auth_tokens::bearer_token)
-            .ok_or(GatewayError::Unauthenticated { presented: true })?;
-        return Ok((token, false));
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
+    match auth_tokens::presented_token(authorization, identity::cookie_lines(headers)) {
+        Ok(Some((token, via))) => Ok((token, via == Credential::Cookie)),
+        Ok(None) => Err(GatewayError::Unauthenticated { presented: false }),
+        Err(_) => Err(GatewayError::Unauthenticated { presented: true }),
     }
-    cookies::find(identity::cookie_lines(headers), cookies::ACCESS)
-        .map(|t| (t, true))
-        .ok_or(GatewayError::Unauthenticated { presented: false })
 }

@@ -19,12 +19,7 @@ use crate::cookies;
 use crate::error::ApiError;
 use crate::guard::is_unsafe;
 
-/// How the caller presented the access token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
-    Cookie,
-    Bearer,
-}
+pub use auth_tokens::Credential;
 
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -37,12 +32,9 @@ pub struct Caller {
 /// The presented access token and how it came; `Err` for a malformed
 /// `Authorization` header, `Ok(None)` when there is none at all.
 fn presented(headers: &HeaderMap) -> Result<Option<(&str, Credential)>, ApiError> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| ApiError::unauthenticated())?;
-        let token = auth_tokens::bearer_token(value).ok_or_else(ApiError::unauthenticated)?;
-        return Ok(Some((token, Credential::Bearer)));
-    }
-    Ok(cookies::get(headers, cookies::ACCESS).map(|t| (t, Credential::Cookie)))
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
+    let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+    auth_tokens::presented_token(authorization, cookies).map_err(|_| ApiError::unauthenticated())
 }
 
 /// The CSRF rule for cookie-authenticated unsafe requests: the header equals

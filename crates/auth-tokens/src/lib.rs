@@ -42,6 +42,32 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// How a request presented its access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    Cookie,
+    Bearer,
+}
+
+/// An `Authorization` header that is not `Bearer <token>` (or not text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedAuthorization;
+
+/// The access token a request presents: when there is an `Authorization`
+/// header (`None` only when absent; pass `""` for one that is not text), it
+/// must be `Bearer <token>`, and a malformed one is refused rather than
+/// passed over for the cookie; otherwise the access cookie from the `Cookie`
+/// header lines. `Ok(None)` when there is neither.
+pub fn presented_token<'a>(
+    authorization: Option<&'a str>,
+    cookie_lines: impl IntoIterator<Item = &'a str>,
+) -> Result<Option<(&'a str, Credential)>, MalformedAuthorization> {
+    if let Some(authorization) = authorization {
+        return bearer_token(authorization).map(|t| Some((t, Credential::Bearer))).ok_or(MalformedAuthorization);
+    }
+    Ok(cookies::find(cookie_lines, cookies::ACCESS).map(|t| (t, Credential::Cookie)))
+}
+
 /// Base64url without padding, as JOSE uses it.
 pub fn b64url(bytes: &[u8]) -> String {
     use base64::Engine as _;
@@ -56,6 +82,18 @@ pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_header_wins_and_a_malformed_one_is_refused_not_skipped() {
+        let cookie = ["__Host-access_token=from-cookie"];
+        assert_eq!(presented_token(Some("Bearer b"), cookie), Ok(Some(("b", Credential::Bearer))));
+        assert_eq!(presented_token(Some("Basic b"), cookie), Err(MalformedAuthorization));
+        assert_eq!(presented_token(Some(""), cookie), Err(MalformedAuthorization));
+        assert_eq!(presented_token(None, cookie), Ok(Some(("from-cookie", Credential::Cookie))));
+        assert_eq!(presented_token(None, ["theme=dark"]), Ok(None));
+    }
+
     #[test]
     fn bearer_tokens_are_read_from_either_case_of_the_scheme_only() {
         assert_eq!(super::bearer_token("Bearer abc"), Some("abc"));
