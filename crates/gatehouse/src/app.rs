@@ -113,11 +113,13 @@ fn token_reach(config: &Config) -> Duration {
     Duration::from_secs(config.token_settings().key_overlap().max(1) as u64)
 }
 
-/// NATS JetStream when `nats.url` is set, else the in-process bus.
-async fn event_sink(config: &Config) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
-    match &config.nats.url {
-        Some(url) => {
-            let revocations = NatsRevocationSink::connect(url, token_reach(config)).await?;
+/// NATS JetStream at `nats`' URL (the relay writing revocations to its
+/// bucket too), else the in-process bus.
+async fn event_sink(
+    nats: Option<(&str, NatsRevocationSink)>,
+) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
+    match nats {
+        Some((url, revocations)) => {
             let nats = NatsPublisher::connect(url).await?.with_revocations(revocations);
             tracing::info!(%url, "publishing events to NATS JetStream");
             Ok((Arc::new(nats), None))
@@ -145,13 +147,19 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     if let Some(feed) = feed {
         sinks.push(feed);
     }
-    if let Some(url) = &config.nats.url {
-        sinks.push(Arc::new(NatsRevocationSink::connect(url, token_reach(config)).await?));
+    // One bucket writer serves both paths: the use cases right after their
+    // commit, and the relay from the events.
+    let nats = match &config.nats.url {
+        Some(url) => Some((url.as_str(), NatsRevocationSink::connect(url, token_reach(config)).await?)),
+        None => None,
+    };
+    if let Some((_, revocations)) = &nats {
+        sinks.push(Arc::new(revocations.clone()));
     }
     if !sinks.is_empty() {
         accounts = accounts.with_revocations(Arc::new(FanOut(sinks)));
     }
-    let (sink, bus) = event_sink(config).await?;
+    let (sink, bus) = event_sink(nats).await?;
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     // The deletion ledger hears downstream services' confirmations.
     let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
