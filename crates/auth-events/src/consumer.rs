@@ -74,13 +74,7 @@ impl Consumer {
         settings: ConsumerSettings,
         handler: Arc<dyn EventHandler>,
     ) -> Result<Self, NatsError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .connect(url)
-            .await
-            .map_err(|e| NatsError::Connect { url: url.into(), reason: e.to_string() })?;
-        let jetstream = jetstream::new(client);
+        let jetstream = jetstream::new(crate::publish::connect(url, true).await?);
         let fail = |e: &dyn std::fmt::Display| NatsError::Stream(e.to_string());
         jetstream
             .create_or_update_stream(stream::Config {

@@ -57,15 +57,6 @@ async fn bucket(jetstream: &jetstream::Context, reach: Duration) -> Result<kv::S
     jetstream.get_key_value(BUCKET).await.map_err(|e| fail(&e))
 }
 
-async fn connect(url: &str) -> Result<async_nats::Client, NatsError> {
-    async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .map_err(|e| NatsError::Connect { url: url.into(), reason: e.to_string() })
-}
-
 /// Writes revocations to the bucket, retrying briefly: the auth-service has
 /// already committed them, and every gateway depends on hearing of them.
 #[derive(Clone)]
@@ -83,7 +74,7 @@ impl std::fmt::Debug for NatsRevocationSink {
 impl NatsRevocationSink {
     /// `reach`: access-token lifetime plus clock skew, the bucket's `max_age`.
     pub async fn connect(url: &str, reach: Duration) -> Result<Self, NatsError> {
-        let client = connect(url).await?;
+        let client = crate::publish::connect(url, true).await?;
         Ok(Self { kv: bucket(&jetstream::new(client), reach).await?, reach })
     }
 
@@ -152,7 +143,7 @@ impl NatsRevocationFeed {
     /// Connects, then keeps the set current in the background. The feed is
     /// not current until the whole bucket has been replayed.
     pub async fn start(url: &str, reach: Duration, max_staleness: Duration) -> Result<Arc<Self>, NatsError> {
-        let client = connect(url).await?;
+        let client = crate::publish::connect(url, true).await?;
         let js = jetstream::new(client.clone());
         let kv = bucket(&js, reach).await?;
         let feed = Arc::new(Self {

@@ -84,6 +84,17 @@ pub enum NatsError {
     Stream(String),
 }
 
+/// A NATS client as every part of Gatehouse makes one. With
+/// `retry_initial_connect` the client keeps trying in the background when
+/// the server is not there yet; without, that is an error at once.
+pub(crate) async fn connect(url: &str, retry_initial_connect: bool) -> Result<async_nats::Client, NatsError> {
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    if retry_initial_connect {
+        options = options.retry_on_initial_connect();
+    }
+    options.connect(url).await.map_err(|e| NatsError::Connect { url: url.into(), reason: e.to_string() })
+}
+
 /// Publishes to JetStream with `Nats-Msg-Id` = event id and waits for the acks.
 #[derive(Clone)]
 pub struct NatsPublisher {
@@ -100,12 +111,7 @@ impl std::fmt::Debug for NatsPublisher {
 impl NatsPublisher {
     /// Connects and creates (or updates) the stream.
     pub async fn connect(url: &str) -> Result<Self, NatsError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|e| NatsError::Connect { url: url.into(), reason: e.to_string() })?;
-        let jetstream = jetstream::new(client);
+        let jetstream = jetstream::new(connect(url, false).await?);
         jetstream
             .create_or_update_stream(stream::Config {
                 name: STREAM.into(),
