@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower::ServiceExt as _;
 
 use crate::error::GatewayError;
-use crate::identity::strip_hop_by_hop;
+use crate::identity::{connection_tokens, strip_hop_by_hop};
 use crate::pool;
 use crate::routes::{Route, Upstream};
 
@@ -143,10 +143,5 @@ async fn exchange(
 
 fn wants_upgrade(request: &Request<Body>) -> bool {
     request.headers().contains_key(header::UPGRADE)
-        && request
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }

@@ -73,12 +73,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // Names `Connection` lists go too; the usual `keep-alive` and `close`
     // need no list (the first goes below, the second names no header).
-    let named: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named: Vec<String> = connection_tokens(headers)
         .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
         .map(str::to_owned)
         .collect();
@@ -88,6 +83,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)).cloned() {
         headers.remove(name);
     }
+}
+
+/// The comma-separated tokens of the `Connection` header lines, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// The `Cookie` header lines as text. Cookie values may hold UTF-8, which
