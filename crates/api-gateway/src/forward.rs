@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::uri::{self, PathAndQuery};
 use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,35 +20,21 @@ use crate::identity::{connection_tokens, strip_hop_by_hop};
 use crate::pool;
 use crate::routes::{Route, Upstream};
 
-/// HTTP/2 upstreams and upgrades (WebSocket) go through hyper's pooled
-/// client; plain HTTP/1.1 through [`crate::pool`]. One client per thread: a
-/// pooled connection is driven by a task on the thread that opened it, so a
-/// request on a single-threaded worker runtime never waits on another thread.
-#[derive(Clone)]
-struct Clients {
-    http1: Client<HttpConnector, Body>,
-    http2: Client<HttpConnector, Body>,
-}
-
 thread_local! {
-    static CLIENTS: Clients = Clients::new();
-}
-
-fn connector() -> HttpConnector {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    c.set_connect_timeout(Some(Duration::from_secs(5)));
-    c
-}
-
-impl Clients {
-    fn new() -> Self {
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256);
-        let http1 = builder.build(connector());
-        let http2 = builder.http2_only(true).build(connector());
-        Self { http1, http2 }
-    }
+    /// HTTP/2 upstreams go through hyper's pooled client, HTTP/1.1 (upgrades
+    /// included) through [`crate::pool`]. One client per thread: a pooled
+    /// connection is driven by a task on the thread that opened it, so a
+    /// request on a single-threaded worker runtime never waits on another.
+    static HTTP2: Client<HttpConnector, Body> = {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .http2_only(true)
+            .build(connector)
+    };
 }
 
 /// Sends `request` (headers already prepared) to the route's upstream, at
@@ -67,25 +54,26 @@ pub async fn send(
                 Err(_) => Err(GatewayError::UpstreamTimeout),
             }
         }
-        Upstream::Http { authority, host, http2: false, .. } if !wants_upgrade(&request) => {
+        Upstream::Http { authority, host, http2: false, .. } => {
             *request.uri_mut() = Uri::from(target);
             *request.version_mut() = Version::HTTP_11;
-            strip_hop_by_hop(request.headers_mut());
+            let tunnel = hop_by_hop(&mut request);
             request.headers_mut().insert(header::HOST, host.clone());
-            let mut response = within(route.timeout, pool::send(authority, request)).await?;
-            strip_hop_by_hop(response.headers_mut());
-            Ok(response)
+            let response = within(route.timeout, pool::send(authority, request)).await?;
+            Ok(answer(response, tunnel))
         }
-        Upstream::Http { scheme, authority, http2, .. } => {
+        Upstream::Http { scheme, authority, http2: true, .. } => {
             let mut uri = uri::Parts::default();
             uri.scheme = Some(scheme.clone());
             uri.authority = Some(authority.clone());
             uri.path_and_query = Some(target);
             *request.uri_mut() = Uri::from_parts(uri).map_err(|_| GatewayError::UpstreamUnavailable)?;
-            *request.version_mut() = if *http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            let client = CLIENTS.with(|c| if *http2 { c.http2.clone() } else { c.http1.clone() });
-            exchange(&client, route.timeout, request).await
+            let tunnel = hop_by_hop(&mut request);
+            let client = HTTP2.with(Client::clone);
+            let response = within(route.timeout, client.request(request)).await?;
+            Ok(answer(response, tunnel))
         }
     }
 }
@@ -109,19 +97,23 @@ where
     }
 }
 
-async fn exchange(
-    client: &Client<HttpConnector, Body>,
-    timeout: Duration,
-    mut request: Request<Body>,
-) -> Result<Response<Body>, GatewayError> {
-    let upgrade = wants_upgrade(&request).then(|| request.headers().get(header::UPGRADE).cloned()).flatten();
-    let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+/// Strips the request's hop-by-hop headers. An upgrade (WebSocket) request
+/// keeps asking for its protocol upstream; its client side is returned, to
+/// be joined to the upstream's if the answer is 101.
+fn hop_by_hop(request: &mut Request<Body>) -> Option<OnUpgrade> {
+    let upgrade = wants_upgrade(request).then(|| request.headers().get(header::UPGRADE).cloned()).flatten();
+    let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut *request));
     strip_hop_by_hop(request.headers_mut());
-    if let Some(protocol) = &upgrade {
-        request.headers_mut().insert(header::UPGRADE, protocol.clone());
+    if let Some(protocol) = upgrade {
+        request.headers_mut().insert(header::UPGRADE, protocol);
         request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let mut response = within(timeout, client.request(request)).await?;
+    downstream
+}
+
+/// The response for the client: after a 101 to an upgrade request, both
+/// sides are tunnelled; otherwise hop-by-hop headers are stripped.
+fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Response<Body> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(downstream) = downstream
     {
@@ -135,10 +127,10 @@ async fn exchange(
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }
         });
-        return Ok(response);
+        return response;
     }
     strip_hop_by_hop(response.headers_mut());
-    Ok(response)
+    response
 }
 
 fn wants_upgrade(request: &Request<Body>) -> bool {

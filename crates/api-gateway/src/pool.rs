@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::uri::Authority;
-use axum::http::{Request, Response};
+use axum::http::{Request, Response, StatusCode};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -122,7 +122,8 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
             _ => return Err(ExchangeError::Http(error.into_error())),
         },
     };
-    let home = Some((slot, sender));
+    // After a 101 the connection belongs to the tunnel, never to the pool.
+    let home = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some((slot, sender));
     Ok(response.map(|body| {
         let mut body = Returning { body, home };
         body.return_if_done();
@@ -152,7 +153,8 @@ async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeErr
     let _ = stream.set_nodelay(true);
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
     tokio::spawn(async move {
-        if let Err(error) = connection.await {
+        // An upgraded connection (101) leaves this task for the tunnel.
+        if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "upstream connection ended with an error");
         }
     });

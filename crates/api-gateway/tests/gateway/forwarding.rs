@@ -85,6 +85,14 @@ async fn websocket_style_upgrades_are_tunnelled_both_ways() {
     let mut echoed = vec![0u8; "ping through the tunnel".len()];
     stream.read_exact(&mut echoed).await.unwrap();
     assert_eq!(echoed, b"ping through the tunnel");
+    // The upgraded upstream connection is the tunnel's; plain requests go on.
+    for _ in 0..3 {
+        assert_eq!(h.get("/api/x").bearer_auth(&token).send().await.unwrap().status(), 200);
+    }
+    stream.write_all(b"still open").await.unwrap();
+    let mut echoed = vec![0u8; "still open".len()];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"still open");
 }
 
 #[tokio::test]
