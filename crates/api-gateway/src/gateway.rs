@@ -92,7 +92,7 @@ impl Gateway {
 
     /// This thread's copy of the route table. A shared `Arc` would have
     /// every request on every thread write its reference count.
-    fn routes(&self) -> Arc<RouteTable> {
+    pub(crate) fn routes(&self) -> Arc<RouteTable> {
         let copy = || Some(Arc::new(self.shared_routes()));
         let table = self.0.route_copies.with(copy, |table: &mut Arc<RouteTable>| table.clone());
         // `copy` always makes one.
@@ -101,6 +101,11 @@ impl Gateway {
 
     fn shared_routes(&self) -> RouteTable {
         RouteTable::clone(&self.0.routes.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Unix seconds by the gateway's clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.0.clock.unix()
     }
 
     pub fn authenticator(&self) -> &Arc<Authenticator> {
@@ -124,6 +129,7 @@ impl Gateway {
     /// module documentation. [`crate::serve`] calls this for every request.
     pub async fn handle(&self, request: Request, peer: Option<Peer>) -> Response {
         if request.method() == Method::GET
+            && serves_itself(request.uri().path())
             && let Some(response) = self.own_endpoint(request.uri().path())
         {
             return response;
@@ -168,9 +174,8 @@ impl Gateway {
             AuthMode::Required => Some(self.authenticate(route, request.method(), request.headers()).await?),
             AuthMode::Public => None,
         };
-        let identity = verified.as_deref().map(|v| &v.identity);
-        let trusted = peer.is_some_and(|p| self.0.trusted.contains(p.ip));
-        let request_id = identity::prepare(request.headers_mut(), identity, route.forward_credentials, peer, trusted);
+        let rewrite = self.rewrite(route, verified.as_deref(), peer);
+        let request_id = identity::prepare(request.headers_mut(), rewrite);
         let target = route.upstream_target(request.uri()).ok_or(GatewayError::UpstreamUnavailable)?;
         let started = Instant::now();
         let mut response = forward::send(route, request, target).await?;
@@ -179,13 +184,55 @@ impl Gateway {
         Ok(response)
     }
 
+    /// How the request's headers are rewritten for the route's upstream.
+    pub(crate) fn rewrite<'a>(
+        &self,
+        route: &Route,
+        verified: Option<&'a Verified>,
+        peer: Option<&'a Peer>,
+    ) -> identity::Rewrite<'a> {
+        identity::Rewrite {
+            identity: verified.map(|v| &v.identity),
+            forward_credentials: route.forward_credentials,
+            peer,
+            peer_trusted: peer.is_some_and(|p| self.0.trusted.contains(p.ip)),
+        }
+    }
+
     async fn authenticate(
         &self,
         route: &Route,
         method: &Method,
         headers: &HeaderMap,
     ) -> Result<Arc<Verified>, GatewayError> {
-        let (token, by_cookie) = presented(headers)?;
+        let authorization = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+        let (token, by_cookie) = presented(authorization, identity::cookie_lines(headers))?;
+        let verified = self.verified(token).await?;
+        if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
+            self.check_csrf(headers, &verified.claims.sid)?;
+        }
+        check_roles(route, &verified)?;
+        Ok(verified)
+    }
+
+    /// A request that changes nothing (`GET`, `HEAD`) on a route that
+    /// requires a token: the token verified, not revoked, with a role the
+    /// route asks for. Such a request needs no CSRF check. The gateway's
+    /// HTTP/1.1 path calls this with the raw header values.
+    pub(crate) async fn authenticate_safe<'a>(
+        &self,
+        route: &Route,
+        authorization: Option<&'a [u8]>,
+        cookie_lines: impl Iterator<Item = &'a str>,
+    ) -> Result<Arc<Verified>, GatewayError> {
+        let (token, _) = presented(authorization, cookie_lines)?;
+        let verified = self.verified(token).await?;
+        check_roles(route, &verified)?;
+        Ok(verified)
+    }
+
+    /// The token verified (cached or not) and checked against revocations.
+    async fn verified(&self, token: &str) -> Result<Arc<Verified>, GatewayError> {
         let verified = self.0.auth.verify(token, self.0.clock.unix()).await.map_err(|failure| match failure {
             AuthFailure::NoKeys => GatewayError::KeysUnavailable,
             AuthFailure::Invalid(reason) => {
@@ -208,12 +255,6 @@ impl Gateway {
             }
             verified.mark_unrevoked_at(generation);
         }
-        if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
-            self.check_csrf(headers, &claims.sid)?;
-        }
-        if !route.require_roles.is_empty() && !claims.roles.iter().any(|r| route.require_roles.contains(r)) {
-            return Err(GatewayError::Forbidden);
-        }
         Ok(verified)
     }
 
@@ -226,10 +267,29 @@ impl Gateway {
     }
 }
 
-/// The presented token and whether it came in the cookie.
-fn presented(headers: &HeaderMap) -> Result<(&str, bool), GatewayError> {
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
-    match auth_tokens::presented_token(authorization, identity::cookie_lines(headers)) {
+/// The gateway's own endpoints, answered on `GET` before any route.
+pub(crate) fn serves_itself(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+fn check_roles(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
+    let roles = &verified.claims.roles;
+    if !route.require_roles.is_empty() && !roles.iter().any(|r| route.require_roles.contains(r)) {
+        return Err(GatewayError::Forbidden);
+    }
+    Ok(())
+}
+
+/// The presented token and whether it came in the cookie. An `Authorization`
+/// value that is not visible ASCII is malformed.
+fn presented<'a>(
+    authorization: Option<&'a [u8]>,
+    cookie_lines: impl Iterator<Item = &'a str>,
+) -> Result<(&'a str, bool), GatewayError> {
+    let visible = |v: &&[u8]| v.iter().all(|b| *b == b'\t' || (b' '..=b'~').contains(b));
+    let authorization =
+        authorization.map(|v| Some(v).filter(visible).and_then(|v| std::str::from_utf8(v).ok()).unwrap_or_default());
+    match auth_tokens::presented_token(authorization, cookie_lines) {
         Ok(Some((token, via))) => Ok((token, via == Credential::Cookie)),
         Ok(None) => Err(GatewayError::Unauthenticated { presented: false }),
         Err(_) => Err(GatewayError::Unauthenticated { presented: true }),

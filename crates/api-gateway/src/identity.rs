@@ -60,9 +60,9 @@ impl Peer {
     }
 }
 
-fn spoofable(name: &HeaderName) -> bool {
-    let n = name.as_str();
-    n.starts_with("x-user-") || n.starts_with("x-auth-") || n == "x-session-id"
+fn spoofable(name: &str) -> bool {
+    let starts = |prefix: &str| name.get(..prefix.len()).is_some_and(|n| n.eq_ignore_ascii_case(prefix));
+    starts("x-user-") || starts("x-auth-") || name.eq_ignore_ascii_case("x-session-id")
 }
 
 /// Removes hop-by-hop headers, including those `Connection` names.
@@ -103,44 +103,115 @@ pub fn cookie_lines(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// A request id worth keeping: 1–128 characters of `[A-Za-z0-9._-]`.
-fn valid_request_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+fn valid_request_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
-/// Rewrites the request headers for the upstream. Returns the request id.
-pub fn prepare(
-    headers: &mut HeaderMap,
-    identity: Option<&IdentityHeaders>,
-    forward_credentials: bool,
-    peer: Option<&Peer>,
-    peer_trusted: bool,
-) -> HeaderValue {
-    if headers.keys().any(spoofable) {
-        let spoofed: Vec<HeaderName> = headers.keys().filter(|n| spoofable(n)).cloned().collect();
-        for name in spoofed {
-            headers.remove(name);
+/// How a request's headers are rewritten for its upstream.
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite<'a> {
+    /// Whom the gateway vouches for (`None` on public routes).
+    pub identity: Option<&'a IdentityHeaders>,
+    /// The auth-service's own routes keep the session cookies and `Authorization`.
+    pub forward_credentials: bool,
+    pub peer: Option<&'a Peer>,
+    /// Whether `peer` is a trusted proxy, whose forwarding headers are believed.
+    pub peer_trusted: bool,
+}
+
+impl Rewrite<'_> {
+    /// Calls `emit` with every header the upstream gets, given the client's
+    /// `headers` (names in any case, raw values): the client's that may pass,
+    /// in their order, then the gateway's own. `Host` passes as it came.
+    /// Returns the request id. Both the gateway's HTTP/1.1 path (on raw
+    /// bytes) and [`prepare`] (on a `HeaderMap`) go through here, so what an
+    /// upstream may see is decided in one place.
+    pub fn apply<'h, I>(&self, headers: I, mut emit: impl FnMut(&[u8], &[u8])) -> HeaderValue
+    where
+        I: Iterator<Item = (&'h str, &'h [u8])> + Clone,
+    {
+        let first =
+            |name: &HeaderName| headers.clone().find(|(n, _)| n.eq_ignore_ascii_case(name.as_str())).map(|h| h.1);
+        let trusted = self.peer_trusted && self.peer.is_some();
+        for (name, value) in headers.clone() {
+            if !self.passes(name, trusted) {
+                continue;
+            }
+            if !self.forward_credentials && name.eq_ignore_ascii_case("cookie") {
+                match std::str::from_utf8(value) {
+                    Ok(line) if !line.contains("__Host-") => emit(b"cookie", value),
+                    // A line that is not text cannot be vetted, so it goes.
+                    Ok(line) => {
+                        if let Some(rest) = auth_tokens::cookies::without(line, &auth_tokens::cookies::ALL) {
+                            emit(b"cookie", rest.as_bytes());
+                        }
+                    }
+                    Err(_) => {}
+                }
+                continue;
+            }
+            emit(name.as_bytes(), value);
         }
-    }
-    // Up to seven headers are added below: grow the map once, not per insert.
-    headers.reserve(7);
-    if !forward_credentials {
-        strip_our_cookies(headers);
-        if identity.is_some() {
-            // The bearer token was ours; upstreams get identity headers instead.
-            headers.remove(header::AUTHORIZATION);
-        }
-    }
-    if let Some(id) = identity {
-        for (name, value) in [(USER_ID, &id.user_id), (USER_ROLES, &id.roles), (SESSION_ID, &id.session_id)] {
-            if let Some(value) = value {
-                headers.insert(name, value.clone());
+        if let Some(id) = self.identity {
+            for (name, value) in [(USER_ID, &id.user_id), (USER_ROLES, &id.roles), (SESSION_ID, &id.session_id)] {
+                if let Some(value) = value {
+                    emit(name.as_str().as_bytes(), value.as_bytes());
+                }
             }
         }
+        let request_id = first(&REQUEST_ID)
+            .filter(|v| valid_request_id(v))
+            .and_then(|v| HeaderValue::from_bytes(v).ok())
+            .unwrap_or_else(new_request_id);
+        emit(REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        // `X-Forwarded-*`: believed from trusted proxies only, else set from the peer.
+        match (self.peer, if trusted { first(&FORWARDED_FOR) } else { None }) {
+            (Some(peer), Some(prior)) => {
+                let mut chain = prior.to_vec();
+                chain.extend_from_slice(b", ");
+                chain.extend_from_slice(peer.text.as_bytes());
+                emit(FORWARDED_FOR.as_str().as_bytes(), &chain);
+            }
+            (Some(peer), _) => emit(FORWARDED_FOR.as_str().as_bytes(), peer.text.as_bytes()),
+            (None, _) => {}
+        }
+        if !trusted || first(&FORWARDED_PROTO).is_none() {
+            emit(FORWARDED_PROTO.as_str().as_bytes(), b"http");
+        }
+        if (!trusted || first(&FORWARDED_HOST).is_none())
+            && let Some(host) = first(&header::HOST)
+        {
+            emit(FORWARDED_HOST.as_str().as_bytes(), host);
+        }
+        request_id
     }
-    let request_id = headers.get(&REQUEST_ID).filter(|v| valid_request_id(v)).cloned().unwrap_or_else(new_request_id);
-    headers.insert(REQUEST_ID, request_id.clone());
-    forwarding(headers, peer, peer_trusted);
+
+    /// Whether a client's header line may reach the upstream as it is
+    /// (cookies are then filtered by [`Rewrite::apply`]).
+    fn passes(&self, name: &str, trusted: bool) -> bool {
+        let is = |other: &HeaderName| name.eq_ignore_ascii_case(other.as_str());
+        if spoofable(name) || is(&REQUEST_ID) || is(&FORWARDED_FOR) {
+            return false;
+        }
+        if !trusted && (is(&header::FORWARDED) || is(&FORWARDED_PROTO) || is(&FORWARDED_HOST)) {
+            return false;
+        }
+        // A bearer token was ours; upstreams get identity headers instead.
+        !(is(&header::AUTHORIZATION) && !self.forward_credentials && self.identity.is_some())
+    }
+}
+
+/// Rewrites the request headers for the upstream (see [`Rewrite::apply`]).
+/// Returns the request id.
+pub fn prepare(headers: &mut HeaderMap, rewrite: Rewrite<'_>) -> HeaderValue {
+    let mut out = HeaderMap::with_capacity(headers.len() + 7);
+    let lines: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
+    let request_id = rewrite.apply(lines.into_iter(), |name, value| {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            out.append(name, value);
+        }
+    });
+    *headers = out;
     request_id
 }
 
@@ -166,67 +237,6 @@ fn hex(out: &mut [u8], mut n: u64) {
     for byte in out.iter_mut().rev() {
         *byte = b"0123456789abcdef"[(n & 0xf) as usize];
         n >>= 4;
-    }
-}
-
-fn strip_our_cookies(headers: &mut HeaderMap) {
-    let mut kept: Option<Vec<HeaderValue>> = None;
-    for (n, line) in headers.get_all(header::COOKIE).iter().enumerate() {
-        // A line that is not text cannot be vetted, so it goes.
-        let text = std::str::from_utf8(line.as_bytes()).ok();
-        if text.is_some_and(|t| !t.contains("__Host-")) {
-            if let Some(kept) = &mut kept {
-                kept.push(line.clone());
-            }
-            continue;
-        }
-        // The first line with one of ours: the lines before it stay as they were.
-        let kept = kept.get_or_insert_with(|| headers.get_all(header::COOKIE).iter().take(n).cloned().collect());
-        if let Some(rest) = text.and_then(|t| auth_tokens::cookies::without(t, &auth_tokens::cookies::ALL))
-            && let Ok(rest) = HeaderValue::from_bytes(rest.as_bytes())
-        {
-            kept.push(rest);
-        }
-    }
-    let Some(kept) = kept else { return };
-    headers.remove(header::COOKIE);
-    for v in kept {
-        headers.append(header::COOKIE, v);
-    }
-}
-
-/// `X-Forwarded-*`: believed from trusted proxies only, else set from the peer.
-fn forwarding(headers: &mut HeaderMap, peer: Option<&Peer>, peer_trusted: bool) {
-    if peer_trusted {
-        if let Some(peer) = peer {
-            let chain = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip)).ok(),
-                None => Some(peer.text.clone()),
-            };
-            if let Some(chain) = chain {
-                headers.insert(FORWARDED_FOR, chain);
-            }
-        }
-        if !headers.contains_key(&FORWARDED_PROTO) {
-            headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
-        }
-    } else {
-        headers.remove(header::FORWARDED);
-        match peer {
-            Some(peer) => {
-                headers.insert(FORWARDED_FOR, peer.text.clone());
-            }
-            None => {
-                headers.remove(&FORWARDED_FOR);
-            }
-        }
-        headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
-        headers.remove(&FORWARDED_HOST);
-    }
-    if !headers.contains_key(&FORWARDED_HOST)
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(FORWARDED_HOST, host);
     }
 }
 
@@ -277,6 +287,10 @@ mod tests {
         Peer::new(ip.parse().unwrap())
     }
 
+    fn rewrite<'a>(identity: Option<&'a IdentityHeaders>, peer: Option<&'a Peer>, peer_trusted: bool) -> Rewrite<'a> {
+        Rewrite { identity, forward_credentials: false, peer, peer_trusted }
+    }
+
     #[test]
     fn spoofed_identity_and_our_cookies_never_pass() {
         let mut h = HeaderMap::new();
@@ -288,7 +302,7 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         let roles = vec!["editor".to_owned(), "viewer".to_owned()];
         let id = IdentityHeaders::new("u1", &roles, "s1");
-        prepare(&mut h, Some(&id), false, Some(&peer("10.0.0.9")), false);
+        prepare(&mut h, rewrite(Some(&id), Some(&peer("10.0.0.9")), false));
         assert_eq!(h["x-user-id"], "u1");
         assert_eq!(h["x-user-roles"], "editor,viewer");
         assert_eq!(h["x-session-id"], "s1");
@@ -299,7 +313,7 @@ mod tests {
 
         let mut public = HeaderMap::new();
         public.insert("x-user-id", HeaderValue::from_static("admin"));
-        prepare(&mut public, None, false, None, false);
+        prepare(&mut public, rewrite(None, None, false));
         assert!(public.get("x-user-id").is_none());
     }
 
@@ -311,13 +325,13 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("__Host-csrf_token=c"));
         h.append(header::COOKIE, HeaderValue::from_bytes(b"x=\xff; __Host-refresh_token=r").unwrap());
         h.append(header::COOKIE, HeaderValue::from_static("c=3"));
-        prepare(&mut h, None, false, None, false);
+        prepare(&mut h, rewrite(None, None, false));
         let lines: Vec<_> = h.get_all(header::COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(lines, ["a=1", "b=2", "c=3"]);
 
         let mut untouched = HeaderMap::new();
         untouched.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
-        prepare(&mut untouched, None, false, None, false);
+        prepare(&mut untouched, rewrite(None, None, false));
         assert_eq!(untouched[header::COOKIE], "a=1; b=2");
     }
 
@@ -326,14 +340,14 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare(&mut h, None, false, Some(&peer("192.0.2.1")), false);
+        prepare(&mut h, rewrite(None, Some(&peer("192.0.2.1")), false));
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        prepare(&mut h, None, false, Some(&peer("10.1.2.3")), true);
+        prepare(&mut h, rewrite(None, Some(&peer("10.1.2.3")), true));
         assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
@@ -342,15 +356,15 @@ mod tests {
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(prepare(&mut h, None, false, None, false), "abc-123");
+        assert_eq!(prepare(&mut h, rewrite(None, None, false)), "abc-123");
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
-        let first = prepare(&mut h, None, false, None, false);
-        assert!(valid_request_id(&first));
+        let first = prepare(&mut h, rewrite(None, None, false));
+        assert!(valid_request_id(first.as_bytes()));
         let mut again = HeaderMap::new();
-        let second = prepare(&mut again, None, false, None, false);
+        let second = prepare(&mut again, rewrite(None, None, false));
         assert_ne!(second, first);
-        assert!(valid_request_id(&second));
+        assert!(valid_request_id(second.as_bytes()));
         assert_eq!(first.len(), 33);
     }
 

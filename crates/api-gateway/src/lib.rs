@@ -8,6 +8,7 @@
 //! - [`auth`]: token verification against the JWKS, with a verified-token cache.
 //! - [`identity`]: what upstreams may and may not see (headers, cookies).
 //! - [`forward`]: pooled, streaming forwarding to HTTP or in-process upstreams.
+//! - `h1`: the gateway's own HTTP/1.1 path for bodiless `GET`/`HEAD` requests.
 //! - `pool`: the per-thread HTTP/1.1 connection pool.
 //! - [`metrics`]: Prometheus metrics of the gateway.
 //! - `local`: per-thread state, so serving threads share no written memory.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+mod h1;
 pub mod identity;
 mod local;
 pub mod metrics;

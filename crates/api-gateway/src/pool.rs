@@ -8,6 +8,10 @@
 //! ready, and a request a closed connection never took is retried once on
 //! a new one, so an upstream closing idle connections costs no request.
 //! Connections idle for 90 s are closed by a sweep on the thread's runtime.
+//!
+//! Beside hyper's client connections, each upstream keeps plain TCP streams
+//! for the gateway's own HTTP/1.1 exchanges ([`crate::h1`]): a stream is
+//! idle between two exchanges and has no task of its own.
 
 use std::cell::{Cell, RefCell};
 use std::pin::Pin;
@@ -36,14 +40,18 @@ thread_local! {
     /// Idle connections by upstream. A gateway has few upstreams, so a list
     /// searched by exact text beats hashing; slots are never removed, so a
     /// slot's index names its upstream for the thread's lifetime.
-    static IDLE: RefCell<Vec<Upstream>> = const { RefCell::new(Vec::new()) };
+    static IDLE: RefCell<Vec<Idle>> = const { RefCell::new(Vec::new()) };
     /// Whether this thread's pool has a sweeper running (a runtime that
     /// ends takes its sweeper with it; the next request starts another).
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// An upstream's authority and its idle connections, with when each went idle.
-type Upstream = (Box<str>, Vec<(SendRequest<Body>, Instant)>);
+/// An upstream's idle connections, with when each went idle.
+struct Idle {
+    authority: Box<str>,
+    senders: Vec<(SendRequest<Body>, Instant)>,
+    streams: Vec<(TcpStream, Instant)>,
+}
 
 /// This thread's pool, by number. On a multi-threaded runtime a request
 /// may move between threads; a connection only ever returns to the pool of
@@ -54,23 +62,23 @@ fn pool_id() -> u64 {
 
 /// Where an upstream's idle connections are: a pool and a slot in it.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
+pub(crate) struct Slot {
     pool: u64,
     index: usize,
 }
 
 impl Slot {
     /// The slot of `authority` in this thread's pool, made on first use.
-    fn of(authority: &Authority) -> Self {
+    pub(crate) fn of(authority: &Authority) -> Self {
         let index = IDLE.with(|idle| {
             let mut idle = idle.borrow_mut();
             if !SWEEPING.with(Cell::get) {
                 spawn_sweeper();
             }
-            match idle.iter().position(|(name, _)| **name == *authority.as_str()) {
+            match idle.iter().position(|i| *i.authority == *authority.as_str()) {
                 Some(index) => index,
                 None => {
-                    idle.push((authority.as_str().into(), Vec::new()));
+                    idle.push(Idle { authority: authority.as_str().into(), senders: Vec::new(), streams: Vec::new() });
                     idle.len() - 1
                 }
             }
@@ -78,12 +86,28 @@ impl Slot {
         Self { pool: pool_id(), index }
     }
 
-    /// `f` on the slot's idle list, if this is the slot's thread.
-    fn with<R>(self, f: impl FnOnce(&mut Vec<(SendRequest<Body>, Instant)>) -> R) -> Option<R> {
+    /// `f` on the slot's idle connections, if this is the slot's thread.
+    fn with<R>(self, f: impl FnOnce(&mut Idle) -> R) -> Option<R> {
         if self.pool != pool_id() {
             return None;
         }
-        IDLE.with(|idle| idle.borrow_mut().get_mut(self.index).map(|(_, senders)| f(senders)))
+        IDLE.with(|idle| idle.borrow_mut().get_mut(self.index).map(f))
+    }
+
+    /// The stream that went idle last, if any. It may have been closed by
+    /// the upstream since: [`crate::h1`] retries a request such a stream
+    /// never answered.
+    pub(crate) fn take_stream(self) -> Option<TcpStream> {
+        self.with(|idle| idle.streams.pop().map(|(stream, _)| stream)).flatten()
+    }
+
+    /// Keeps `stream`, which has just finished an exchange, for the next one.
+    pub(crate) fn put_stream(self, stream: TcpStream) {
+        self.with(|idle| {
+            if idle.streams.len() < MAX_IDLE {
+                idle.streams.push((stream, Instant::now()));
+            }
+        });
     }
 }
 
@@ -134,7 +158,7 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
 /// An idle connection to `authority` that is ready for a request.
 async fn checkout(slot: Slot) -> Option<SendRequest<Body>> {
     loop {
-        let (mut sender, _) = slot.with(Vec::pop).flatten()?;
+        let (mut sender, _) = slot.with(|idle| idle.senders.pop()).flatten()?;
         if sender.is_closed() {
             continue;
         }
@@ -144,13 +168,18 @@ async fn checkout(slot: Slot) -> Option<SendRequest<Body>> {
     }
 }
 
-async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeError> {
+/// A new TCP connection to `authority`, within the connect timeout.
+pub(crate) async fn open(authority: &Authority) -> std::io::Result<TcpStream> {
     let address = (authority.host().trim_start_matches('[').trim_end_matches(']'), authority.port_u16().unwrap_or(80));
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
         .await
-        .map_err(|_| ExchangeError::Connect(std::io::ErrorKind::TimedOut.into()))?
-        .map_err(ExchangeError::Connect)?;
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeError> {
+    let stream = open(authority).await.map_err(ExchangeError::Connect)?;
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
     tokio::spawn(async move {
         // An upgraded connection (101) leaves this task for the tunnel.
@@ -165,9 +194,9 @@ fn checkin(slot: Slot, sender: SendRequest<Body>) {
     if sender.is_closed() {
         return;
     }
-    slot.with(|senders| {
-        if senders.len() < MAX_IDLE {
-            senders.push((sender, Instant::now()));
+    slot.with(|idle| {
+        if idle.senders.len() < MAX_IDLE {
+            idle.senders.push((sender, Instant::now()));
         }
     });
 }
@@ -199,8 +228,14 @@ fn spawn_sweeper() {
                 return;
             }
             IDLE.with(|idle| {
-                for (_, senders) in idle.borrow_mut().iter_mut() {
-                    senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                for idle in idle.borrow_mut().iter_mut() {
+                    idle.senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                    // A stream with nothing to read is open; one the upstream
+                    // closed reads its end (or an error) at once.
+                    idle.streams.retain(|(stream, since)| {
+                        since.elapsed() < IDLE_TIMEOUT
+                            && matches!(stream.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    });
                 }
             });
         }

@@ -71,6 +71,21 @@ impl Route {
         }
     }
 
+    /// Whether the path sent upstream differs from the request's.
+    pub fn rewrites_path(&self) -> bool {
+        self.strip_prefix || matches!(&self.upstream, Upstream::Http { base_path, .. } if !base_path.is_empty())
+    }
+
+    /// The upstream's base path and the request's path as the upstream gets
+    /// it: sent one after the other, then the request's query.
+    pub fn target_parts<'a>(&'a self, path: &'a str) -> (&'a str, &'a str) {
+        let base = match &self.upstream {
+            Upstream::Http { base_path, .. } => base_path.as_str(),
+            Upstream::Local(_) => "",
+        };
+        (base, self.upstream_path(path))
+    }
+
     /// The path to send upstream.
     pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
         if !self.strip_prefix {
@@ -84,14 +99,10 @@ impl Route {
     /// request's path (less the prefix when stripped), the request's query.
     /// Most routes send the request's own, which costs no copy.
     pub fn upstream_target(&self, uri: &Uri) -> Option<PathAndQuery> {
-        let base = match &self.upstream {
-            Upstream::Http { base_path, .. } => base_path.as_str(),
-            Upstream::Local(_) => "",
-        };
-        if base.is_empty() && !self.strip_prefix {
+        if !self.rewrites_path() {
             return Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         }
-        let path = self.upstream_path(uri.path());
+        let (base, path) = self.target_parts(uri.path());
         match uri.query() {
             Some(query) => format!("{base}{path}?{query}"),
             None => format!("{base}{path}"),

@@ -6,4 +6,5 @@ mod helpers;
 mod auth;
 mod forwarding;
 mod identity;
+mod own_path;
 mod routing;

@@ -1,0 +1,194 @@
+//! The gateway's own HTTP/1.1 path (bodiless `GET`/`HEAD` to HTTP/1.1
+//! upstreams): response framings relayed whole, interim and malformed
+//! responses, and connections moving to hyper's path mid-stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use api_gateway::AuthMode;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// An upstream speaking raw HTTP/1.1: to each request head it answers
+/// `answer(request line)`, then closes the connection if told to.
+/// Counts the connections it accepted.
+async fn raw_upstream(answer: fn(&str) -> (Vec<u8>, bool)) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let mut byte = [0u8; 1];
+                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8(head).unwrap();
+                    let (bytes, close) = answer(head.lines().next().unwrap());
+                    if stream.write_all(&bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+fn scripted(request_line: &str) -> (Vec<u8>, bool) {
+    let path = request_line.split(' ').nth(1).unwrap();
+    let (bytes, close): (&[u8], bool) = match path {
+        "/api/chunked" => (
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n\
+              5\r\nhello\r\n6;name=value\r\n world\r\n0\r\nx-trailer: yes\r\n\r\n",
+            false,
+        ),
+        "/api/length" => (b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nlength", false),
+        "/api/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nuntil the upstream closes", true),
+        "/api/early-hints" => (
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
+            false,
+        ),
+        "/api/no-content" => (b"HTTP/1.1 204 No Content\r\nx-kept: 1\r\n\r\n", false),
+        "/api/garbage" => (b"SPDY/9 banana\r\n\r\n", true),
+        "/api/two-lengths" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc", true),
+        "/api/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n", true),
+        "/api/bad-chunk" => (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", true),
+        _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
+    };
+    (bytes.to_vec(), close)
+}
+
+#[tokio::test]
+async fn every_response_framing_is_relayed_whole_and_kept_connections_carry_on() {
+    let (upstream, connections) = raw_upstream(scripted).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+
+    let chunked = h.get("/api/chunked").send().await.unwrap();
+    assert_eq!(chunked.status(), 200);
+    // The upstream sent no Date; a proxy adds one (RFC 9110 §6.6.1).
+    assert!(chunked.headers().contains_key("date"));
+    assert!(chunked.headers().contains_key("x-request-id"));
+    assert_eq!(chunked.text().await.unwrap(), "hello world");
+    let length = h.get("/api/length").send().await.unwrap();
+    assert_eq!(length.text().await.unwrap(), "length");
+    let empty = h.get("/api/no-content").send().await.unwrap();
+    assert_eq!(empty.status(), 204);
+    assert_eq!(empty.headers()["x-kept"], "1");
+    let interim = h.get("/api/early-hints").send().await.unwrap();
+    assert_eq!((interim.status().as_u16(), interim.text().await.unwrap()), (200, "final".to_owned()));
+    // One upstream connection carried all four: each body was read to its end.
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+    let closing = h.get("/api/until-close").send().await.unwrap();
+    assert_eq!(closing.headers()["connection"], "close");
+    assert_eq!(closing.text().await.unwrap(), "until the upstream closes");
+    let after = h.get("/api/length").send().await.unwrap();
+    assert_eq!(after.text().await.unwrap(), "length");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn responses_that_cannot_be_relayed_safely_are_502() {
+    let (upstream, _) = raw_upstream(scripted).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    for path in ["/api/garbage", "/api/two-lengths", "/api/switch"] {
+        let response = h.get(path).send().await.unwrap();
+        assert_eq!(response.status(), 502, "{path}");
+        assert_eq!(json(response).await["error"]["code"], "upstream_unavailable", "{path}");
+    }
+    // A body whose framing breaks midway cannot be answered otherwise: the
+    // client's connection is closed rather than handed a wrong end.
+    assert!(h.get("/api/bad-chunk").send().await.unwrap().text().await.is_err());
+    assert_eq!(h.get("/api/length").send().await.unwrap().text().await.unwrap(), "length");
+}
+
+/// Writes `requests` on one connection to the gateway and reads until it closes.
+async fn one_connection(h: &Harness, requests: &[u8]) -> String {
+    let mut stream = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(requests).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_move_to_hypers_path() {
+    let h = harness().await;
+    // GET (own path), POST with a body (hyper from here on), GET, then close.
+    let requests = b"GET /public/one HTTP/1.1\r\nhost: gw\r\n\r\n\
+        POST /public/two HTTP/1.1\r\nhost: gw\r\ncontent-length: 3\r\n\r\nabc\
+        GET /public/three HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
+    let answer = one_connection(&h, requests).await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 3, "{answer}");
+    let one = answer.find(r#""path":"/public/one""#).unwrap();
+    let two = answer.find(r#""path":"/public/two""#).unwrap();
+    let three = answer.find(r#""path":"/public/three""#).unwrap();
+    assert!(one < two && two < three, "{answer}");
+    assert!(answer.contains(r#""body_bytes":3"#), "{answer}");
+}
+
+#[tokio::test]
+async fn a_head_request_gets_no_body_and_the_connection_carries_on() {
+    let h = harness().await;
+    let requests = b"HEAD /public/one HTTP/1.1\r\nhost: gw\r\n\r\n\
+        GET /public/two HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
+    let answer = one_connection(&h, requests).await;
+    let (head, rest) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK") && head.to_ascii_lowercase().contains("content-length"), "{answer}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK"), "the HEAD answer carried a body: {answer}");
+    assert!(rest.contains(r#""path":"/public/two""#), "{answer}");
+}
+
+#[tokio::test]
+async fn heads_the_own_path_leaves_alone_are_served_by_hyper() {
+    let h = harness().await;
+    // Bare line feeds, and a head longer than the own path reads.
+    let answer = one_connection(&h, b"GET /public/lf HTTP/1.1\nhost: gw\nconnection: close\n\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.contains(r#""path":"/public/lf""#), "{answer}");
+    let long =
+        format!("GET /public/long HTTP/1.1\r\nhost: gw\r\nx-long: {}\r\nconnection: close\r\n\r\n", "a".repeat(20_000));
+    let answer = one_connection(&h, long.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK") && answer.contains(r#""path":"/public/long""#), "{answer}");
+    // Two Host lines are not the own path's to judge either; hyper forwards
+    // them or refuses them, and the identity rules hold either way.
+    let answer = one_connection(
+        &h,
+        b"GET /public/x HTTP/1.1\r\nhost: a\r\nhost: b\r\nx-user-id: admin\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(!answer.contains("admin"), "{answer}");
+}
+
+#[tokio::test]
+async fn idle_connections_on_the_own_path_close_at_shutdown_and_serving_ends() {
+    let upstream = serve(echo_upstream()).await;
+    let h = harness_with(vec![route("/public", &upstream, AuthMode::Public)], upstream).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /public/x HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200 OK"));
+    stop.send(()).unwrap();
+    // The rest of the answer, if any, then the end: the idle connection was closed.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap().unwrap();
+}
