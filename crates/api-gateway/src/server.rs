@@ -7,8 +7,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::identity::Peer;
 use crate::{Gateway, h1};
@@ -33,10 +35,69 @@ pub async fn serve(
     gateway: Gateway,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-    let graceful = GracefulShutdown::new();
-    // Tells connections idle on the gateway's own path to close.
-    let (stop, stopped) = watch::channel(false);
+    let (acceptor, _) = workers(1);
+    serve_accepting(listener, acceptor, gateway, shutdown).await
+}
+
+/// `threads` serving threads that share one listener: an [`Acceptor`] for
+/// the thread that accepts (and serves too), and an [`Inbox`] for each other.
+/// Each new connection goes to whichever thread has the fewest open —
+/// unlike SO_REUSEPORT's hashing, which can leave one thread with half
+/// again the connections of another, and the machine idle while it catches up.
+pub fn workers(threads: usize) -> (Acceptor, Vec<Inbox>) {
+    let open: Arc<[AtomicUsize]> = (0..threads.max(1)).map(|_| AtomicUsize::new(0)).collect();
+    let (senders, inboxes) = (1..threads.max(1))
+        .map(|_| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            (sender, Inbox { receiver })
+        })
+        .unzip();
+    (Acceptor { senders, open }, inboxes)
+}
+
+/// The accepting thread's side of [`workers`].
+pub struct Acceptor {
+    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Load)>>,
+    open: Arc<[AtomicUsize]>,
+}
+
+impl Acceptor {
+    /// The thread with the fewest open connections (0 is the acceptor's own),
+    /// counted from now on.
+    fn pick(&self) -> Load {
+        let counts = self.open.iter().map(|n| n.load(Ordering::Relaxed));
+        let index = counts.enumerate().min_by_key(|(_, n)| *n).map_or(0, |(i, _)| i);
+        self.open[index].fetch_add(1, Ordering::Relaxed);
+        Load { open: self.open.clone(), index }
+    }
+}
+
+/// Another serving thread's side of [`workers`]: the connections handed to it.
+pub struct Inbox {
+    receiver: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, Load)>,
+}
+
+/// One open connection on a serving thread, uncounted when dropped.
+struct Load {
+    open: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.open[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts on `listener` and serves, here or on the thread `acceptor`
+/// picks, until `shutdown` resolves (see [`serve`]).
+pub async fn serve_accepting(
+    listener: TcpListener,
+    acceptor: Acceptor,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let connections = Connections::new(gateway);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -49,15 +110,83 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let load = acceptor.pick();
+        if load.index == 0 {
+            connections.start(stream, peer, load);
+            continue;
+        }
+        let handed = stream.into_std().map(|stream| acceptor.senders[load.index - 1].send((stream, peer, load)));
+        match handed {
+            Ok(Ok(())) => {}
+            // That thread has stopped; serve here.
+            Ok(Err(mpsc::error::SendError((stream, peer, load)))) => match TcpStream::from_std(stream) {
+                Ok(stream) => connections.start(stream, peer, load),
+                Err(error) => tracing::debug!(%error, "connection lost on its way to a serving thread"),
+            },
+            Err(error) => tracing::debug!(%error, "connection lost on its way to a serving thread"),
+        }
+    }
+    drop(listener);
+    connections.finish().await;
+    Ok(())
+}
+
+/// Serves the connections handed to this thread until `shutdown` resolves
+/// (see [`serve`]).
+pub async fn serve_inbox(
+    mut inbox: Inbox,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let connections = Connections::new(gateway);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            handed = inbox.receiver.recv() => match handed {
+                Some((stream, peer, load)) => match TcpStream::from_std(stream) {
+                    Ok(stream) => connections.start(stream, peer, load),
+                    Err(error) => tracing::debug!(%error, "a handed connection could not be registered"),
+                },
+                // The acceptor has stopped: no more connections will come.
+                None => {
+                    shutdown.as_mut().await;
+                    break;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+    connections.finish().await;
+    Ok(())
+}
+
+/// The connections one serving thread serves.
+struct Connections {
+    gateway: Gateway,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Shutdown waits for every watcher, on either path.
+    graceful: GracefulShutdown,
+    /// Tells connections idle on the gateway's own path to close.
+    stop: watch::Sender<bool>,
+}
+
+impl Connections {
+    fn new(gateway: Gateway) -> Self {
+        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        Self { gateway, builder, graceful: GracefulShutdown::new(), stop: watch::Sender::new(false) }
+    }
+
+    /// Serves `stream` on this thread: the gateway's own path first, then hyper.
+    fn start(&self, stream: TcpStream, peer: SocketAddr, load: Load) {
         // Responses are written whole; waiting for more to send only adds latency.
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
+        let gateway = self.gateway.clone();
         let peer = Peer::new(peer.ip());
-        let builder = builder.clone();
-        // Shutdown waits for every watcher, on either path.
-        let watcher = graceful.watcher();
-        let mut stopped = stopped.clone();
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let mut stopped = self.stop.subscribe();
         tokio::spawn(async move {
+            let _load = load;
             let mut stream = stream;
             let Some(read) = h1::serve(&gateway, &mut stream, &peer, &mut stopped).await else {
                 return;
@@ -74,10 +203,12 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    let _ = stop.send(true);
-    graceful.shutdown().await;
-    Ok(())
+
+    /// Closes idle connections and waits for requests in flight.
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        self.graceful.shutdown().await;
+    }
 }
 
 /// A client connection handed to hyper: the bytes the gateway's own path

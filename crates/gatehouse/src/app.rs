@@ -70,15 +70,36 @@ enum Service {
 }
 
 impl Service {
+    /// Serves on `listener` until `shutdown`; a gateway with `extra_workers`
+    /// more serving threads, each given connections by this one.
     async fn serve(
         self,
         listener: TcpListener,
+        extra_workers: usize,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        match self {
-            Self::Auth(router) => auth_service::serve(listener, router, shutdown).await,
-            Self::Gateway(gateway) => api_gateway::serve(listener, gateway, shutdown).await,
+    ) -> anyhow::Result<()> {
+        let gateway = match self {
+            Self::Auth(router) => return Ok(auth_service::serve(listener, router, shutdown).await?),
+            Self::Gateway(gateway) => gateway,
+        };
+        let (acceptor, inboxes) = api_gateway::server::workers(1 + extra_workers);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let workers: Vec<_> = inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(i, inbox)| spawn_worker(i + 1, inbox, gateway.clone(), stopped.clone()))
+            .collect::<Result<_, _>>()?;
+        let served = api_gateway::server::serve_accepting(listener, acceptor, gateway, async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+        for worker in workers {
+            if let Ok(Err(error)) = worker.join() {
+                tracing::error!(%error, "a serving worker failed");
+            }
         }
+        Ok(served?)
     }
 }
 
@@ -218,8 +239,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
 impl Application {
     pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
         ensure_data_dir(&config)?;
-        let listener =
-            bind_shared(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let extra_workers = match role {
             Role::AuthService => 0,
             Role::Up | Role::Gateway => config.serving_threads().saturating_sub(1),
@@ -355,23 +375,7 @@ impl Application {
         if let Some((gateway, _)) = self.gateway {
             tasks.push(spawn_route_reloader(gateway, source, self.locals));
         }
-        let addr = self.listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let workers: Vec<_> = (0..self.extra_workers)
-            .map(|i| spawn_worker(i + 1, addr, self.service.clone(), stopped.clone()))
-            .collect::<Result<_, _>>()?;
-        let served = self
-            .service
-            .serve(self.listener, async move {
-                shutdown.await;
-                let _ = stop.send(true);
-            })
-            .await;
-        for worker in workers {
-            if let Ok(Err(error)) = worker.join() {
-                tracing::error!(%error, "a serving worker failed");
-            }
-        }
+        let served = self.service.serve(self.listener, self.extra_workers, shutdown).await;
         for task in tasks {
             task.abort();
         }
@@ -381,44 +385,34 @@ impl Application {
     }
 }
 
-/// Binds `listen` with SO_REUSEPORT, so that worker runtimes can each accept
-/// on the same address and the kernel spreads connections among them.
-async fn bind_shared(listen: &str) -> std::io::Result<TcpListener> {
+/// Binds `listen`. One listener serves every serving thread: the thread
+/// that accepts hands connections to the others (see
+/// [`api_gateway::server::workers`]), so no other socket may share the port.
+async fn bind(listen: &str) -> std::io::Result<TcpListener> {
     let addr = tokio::net::lookup_host(listen)
         .await?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing"))?;
-    bind_reusable(addr)
-}
-
-fn bind_reusable(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
-    #[cfg(unix)]
-    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
 
-/// A serving worker: one thread, one single-threaded runtime, its own
-/// listener on the shared address, like an nginx worker. Requests never hop
-/// threads, which is most of the cost of a proxy this small.
+/// A serving worker: one thread, one single-threaded runtime, serving the
+/// connections the accepting thread hands it, like an nginx worker.
+/// Requests never hop threads, which is most of the cost of a proxy this small.
 fn spawn_worker(
     n: usize,
-    addr: SocketAddr,
-    service: Service,
+    inbox: api_gateway::server::Inbox,
+    gateway: Gateway,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<std::io::Result<()>>> {
     std::thread::Builder::new().name(format!("gatehouse-worker-{n}")).spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        runtime.block_on(async move {
-            let listener = bind_reusable(addr)?;
-            service
-                .serve(listener, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-        })
+        runtime.block_on(api_gateway::server::serve_inbox(inbox, gateway, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
     })
 }
 

@@ -19,7 +19,7 @@ pub struct Config {
     /// Address to listen on; port 0 picks a free port.
     pub listen: String,
     /// Serving threads of the gateway roles, each a single-threaded runtime
-    /// (like nginx workers); 0 = one per CPU core.
+    /// (like nginx workers); 0 = one per CPU core, plus one.
     pub workers: usize,
     /// Holds the SQLite file and the development signing keys.
     pub data_dir: PathBuf,
@@ -318,7 +318,10 @@ impl Config {
 
     pub fn serving_threads(&self) -> usize {
         match self.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // With exactly one per core, this 2-core machine left 10-17 % of
+            // its CPU idle in half the benchmark runs, waiting on wake-ups;
+            // a spare thread closed that (docs/BENCHMARKS.md).
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()) + 1,
             n => n,
         }
     }
