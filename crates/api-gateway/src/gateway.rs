@@ -207,7 +207,7 @@ impl Gateway {
     ) -> Result<Arc<Verified>, GatewayError> {
         let authorization = headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
         let (token, by_cookie) = presented(authorization, identity::cookie_lines(headers))?;
-        let verified = self.verified(token).await?;
+        let verified = self.verified(token, self.now()).await?;
         if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
             self.check_csrf(headers, &verified.claims.sid)?;
         }
@@ -217,23 +217,24 @@ impl Gateway {
 
     /// A request that changes nothing (`GET`, `HEAD`) on a route that
     /// requires a token: the token verified, not revoked, with a role the
-    /// route asks for. Such a request needs no CSRF check. The gateway's
-    /// HTTP/1.1 path calls this with the raw header values.
+    /// route asks for, at `now` (Unix seconds). Such a request needs no CSRF
+    /// check. The gateway's HTTP/1.1 path calls this with the raw header values.
     pub(crate) async fn authenticate_safe<'a>(
         &self,
         route: &Route,
         authorization: Option<&'a [u8]>,
         cookie_lines: impl Iterator<Item = &'a str>,
+        now: i64,
     ) -> Result<Arc<Verified>, GatewayError> {
         let (token, _) = presented(authorization, cookie_lines)?;
-        let verified = self.verified(token).await?;
+        let verified = self.verified(token, now).await?;
         check_roles(route, &verified)?;
         Ok(verified)
     }
 
     /// The token verified (cached or not) and checked against revocations.
-    async fn verified(&self, token: &str) -> Result<Arc<Verified>, GatewayError> {
-        let verified = self.0.auth.verify(token, self.0.clock.unix()).await.map_err(|failure| match failure {
+    async fn verified(&self, token: &str, now: i64) -> Result<Arc<Verified>, GatewayError> {
+        let verified = self.0.auth.verify(token, now).await.map_err(|failure| match failure {
             AuthFailure::NoKeys => GatewayError::KeysUnavailable,
             AuthFailure::Invalid(reason) => {
                 self.0.metrics.auth_failure(reason.reason());

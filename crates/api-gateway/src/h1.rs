@@ -16,6 +16,7 @@
 //! ([`identity::Rewrite`], [`Gateway::authenticate_safe`]).
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::uri::Authority;
@@ -101,14 +102,18 @@ fn ours(route: &Route, path: &str) -> bool {
     matches!(route.upstream, Upstream::Http { http2: false, .. }) && !serves_itself(path)
 }
 
-/// Whether `input` holds the end of a request head.
+/// Whether `input` holds the end of a head. A request read whole ends
+/// with it, which is quicker to see than to search for.
 fn has_head(input: &[u8]) -> bool {
-    memmem::find(input, b"\r\n\r\n").is_some()
+    static END: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+    input.ends_with(b"\r\n\r\n") || END.find(input).is_some()
 }
 
 /// A head ended by bare line feeds: valid, rare, hyper's to parse.
 fn has_bare_lf_head(input: &[u8]) -> bool {
-    memmem::find(input, b"\n\n").is_some() || memmem::find(input, b"\n\r\n").is_some()
+    static ENDS: LazyLock<[memmem::Finder<'static>; 2]> =
+        LazyLock::new(|| [memmem::Finder::new(b"\n\n"), memmem::Finder::new(b"\n\r\n")]);
+    ENDS.iter().any(|end| end.find(input).is_some())
 }
 
 /// What this path needs of a request head it serves.
@@ -202,10 +207,12 @@ async fn exchange(
         lines.iter().filter(|l| l.name.eq_ignore_ascii_case("cookie")).filter_map(|l| std::str::from_utf8(l.value).ok())
     };
     let verified = match route.auth {
-        AuthMode::Required => match gateway.authenticate_safe(route, head.authorization, cookie_lines()).await {
-            Ok(verified) => Some(verified),
-            Err(error) => return refuse(route, error, head, work, client).await,
-        },
+        AuthMode::Required => {
+            match gateway.authenticate_safe(route, head.authorization, cookie_lines(), work.now).await {
+                Ok(verified) => Some(verified),
+                Err(error) => return refuse(route, error, head, work, client).await,
+            }
+        }
         AuthMode::Public => None,
     };
     let Upstream::Http { authority, host, .. } = &route.upstream else {

@@ -267,3 +267,23 @@ async fn accept_failed(error: std::io::Error) {
     tracing::error!(%error, "accept failed; retrying in a second");
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_connection_goes_to_the_thread_with_the_fewest_open() {
+        let (acceptor, inboxes) = workers(3);
+        assert_eq!(inboxes.len(), 2);
+        let mut open: Vec<Load> = (0..6).map(|_| acceptor.pick()).collect();
+        let per_thread = |open: &[Load], i| open.iter().filter(|l| l.index == i).count();
+        assert_eq!([0, 1, 2].map(|i| per_thread(&open, i)), [2, 2, 2]);
+        // Thread 1's connections close: the next two go there.
+        open.retain(|l| l.index != 1);
+        let next = [acceptor.pick(), acceptor.pick()];
+        assert!(next.iter().all(|l| l.index == 1));
+        drop(next);
+        assert_eq!(acceptor.open.iter().map(|n| n.load(Ordering::Relaxed)).collect::<Vec<_>>(), [2, 0, 2]);
+    }
+}
