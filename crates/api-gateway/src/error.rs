@@ -9,6 +9,10 @@ use serde_json::json;
 pub enum GatewayError {
     #[error("no route")]
     NoRoute,
+    /// A `.` or `..` path segment, plain or percent-encoded: an upstream
+    /// might resolve it to a path another route guards.
+    #[error("dot segment in path")]
+    DotSegment,
     /// Missing, invalid, expired or revoked token: one answer for all.
     /// `presented` says whether a token was sent at all (RFC 6750 §3.1).
     #[error("unauthenticated")]
@@ -31,6 +35,9 @@ impl GatewayError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path".into()),
+            Self::DotSegment => {
+                (StatusCode::BAD_REQUEST, "invalid_path", "paths with . or .. segments are not accepted".into())
+            }
             Self::Unauthenticated { .. } => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required".into())
             }

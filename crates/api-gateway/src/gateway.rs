@@ -134,6 +134,10 @@ impl Gateway {
         {
             return response;
         }
+        if crate::routes::has_dot_segment(request.uri().path()) {
+            self.0.metrics.unrouted().status(StatusCode::BAD_REQUEST.as_u16());
+            return GatewayError::DotSegment.into_response();
+        }
         let routes = self.routes();
         let Some(route) = routes.find(request.uri().path()) else {
             self.0.metrics.unrouted().status(StatusCode::NOT_FOUND.as_u16());

@@ -34,7 +34,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, serves_itself};
 use crate::identity::{self, Peer};
 use crate::pool::{self, Slot};
-use crate::routes::{Route, Upstream};
+use crate::routes::{Route, Upstream, has_dot_segment};
 
 /// Header lines a request or response may have here; more go to hyper (requests) or fail (responses).
 const MAX_HEADERS: usize = 64;
@@ -127,8 +127,8 @@ struct Head<'a> {
 
 impl<'a> Head<'a> {
     /// The head, if it is one this path serves: `GET` or `HEAD` in HTTP/1.1,
-    /// origin-form target, one `Host`, no body, no hop-by-hop header other
-    /// than `Connection: keep-alive`, no `Expect`.
+    /// origin-form target without dot segments, one `Host`, no body, no
+    /// hop-by-hop header other than `Connection: keep-alive`, no `Expect`.
     fn of(request: &httparse::Request<'_, 'a>) -> Option<Self> {
         let method = request.method?;
         if !matches!(method, "GET" | "HEAD") || request.version != Some(1) {
@@ -142,6 +142,9 @@ impl<'a> Head<'a> {
             Some((path, query)) => (path, Some(query)),
             None => (target, None),
         };
+        if has_dot_segment(path) {
+            return None;
+        }
         let mut hosts = 0;
         let mut authorization = None;
         for line in request.headers.iter() {

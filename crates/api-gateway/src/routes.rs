@@ -112,6 +112,42 @@ impl Route {
     }
 }
 
+/// Whether `path` has a `.` or `..` segment, counting `%2e` as a dot and
+/// `%2f`, `%5c` and `\` as separators, as some upstreams decode them.
+/// Routing matches prefixes as sent; an upstream that resolved
+/// `/public/../admin` would serve a path the `/admin` route guards.
+pub fn has_dot_segment(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if !bytes.iter().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let (mut dots, mut other, mut i) = (0, false, 0);
+    while i <= bytes.len() {
+        let (byte, width) = match bytes.get(i) {
+            None => (b'/', 1),
+            Some(b'%') => match bytes.get(i + 1..i + 3).map(|hex| hex.to_ascii_lowercase()).as_deref() {
+                Some(b"2e") => (b'.', 3),
+                Some(b"2f") => (b'/', 3),
+                Some(b"5c") => (b'\\', 3),
+                _ => (b'%', 1),
+            },
+            Some(byte) => (*byte, 1),
+        };
+        match byte {
+            b'/' | b'\\' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return true;
+                }
+                (dots, other) = (0, false);
+            }
+            b'.' => dots += 1,
+            _ => other = true,
+        }
+        i += width;
+    }
+    false
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     /// Longest prefix first.
@@ -198,6 +234,18 @@ fn upstream(c: &RouteConfig, locals: &HashMap<String, Router>) -> Result<Upstrea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_segments_are_found_plain_or_encoded() {
+        for path in
+            ["/a/../b", "/a/./b", "/a/..", "/..", "/a/%2e%2E/b", "/a/.%2e", "/a/..%2fb", "/a/..%5Cb", "/a\\..\\b"]
+        {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["/", "/a/b", "/a/b.js", "/a/...", "/a/..b/c", "/.well-known/jwks.json", "/a/%2e%2e%2e", "/a/%2"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
 
     fn table(routes: &[(&str, &str)]) -> RouteTable {
         let configs: Vec<RouteConfig> =

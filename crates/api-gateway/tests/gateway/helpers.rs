@@ -19,6 +19,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 pub const ISSUER: &str = "http://127.0.0.1:8080";
 
@@ -218,4 +220,13 @@ pub async fn assert_unauthenticated(response: reqwest::Response) {
         json(response).await,
         json!({"error": {"code": "unauthenticated", "message": "authentication is required"}})
     );
+}
+
+/// Writes `requests` on one connection to the gateway and reads until it closes.
+pub async fn one_connection(h: &Harness, requests: &[u8]) -> String {
+    let mut stream = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(requests).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    String::from_utf8(answer).unwrap()
 }

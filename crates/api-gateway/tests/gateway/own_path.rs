@@ -114,15 +114,6 @@ async fn responses_that_cannot_be_relayed_safely_are_502() {
     assert_eq!(h.get("/api/length").send().await.unwrap().text().await.unwrap(), "length");
 }
 
-/// Writes `requests` on one connection to the gateway and reads until it closes.
-async fn one_connection(h: &Harness, requests: &[u8]) -> String {
-    let mut stream = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
-    stream.write_all(requests).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
-    String::from_utf8(answer).unwrap()
-}
-
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_across_the_move_to_hypers_path() {
     let h = harness().await;

@@ -48,3 +48,20 @@ async fn the_gateway_answers_its_own_health_endpoints() {
     assert_eq!(h.get("/healthz").send().await.unwrap().status(), 200);
     assert_eq!(h.get("/readyz").send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn paths_with_dot_segments_are_refused_whichever_path_serves_them() {
+    let h = harness().await;
+    // Sent raw: an HTTP client library would resolve the dots itself.
+    for path in ["/public/../api/x", "/public/%2e%2E/api/x", "/public/..%2fapi/x", "/public/./x"] {
+        for request in [
+            format!("GET {path} HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n"),
+            format!("POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"),
+        ] {
+            let answer = one_connection(&h, request.as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("invalid_path"), "{request}: {answer}");
+        }
+    }
+    let fine = one_connection(&h, b"GET /public/a..b/c.js HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+}
