@@ -65,9 +65,48 @@ fn scripted(request_line: &str) -> (Vec<u8>, bool) {
         "/api/two-lengths" => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc", true),
         "/api/switch" => (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n", true),
         "/api/bad-chunk" => (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", true),
+        "/api/big-length" => {
+            let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {BIG}\r\n\r\n").into_bytes();
+            answer.extend(big_body());
+            return (answer, false);
+        }
+        "/api/big-chunked" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for chunk in big_body().chunks(7_919) {
+                answer.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+                answer.extend(chunk);
+                answer.extend(b"\r\n");
+            }
+            answer.extend(b"0\r\n\r\n");
+            return (answer, false);
+        }
+        "/api/big-until-close" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
+            answer.extend(big_body());
+            return (answer, true);
+        }
         _ => (b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", false),
     };
     (bytes.to_vec(), close)
+}
+
+/// A body far larger than one read: 8 MiB of a repeating, position-dependent pattern.
+const BIG: usize = 8 << 20;
+
+fn big_body() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn bodies_larger_than_a_read_arrive_whole_in_every_framing() {
+    let (upstream, connections) = raw_upstream(scripted).await;
+    let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
+    for path in ["/api/big-length", "/api/big-chunked", "/api/big-length", "/api/big-until-close"] {
+        let body = h.get(path).send().await.unwrap().bytes().await.unwrap();
+        assert!(body.len() == BIG && *body == *big_body(), "{path}: {} bytes, not the body sent", body.len());
+    }
+    // The length and chunked answers left the upstream connection reusable.
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
