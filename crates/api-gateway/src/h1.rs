@@ -42,12 +42,17 @@ const MAX_HEADERS: usize = 64;
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// The longest response head accepted from an upstream.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// How long a connection accepted as the server stops may take to send its request.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// Bytes read from an upstream at a time while relaying a body.
 const RELAY_CHUNK: usize = 16 * 1024;
 
 /// Serves `client`'s requests until the connection ends, `stop` turns true
 /// while it is idle, or a request is one for hyper: then the bytes read and
-/// not yet served are returned, for hyper to start from.
+/// not yet served are returned, for hyper to start from. Once `stop` is
+/// true, a request already read is still answered (with `Connection:
+/// close`), as is the first request of a connection that has just been
+/// accepted, if it comes within [`FIRST_REQUEST_GRACE`]; then the connection closes.
 pub(crate) async fn serve(
     gateway: &Gateway,
     client: &mut TcpStream,
@@ -56,6 +61,7 @@ pub(crate) async fn serve(
 ) -> Option<BytesMut> {
     let mut input = BytesMut::with_capacity(4096);
     let mut work = Work::default();
+    let mut fresh = true;
     loop {
         // A whole head first (or the end, or hyper's turn).
         while !has_head(&input) {
@@ -63,14 +69,28 @@ pub(crate) async fn serve(
                 return Some(input);
             }
             input.reserve(4096);
-            let read = if input.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|stop| *stop) => return None,
-                    read = client.read_buf(&mut input) => read,
-                }
-            } else {
+            let read = if !input.is_empty() {
                 client.read_buf(&mut input).await
+            } else {
+                let stopping = *stop.borrow();
+                let read = match stopping {
+                    true => None,
+                    false => tokio::select! {
+                        biased;
+                        read = client.read_buf(&mut input) => Some(read),
+                        _ = stop.wait_for(|stop| *stop) => None,
+                    },
+                };
+                match read {
+                    Some(read) => read,
+                    // Stopping. A client that has just connected did so to send a request.
+                    None if fresh => match tokio::time::timeout(FIRST_REQUEST_GRACE, client.read_buf(&mut input)).await
+                    {
+                        Ok(read) => read,
+                        Err(_) => return None,
+                    },
+                    None => return None,
+                }
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return None;
@@ -88,10 +108,12 @@ pub(crate) async fn serve(
         let Some(route) = routes.find(head.path).filter(|route| ours(route, head.path)) else {
             return Some(input);
         };
+        work.closing = *stop.borrow();
         let served = exchange(gateway, route, &head, request.headers, peer, &mut work, client).await;
-        if !served {
+        if !served || work.closing {
             return None;
         }
+        fresh = false;
         input.advance(head_len);
     }
 }
@@ -192,6 +214,8 @@ struct Work {
     from_upstream: BytesMut,
     /// When the request being served arrived (Unix seconds, the gateway's clock).
     now: i64,
+    /// Whether the connection closes after this response (the server is stopping).
+    closing: bool,
 }
 
 /// Serves one request whose head is `head`/`lines`: authenticated, forwarded,
@@ -336,7 +360,7 @@ async fn relay(
     work: &mut Work,
     client: &mut TcpStream,
 ) -> bool {
-    let Work { out, from_upstream: input, now } = work;
+    let Work { out, from_upstream: input, now, closing } = work;
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let parsed = response.parse(input);
@@ -383,7 +407,7 @@ async fn relay(
     if !dated {
         push_date(out, *now);
     }
-    if framing == Framing::ToClose {
+    if framing == Framing::ToClose || *closing {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -594,6 +618,9 @@ async fn respond(response: Response, head_only: bool, work: &mut Work, client: &
     }
     push_line(out, b"content-length", body.len().to_string().as_bytes());
     push_date(out, work.now);
+    if work.closing {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     out.extend_from_slice(b"\r\n");
     if !head_only {
         out.extend_from_slice(&body);

@@ -19,7 +19,6 @@ use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -67,6 +66,10 @@ impl Acceptor {
     fn pick(&self) -> Load {
         let counts = self.open.iter().map(|n| n.load(Ordering::Relaxed));
         let index = counts.enumerate().min_by_key(|(_, n)| *n).map_or(0, |(i, _)| i);
+        self.count(index)
+    }
+
+    fn count(&self, index: usize) -> Load {
         self.open[index].fetch_add(1, Ordering::Relaxed);
         Load { open: self.open.clone(), index }
     }
@@ -126,6 +129,17 @@ pub async fn serve_accepting(
             Err(error) => tracing::debug!(%error, "connection lost on its way to a serving thread"),
         }
     }
+    // Connections the kernel has already taken in are served here, as the
+    // other threads stop: their requests may be on the way.
+    let waiting = || {
+        std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
+            _ => Poll::Ready(None),
+        })
+    };
+    while let Some((stream, peer)) = waiting().await {
+        connections.start(stream, peer, acceptor.count(0));
+    }
     drop(listener);
     connections.finish().await;
     Ok(())
@@ -156,6 +170,13 @@ pub async fn serve_inbox(
             () = &mut shutdown => break,
         }
     }
+    // Connections already handed over are served: their requests may be on the way.
+    inbox.receiver.close();
+    while let Ok((stream, peer, load)) = inbox.receiver.try_recv() {
+        if let Ok(stream) = TcpStream::from_std(stream) {
+            connections.start(stream, peer, load);
+        }
+    }
     connections.finish().await;
     Ok(())
 }
@@ -164,16 +185,15 @@ pub async fn serve_inbox(
 struct Connections {
     gateway: Gateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    /// Shutdown waits for every watcher, on either path.
-    graceful: GracefulShutdown,
-    /// Tells connections idle on the gateway's own path to close.
+    /// Turns true at shutdown. Every connection holds a receiver until it
+    /// ends, so the sender also tells when the last one has.
     stop: watch::Sender<bool>,
 }
 
 impl Connections {
     fn new(gateway: Gateway) -> Self {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-        Self { gateway, builder, graceful: GracefulShutdown::new(), stop: watch::Sender::new(false) }
+        Self { gateway, builder, stop: watch::Sender::new(false) }
     }
 
     /// Serves `stream` on this thread: the gateway's own path first, then hyper.
@@ -183,7 +203,6 @@ impl Connections {
         let gateway = self.gateway.clone();
         let peer = Peer::new(peer.ip());
         let builder = self.builder.clone();
-        let watcher = self.graceful.watcher();
         let mut stopped = self.stop.subscribe();
         tokio::spawn(async move {
             let _load = load;
@@ -197,8 +216,18 @@ impl Connections {
                 async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::new), Some(peer)).await) }
             });
             let io = TokioIo::new(Prefixed { read: read.freeze(), stream });
-            let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
+            // The connection is polled first, so a request already read is
+            // under way before a shutdown asks hyper to close when idle.
+            let ended = tokio::select! {
+                biased;
+                ended = connection.as_mut() => ended,
+                () = async { drop(stopped.wait_for(|stop| *stop).await) } => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
@@ -206,8 +235,8 @@ impl Connections {
 
     /// Closes idle connections and waits for requests in flight.
     async fn finish(self) {
-        let _ = self.stop.send(true);
-        self.graceful.shutdown().await;
+        self.stop.send_replace(true);
+        self.stop.closed().await;
     }
 }
 

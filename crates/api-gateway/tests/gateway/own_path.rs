@@ -222,3 +222,32 @@ async fn idle_connections_on_the_own_path_close_at_shutdown_and_serving_ends() {
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await.unwrap().unwrap();
     tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn requests_already_sent_when_shutdown_begins_are_answered_then_closed() {
+    let upstream = serve(echo_upstream()).await;
+    let h = harness_with(vec![route("/public", &upstream, AuthMode::Public)], upstream).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
+        let _ = stopped.await;
+    }));
+    // One request for each path, on new connections, sent before the
+    // gateway has had a chance to read them; then the shutdown.
+    let mut get = TcpStream::connect(addr).await.unwrap();
+    let mut post = TcpStream::connect(addr).await.unwrap();
+    get.write_all(b"GET /public/own HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
+    post.write_all(b"POST /public/hyper HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\nhi").await.unwrap();
+    stop.send(()).unwrap();
+    for (mut stream, path) in [(get, "/public/own"), (post, "/public/hyper")] {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        assert!(read.is_ok(), "{path}: {read:?} after {answer:?}");
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.contains(&format!(r#""path":"{path}""#)), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    }
+    tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap().unwrap();
+}
