@@ -5,7 +5,7 @@
 #   (b) nginx as a plain keep-alive reverse proxy (no auth, two workers),
 #   (c) the Gatehouse gateway on an auth = "required" route with a valid
 #       access cookie: verification, revocation check and identity headers
-#       on every request (two runtime threads).
+#       on every request (default serving threads: one per core, plus one).
 # Prints a Markdown table for docs/BENCHMARKS.md, with the CPU time the
 # measured server (upstream, nginx workers, gateway process) spent per request.
 #
