@@ -36,8 +36,10 @@ use crate::identity::{self, Peer};
 use crate::pool::{self, Slot};
 use crate::routes::{Route, Upstream, has_dot_segment};
 
-/// Header lines a request or response may have here; more go to hyper (requests) or fail (responses).
+/// Header lines a request may have here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 64;
+/// Header lines an upstream's response may have, as on hyper's path.
+const MAX_RESPONSE_HEADERS: usize = 100;
 /// The longest request head read here; a longer one goes to hyper.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 /// The longest response head accepted from an upstream.
@@ -330,7 +332,7 @@ async fn ask(stream: &mut TcpStream, request: &[u8], input: &mut BytesMut) -> st
         if input.get(9) != Some(&b'1') || input.get(9..12) == Some(b"101") {
             return Ok(());
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         match httparse::Response::new(&mut lines).parse(input) {
             Ok(Status::Complete(interim)) => input.advance(interim),
             _ => return Err(std::io::Error::other("malformed interim response")),
@@ -361,7 +363,7 @@ async fn relay(
     client: &mut TcpStream,
 ) -> bool {
     let Work { out, from_upstream: input, now, closing } = work;
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let parsed = response.parse(input);
     let (Ok(Status::Complete(head_len)), Some(code)) = (parsed, response.code) else {

@@ -56,7 +56,7 @@ pub fn workers(threads: usize) -> (Acceptor, Vec<Inbox>) {
 
 /// The accepting thread's side of [`workers`].
 pub struct Acceptor {
-    senders: Vec<mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr, Load)>>,
+    senders: Vec<mpsc::UnboundedSender<Handed>>,
     open: Arc<[AtomicUsize]>,
 }
 
@@ -77,8 +77,11 @@ impl Acceptor {
 
 /// Another serving thread's side of [`workers`]: the connections handed to it.
 pub struct Inbox {
-    receiver: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr, Load)>,
+    receiver: mpsc::UnboundedReceiver<Handed>,
 }
+
+/// A connection on its way from the accepting thread to another.
+type Handed = (std::net::TcpStream, SocketAddr, Load);
 
 /// One open connection on a serving thread, uncounted when dropped.
 struct Load {
@@ -118,14 +121,10 @@ pub async fn serve_accepting(
             connections.start(stream, peer, load);
             continue;
         }
-        let handed = stream.into_std().map(|stream| acceptor.senders[load.index - 1].send((stream, peer, load)));
-        match handed {
+        match stream.into_std().map(|stream| acceptor.senders[load.index - 1].send((stream, peer, load))) {
             Ok(Ok(())) => {}
             // That thread has stopped; serve here.
-            Ok(Err(mpsc::error::SendError((stream, peer, load)))) => match TcpStream::from_std(stream) {
-                Ok(stream) => connections.start(stream, peer, load),
-                Err(error) => tracing::debug!(%error, "connection lost on its way to a serving thread"),
-            },
+            Ok(Err(mpsc::error::SendError(handed))) => connections.start_handed(handed),
             Err(error) => tracing::debug!(%error, "connection lost on its way to a serving thread"),
         }
     }
@@ -157,10 +156,7 @@ pub async fn serve_inbox(
     loop {
         tokio::select! {
             handed = inbox.receiver.recv() => match handed {
-                Some((stream, peer, load)) => match TcpStream::from_std(stream) {
-                    Ok(stream) => connections.start(stream, peer, load),
-                    Err(error) => tracing::debug!(%error, "a handed connection could not be registered"),
-                },
+                Some(handed) => connections.start_handed(handed),
                 // The acceptor has stopped: no more connections will come.
                 None => {
                     shutdown.as_mut().await;
@@ -172,10 +168,8 @@ pub async fn serve_inbox(
     }
     // Connections already handed over are served: their requests may be on the way.
     inbox.receiver.close();
-    while let Ok((stream, peer, load)) = inbox.receiver.try_recv() {
-        if let Ok(stream) = TcpStream::from_std(stream) {
-            connections.start(stream, peer, load);
-        }
+    while let Ok(handed) = inbox.receiver.try_recv() {
+        connections.start_handed(handed);
     }
     connections.finish().await;
     Ok(())
@@ -194,6 +188,14 @@ impl Connections {
     fn new(gateway: Gateway) -> Self {
         let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
         Self { gateway, builder, stop: watch::Sender::new(false) }
+    }
+
+    /// Serves a connection another thread accepted, once this runtime has taken it on.
+    fn start_handed(&self, (stream, peer, load): Handed) {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.start(stream, peer, load),
+            Err(error) => tracing::debug!(%error, "a handed connection could not be registered"),
+        }
     }
 
     /// Serves `stream` on this thread: the gateway's own path first, then hyper.

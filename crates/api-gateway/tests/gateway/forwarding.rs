@@ -129,36 +129,13 @@ async fn hop_by_hop_headers_do_not_cross() {
 /// `per_connection` requests with a `len`-byte body, the last of them with
 /// `Connection: close`, then closes.
 async fn counting_upstream(per_connection: usize, len: usize) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                for n in 1..=per_connection {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8; 1];
-                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let close = if n == per_connection { "connection: close\r\n" } else { "" };
-                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n{close}\r\n");
-                    if stream.write_all(head.as_bytes()).await.is_err()
-                        || stream.write_all(&vec![b'x'; len]).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, connections)
+    raw_upstream(move |n, _| {
+        let close = if n == per_connection { "connection: close\r\n" } else { "" };
+        let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n{close}\r\n").into_bytes();
+        answer.resize(answer.len() + len, b'x');
+        (answer, n == per_connection)
+    })
+    .await
 }
 
 #[tokio::test]

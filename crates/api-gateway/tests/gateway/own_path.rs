@@ -2,51 +2,18 @@
 //! upstreams): response framings relayed whole, interim and malformed
 //! responses, and connections moving to hyper's path mid-stream.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use api_gateway::AuthMode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use crate::helpers::*;
 
-/// An upstream speaking raw HTTP/1.1: to each request head it answers
-/// `answer(request line)`, then closes the connection if told to.
-/// Counts the connections it accepted.
-async fn raw_upstream(answer: fn(&str) -> (Vec<u8>, bool)) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let connections = Arc::new(AtomicUsize::new(0));
-    let counter = connections.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8; 1];
-                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let head = String::from_utf8(head).unwrap();
-                    let (bytes, close) = answer(head.lines().next().unwrap());
-                    if stream.write_all(&bytes).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, connections)
-}
-
-fn scripted(request_line: &str) -> (Vec<u8>, bool) {
+fn scripted(_: usize, request_line: &str) -> (Vec<u8>, bool) {
     let path = request_line.split(' ').nth(1).unwrap();
     let (bytes, close): (&[u8], bool) = match path {
         "/api/chunked" => (
@@ -205,12 +172,7 @@ async fn heads_the_own_path_leaves_alone_are_served_by_hyper() {
 async fn idle_connections_on_the_own_path_close_at_shutdown_and_serving_ends() {
     let upstream = serve(echo_upstream()).await;
     let h = harness_with(vec![route("/public", &upstream, AuthMode::Public)], upstream).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, serving) = serve_until_stopped(&h).await;
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(b"GET /public/x HTTP/1.1\r\nhost: gw\r\n\r\n").await.unwrap();
     let mut answer = vec![0u8; 4096];
@@ -227,12 +189,7 @@ async fn idle_connections_on_the_own_path_close_at_shutdown_and_serving_ends() {
 async fn requests_already_sent_when_shutdown_begins_are_answered_then_closed() {
     let upstream = serve(echo_upstream()).await;
     let h = harness_with(vec![route("/public", &upstream, AuthMode::Public)], upstream).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, serving) = serve_until_stopped(&h).await;
     // One request for each path, on new connections, sent before the
     // gateway has had a chance to read them; then the shutdown.
     let mut get = TcpStream::connect(addr).await.unwrap();
@@ -250,4 +207,17 @@ async fn requests_already_sent_when_shutdown_begins_are_answered_then_closed() {
         assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
     }
     tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap().unwrap();
+}
+
+/// The gateway serving on a port of its own until `stop` is sent.
+async fn serve_until_stopped(
+    h: &Harness,
+) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, serving)
 }
