@@ -13,7 +13,9 @@
 //! - [`metrics`]: Prometheus metrics of the gateway.
 //! - `local`: per-thread state, so serving threads share no written memory.
 //! - [`gateway`]: [`Gateway`], the request path in one place.
-//! - [`server`]: hyper's connections straight into [`Gateway::handle`].
+//! - [`server`]: serving threads fed by one acceptor; each connection on the
+//!   own path first, then hyper straight into [`Gateway::handle`]; shutdown
+//!   that answers every request already sent.
 //! - [`error`]: [`GatewayError`], classified by who is at fault.
 
 pub mod auth;
