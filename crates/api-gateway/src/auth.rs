@@ -6,7 +6,7 @@
 //! the last good set is kept when a fetch fails. Until a first set arrives,
 //! authenticated routes answer 503, not 401.
 //!
-//! Verified tokens are cached per serving thread ([`PerThread`]), so the
+//! Verified tokens are cached per serving thread (`PerThread`), so the
 //! hot path of a request touches no memory another thread writes. A new key
 //! set empties every thread's cache, because a key that left must not keep
 //! its tokens alive.

@@ -1,5 +1,5 @@
 //! Serving the gateway. Each connection starts on the gateway's own
-//! HTTP/1.1 path ([`crate::h1`]), which serves the plain `GET`s and `HEAD`s
+//! HTTP/1.1 path (`h1`), which serves the plain `GET`s and `HEAD`s
 //! that make most traffic; at the first request it leaves to hyper, the
 //! connection goes to hyper's connection handling, with the bytes already
 //! read, straight into [`Gateway::handle`] — no router in between: the
