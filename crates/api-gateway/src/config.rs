@@ -65,6 +65,9 @@ pub struct GatewaySettings {
     pub token_cache_size: usize,
     /// Seconds between background JWKS refreshes.
     pub jwks_refresh_secs: u64,
+    /// Seconds a client connection may sit idle between requests, or take to
+    /// send a request head, before it is closed.
+    pub client_idle_timeout_secs: u64,
 }
 
 impl Default for GatewaySettings {
@@ -74,6 +77,7 @@ impl Default for GatewaySettings {
             trusted_proxies: Vec::new(),
             token_cache_size: 10_000,
             jwks_refresh_secs: 60,
+            client_idle_timeout_secs: 75,
         }
     }
 }

@@ -59,6 +59,7 @@ struct Inner {
     trusted: TrustedProxies,
     allowed_origins: Vec<String>,
     jwks_refresh: Duration,
+    client_idle: Duration,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -79,6 +80,7 @@ impl Gateway {
             trusted,
             allowed_origins,
             jwks_refresh: Duration::from_secs(parts.settings.jwks_refresh_secs.max(1)),
+            client_idle: Duration::from_secs(parts.settings.client_idle_timeout_secs.max(1)),
             extra_metrics: parts.extra_metrics,
         })))
     }
@@ -101,6 +103,11 @@ impl Gateway {
 
     fn shared_routes(&self) -> RouteTable {
         RouteTable::clone(&self.0.routes.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How long a client connection may be idle, or take to send a request head.
+    pub(crate) fn client_idle(&self) -> Duration {
+        self.0.client_idle
     }
 
     /// Unix seconds by the gateway's clock.

@@ -46,6 +46,8 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// How long a connection accepted as the server stops may take to send its request.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// How far a client connection's idle deadline may lag behind (see [`serve`]).
+const IDLE_STEP: Duration = Duration::from_secs(1);
 /// Bytes read from an upstream at a time while relaying a body.
 const RELAY_CHUNK: usize = 16 * 1024;
 
@@ -64,6 +66,10 @@ pub(crate) async fn serve(
     let mut input = BytesMut::with_capacity(4096);
     let mut work = Work::default();
     let mut fresh = true;
+    // Idle between requests, or slow to send one: closed alike. The deadline
+    // moves in steps of IDLE_STEP, not on every read, to spare the timer.
+    let idle = gateway.client_idle();
+    let mut expiry = std::pin::pin!(tokio::time::sleep(idle));
     loop {
         // A whole head first (or the end, or hyper's turn).
         while !has_head(&input) {
@@ -71,8 +77,16 @@ pub(crate) async fn serve(
                 return Some(input);
             }
             input.reserve(4096);
+            let deadline = tokio::time::Instant::now() + idle;
+            if deadline >= expiry.deadline() + IDLE_STEP {
+                expiry.as_mut().reset(deadline);
+            }
             let read = if !input.is_empty() {
-                client.read_buf(&mut input).await
+                tokio::select! {
+                    biased;
+                    read = client.read_buf(&mut input) => read,
+                    () = expiry.as_mut() => return None,
+                }
             } else {
                 let stopping = *stop.borrow();
                 let read = match stopping {
@@ -80,6 +94,7 @@ pub(crate) async fn serve(
                     false => tokio::select! {
                         biased;
                         read = client.read_buf(&mut input) => Some(read),
+                        () = expiry.as_mut() => return None,
                         _ = stop.wait_for(|stop| *stop) => None,
                     },
                 };

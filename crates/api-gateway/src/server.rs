@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -186,7 +186,11 @@ struct Connections {
 
 impl Connections {
     fn new(gateway: Gateway) -> Self {
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's head timeout runs while it waits for a request, idle or
+        // half sent: the same rule as on the own path.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(gateway.client_idle());
+        let builder = Arc::new(builder);
         Self { gateway, builder, stop: watch::Sender::new(false) }
     }
 

@@ -233,6 +233,7 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         trusted_proxies: config.gateway.trusted_proxies.clone(),
         token_cache_size: config.gateway.token_cache_size.max(1),
         jwks_refresh_secs: config.gateway.jwks_refresh_secs,
+        client_idle_timeout_secs: config.gateway.client_idle_timeout_secs,
     }
 }
 

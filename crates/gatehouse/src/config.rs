@@ -50,6 +50,8 @@ pub struct GatewayConfig {
     pub jwks_refresh_secs: u64,
     /// Verified tokens remembered until they expire, per serving thread.
     pub token_cache_size: usize,
+    /// Seconds a client connection may sit idle, or take to send a request head.
+    pub client_idle_timeout_secs: u64,
     pub revocation: RevocationConfig,
 }
 
@@ -79,6 +81,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             jwks_refresh_secs: 60,
             token_cache_size: 10_000,
+            client_idle_timeout_secs: 75,
             revocation: RevocationConfig::default(),
         }
     }
@@ -299,6 +302,9 @@ impl Config {
         }
         if self.passwords.min_chars < 8 || self.passwords.max_chars < 64 || self.passwords.max_chars > 1024 {
             return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
+        }
+        if !(1..=3600).contains(&self.gateway.client_idle_timeout_secs) {
+            return bad("gateway.client_idle_timeout_secs must be between 1 and 3600");
         }
         if !(0.1..=3600.0).contains(&self.gateway.revocation.max_staleness) {
             return bad("gateway.revocation.max_staleness must be between 0.1 and 3600 seconds");

@@ -123,13 +123,26 @@ pub async fn harness() -> Harness {
 }
 
 pub async fn harness_with(routes: Vec<RouteConfig>, upstream: String) -> Harness {
+    harness_with_settings(routes, upstream, settings()).await
+}
+
+/// The settings every harness has unless a test says otherwise.
+pub fn settings() -> GatewaySettings {
+    GatewaySettings {
+        allowed_origins: vec![ISSUER.into()],
+        trusted_proxies: vec!["10.0.0.0/8".into()],
+        ..Default::default()
+    }
+}
+
+pub async fn harness_with_settings(routes: Vec<RouteConfig>, upstream: String, settings: GatewaySettings) -> Harness {
     let clock = Arc::new(ManualClock::starting_now());
     let ring = Arc::new(Mutex::new(KeyRing::generate(clock.unix())));
     let source = {
         let (ring, clock) = (ring.clone(), clock.clone());
         LocalJwks::new(move || ring.lock().unwrap().jwks(clock.unix(), token_settings().key_overlap()))
     };
-    harness_full(routes, upstream, Arc::new(source), clock, ring).await
+    harness_full_with(routes, upstream, Arc::new(source), clock, ring, settings).await
 }
 
 pub async fn harness_full(
@@ -139,15 +152,21 @@ pub async fn harness_full(
     clock: Arc<ManualClock>,
     ring: Arc<Mutex<KeyRing>>,
 ) -> Harness {
+    harness_full_with(routes, upstream, source, clock, ring, settings()).await
+}
+
+pub async fn harness_full_with(
+    routes: Vec<RouteConfig>,
+    upstream: String,
+    source: Arc<dyn JwksSource>,
+    clock: Arc<ManualClock>,
+    ring: Arc<Mutex<KeyRing>>,
+    settings: GatewaySettings,
+) -> Harness {
     let authenticator = Arc::new(Authenticator::new(source, token_settings(), 1000));
     let _ = authenticator.refresh().await;
     let feed = Arc::new(SwitchableFeed::default());
     let csrf = CsrfKey::generate();
-    let settings = GatewaySettings {
-        allowed_origins: vec![ISSUER.into()],
-        trusted_proxies: vec!["10.0.0.0/8".into()],
-        ..Default::default()
-    };
     let gateway = Gateway::new(GatewayParts {
         routes: RouteTable::build(&routes, &[], &HashMap::new()).unwrap(),
         authenticator,

@@ -221,3 +221,30 @@ async fn serve_until_stopped(
     }));
     (addr, stop, serving)
 }
+
+#[tokio::test]
+async fn connections_idle_or_slow_to_send_a_head_are_closed_on_either_path() {
+    let upstream = serve(echo_upstream()).await;
+    let settings = api_gateway::GatewaySettings { client_idle_timeout_secs: 1, ..settings() };
+    let h = harness_with_settings(vec![route("/public", &upstream, AuthMode::Public)], upstream, settings).await;
+    let connect = || TcpStream::connect(h.url.trim_start_matches("http://"));
+    // Each connection is written once and then left alone: the gateway
+    // answers what was sent, then closes the connection by itself.
+    let until_closed = |mut stream: TcpStream, request: &'static [u8]| async move {
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the gateway kept the connection open")
+            .unwrap();
+        String::from_utf8(answer).unwrap()
+    };
+    let own = until_closed(connect().await.unwrap(), b"GET /public/own HTTP/1.1\r\nhost: gw\r\n\r\n").await;
+    assert!(own.starts_with("HTTP/1.1 200 OK") && own.contains(r#""path":"/public/own""#), "{own}");
+    let hyper = b"POST /public/hyper HTTP/1.1\r\nhost: gw\r\ncontent-length: 2\r\n\r\nhi";
+    let hyper = until_closed(connect().await.unwrap(), hyper).await;
+    assert!(hyper.starts_with("HTTP/1.1 200 OK") && hyper.contains(r#""path":"/public/hyper""#), "{hyper}");
+    // Half a head, never finished: nothing is answered.
+    let slow = until_closed(connect().await.unwrap(), b"GET /public/slow HTTP/1.1\r\nhost: gw\r\n").await;
+    assert!(!slow.contains("/public/slow"), "{slow}");
+}
