@@ -136,7 +136,6 @@ impl Gateway {
     /// module documentation. [`crate::serve`] calls this for every request.
     pub async fn handle(&self, request: Request, peer: Option<Peer>) -> Response {
         if request.method() == Method::GET
-            && serves_itself(request.uri().path())
             && let Some(response) = self.own_endpoint(request.uri().path())
         {
             return response;
@@ -279,7 +278,8 @@ impl Gateway {
     }
 }
 
-/// The gateway's own endpoints, answered on `GET` before any route.
+/// The gateway's own endpoints, answered on `GET` before any route (the
+/// paths [`Gateway::own_endpoint`] answers), which its HTTP/1.1 path leaves to hyper.
 pub(crate) fn serves_itself(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }

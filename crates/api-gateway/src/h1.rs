@@ -16,11 +16,12 @@
 //! ([`identity::Rewrite`], [`Gateway::authenticate_safe`]).
 
 use std::cell::RefCell;
+use std::pin::Pin;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::uri::Authority;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BytesMut};
 use httparse::Status;
@@ -28,6 +29,7 @@ use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
 use crate::config::AuthMode;
 use crate::error::GatewayError;
@@ -76,40 +78,11 @@ pub(crate) async fn serve(
             if input.len() >= MAX_REQUEST_HEAD || has_bare_lf_head(&input) {
                 return Some(input);
             }
-            input.reserve(4096);
             let deadline = tokio::time::Instant::now() + idle;
             if deadline >= expiry.deadline() + IDLE_STEP {
                 expiry.as_mut().reset(deadline);
             }
-            let read = if !input.is_empty() {
-                tokio::select! {
-                    biased;
-                    read = client.read_buf(&mut input) => read,
-                    () = expiry.as_mut() => return None,
-                }
-            } else {
-                let stopping = *stop.borrow();
-                let read = match stopping {
-                    true => None,
-                    false => tokio::select! {
-                        biased;
-                        read = client.read_buf(&mut input) => Some(read),
-                        () = expiry.as_mut() => return None,
-                        _ = stop.wait_for(|stop| *stop) => None,
-                    },
-                };
-                match read {
-                    Some(read) => read,
-                    // Stopping. A client that has just connected did so to send a request.
-                    None if fresh => match tokio::time::timeout(FIRST_REQUEST_GRACE, client.read_buf(&mut input)).await
-                    {
-                        Ok(read) => read,
-                        Err(_) => return None,
-                    },
-                    None => return None,
-                }
-            };
-            if !matches!(read, Ok(n) if n > 0) {
+            if !read_more(client, &mut input, expiry.as_mut(), stop, fresh).await {
                 return None;
             }
         }
@@ -133,6 +106,36 @@ pub(crate) async fn serve(
         fresh = false;
         input.advance(head_len);
     }
+}
+
+/// Reads more of a request head into `input`. `false` when the connection
+/// is done: closed, broken, past `expiry`, or stopping with nothing sent.
+async fn read_more(
+    client: &mut TcpStream,
+    input: &mut BytesMut,
+    expiry: Pin<&mut Sleep>,
+    stop: &mut watch::Receiver<bool>,
+    fresh: bool,
+) -> bool {
+    input.reserve(4096);
+    if !input.is_empty() {
+        return tokio::select! {
+            biased;
+            read = client.read_buf(input) => matches!(read, Ok(n) if n > 0),
+            () = expiry => false,
+        };
+    }
+    // Between requests, a shutdown ends the wait too.
+    if !*stop.borrow() {
+        tokio::select! {
+            biased;
+            read = client.read_buf(input) => return matches!(read, Ok(n) if n > 0),
+            () = expiry => return false,
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
+    }
+    // Stopping. A client that has just connected did so to send a request.
+    fresh && matches!(tokio::time::timeout(FIRST_REQUEST_GRACE, client.read_buf(input)).await, Ok(Ok(n)) if n > 0)
 }
 
 /// Whether a routed request is served here: a plain HTTP/1.1 upstream, not
@@ -199,7 +202,7 @@ impl<'a> Head<'a> {
                 if !line.value.eq_ignore_ascii_case(b"keep-alive") {
                     return None;
                 }
-            } else if REFUSED.iter().any(|name| is(name)) {
+            } else if identity::hop_by_hop(line.name) || REFUSED.iter().any(|name| is(name)) {
                 return None;
             }
         }
@@ -207,20 +210,9 @@ impl<'a> Head<'a> {
     }
 }
 
-/// Request headers that send a request to hyper: bodies, upgrades,
-/// hop-by-hop headers, expectations.
-const REFUSED: [&str; 10] = [
-    "content-length",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-authorization",
-    "proxy-connection",
-    "http2-settings",
-];
+/// Request headers that send a request to hyper besides the hop-by-hop
+/// ones: bodies, expectations, legacy and HTTP/2 connection options.
+const REFUSED: [&str; 4] = ["content-length", "expect", "proxy-connection", "http2-settings"];
 
 /// Buffers kept for the life of a client connection.
 #[derive(Default)]
@@ -269,7 +261,7 @@ async fn exchange(
     out.clear();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
-    let (base, path) = if route.rewrites_path() { route.target_parts(head.path) } else { ("", head.path) };
+    let (base, path) = route.target_parts(head.path);
     out.extend_from_slice(base.as_bytes());
     out.extend_from_slice(path.as_bytes());
     if let Some(query) = head.query {
@@ -392,12 +384,7 @@ async fn relay(
     let mut reusable = response.version == Some(1);
 
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    // httparse reads exactly three digits.
-    out.extend_from_slice(&[b'0' + (code / 100 % 10) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]);
-    out.push(b' ');
-    out.extend_from_slice(response.reason.unwrap_or_default().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status(out, code, response.reason.unwrap_or_default());
     let connection = |l: &&httparse::Header<'_>| l.name.eq_ignore_ascii_case("connection");
     let named = |name: &str| {
         response
@@ -411,7 +398,7 @@ async fn relay(
     let mut dated = false;
     for line in response.headers.iter() {
         let name = line.name;
-        let dropped = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        let dropped = dropped_from_response(name)
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
             || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
             || named(name);
@@ -467,9 +454,13 @@ async fn relay(
     true
 }
 
-/// Response headers never relayed as they are (RFC 9110 §7.6.1); framing
-/// headers are relayed as they describe the body, which is relayed as it is.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-authenticate", "proxy-connection", "te", "upgrade"];
+/// Response headers never relayed as they are: the hop-by-hop ones, but for
+/// the framing headers, relayed because they describe the body, which is
+/// relayed as it is; and the legacy `Proxy-Connection`.
+fn dropped_from_response(name: &str) -> bool {
+    let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("trailer");
+    (identity::hop_by_hop(name) && !framing) || name.eq_ignore_ascii_case("proxy-connection")
+}
 
 /// How the body of a response to `head` with status `code` ends (RFC 9112
 /// §6.3); `None` for a response this path cannot relay safely.
@@ -626,8 +617,7 @@ async fn respond(response: Response, head_only: bool, work: &mut Work, client: &
         return false;
     };
     out.clear();
-    let status = parts.status;
-    out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status.as_u16(), reason(status)).as_bytes());
+    push_status(out, parts.status.as_u16(), parts.status.canonical_reason().unwrap_or(""));
     for (name, value) in &parts.headers {
         if name != header::CONTENT_LENGTH {
             push_line(out, name.as_str().as_bytes(), value.as_bytes());
@@ -645,8 +635,13 @@ async fn respond(response: Response, head_only: bool, work: &mut Work, client: &
     client.write_all(out).await.is_ok()
 }
 
-fn reason(status: StatusCode) -> &'static str {
-    status.canonical_reason().unwrap_or("")
+/// The status line for a three-digit `code` (as httparse and `StatusCode` have it).
+fn push_status(out: &mut Vec<u8>, code: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[b'0' + (code / 100 % 10) as u8, b'0' + (code / 10 % 10) as u8, b'0' + (code % 10) as u8]);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

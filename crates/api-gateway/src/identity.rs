@@ -15,15 +15,16 @@ const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto")
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway as such.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Lowercase, as `HeaderName`s are; compared by length first.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// The identity the gateway vouches for, as header values: made once per
@@ -65,10 +66,15 @@ fn spoofable(name: &str) -> bool {
     starts("x-user-") || starts("x-auth-") || name.eq_ignore_ascii_case("x-session-id")
 }
 
+/// Whether `name` (any case) is a hop-by-hop header (RFC 9110 §7.6.1).
+pub fn hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names instead of a removal per kind.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(|name| hop_by_hop(name.as_str())) {
         return;
     }
     // Names `Connection` lists go too; the usual `keep-alive` and `close`
@@ -80,7 +86,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name.as_str());
     }
-    while let Some(name) = headers.keys().find(|name| HOP_BY_HOP.contains(name)).cloned() {
+    while let Some(name) = headers.keys().find(|name| hop_by_hop(name.as_str())).cloned() {
         headers.remove(name);
     }
 }

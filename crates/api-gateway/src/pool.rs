@@ -103,11 +103,7 @@ impl Slot {
 
     /// Keeps `stream`, which has just finished an exchange, for the next one.
     pub(crate) fn put_stream(self, stream: TcpStream) {
-        self.with(|idle| {
-            if idle.streams.len() < MAX_IDLE {
-                idle.streams.push((stream, Instant::now()));
-            }
-        });
+        self.with(|idle| keep(&mut idle.streams, stream));
     }
 }
 
@@ -194,11 +190,14 @@ fn checkin(slot: Slot, sender: SendRequest<Body>) {
     if sender.is_closed() {
         return;
     }
-    slot.with(|idle| {
-        if idle.senders.len() < MAX_IDLE {
-            idle.senders.push((sender, Instant::now()));
-        }
-    });
+    slot.with(|idle| keep(&mut idle.senders, sender));
+}
+
+/// Keeps `connection` idle from now on, unless `list` is full.
+fn keep<C>(list: &mut Vec<(C, Instant)>, connection: C) {
+    if list.len() < MAX_IDLE {
+        list.push((connection, Instant::now()));
+    }
 }
 
 /// Closes this thread's connections that have been idle too long (or that

@@ -61,7 +61,6 @@ pub struct Application {
 }
 
 /// What a listener serves.
-#[derive(Clone)]
 enum Service {
     /// The auth-service alone, behind its axum router.
     Auth(axum::Router),
