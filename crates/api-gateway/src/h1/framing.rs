@@ -1,0 +1,77 @@
+//! How a response body ends (RFC 9112 §6.3), and which bytes belong to it.
+
+use super::chunked::Chunks;
+use super::head::Head;
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// When the upstream closes: the client connection closes after it too.
+    ToClose,
+}
+
+/// How the body of a response to `head` with status `code` ends (RFC 9112
+/// §6.3); `None` for a response this path cannot relay safely.
+pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]) -> Option<Framing> {
+    if code < 200 {
+        // A 101 to a request that asked for no upgrade.
+        return None;
+    }
+    let mut coding = None;
+    let mut length: Option<u64> = None;
+    for line in lines {
+        if line.name.eq_ignore_ascii_case("transfer-encoding") {
+            coding = Some(line.value);
+        } else if line.name.eq_ignore_ascii_case("content-length") {
+            for value in line.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                let n = std::str::from_utf8(value).ok().filter(|v| v.bytes().all(|b| b.is_ascii_digit()))?;
+                let n = n.parse().ok()?;
+                if length.is_some_and(|l| l != n) {
+                    return None;
+                }
+                length = Some(n);
+            }
+        }
+    }
+    if head.head_only || code == 204 || code == 304 {
+        return Some(Framing::Empty);
+    }
+    if let Some(coding) = coding {
+        let last = coding.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
+        return Some(if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::ToClose });
+    }
+    Some(length.map_or(Framing::ToClose, Framing::Length))
+}
+
+/// Moves the part of `input` that belongs to the body into `out`. Returns
+/// whether the body is complete (`None`: malformed). Bytes past the body
+/// make the connection unfit for reuse.
+pub(super) fn take_body(
+    framing: &mut Framing,
+    chunks: &mut Chunks,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    reusable: &mut bool,
+) -> Option<bool> {
+    let (taken, done) = match framing {
+        Framing::Empty => (0, true),
+        Framing::Length(left) => {
+            let taken = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= taken as u64;
+            (taken, *left == 0)
+        }
+        Framing::Chunked => {
+            let taken = chunks.scan(input)?;
+            (taken, chunks.done())
+        }
+        Framing::ToClose => (input.len(), false),
+    };
+    out.extend_from_slice(&input[..taken]);
+    if taken < input.len() {
+        *reusable = false;
+    }
+    Some(done)
+}

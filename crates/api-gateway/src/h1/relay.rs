@@ -1,0 +1,122 @@
+//! The upstream's response relayed to the client: head rewritten, body as framed.
+
+use axum::http::HeaderValue;
+use bytes::Buf;
+use httparse::Status;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::chunked::Chunks;
+use super::framing::{Framing, framing, take_body};
+use super::head::Head;
+use super::respond::{push_date, push_line, push_status, refuse};
+use super::upstream::Kept;
+use super::{MAX_RESPONSE_HEADERS, RELAY_CHUNK, Work};
+use crate::error::GatewayError;
+use crate::identity;
+use crate::routes::Route;
+
+/// Relays the upstream's response (head in `work.from_upstream`) to the
+/// client, with hop-by-hop headers stripped and `X-Request-Id` set, the body
+/// as the upstream frames it. Keeps the upstream connection if it can serve
+/// again. Returns whether the client connection can.
+pub(super) async fn relay(
+    route: &Route,
+    head: &Head<'_>,
+    mut upstream: Kept,
+    request_id: &HeaderValue,
+    work: &mut Work,
+    client: &mut TcpStream,
+) -> bool {
+    let Work { out, from_upstream: input, now, closing } = work;
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut lines);
+    let parsed = response.parse(input);
+    let (Ok(Status::Complete(head_len)), Some(code)) = (parsed, response.code) else {
+        tracing::warn!("upstream sent a malformed response head");
+        return refuse(route, GatewayError::UpstreamUnavailable, head, work, client).await;
+    };
+    let Some(mut framing) = framing(head, code, response.headers) else {
+        tracing::warn!(code, "upstream response has an unusable framing");
+        return refuse(route, GatewayError::UpstreamUnavailable, head, work, client).await;
+    };
+    let mut reusable = response.version == Some(1);
+
+    out.clear();
+    push_status(out, code, response.reason.unwrap_or_default());
+    let connection = |l: &&httparse::Header<'_>| l.name.eq_ignore_ascii_case("connection");
+    let named = |name: &str| {
+        response
+            .headers
+            .iter()
+            .filter(connection)
+            .flat_map(|l| l.value.split(|b| *b == b','))
+            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    reusable &= !named("close");
+    let mut dated = false;
+    for line in response.headers.iter() {
+        let name = line.name;
+        let dropped = dropped_from_response(name)
+            || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
+            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
+            || named(name);
+        if !dropped {
+            dated |= name.eq_ignore_ascii_case("date");
+            push_line(out, name.as_bytes(), line.value);
+        }
+    }
+    push_line(out, identity::REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+    if !dated {
+        push_date(out, *now);
+    }
+    if framing == Framing::ToClose || *closing {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    // The body: what came with the head, then the rest as it arrives.
+    input.advance(head_len);
+    let mut chunks = Chunks::default();
+    let mut done = take_body(&mut framing, &mut chunks, input, out, &mut reusable);
+    let sent = client.write_all(out).await;
+    route.stats.status(code);
+    if sent.is_err() {
+        return false;
+    }
+    while done == Some(false) {
+        input.clear();
+        input.reserve(RELAY_CHUNK);
+        match upstream.stream.read_buf(input).await {
+            Ok(0) if framing == Framing::ToClose => done = Some(true),
+            Ok(n) if n > 0 => {
+                out.clear();
+                done = take_body(&mut framing, &mut chunks, input, out, &mut reusable);
+                if client.write_all(out).await.is_err() {
+                    return false;
+                }
+            }
+            // Ended or broke mid-body: the client cannot be told otherwise.
+            _ => done = None,
+        }
+    }
+    if done.is_none() {
+        return false;
+    }
+    if framing == Framing::ToClose {
+        let _ = client.shutdown().await;
+        return false;
+    }
+    if reusable {
+        upstream.slot.put_stream(upstream.stream);
+    }
+    true
+}
+
+/// Response headers never relayed as they are: the hop-by-hop ones, but for
+/// the framing headers, relayed because they describe the body, which is
+/// relayed as it is; and the legacy `Proxy-Connection`.
+fn dropped_from_response(name: &str) -> bool {
+    let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("trailer");
+    (identity::hop_by_hop(name) && !framing) || name.eq_ignore_ascii_case("proxy-connection")
+}
