@@ -1,6 +1,7 @@
 //! Signing and strict verification of access tokens (DESIGN §5, RFC 8725).
 //!
-//! Verification pins EdDSA, requires `typ: at+jwt`, takes the key only from our
+//! Verification pins EdDSA, requires `typ: at+jwt`, refuses any `crit`
+//! header (we understand no extension), takes the key only from our
 //! own set by `kid` (never from `jku`/`x5u`/`jwk`/`x5c`), requires every claim,
 //! checks `iss` and `aud` exactly and applies the time rules against the
 //! caller's clock with a bounded leeway.
@@ -94,6 +95,10 @@ pub enum VerifyError {
     Expired,
     #[error("not yet valid")]
     NotYetValid,
+    /// A `crit` header: it names extensions the verifier must understand,
+    /// and Gatehouse understands none (RFC 7515 §4.1.11).
+    #[error("critical header extension")]
+    Critical,
 }
 
 impl VerifyError {
@@ -110,6 +115,7 @@ impl VerifyError {
             Self::Audience => "audience",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::Critical => "crit",
         }
     }
 }
@@ -171,6 +177,9 @@ impl TokenVerifier {
         })?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::Algorithm);
+        }
+        if header.crit.is_some() {
+            return Err(VerifyError::Critical);
         }
         let typ_ok = header
             .typ

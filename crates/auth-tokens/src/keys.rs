@@ -67,7 +67,7 @@ impl SigningKey {
     }
 
     /// The private key as PKCS#8 v1 DER, the form the JWT library signs with.
-    pub(crate) fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+    pub fn pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
         let mut der = Zeroizing::new(Vec::with_capacity(48));
         der.extend_from_slice(&PKCS8_V1_PREFIX);
         der.extend_from_slice(&self.seed[..]);

@@ -101,6 +101,24 @@ async fn tokens_with_the_wrong_audience_issuer_or_timing_are_refused() {
 }
 
 #[tokio::test]
+async fn a_token_with_a_critical_header_extension_is_refused() {
+    each_backend(async |app| {
+        let (_, browser) = app.signed_in().await;
+        let good: AccessClaims = serde_json::from_value(claims(browser.access())).unwrap();
+        let ring = auth_tokens::keyfile::load(&app.key_file).unwrap().ring;
+        let key = jsonwebtoken::EncodingKey::from_ed_der(&ring.active().pkcs8_der());
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.typ = Some("at+jwt".into());
+        header.kid = Some(ring.active().kid.clone());
+        let control = jsonwebtoken::encode(&header, &good, &key).unwrap();
+        assert_eq!(app.me_bearer(&control).await.status(), 200, "the control token");
+        header.crit = Some(vec!["exp".into()]);
+        refused_like_no_token(&app, &jsonwebtoken::encode(&header, &good, &key).unwrap()).await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_access_token_expires_after_its_lifetime_plus_leeway() {
     each_backend(async |app| {
         let (_, browser) = app.signed_in().await;

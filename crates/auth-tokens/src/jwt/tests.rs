@@ -238,3 +238,20 @@ fn tokens_of_a_rotated_key_verify_until_the_key_leaves_the_ring() {
     let later = TokenVerifier::from_ring(&ring, &settings(), NOW + 10 + 660);
     assert_eq!(later.verify(&old_token, NOW + 10), Err(VerifyError::UnknownKey));
 }
+
+#[test]
+fn a_critical_header_extension_is_refused_whatever_it_names() {
+    let f = fixture();
+    let payload = serde_json::to_value(claims()).unwrap();
+    for crit in [json!(["exp"]), json!([]), json!(["b64"]), json!(["x-unknown"])] {
+        let mut header = our_header(&f);
+        header["crit"] = crit.clone();
+        header["exp"] = json!(NOW + 600);
+        let token = sign_raw(&f, &header, &payload);
+        assert_eq!(f.verifier.verify(&token, NOW), Err(VerifyError::Critical), "crit: {crit}");
+    }
+    // Not a list: not even a well-formed header.
+    let mut header = our_header(&f);
+    header["crit"] = json!("exp");
+    assert!(f.verifier.verify(&sign_raw(&f, &header, &payload), NOW).is_err());
+}
