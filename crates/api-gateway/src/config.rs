@@ -65,9 +65,31 @@ pub struct GatewaySettings {
     pub token_cache_size: usize,
     /// Seconds between background JWKS refreshes.
     pub jwks_refresh_secs: u64,
-    /// Seconds a client connection may sit idle between requests, or take to
-    /// send a request head, before it is closed.
+    /// Seconds a client connection may sit idle between requests before it is
+    /// closed (nginx's `keepalive_timeout`).
     pub client_idle_timeout_secs: u64,
+    /// Seconds a request head may take to arrive whole, from its first byte
+    /// (from the connection's start for its first request), however slowly
+    /// it trickles in (nginx's `client_header_timeout`). On connections
+    /// served by hyper this also bounds the idle time between requests.
+    pub client_header_timeout_secs: u64,
+    /// Seconds a write to a client may wait for the client to read before the
+    /// connection is dropped, with the upstream connection serving it
+    /// (nginx's `send_timeout`).
+    pub client_send_timeout_secs: u64,
+    /// Client connections served at once by the whole gateway; one more is
+    /// answered 503 `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Whether client header names with `_` reach upstreams. Off by default
+    /// (nginx's `underscores_in_headers off`): CGI-style servers read
+    /// `X_User_Id` as `X-User-Id`.
+    pub underscores_in_headers: bool,
+    /// Whether bodiless `GET`/`HEAD` requests to HTTP/1.1 upstreams take the
+    /// gateway's own HTTP/1.1 path; off, hyper serves every request.
+    pub fast_path: bool,
+    /// Seconds the gateway waits at shutdown for requests already sent
+    /// before it closes every connection left (under Kubernetes' 30 s).
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for GatewaySettings {
@@ -78,6 +100,12 @@ impl Default for GatewaySettings {
             token_cache_size: 10_000,
             jwks_refresh_secs: 60,
             client_idle_timeout_secs: 75,
+            client_header_timeout_secs: 10,
+            client_send_timeout_secs: 60,
+            max_connections: 10_000,
+            underscores_in_headers: false,
+            fast_path: true,
+            shutdown_grace_secs: 25,
         }
     }
 }

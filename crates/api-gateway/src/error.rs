@@ -9,10 +9,21 @@ use serde_json::json;
 pub enum GatewayError {
     #[error("no route")]
     NoRoute,
-    /// A `.` or `..` path segment, plain or percent-encoded: an upstream
-    /// might resolve it to a path another route guards.
-    #[error("dot segment in path")]
-    DotSegment,
+    /// A path without an unambiguous canonical form (see [`crate::path`]),
+    /// or one whose letters in another case would match another route.
+    #[error("invalid path")]
+    InvalidPath,
+    /// A body on a `GET`, `HEAD`, `OPTIONS` or `TRACE`: an upstream that
+    /// ignores it would read it as a second request the gateway never checked.
+    #[error("body not allowed")]
+    BodyNotAllowed,
+    /// No `Host` on an HTTP/1.1 request, more than one, or an invalid one
+    /// (RFC 9112 §3.2).
+    #[error("invalid host")]
+    InvalidHost,
+    /// The gateway serves `gateway.max_connections` already.
+    #[error("too many connections")]
+    TooManyConnections,
     /// Missing, invalid, expired or revoked token: one answer for all.
     /// `presented` says whether a token was sent at all (RFC 6750 §3.1).
     #[error("unauthenticated")]
@@ -35,9 +46,28 @@ impl GatewayError {
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
             Self::NoRoute => (StatusCode::NOT_FOUND, "no_route", "no route for this path".into()),
-            Self::DotSegment => {
-                (StatusCode::BAD_REQUEST, "invalid_path", "paths with . or .. segments are not accepted".into())
-            }
+            Self::InvalidPath => (
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "this path could be read more than one way (dot segments, encoded separators, \
+                 parameters, double encoding, or a case that matches another route)"
+                    .into(),
+            ),
+            Self::BodyNotAllowed => (
+                StatusCode::BAD_REQUEST,
+                "body_not_allowed",
+                "GET, HEAD, OPTIONS and TRACE requests may not have a body".into(),
+            ),
+            Self::InvalidHost => (
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "an HTTP/1.1 request needs exactly one valid Host header".into(),
+            ),
+            Self::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "the gateway is serving as many connections as it may; try again".into(),
+            ),
             Self::Unauthenticated { .. } => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required".into())
             }
@@ -73,7 +103,7 @@ impl IntoResponse for GatewayError {
             Self::Unauthenticated { presented: false } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::KeysUnavailable | Self::RevocationUnavailable => {
+            Self::KeysUnavailable | Self::RevocationUnavailable | Self::TooManyConnections => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::uri::{self, PathAndQuery};
-use axum::http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -38,11 +38,13 @@ thread_local! {
 }
 
 /// Sends `request` (headers already prepared) to the route's upstream, at
-/// `target` (path and query), within the route's timeout.
+/// `target` (path and query), within the route's timeout. `upgrade` is the
+/// protocol the client asked to switch to ([`upgrade_asked`]).
 pub async fn send(
     route: &Route,
     mut request: Request<Body>,
     target: PathAndQuery,
+    upgrade: Option<HeaderValue>,
 ) -> Result<Response<Body>, GatewayError> {
     match &route.upstream {
         Upstream::Local(router) => {
@@ -57,7 +59,7 @@ pub async fn send(
         Upstream::Http { authority, host, http2: false, .. } => {
             *request.uri_mut() = Uri::from(target);
             *request.version_mut() = Version::HTTP_11;
-            let tunnel = hop_by_hop(&mut request);
+            let tunnel = ask_upgrade(&mut request, upgrade);
             request.headers_mut().insert(header::HOST, host.clone());
             let response = within(route.timeout, pool::send(authority, request)).await?;
             Ok(answer(response, tunnel))
@@ -70,7 +72,7 @@ pub async fn send(
             *request.uri_mut() = Uri::from_parts(uri).map_err(|_| GatewayError::UpstreamUnavailable)?;
             *request.version_mut() = Version::HTTP_2;
             request.headers_mut().remove(header::HOST);
-            let tunnel = hop_by_hop(&mut request);
+            let tunnel = ask_upgrade(&mut request, upgrade);
             let client = HTTP2.with(Client::clone);
             let response = within(route.timeout, client.request(request)).await?;
             Ok(answer(response, tunnel))
@@ -97,18 +99,15 @@ where
     }
 }
 
-/// Strips the request's hop-by-hop headers. An upgrade (WebSocket) request
-/// keeps asking for its protocol upstream; its client side is returned, to
-/// be joined to the upstream's if the answer is 101.
-fn hop_by_hop(request: &mut Request<Body>) -> Option<OnUpgrade> {
-    let upgrade = wants_upgrade(request).then(|| request.headers().get(header::UPGRADE).cloned()).flatten();
-    let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut *request));
-    strip_hop_by_hop(request.headers_mut());
-    if let Some(protocol) = upgrade {
-        request.headers_mut().insert(header::UPGRADE, protocol);
-        request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    downstream
+/// An upgrade (WebSocket) request asks for its protocol upstream too (its
+/// hop-by-hop headers are gone by now); its client side is returned, to be
+/// joined to the upstream's if the answer is 101.
+fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<HeaderValue>) -> Option<OnUpgrade> {
+    let protocol = upgrade?;
+    let downstream = hyper::upgrade::on(&mut *request);
+    request.headers_mut().insert(header::UPGRADE, protocol);
+    request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Some(downstream)
 }
 
 /// The response for the client: after a 101 to an upgrade request, both
@@ -129,11 +128,19 @@ fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Respon
         });
         return response;
     }
+    // hyper has decoded the upstream's framing and frames the body anew; a
+    // length beside a transfer coding is the upstream's mistake, and
+    // overridden by the coding (RFC 9112 §6.3), so it is not relayed.
+    if response.headers().contains_key(header::TRANSFER_ENCODING) {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(response.headers_mut());
     response
 }
 
-fn wants_upgrade(request: &Request<Body>) -> bool {
-    request.headers().contains_key(header::UPGRADE)
-        && connection_tokens(request.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+/// The protocol a request asks to switch to: its `Upgrade`, when its
+/// `Connection` lists `upgrade`.
+pub fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    headers.get(header::UPGRADE).filter(|_| asked).cloned()
 }

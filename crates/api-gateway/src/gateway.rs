@@ -1,16 +1,25 @@
 //! The request path, in order:
 //!
 //! 1. the gateway's own endpoints (`/healthz`, `/readyz`, `/metrics`);
-//! 2. route lookup, longest prefix (404 when none);
+//! 2. the message itself: one valid `Host` (RFC 9112 §3.2), no body on
+//!    `GET`/`HEAD`/`OPTIONS`/`TRACE` (400);
+//! 3. the path made canonical (400 `invalid_path` when it cannot be), then
+//!    route lookup on it, longest prefix (404 when none; 400 when the path
+//!    in other letter case would match another route);
 //! 3. on `auth = "required"` routes: token from bearer header or cookie →
 //!    verify against the JWKS (503 when no keys yet) → revocation feed current
 //!    (503 otherwise: fail closed) → not revoked → CSRF for cookie-borne
 //!    unsafe requests → roles;
-//! 4. strip spoofable identity, our cookies and untrusted forwarding headers;
-//!    set `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
+//! 4. strip the client's hop-by-hop headers, spoofable identity (and its
+//!    `_` look-alikes), our cookies and untrusted forwarding headers; set
+//!    `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
 //!    `X-Forwarded-*`;
-//! 5. forward, streaming, within the route's timeout (502/504).
+//! 5. forward the canonical path, streaming, within the route's timeout
+//!    (502/504).
+//!
+//! Every response, the gateway's own included, carries `X-Request-Id`.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,8 +27,8 @@ use auth_core::Clock;
 use auth_events::RevocationFeed;
 use auth_tokens::csrf::{check_pair, check_site};
 use auth_tokens::{Credential, CsrfKey, cookies};
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -30,7 +39,7 @@ use crate::forward;
 use crate::identity::{self, Peer, TrustedProxies};
 use crate::local::PerThread;
 use crate::metrics::GatewayMetrics;
-use crate::routes::{Route, RouteTable};
+use crate::routes::{Route, RouteTable, Upstream};
 
 /// What a gateway is built from.
 pub struct GatewayParts {
@@ -59,7 +68,9 @@ struct Inner {
     trusted: TrustedProxies,
     allowed_origins: Vec<String>,
     jwks_refresh: Duration,
-    client_idle: Duration,
+    client: ClientLimits,
+    underscores: bool,
+    fast_path: bool,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -80,7 +91,9 @@ impl Gateway {
             trusted,
             allowed_origins,
             jwks_refresh: Duration::from_secs(parts.settings.jwks_refresh_secs.max(1)),
-            client_idle: Duration::from_secs(parts.settings.client_idle_timeout_secs.max(1)),
+            client: ClientLimits::of(&parts.settings),
+            underscores: parts.settings.underscores_in_headers,
+            fast_path: parts.settings.fast_path,
             extra_metrics: parts.extra_metrics,
         })))
     }
@@ -105,9 +118,19 @@ impl Gateway {
         RouteTable::clone(&self.0.routes.read().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// How long a client connection may be idle, or take to send a request head.
-    pub(crate) fn client_idle(&self) -> Duration {
-        self.0.client_idle
+    /// What client connections are allowed.
+    pub(crate) fn client_limits(&self) -> &ClientLimits {
+        &self.0.client
+    }
+
+    /// Whether bodiless `GET`/`HEAD` requests take the own HTTP/1.1 path.
+    pub(crate) fn fast_path(&self) -> bool {
+        self.0.fast_path
+    }
+
+    /// Counts a request answered before any route was found.
+    pub(crate) fn unrouted(&self, status: StatusCode) {
+        self.0.metrics.unrouted().status(status.as_u16());
     }
 
     /// Unix seconds by the gateway's clock.
@@ -135,21 +158,40 @@ impl Gateway {
     /// One request from `peer` (the TCP peer, if known), all the way: see the
     /// module documentation. [`crate::serve`] calls this for every request.
     pub async fn handle(&self, request: Request, peer: Option<Peer>) -> Response {
+        let request_id = identity::request_id(request.headers().get(identity::REQUEST_ID).map(HeaderValue::as_bytes));
+        let mut response = self.answer(request, peer, &request_id).await;
+        response.headers_mut().insert(identity::REQUEST_ID, request_id);
+        response
+    }
+
+    async fn answer(&self, request: Request, peer: Option<Peer>, request_id: &HeaderValue) -> Response {
         if request.method() == Method::GET
             && let Some(response) = self.own_endpoint(request.uri().path())
         {
             return response;
         }
-        if crate::routes::has_dot_segment(request.uri().path()) {
-            self.0.metrics.unrouted().status(StatusCode::BAD_REQUEST.as_u16());
-            return GatewayError::DotSegment.into_response();
-        }
-        let routes = self.routes();
-        let Some(route) = routes.find(request.uri().path()) else {
-            self.0.metrics.unrouted().status(StatusCode::NOT_FOUND.as_u16());
-            return GatewayError::NoRoute.into_response();
+        // The URI is cheap to clone (shared bytes); the request moves on.
+        let uri = request.uri().clone();
+        let path = match check_message(&request).and_then(|()| canonical_path(uri.path())) {
+            Ok(path) => path,
+            Err(error) => {
+                self.unrouted(StatusCode::BAD_REQUEST);
+                return error.into_response();
+            }
         };
-        let response = match self.pass(route, request, peer.as_ref()).await {
+        let routes = self.routes();
+        let route = match routes.route_for(&path) {
+            Ok(Some(route)) => route,
+            Ok(None) => {
+                self.unrouted(StatusCode::NOT_FOUND);
+                return GatewayError::NoRoute.into_response();
+            }
+            Err(_) => {
+                self.unrouted(StatusCode::BAD_REQUEST);
+                return GatewayError::InvalidPath.into_response();
+            }
+        };
+        let response = match self.pass(route, request, &path, peer.as_ref(), request_id).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
         };
@@ -179,18 +221,29 @@ impl Gateway {
         }
     }
 
-    async fn pass(&self, route: &Route, mut request: Request, peer: Option<&Peer>) -> Result<Response, GatewayError> {
+    async fn pass(
+        &self,
+        route: &Route,
+        mut request: Request,
+        path: &str,
+        peer: Option<&Peer>,
+        request_id: &HeaderValue,
+    ) -> Result<Response, GatewayError> {
         let verified = match route.auth {
             AuthMode::Required => Some(self.authenticate(route, request.method(), request.headers()).await?),
             AuthMode::Public => None,
         };
-        let rewrite = self.rewrite(route, verified.as_deref(), peer);
-        let request_id = identity::prepare(request.headers_mut(), rewrite);
-        let target = route.upstream_target(request.uri()).ok_or(GatewayError::UpstreamUnavailable)?;
+        // Asked for before the rewrite drops the client's hop-by-hop headers.
+        let upgrade = forward::upgrade_asked(request.headers());
+        identity::prepare(request.headers_mut(), self.rewrite(route, verified.as_deref(), peer, request_id));
+        if let (Upstream::Local(_), Some(peer)) = (&route.upstream, peer) {
+            // An in-process service sees the client as its peer, as if served directly.
+            request.extensions_mut().insert(ConnectInfo(SocketAddr::new(peer.ip, 0)));
+        }
+        let target = route.upstream_target(request.uri(), path).ok_or(GatewayError::UpstreamUnavailable)?;
         let started = Instant::now();
-        let mut response = forward::send(route, request, target).await?;
+        let response = forward::send(route, request, target, upgrade).await?;
         route.stats.upstream_latency(started.elapsed());
-        response.headers_mut().insert(identity::REQUEST_ID, request_id);
         Ok(response)
     }
 
@@ -200,12 +253,15 @@ impl Gateway {
         route: &Route,
         verified: Option<&'a Verified>,
         peer: Option<&'a Peer>,
+        request_id: &'a HeaderValue,
     ) -> identity::Rewrite<'a> {
         identity::Rewrite {
             identity: verified.map(|v| &v.identity),
             forward_credentials: route.forward_credentials,
             peer,
             peer_trusted: peer.is_some_and(|p| self.0.trusted.contains(p.ip)),
+            underscores: self.0.underscores,
+            request_id,
         }
     }
 
@@ -282,6 +338,66 @@ impl Gateway {
 /// paths [`Gateway::own_endpoint`] answers), which its HTTP/1.1 path leaves to hyper.
 pub(crate) fn serves_itself(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Deadlines and limits for client connections, from the settings.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientLimits {
+    /// Idle between requests.
+    pub idle: Duration,
+    /// A request head, whole.
+    pub head: Duration,
+    /// One write to the client.
+    pub send: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl ClientLimits {
+    fn of(settings: &GatewaySettings) -> Self {
+        let secs = |n: u64| Duration::from_secs(n.max(1));
+        Self {
+            idle: secs(settings.client_idle_timeout_secs),
+            head: secs(settings.client_header_timeout_secs),
+            send: secs(settings.client_send_timeout_secs),
+            max_connections: settings.max_connections.max(1),
+            shutdown_grace: Duration::from_secs(settings.shutdown_grace_secs),
+        }
+    }
+}
+
+/// Methods whose requests carry no body (RFC 9110 §9.3: a body on them has
+/// no defined meaning, and upstreams differ on whether they read one).
+pub(crate) fn bodiless(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+}
+
+/// A `Host` value that is a host and maybe a port (RFC 9110 §7.2), nothing
+/// else: no user info, path, spaces or control characters.
+pub(crate) fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty() && host.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=".contains(b))
+}
+
+/// RFC 9112 §3.2 (one valid `Host`; none only before HTTP/1.1 or with
+/// HTTP/2's `:authority`) and no body on a method that has none.
+fn check_message(request: &Request) -> Result<(), GatewayError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, None) if request.version() == Version::HTTP_11 => return Err(GatewayError::InvalidHost),
+        (Some(host), None) if !valid_host(host.as_bytes()) => return Err(GatewayError::InvalidHost),
+        (Some(_), Some(_)) => return Err(GatewayError::InvalidHost),
+        _ => {}
+    }
+    let body =
+        request.headers().contains_key(header::TRANSFER_ENCODING) || !hyper::body::Body::is_end_stream(request.body());
+    if bodiless(request.method().as_str()) && body {
+        return Err(GatewayError::BodyNotAllowed);
+    }
+    Ok(())
+}
+
+fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
+    crate::path::canonical(path).map_err(|_| GatewayError::InvalidPath)
 }
 
 fn check_roles(route: &Route, verified: &Verified) -> Result<(), GatewayError> {

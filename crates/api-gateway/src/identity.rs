@@ -1,6 +1,9 @@
 //! What an upstream may see. Everything a client could use to pass itself off
-//! as someone (identity headers, our cookies, forwarding headers from
-//! untrusted peers) is removed before the gateway sets its own values.
+//! as someone (identity headers, look-alikes spelled with `_`, our cookies,
+//! forwarding and client-address headers from untrusted peers, method
+//! overrides) is removed, and the client's hop-by-hop headers with it,
+//! before the gateway adds its own values — so nothing the client sends can
+//! remove or alter what the gateway sets.
 
 use std::net::IpAddr;
 
@@ -14,18 +17,46 @@ const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway as such.
-/// Lowercase, as `HeaderName`s are; compared by length first.
-const HOP_BY_HOP: [&str; 8] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1) that never cross the gateway as
+/// such, with the legacy `Proxy-Connection`. Lowercase.
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
+    "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Headers only the gateway sets: whatever a client sends under these
+/// names (or a spelling with `_`) never reaches an upstream.
+const OWNED: [&str; 3] = ["x-session-id", "x-request-id", "x-forwarded-for"];
+const OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-auth-"];
+
+/// Method overrides: an upstream framework honouring them would run a
+/// `DELETE` that the gateway checked as a `GET` (no CSRF check).
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// What proxies in front of the gateway say about the client: believed
+/// from trusted proxies only (`X-Forwarded-For` is rebuilt either way).
+const FROM_PROXIES: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-rewrite-url",
+];
+const FROM_PROXIES_PREFIXES: [&str; 3] = ["x-forwarded-", "x-authenticated-", "x-original-"];
+
+/// Response headers an upstream's `Connection` may not remove: the framing
+/// of the body the gateway relays, and the gateway's own request id.
+const NEVER_CONNECTION_NAMED: [&str; 3] = ["content-length", "transfer-encoding", "x-request-id"];
 
 /// The identity the gateway vouches for, as header values: made once per
 /// verified token, not once per request.
@@ -61,9 +92,53 @@ impl Peer {
     }
 }
 
-fn spoofable(name: &str) -> bool {
-    let starts = |prefix: &str| name.get(..prefix.len()).is_some_and(|n| n.eq_ignore_ascii_case(prefix));
-    starts("x-user-") || starts("x-auth-") || name.eq_ignore_ascii_case("x-session-id")
+/// `name` compared with `other` (lowercase) ignoring case and reading `_`
+/// as `-`, as CGI-style servers do (`X_User_Id` is their `X-User-Id`).
+fn folded_eq(name: &[u8], other: &str) -> bool {
+    name.len() == other.len() && name.iter().zip(other.bytes()).all(|(a, b)| fold(*a) == b)
+}
+
+fn folded_starts(name: &[u8], prefix: &str) -> bool {
+    name.get(..prefix.len()).is_some_and(|start| folded_eq(start, prefix))
+}
+
+fn fold(b: u8) -> u8 {
+    if b == b'_' { b'-' } else { b.to_ascii_lowercase() }
+}
+
+/// What becomes of a client's header line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Pass,
+    /// Never passes.
+    Drop,
+    /// Passes from trusted proxies only.
+    FromProxies,
+    Cookie,
+    Authorization,
+}
+
+/// The class of a client header `name` (any case, `_` read as `-`).
+/// Most names are decided by their first byte alone.
+fn class(name: &[u8]) -> Class {
+    let any = |names: &[&str]| names.iter().any(|n| folded_eq(name, n));
+    let any_prefix = |prefixes: &[&str]| prefixes.iter().any(|p| folded_starts(name, p));
+    match name.first().map(u8::to_ascii_lowercase) {
+        Some(b'x') => {
+            if any(&OWNED) || any_prefix(&OWNED_PREFIXES) || any(&METHOD_OVERRIDES) {
+                Class::Drop
+            } else if any(&FROM_PROXIES) || any_prefix(&FROM_PROXIES_PREFIXES) {
+                Class::FromProxies
+            } else {
+                Class::Pass
+            }
+        }
+        Some(b'c') if folded_eq(name, "cookie") => Class::Cookie,
+        Some(b'a') if folded_eq(name, "authorization") => Class::Authorization,
+        Some(b'c' | b'k' | b'p' | b't' | b'u') if any(&HOP_BY_HOP) => Class::Drop,
+        Some(b'f' | b't' | b'c') if any(&FROM_PROXIES) => Class::FromProxies,
+        _ => Class::Pass,
+    }
 }
 
 /// Whether `name` (any case) is a hop-by-hop header (RFC 9110 §7.6.1).
@@ -71,16 +146,22 @@ pub fn hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// Removes hop-by-hop headers, including those `Connection` names.
+/// Whether an upstream response's `Connection` header may remove the
+/// header `name`: never the framing, never what the gateway sets.
+pub fn connection_may_remove(name: &str) -> bool {
+    !NEVER_CONNECTION_NAMED.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Removes a response's hop-by-hop headers, and those its `Connection`
+/// names where [`connection_may_remove`] allows.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names instead of a removal per kind.
     if !headers.keys().any(|name| hop_by_hop(name.as_str())) {
         return;
     }
-    // Names `Connection` lists go too; the usual `keep-alive` and `close`
-    // need no list (the first goes below, the second names no header).
     let named: Vec<String> = connection_tokens(headers)
         .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
+        .filter(|n| connection_may_remove(n))
         .map(str::to_owned)
         .collect();
     for name in &named {
@@ -113,6 +194,13 @@ fn valid_request_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
 }
 
+/// The request's id: the client's `X-Request-Id` when it is a sane one
+/// (so traces join up), a fresh one otherwise. It goes upstream and comes
+/// back on every response, the gateway's own answers included.
+pub fn request_id(client: Option<&[u8]>) -> HeaderValue {
+    client.filter(|v| valid_request_id(v)).and_then(|v| HeaderValue::from_bytes(v).ok()).unwrap_or_else(new_request_id)
+}
+
 /// How a request's headers are rewritten for its upstream.
 #[derive(Debug, Clone, Copy)]
 pub struct Rewrite<'a> {
@@ -123,40 +211,49 @@ pub struct Rewrite<'a> {
     pub peer: Option<&'a Peer>,
     /// Whether `peer` is a trusted proxy, whose forwarding headers are believed.
     pub peer_trusted: bool,
+    /// Whether header names with `_` may pass (those that read as one the
+    /// gateway manages never do).
+    pub underscores: bool,
+    /// See [`request_id`].
+    pub request_id: &'a HeaderValue,
 }
 
 impl Rewrite<'_> {
     /// Calls `emit` with every header the upstream gets, given the client's
     /// `headers` (names in any case, raw values): the client's that may pass,
     /// in their order, then the gateway's own. `Host` passes as it came.
-    /// Returns the request id. Both the gateway's HTTP/1.1 path (on raw
-    /// bytes) and [`prepare`] (on a `HeaderMap`) go through here, so what an
-    /// upstream may see is decided in one place.
-    pub fn apply<'h, I>(&self, headers: I, mut emit: impl FnMut(&[u8], &[u8])) -> HeaderValue
+    /// Both the gateway's HTTP/1.1 path (on raw bytes) and [`prepare`] (on a
+    /// `HeaderMap`) go through here, so what an upstream may see is decided
+    /// in one place.
+    pub fn apply<'h, I>(&self, headers: I, mut emit: impl FnMut(&[u8], &[u8]))
     where
         I: Iterator<Item = (&'h str, &'h [u8])> + Clone,
     {
-        let first =
-            |name: &HeaderName| headers.clone().find(|(n, _)| n.eq_ignore_ascii_case(name.as_str())).map(|h| h.1);
+        let lines = |name: &'static str| headers.clone().filter(move |(n, _)| n.eq_ignore_ascii_case(name));
         let trusted = self.peer_trusted && self.peer.is_some();
+        // Headers the client's `Connection` names are hop-by-hop too.
+        let named: Vec<&[u8]> = lines("connection")
+            .flat_map(|(_, value)| value.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|token| !token.is_empty())
+            .collect();
         for (name, value) in headers.clone() {
-            if !self.passes(name, trusted) {
+            if !self.underscores && name.contains('_') {
                 continue;
             }
-            if !self.forward_credentials && name.eq_ignore_ascii_case("cookie") {
-                match std::str::from_utf8(value) {
-                    Ok(line) if !line.contains("__Host-") => emit(b"cookie", value),
-                    // A line that is not text cannot be vetted, so it goes.
-                    Ok(line) => {
-                        if let Some(rest) = auth_tokens::cookies::without(line, &auth_tokens::cookies::ALL) {
-                            emit(b"cookie", rest.as_bytes());
-                        }
-                    }
-                    Err(_) => {}
-                }
+            if named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())) {
                 continue;
             }
-            emit(name.as_bytes(), value);
+            match class(name.as_bytes()) {
+                Class::Pass => emit(name.as_bytes(), value),
+                // Only the exact spelling: `_` look-alikes would merge with ours.
+                Class::FromProxies if trusted && !name.contains('_') => emit(name.as_bytes(), value),
+                Class::FromProxies | Class::Drop => {}
+                Class::Cookie => self.cookie(value, &mut emit),
+                // A bearer token was ours; upstreams get identity headers instead.
+                Class::Authorization if !self.forward_credentials && self.identity.is_some() => {}
+                Class::Authorization => emit(name.as_bytes(), value),
+            }
         }
         if let Some(id) = self.identity {
             for (name, value) in [(USER_ID, &id.user_id), (USER_ROLES, &id.roles), (SESSION_ID, &id.session_id)] {
@@ -165,60 +262,61 @@ impl Rewrite<'_> {
                 }
             }
         }
-        let request_id = first(&REQUEST_ID)
-            .filter(|v| valid_request_id(v))
-            .and_then(|v| HeaderValue::from_bytes(v).ok())
-            .unwrap_or_else(new_request_id);
-        emit(REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
+        emit(REQUEST_ID.as_str().as_bytes(), self.request_id.as_bytes());
         // `X-Forwarded-*`: believed from trusted proxies only, else set from the peer.
-        match (self.peer, if trusted { first(&FORWARDED_FOR) } else { None }) {
-            (Some(peer), Some(prior)) => {
-                let mut chain = prior.to_vec();
-                chain.extend_from_slice(b", ");
+        let believed = |name: &'static str| if trusted { lines(name).next().map(|(_, v)| v) } else { None };
+        match self.peer {
+            Some(peer) if trusted && lines("x-forwarded-for").next().is_some() => {
+                let mut chain = Vec::new();
+                for (_, prior) in lines("x-forwarded-for") {
+                    chain.extend_from_slice(prior);
+                    chain.extend_from_slice(b", ");
+                }
                 chain.extend_from_slice(peer.text.as_bytes());
                 emit(FORWARDED_FOR.as_str().as_bytes(), &chain);
             }
-            (Some(peer), _) => emit(FORWARDED_FOR.as_str().as_bytes(), peer.text.as_bytes()),
-            (None, _) => {}
+            Some(peer) => emit(FORWARDED_FOR.as_str().as_bytes(), peer.text.as_bytes()),
+            None => {}
         }
-        if !trusted || first(&FORWARDED_PROTO).is_none() {
+        if believed("x-forwarded-proto").is_none() {
             emit(FORWARDED_PROTO.as_str().as_bytes(), b"http");
         }
-        if (!trusted || first(&FORWARDED_HOST).is_none())
-            && let Some(host) = first(&header::HOST)
+        if believed("x-forwarded-host").is_none()
+            && let Some((_, host)) = lines("host").next()
         {
             emit(FORWARDED_HOST.as_str().as_bytes(), host);
         }
-        request_id
     }
 
-    /// Whether a client's header line may reach the upstream as it is
-    /// (cookies are then filtered by [`Rewrite::apply`]).
-    fn passes(&self, name: &str, trusted: bool) -> bool {
-        let is = |other: &HeaderName| name.eq_ignore_ascii_case(other.as_str());
-        if spoofable(name) || is(&REQUEST_ID) || is(&FORWARDED_FOR) {
-            return false;
+    /// A `Cookie` line without the gateway's own cookies (unless the
+    /// upstream is the auth-service); a line that is not text cannot be
+    /// vetted, so it goes.
+    fn cookie(&self, value: &[u8], emit: &mut impl FnMut(&[u8], &[u8])) {
+        if self.forward_credentials {
+            return emit(b"cookie", value);
         }
-        if !trusted && (is(&header::FORWARDED) || is(&FORWARDED_PROTO) || is(&FORWARDED_HOST)) {
-            return false;
+        match std::str::from_utf8(value) {
+            Ok(line) if !line.contains("__Host-") => emit(b"cookie", value),
+            Ok(line) => {
+                if let Some(rest) = auth_tokens::cookies::without(line, &auth_tokens::cookies::ALL) {
+                    emit(b"cookie", rest.as_bytes());
+                }
+            }
+            Err(_) => {}
         }
-        // A bearer token was ours; upstreams get identity headers instead.
-        !(is(&header::AUTHORIZATION) && !self.forward_credentials && self.identity.is_some())
     }
 }
 
 /// Rewrites the request headers for the upstream (see [`Rewrite::apply`]).
-/// Returns the request id.
-pub fn prepare(headers: &mut HeaderMap, rewrite: Rewrite<'_>) -> HeaderValue {
+pub fn prepare(headers: &mut HeaderMap, rewrite: Rewrite<'_>) {
     let mut out = HeaderMap::with_capacity(headers.len() + 7);
     let lines: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-    let request_id = rewrite.apply(lines.into_iter(), |name, value| {
+    rewrite.apply(lines.into_iter(), |name, value| {
         if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
             out.append(name, value);
         }
     });
     *headers = out;
-    request_id
 }
 
 /// A fresh request id: a random per-thread prefix and a per-thread counter —
@@ -293,8 +391,15 @@ mod tests {
         Peer::new(ip.parse().unwrap())
     }
 
+    static ID: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| HeaderValue::from_static("req-1"));
+
     fn rewrite<'a>(identity: Option<&'a IdentityHeaders>, peer: Option<&'a Peer>, peer_trusted: bool) -> Rewrite<'a> {
-        Rewrite { identity, forward_credentials: false, peer, peer_trusted }
+        Rewrite { identity, forward_credentials: false, peer, peer_trusted, underscores: false, request_id: &ID }
+    }
+
+    /// The header lines `prepare` leaves, as (name, value) text, in order.
+    fn lines(h: &HeaderMap) -> Vec<(String, String)> {
+        h.iter().map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
     }
 
     #[test]
@@ -351,27 +456,129 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.5"));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.7"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         prepare(&mut h, rewrite(None, Some(&peer("10.1.2.3")), true));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.5, 10.1.2.3");
+        assert_eq!(h["x-forwarded-for"], "203.0.113.5, 198.51.100.7, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
     fn request_ids_are_kept_when_sane_and_made_otherwise() {
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(prepare(&mut h, rewrite(None, None, false)), "abc-123");
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
-        let first = prepare(&mut h, rewrite(None, None, false));
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        let first = request_id(Some(b"bad id with spaces"));
         assert!(valid_request_id(first.as_bytes()));
-        let mut again = HeaderMap::new();
-        let second = prepare(&mut again, rewrite(None, None, false));
+        let second = request_id(None);
         assert_ne!(second, first);
         assert!(valid_request_id(second.as_bytes()));
         assert_eq!(first.len(), 33);
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("client-chose-this"));
+        prepare(&mut h, rewrite(None, None, false));
+        assert_eq!(h["x-request-id"], "req-1");
+    }
+
+    #[test]
+    fn look_alikes_spelled_with_underscores_never_pass() {
+        let mut h = HeaderMap::new();
+        for name in ["x_user_id", "X_User_Roles", "x-user_id", "x_session_id", "x_auth_user", "x_forwarded_for"] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("victim"));
+        }
+        h.append("x_custom", HeaderValue::from_static("1"));
+        let id = IdentityHeaders::new("me", &[], "s");
+        let mut off = h.clone();
+        prepare(&mut off, rewrite(Some(&id), None, false));
+        assert_eq!(
+            lines(&off),
+            [
+                ("x-user-id", "me"),
+                ("x-user-roles", ""),
+                ("x-session-id", "s"),
+                ("x-request-id", "req-1"),
+                ("x-forwarded-proto", "http")
+            ]
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        );
+        // Allowed underscores let other names through, never the look-alikes.
+        let mut on = h.clone();
+        prepare(&mut on, Rewrite { underscores: true, ..rewrite(Some(&id), Some(&peer("10.0.0.1")), true) });
+        assert_eq!(on["x_custom"], "1");
+        assert_eq!(on.get_all("x-user-id").iter().collect::<Vec<_>>(), ["me"]);
+        assert!(lines(&on).iter().all(|(_, v)| v != "victim"), "{:?}", lines(&on));
+    }
+
+    #[test]
+    fn client_address_and_url_claims_pass_from_trusted_proxies_only() {
+        let names = [
+            "x-real-ip",
+            "true-client-ip",
+            "x-client-ip",
+            "cf-connecting-ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-host",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-authenticated-user",
+            "x-authenticated-groups",
+            "forwarded",
+        ];
+        let mut h = HeaderMap::new();
+        for name in names {
+            h.insert(name, HeaderValue::from_static("claimed"));
+        }
+        let mut untrusted = h.clone();
+        prepare(&mut untrusted, rewrite(None, Some(&peer("192.0.2.1")), false));
+        assert!(lines(&untrusted).iter().all(|(_, v)| v != "claimed"), "{:?}", lines(&untrusted));
+        let mut trusted = h.clone();
+        prepare(&mut trusted, rewrite(None, Some(&peer("10.0.0.1")), true));
+        for name in names {
+            assert_eq!(trusted[name], "claimed", "{name}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_never_pass() {
+        let mut h = HeaderMap::new();
+        for name in ["x-http-method-override", "X-HTTP-Method", "x-method-override", "x_http_method_override"] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("DELETE"));
+        }
+        prepare(&mut h, Rewrite { underscores: true, ..rewrite(None, Some(&peer("10.0.0.1")), true) });
+        assert!(lines(&h).iter().all(|(_, v)| v != "DELETE"), "{:?}", lines(&h));
+    }
+
+    #[test]
+    fn a_connection_header_cannot_remove_what_the_gateway_sets() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-User-Id, x-user-roles, X-Forwarded-For, x-request-id, x-hop"),
+        );
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        let id = IdentityHeaders::new("u1", &["viewer".to_owned()], "s1");
+        prepare(&mut h, rewrite(Some(&id), Some(&peer("192.0.2.1")), false));
+        assert_eq!(h["x-user-id"], "u1");
+        assert_eq!(h["x-user-roles"], "viewer");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-request-id"], "req-1");
+        assert_eq!(h["x-kept"], "1");
+        for gone in ["connection", "x-hop", "te", "upgrade"] {
+            assert!(h.get(gone).is_none(), "{gone}");
+        }
+    }
+
+    #[test]
+    fn a_response_connection_header_cannot_remove_the_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("content-length, x-request-id, x-hop"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(lines(&h), [("content-length".to_owned(), "5".to_owned())]);
     }
 
     #[test]
@@ -388,6 +595,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut h = HeaderMap::new();
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));

@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`config`]: route and gateway settings as they appear in the config file.
+//! - `path`: the canonical form of request paths, the one routes match.
 //! - [`routes`]: the route table, longest prefix wins, swappable at runtime.
 //! - [`auth`]: token verification against the JWKS, with a verified-token cache.
 //! - [`identity`]: what upstreams may and may not see (headers, cookies).
@@ -27,6 +28,7 @@ mod h1;
 pub mod identity;
 mod local;
 pub mod metrics;
+mod path;
 mod pool;
 pub mod routes;
 pub mod server;

@@ -9,11 +9,21 @@
 //! a new one, so an upstream closing idle connections costs no request.
 //! Connections idle for 90 s are closed by a sweep on the thread's runtime.
 //!
+//! A connection is reused only when it is provably clean: nothing may be
+//! readable on it when it goes back to the pool nor when it is taken out
+//! (a real non-blocking read of the socket, [`quiet`]), and one whose
+//! response announced a body that never came (a reply to `HEAD`, a 204 or
+//! 304 with a length) is not kept at all. Bytes an upstream sends past the
+//! end of a response would otherwise be read as the answer to the next
+//! request — another user's.
+//!
 //! Beside hyper's client connections, each upstream keeps plain TCP streams
 //! for the gateway's own HTTP/1.1 exchanges ([`crate::h1`]): a stream is
 //! idle between two exchanges and has no task of its own.
 
 use std::cell::{Cell, RefCell};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -22,11 +32,12 @@ use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::uri::Authority;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use socket2::SockRef;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per upstream and thread; more are closed.
@@ -49,8 +60,23 @@ thread_local! {
 /// An upstream's idle connections, with when each went idle.
 struct Idle {
     authority: Box<str>,
-    senders: Vec<(SendRequest<Body>, Instant)>,
+    senders: Vec<(Sender, Instant)>,
     streams: Vec<(TcpStream, Instant)>,
+}
+
+/// A hyper client connection, with a second handle on its socket to look
+/// at it while hyper owns it.
+struct Sender {
+    send: SendRequest<Body>,
+    socket: OwnedFd,
+}
+
+/// Whether nothing at all can be read from `socket` now: no byte, no end,
+/// no error. A real `recv(MSG_PEEK)` on the (non-blocking) socket, not the
+/// runtime's idea of its readiness, which lags behind what has arrived.
+pub(crate) fn quiet(socket: &impl AsFd) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    matches!(SockRef::from(socket).peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// This thread's pool, by number. On a multi-threaded runtime a request
@@ -94,16 +120,28 @@ impl Slot {
         IDLE.with(|idle| idle.borrow_mut().get_mut(self.index).map(f))
     }
 
-    /// The stream that went idle last, if any. It may have been closed by
-    /// the upstream since: [`crate::h1`] retries a request such a stream
-    /// never answered.
+    /// The stream that went idle last and is still [`quiet`], if any;
+    /// those that are not are closed. It may yet be closed by the upstream
+    /// before it takes the request: [`crate::h1`] retries a request such a
+    /// stream never answered.
     pub(crate) fn take_stream(self) -> Option<TcpStream> {
-        self.with(|idle| idle.streams.pop().map(|(stream, _)| stream)).flatten()
+        self.with(|idle| {
+            while let Some((stream, _)) = idle.streams.pop() {
+                if quiet(&stream) {
+                    return Some(stream);
+                }
+            }
+            None
+        })
+        .flatten()
     }
 
-    /// Keeps `stream`, which has just finished an exchange, for the next one.
+    /// Keeps `stream`, whose response has just been read to its framed end,
+    /// for the next exchange, if nothing more is readable on it.
     pub(crate) fn put_stream(self, stream: TcpStream) {
-        self.with(|idle| keep(&mut idle.streams, stream));
+        if quiet(&stream) {
+            self.with(|idle| keep(&mut idle.streams, stream));
+        }
     }
 }
 
@@ -127,23 +165,26 @@ impl std::fmt::Display for ExchangeError {
 /// connection and returns the response with its body streaming.
 pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Response<Body>, ExchangeError> {
     let slot = Slot::of(authority);
+    let head_only = request.method() == Method::HEAD;
     let (mut sender, reused) = match checkout(slot).await {
         Some(sender) => (sender, true),
         None => (connect(authority).await?, false),
     };
-    let response = match sender.try_send_request(request).await {
+    let response = match sender.send.try_send_request(request).await {
         Ok(response) => response,
         Err(mut error) => match error.take_message() {
             // A kept connection closed before taking the request: once more on a new one.
             Some(request) if reused => {
                 sender = connect(authority).await?;
-                sender.send_request(request).await.map_err(ExchangeError::Http)?
+                sender.send.send_request(request).await.map_err(ExchangeError::Http)?
             }
             _ => return Err(ExchangeError::Http(error.into_error())),
         },
     };
-    // After a 101 the connection belongs to the tunnel, never to the pool.
-    let home = (response.status() != StatusCode::SWITCHING_PROTOCOLS).then_some((slot, sender));
+    // After a 101 the connection belongs to the tunnel, never to the pool;
+    // after a response that announced a body that never came, nowhere.
+    let keep = response.status() != StatusCode::SWITCHING_PROTOCOLS && !announces_unsent_body(head_only, &response);
+    let home = keep.then_some((slot, sender));
     Ok(response.map(|body| {
         let mut body = Returning { body, home };
         body.return_if_done();
@@ -151,14 +192,25 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
     }))
 }
 
+/// Whether a response says a body follows where none does: a reply to
+/// `HEAD`, a 204 or a 304, with a non-zero `Content-Length` or a
+/// `Transfer-Encoding`. An upstream that says so may send one anyway.
+fn announces_unsent_body<B>(head_only: bool, response: &Response<B>) -> bool {
+    let status = response.status();
+    let bodiless = head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let headers = response.headers();
+    let length = headers.get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+    bodiless && (length || headers.contains_key(header::TRANSFER_ENCODING))
+}
+
 /// An idle connection to `authority` that is ready for a request.
-async fn checkout(slot: Slot) -> Option<SendRequest<Body>> {
+async fn checkout(slot: Slot) -> Option<Sender> {
     loop {
         let (mut sender, _) = slot.with(|idle| idle.senders.pop()).flatten()?;
-        if sender.is_closed() {
+        if sender.send.is_closed() || !quiet(&sender.socket) {
             continue;
         }
-        if sender.ready().await.is_ok() {
+        if sender.send.ready().await.is_ok() {
             return Some(sender);
         }
     }
@@ -174,20 +226,23 @@ pub(crate) async fn open(authority: &Authority) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-async fn connect(authority: &Authority) -> Result<SendRequest<Body>, ExchangeError> {
+async fn connect(authority: &Authority) -> Result<Sender, ExchangeError> {
     let stream = open(authority).await.map_err(ExchangeError::Connect)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
+    let socket = stream.as_fd().try_clone_to_owned().map_err(ExchangeError::Connect)?;
+    let (send, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(ExchangeError::Http)?;
     tokio::spawn(async move {
         // An upgraded connection (101) leaves this task for the tunnel.
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Sender { send, socket })
 }
 
-fn checkin(slot: Slot, sender: SendRequest<Body>) {
-    if sender.is_closed() {
+/// Keeps `sender`, whose response body has been read to its end, if it is
+/// open and nothing more is readable on it.
+fn checkin(slot: Slot, sender: Sender) {
+    if sender.send.is_closed() || !quiet(&sender.socket) {
         return;
     }
     slot.with(|idle| keep(&mut idle.senders, sender));
@@ -228,13 +283,12 @@ fn spawn_sweeper() {
             }
             IDLE.with(|idle| {
                 for idle in idle.borrow_mut().iter_mut() {
-                    idle.senders.retain(|(sender, since)| !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT);
+                    idle.senders.retain(|(sender, since)| {
+                        !sender.send.is_closed() && quiet(&sender.socket) && since.elapsed() < IDLE_TIMEOUT
+                    });
                     // A stream with nothing to read is open; one the upstream
                     // closed reads its end (or an error) at once.
-                    idle.streams.retain(|(stream, since)| {
-                        since.elapsed() < IDLE_TIMEOUT
-                            && matches!(stream.try_read(&mut [0; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-                    });
+                    idle.streams.retain(|(stream, since)| since.elapsed() < IDLE_TIMEOUT && quiet(stream));
                 }
             });
         }
@@ -244,7 +298,7 @@ fn spawn_sweeper() {
 /// A response body that hands its connection back once read to the end.
 struct Returning {
     body: Incoming,
-    home: Option<(Slot, SendRequest<Body>)>,
+    home: Option<(Slot, Sender)>,
 }
 
 impl Returning {

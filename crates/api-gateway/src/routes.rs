@@ -1,6 +1,7 @@
 //! The route table: longest prefix wins; built whole and swapped whole, so a
 //! reload never leaves half a table in place.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,9 @@ use crate::metrics::{GatewayMetrics, RouteStats};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
-    #[error("route prefix {0:?} must start with '/'")]
+    #[error(
+        "route prefix {0:?} must be a path in canonical form: '/' first, no '//', ';', '\\', dot segments or needless %-encoding"
+    )]
     Prefix(String),
     #[error("route {prefix}: upstream {upstream:?} is not http://HOST:PORT[/PATH] or inproc://NAME")]
     Upstream { prefix: String, upstream: String },
@@ -66,9 +69,21 @@ pub struct Route {
 impl Route {
     fn matches(&self, path: &str) -> bool {
         match path.strip_prefix(self.prefix.as_str()) {
-            Some(rest) => self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            Some(rest) => self.on_boundary(rest),
             None => false,
         }
+    }
+
+    fn matches_ignoring_case(&self, path: &str) -> bool {
+        match path.get(..self.prefix.len()) {
+            Some(start) if start.eq_ignore_ascii_case(&self.prefix) => self.on_boundary(&path[self.prefix.len()..]),
+            _ => false,
+        }
+    }
+
+    /// Whether a path going on with `rest` after the prefix is below it.
+    fn on_boundary(&self, rest: &str) -> bool {
+        self.prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/')
     }
 
     /// Whether the path sent upstream differs from the request's.
@@ -95,14 +110,15 @@ impl Route {
         if rest.is_empty() { "/" } else { rest }
     }
 
-    /// The path and query to send upstream: the upstream's base path, the
-    /// request's path (less the prefix when stripped), the request's query.
-    /// Most routes send the request's own, which costs no copy.
-    pub fn upstream_target(&self, uri: &Uri) -> Option<PathAndQuery> {
-        if !self.rewrites_path() {
+    /// The path and query to send upstream for a request to `uri` whose
+    /// canonical path is `path`: the upstream's base path, `path` (less the
+    /// prefix when stripped), the request's query. Most requests send their
+    /// own, which costs no copy.
+    pub fn upstream_target(&self, uri: &Uri, path: &str) -> Option<PathAndQuery> {
+        if !self.rewrites_path() && path == uri.path() {
             return Some(uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         }
-        let (base, path) = self.target_parts(uri.path());
+        let (base, path) = self.target_parts(path);
         match uri.query() {
             Some(query) => format!("{base}{path}?{query}"),
             None => format!("{base}{path}"),
@@ -112,47 +128,19 @@ impl Route {
     }
 }
 
-/// Whether `path` has a `.` or `..` segment, counting `%2e` as a dot and
-/// `%2f`, `%5c` and `\` as separators, as some upstreams decode them.
-/// Routing matches prefixes as sent; an upstream that resolved
-/// `/public/../admin` would serve a path the `/admin` route guards.
-pub fn has_dot_segment(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    if !bytes.iter().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
-        return false;
-    }
-    let (mut dots, mut other, mut i) = (0, false, 0);
-    while i <= bytes.len() {
-        let (byte, width) = match bytes.get(i) {
-            None => (b'/', 1),
-            Some(b'%') => match bytes.get(i + 1..i + 3).map(|hex| hex.to_ascii_lowercase()).as_deref() {
-                Some(b"2e") => (b'.', 3),
-                Some(b"2f") => (b'/', 3),
-                Some(b"5c") => (b'\\', 3),
-                _ => (b'%', 1),
-            },
-            Some(byte) => (*byte, 1),
-        };
-        match byte {
-            b'/' | b'\\' => {
-                if !other && (dots == 1 || dots == 2) {
-                    return true;
-                }
-                (dots, other) = (0, false);
-            }
-            b'.' => dots += 1,
-            _ => other = true,
-        }
-        i += width;
-    }
-    false
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     /// Longest prefix first.
     routes: Vec<Route>,
+    /// Whether any prefix has an upper-case letter.
+    mixed_case: bool,
 }
+
+/// A path that matches one route as written and another in other letter
+/// case: an upstream matching paths without regard to case would serve it
+/// under a route the gateway did not check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaseConflict;
 
 impl RouteTable {
     /// Builds and validates the table. `credentials` lists the upstreams that
@@ -164,7 +152,7 @@ impl RouteTable {
     ) -> Result<Self, RouteError> {
         let mut routes = Vec::with_capacity(configs.len());
         for c in configs {
-            if !c.prefix.starts_with('/') {
+            if !matches!(crate::path::canonical(&c.prefix), Ok(Cow::Borrowed(_))) {
                 return Err(RouteError::Prefix(c.prefix.clone()));
             }
             if !(1..=3600).contains(&c.timeout) {
@@ -185,7 +173,8 @@ impl RouteTable {
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Ok(Self { routes })
+        let mixed_case = routes.iter().any(|r| r.prefix.bytes().any(|b| b.is_ascii_uppercase()));
+        Ok(Self { routes, mixed_case })
     }
 
     /// Gives every route the counters `metrics` keeps for its prefix.
@@ -196,8 +185,23 @@ impl RouteTable {
         self
     }
 
+    /// The route for `path` as written (routes match with case), longest prefix first.
     pub fn find(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matches(path))
+    }
+
+    /// The route for a canonical `path`, unless the path in other letter
+    /// case would match another route (see [`CaseConflict`]).
+    pub fn route_for(&self, path: &str) -> Result<Option<&Route>, CaseConflict> {
+        let found = self.find(path);
+        if !self.mixed_case && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(found);
+        }
+        let folded = self.routes.iter().find(|r| r.matches_ignoring_case(path));
+        if folded.map(|r| &r.prefix) != found.map(|r| &r.prefix) {
+            return Err(CaseConflict);
+        }
+        Ok(found)
     }
 
     pub fn len(&self) -> usize {
@@ -235,18 +239,6 @@ fn upstream(c: &RouteConfig, locals: &HashMap<String, Router>) -> Result<Upstrea
 mod tests {
     use super::*;
 
-    #[test]
-    fn dot_segments_are_found_plain_or_encoded() {
-        for path in
-            ["/a/../b", "/a/./b", "/a/..", "/..", "/a/%2e%2E/b", "/a/.%2e", "/a/..%2fb", "/a/..%5Cb", "/a\\..\\b"]
-        {
-            assert!(has_dot_segment(path), "{path}");
-        }
-        for path in ["/", "/a/b", "/a/b.js", "/a/...", "/a/..b/c", "/.well-known/jwks.json", "/a/%2e%2e%2e", "/a/%2"] {
-            assert!(!has_dot_segment(path), "{path}");
-        }
-    }
-
     fn table(routes: &[(&str, &str)]) -> RouteTable {
         let configs: Vec<RouteConfig> =
             routes.iter().map(|(p, u)| RouteConfig::new(p, u, AuthMode::Required)).collect();
@@ -267,6 +259,19 @@ mod tests {
     }
 
     #[test]
+    fn a_path_matching_another_route_in_other_case_is_a_conflict() {
+        let t = table(&[("/", "http://a:1"), ("/api/admin", "http://b:2")]);
+        let prefix = |p: &str| t.route_for(p).map(|r| r.map(|r| r.prefix.as_str()));
+        assert_eq!(prefix("/api/admin/users"), Ok(Some("/api/admin")));
+        assert_eq!(prefix("/API/admin/users"), Err(CaseConflict));
+        assert_eq!(prefix("/api/Admin"), Err(CaseConflict));
+        assert_eq!(prefix("/Static/App.js"), Ok(Some("/")));
+        let upper = table(&[("/API", "http://a:1")]);
+        assert_eq!(upper.route_for("/api/x").map(|r| r.is_some()), Err(CaseConflict));
+        assert_eq!(upper.route_for("/API/x").map(|r| r.is_some()), Ok(true));
+    }
+
+    #[test]
     fn strip_prefix_leaves_the_rest_of_the_path() {
         let mut c = RouteConfig::new("/api/notes", "http://b:2", AuthMode::Public);
         c.strip_prefix = true;
@@ -279,7 +284,9 @@ mod tests {
     #[test]
     fn bad_tables_are_refused_whole() {
         let build = |c: RouteConfig| RouteTable::build(&[c], &[], &HashMap::new()).unwrap_err();
-        assert!(matches!(build(RouteConfig::new("api", "http://a:1", AuthMode::Public)), RouteError::Prefix(_)));
+        for prefix in ["api", "/a//b", "/a/../b", "/a/%61", "/a;b", "/a\\b"] {
+            assert!(matches!(build(RouteConfig::new(prefix, "http://a:1", AuthMode::Public)), RouteError::Prefix(_)));
+        }
         for bad in ["ftp://a:1", "a:1", "http://", "https://a:1", "http://a:1/?x=1"] {
             assert!(
                 matches!(build(RouteConfig::new("/a", bad, AuthMode::Public)), RouteError::Upstream { .. }),

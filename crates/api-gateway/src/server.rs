@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
@@ -61,6 +61,11 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
+    /// Client connections open on all threads.
+    fn open(&self) -> usize {
+        self.open.iter().map(|n| n.load(Ordering::Relaxed)).sum()
+    }
+
     /// The thread with the fewest open connections (0 is the acceptor's own),
     /// counted from now on.
     fn pick(&self) -> Load {
@@ -116,6 +121,10 @@ pub async fn serve_accepting(
             },
             () = &mut shutdown => break,
         };
+        if acceptor.open() >= connections.gateway.client_limits().max_connections {
+            refuse_connection(stream);
+            continue;
+        }
         let load = acceptor.pick();
         if load.index == 0 {
             connections.start(stream, peer, load);
@@ -129,15 +138,23 @@ pub async fn serve_accepting(
         }
     }
     // Connections the kernel has already taken in are served here, as the
-    // other threads stop: their requests may be on the way.
-    let waiting = || {
-        std::future::poll_fn(|cx| match listener.poll_accept(cx) {
-            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
-            _ => Poll::Ready(None),
-        })
-    };
-    while let Some((stream, peer)) = waiting().await {
-        connections.start(stream, peer, acceptor.count(0));
+    // other threads stop: their requests may be on the way. Asked of the
+    // kernel itself: the runtime's readiness may not have seen them yet,
+    // and closing the listener would reset them.
+    let listener = listener.into_std()?;
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let load = acceptor.count(0);
+                let registered = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream));
+                match registered {
+                    Ok(stream) => connections.start(stream, peer, load),
+                    Err(error) => tracing::debug!(%error, "a connection accepted at shutdown was lost"),
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
     }
     drop(listener);
     connections.finish().await;
@@ -175,6 +192,37 @@ pub async fn serve_inbox(
     Ok(())
 }
 
+/// Answers a connection beyond `gateway.max_connections` with a 503 and
+/// closes it, reading (and dropping) what the client sent for a moment
+/// first, so that closing does not reset the connection before the client
+/// has read the answer.
+fn refuse_connection(stream: TcpStream) {
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body = r#"{"error":{"code":"too_many_connections","message":"the gateway is serving as many connections as it may; try again"}}"#;
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             retry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    tracing::warn!("refusing a connection: gateway.max_connections reached");
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            stream.write_all(&ANSWER).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// How long a refused connection is read from before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
 /// The connections one serving thread serves.
 struct Connections {
     gateway: Gateway,
@@ -187,9 +235,10 @@ struct Connections {
 impl Connections {
     fn new(gateway: Gateway) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        // hyper's head timeout runs while it waits for a request, idle or
-        // half sent: the same rule as on the own path.
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(gateway.client_idle());
+        // hyper's head timeout runs from the moment it waits for a request,
+        // idle or half sent: it bounds both.
+        let limits = gateway.client_limits();
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle.min(limits.head));
         let builder = Arc::new(builder);
         Self { gateway, builder, stop: watch::Sender::new(false) }
     }
@@ -216,12 +265,13 @@ impl Connections {
             let Some(read) = h1::serve(&gateway, &mut stream, &peer, &mut stopped).await else {
                 return;
             };
+            let send_timeout = gateway.client_limits().send;
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let gateway = gateway.clone();
                 let peer = peer.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::new), Some(peer)).await) }
             });
-            let io = TokioIo::new(Prefixed { read: read.freeze(), stream });
+            let io = TokioIo::new(ClientIo { read: read.freeze(), stream, send_timeout, stalled: None });
             let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
             // The connection is polled first, so a request already read is
             // under way before a shutdown asks hyper to close when idle.
@@ -239,21 +289,55 @@ impl Connections {
         });
     }
 
-    /// Closes idle connections and waits for requests in flight.
+    /// Closes idle connections and waits for requests in flight, for at
+    /// most the shutdown grace; connections left then are dropped with the
+    /// runtime that serves them.
     async fn finish(self) {
         self.stop.send_replace(true);
-        self.stop.closed().await;
+        let grace = self.gateway.client_limits().shutdown_grace;
+        if tokio::time::timeout(grace, self.stop.closed()).await.is_err() {
+            tracing::warn!(
+                connections = self.stop.receiver_count(),
+                "shutdown grace is over; closing the connections left"
+            );
+        }
     }
 }
 
 /// A client connection handed to hyper: the bytes the gateway's own path
-/// read and did not serve come first.
-struct Prefixed {
+/// read and did not serve come first; a write the client does not take
+/// within the send timeout fails the connection.
+struct ClientIo {
     read: Bytes,
     stream: TcpStream,
+    send_timeout: Duration,
+    /// Since when a write has been waiting for the client, as a deadline.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl AsyncRead for Prefixed {
+impl ClientIo {
+    /// `poll` (a write), failed with `TimedOut` once writes have waited
+    /// for the client longer than the send timeout.
+    fn within_send_timeout<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        let polled = poll(Pin::new(&mut self.stream), cx);
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.send_timeout;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.read.is_empty() {
@@ -266,9 +350,9 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -276,7 +360,7 @@ impl AsyncWrite for Prefixed {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -284,11 +368,11 @@ impl AsyncWrite for Prefixed {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_shutdown(cx))
     }
 }
 

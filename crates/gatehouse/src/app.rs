@@ -54,6 +54,8 @@ pub struct Application {
     listener: TcpListener,
     /// Extra single-threaded serving runtimes besides the caller's (gateway roles).
     extra_workers: usize,
+    /// How long a shutdown waits for requests already sent.
+    shutdown_grace: Duration,
     service: Service,
     background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
     gateway: Option<(Gateway, Vec<RouteConfig>)>,
@@ -75,10 +77,11 @@ impl Service {
         self,
         listener: TcpListener,
         extra_workers: usize,
+        grace: Duration,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let gateway = match self {
-            Self::Auth(router) => return Ok(auth_service::serve(listener, router, shutdown).await?),
+            Self::Auth(router) => return serve_auth(listener, router, grace, shutdown).await,
             Self::Gateway(gateway) => gateway,
         };
         let (acceptor, inboxes) = api_gateway::server::workers(1 + extra_workers);
@@ -99,6 +102,34 @@ impl Service {
             }
         }
         Ok(served?)
+    }
+}
+
+/// The auth-service alone until `shutdown`, then for at most `grace` while
+/// requests already sent are answered; connections left then are dropped.
+async fn serve_auth(
+    listener: TcpListener,
+    router: axum::Router,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = auth_service::serve(listener, router, async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    });
+    let deadline = async move {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving => Ok(served?),
+        () = deadline => {
+            tracing::warn!("shutdown grace is over; closing the connections left");
+            Ok(())
+        }
     }
 }
 
@@ -233,6 +264,12 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         token_cache_size: config.gateway.token_cache_size.max(1),
         jwks_refresh_secs: config.gateway.jwks_refresh_secs,
         client_idle_timeout_secs: config.gateway.client_idle_timeout_secs,
+        client_header_timeout_secs: config.gateway.client_header_timeout_secs,
+        client_send_timeout_secs: config.gateway.client_send_timeout_secs,
+        max_connections: config.gateway.max_connections,
+        underscores_in_headers: config.gateway.underscores_in_headers,
+        fast_path: config.gateway.fast_path,
+        shutdown_grace_secs: config.shutdown_grace_secs,
     }
 }
 
@@ -244,6 +281,7 @@ impl Application {
             Role::AuthService => 0,
             Role::Up | Role::Gateway => config.serving_threads().saturating_sub(1),
         };
+        let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);
         let mut app = match role {
             Role::AuthService => {
                 let auth = auth_parts(&config, None).await?;
@@ -251,6 +289,7 @@ impl Application {
                 Ok(Self {
                     listener,
                     extra_workers: 0,
+                    shutdown_grace: Duration::ZERO,
                     service: Service::Auth(auth_service::router(auth.state)),
                     background,
                     gateway: None,
@@ -261,6 +300,7 @@ impl Application {
             Role::Gateway => Self::standalone_gateway(config, listener).await,
         }?;
         app.extra_workers = extra_workers;
+        app.shutdown_grace = shutdown_grace;
         Ok(app)
     }
 
@@ -304,6 +344,7 @@ impl Application {
         Ok(Self {
             listener,
             extra_workers: 0,
+            shutdown_grace: Duration::ZERO,
             service: Service::Gateway(gateway.clone()),
             background,
             gateway: Some((gateway, config.gateway.routes.clone())),
@@ -354,6 +395,7 @@ impl Application {
         Ok(Self {
             listener,
             extra_workers: 0,
+            shutdown_grace: Duration::ZERO,
             service: Service::Gateway(gateway.clone()),
             background: vec![Box::new(move || g.spawn_background())],
             gateway: Some((gateway, config.gateway.routes.clone())),
@@ -375,7 +417,7 @@ impl Application {
         if let Some((gateway, _)) = self.gateway {
             tasks.push(spawn_route_reloader(gateway, source, self.locals));
         }
-        let served = self.service.serve(self.listener, self.extra_workers, shutdown).await;
+        let served = self.service.serve(self.listener, self.extra_workers, self.shutdown_grace, shutdown).await;
         for task in tasks {
             task.abort();
         }

@@ -21,6 +21,9 @@ pub struct Config {
     /// Serving threads of the gateway roles, each a single-threaded runtime
     /// (like nginx workers); 0 = one per CPU core, plus one.
     pub workers: usize,
+    /// Seconds a stopping server waits for requests already sent before it
+    /// closes the connections left and exits.
+    pub shutdown_grace_secs: u64,
     /// Holds the SQLite file and the development signing keys.
     pub data_dir: PathBuf,
     pub database: DatabaseConfig,
@@ -50,8 +53,20 @@ pub struct GatewayConfig {
     pub jwks_refresh_secs: u64,
     /// Verified tokens remembered until they expire, per serving thread.
     pub token_cache_size: usize,
-    /// Seconds a client connection may sit idle, or take to send a request head.
+    /// Seconds a client connection may sit idle between requests (nginx's `keepalive_timeout`).
     pub client_idle_timeout_secs: u64,
+    /// Seconds a request head may take to arrive whole, however slowly it
+    /// trickles in (nginx's `client_header_timeout`).
+    pub client_header_timeout_secs: u64,
+    /// Seconds one write to a client may wait for it to read before the
+    /// connection is dropped (nginx's `send_timeout`).
+    pub client_send_timeout_secs: u64,
+    /// Client connections served at once; more are answered 503.
+    pub max_connections: usize,
+    /// Whether client header names with `_` reach upstreams (nginx's `underscores_in_headers`).
+    pub underscores_in_headers: bool,
+    /// Whether bodiless GET/HEAD requests take the gateway's own HTTP/1.1 path.
+    pub fast_path: bool,
     pub revocation: RevocationConfig,
 }
 
@@ -82,6 +97,11 @@ impl Default for GatewayConfig {
             jwks_refresh_secs: 60,
             token_cache_size: 10_000,
             client_idle_timeout_secs: 75,
+            client_header_timeout_secs: 10,
+            client_send_timeout_secs: 60,
+            max_connections: 10_000,
+            underscores_in_headers: false,
+            fast_path: true,
             revocation: RevocationConfig::default(),
         }
     }
@@ -199,6 +219,7 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8080".into(),
             listen: "127.0.0.1:8080".into(),
             workers: 0,
+            shutdown_grace_secs: 25,
             data_dir: PathBuf::from("./data"),
             database: DatabaseConfig::default(),
             tokens: TokensConfig::default(),
@@ -305,6 +326,18 @@ impl Config {
         }
         if !(1..=3600).contains(&self.gateway.client_idle_timeout_secs) {
             return bad("gateway.client_idle_timeout_secs must be between 1 and 3600");
+        }
+        if !(1..=3600).contains(&self.gateway.client_header_timeout_secs) {
+            return bad("gateway.client_header_timeout_secs must be between 1 and 3600");
+        }
+        if !(1..=3600).contains(&self.gateway.client_send_timeout_secs) {
+            return bad("gateway.client_send_timeout_secs must be between 1 and 3600");
+        }
+        if self.gateway.max_connections == 0 {
+            return bad("gateway.max_connections must be at least 1");
+        }
+        if self.shutdown_grace_secs > 3600 {
+            return bad("shutdown_grace_secs must be at most 3600");
         }
         if !(0.1..=3600.0).contains(&self.gateway.revocation.max_staleness) {
             return bad("gateway.revocation.max_staleness must be between 0.1 and 3600 seconds");

@@ -1,4 +1,7 @@
 //! A scanner following a chunked body (RFC 9112 §7.1) as it is relayed.
+//! Strict as hyper's decoder is: every line ends with CRLF, a size line
+//! is hex digits, optional whitespace and `;` extensions, and anything
+//! else is malformed (a body one reader would end elsewhere than another).
 
 /// Where a relayed chunked body is (RFC 9112 §7.1), to know where it ends.
 #[derive(Debug, Default)]
@@ -12,6 +15,8 @@ enum ChunkState {
     #[default]
     Size,
     SizeDigits,
+    /// Whitespace after the size digits.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -41,10 +46,11 @@ impl Chunks {
                     self.size = self.size.checked_mul(16)?.checked_add(digit)?;
                     SizeDigits
                 }
-                SizeDigits if b == b';' || b == b' ' || b == b'\t' => Extension,
-                SizeDigits | Extension if b == b'\r' => SizeLf,
-                Extension => Extension,
-                SizeDigits | SizeLf if b == b'\n' => self.after_size(),
+                SizeDigits | SizeSpace if b == b' ' || b == b'\t' => SizeSpace,
+                SizeDigits | SizeSpace if b == b';' => Extension,
+                SizeDigits | SizeSpace | Extension if b == b'\r' => SizeLf,
+                Extension if b != b'\n' => Extension,
+                SizeLf if b == b'\n' => self.after_size(),
                 Data => {
                     let taken = (bytes.len() - i).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                     self.size -= taken as u64;
@@ -55,11 +61,11 @@ impl Chunks {
                     continue;
                 }
                 DataCr if b == b'\r' => DataLf,
-                DataCr | DataLf if b == b'\n' => Size,
+                DataLf if b == b'\n' => Size,
                 Trailer(start) if b == b'\r' => TrailerLf(start),
-                Trailer(true) | TrailerLf(true) if b == b'\n' => Done,
-                Trailer(false) | TrailerLf(false) if b == b'\n' => Trailer(true),
-                Trailer(_) => Trailer(false),
+                TrailerLf(true) if b == b'\n' => Done,
+                TrailerLf(false) if b == b'\n' => Trailer(true),
+                Trailer(_) if b != b'\n' => Trailer(false),
                 Done => return Some(i),
                 _ => return None,
             };
@@ -73,5 +79,67 @@ impl Chunks {
 
     fn after_size(&mut self) -> ChunkState {
         if self.size == 0 { ChunkState::Trailer(true) } else { ChunkState::Data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many bytes of `body` belong to it, scanned in pieces of `step`,
+    /// and whether it ended; `None` when malformed.
+    fn scan(body: &[u8], step: usize) -> Option<(usize, bool)> {
+        let mut chunks = Chunks::default();
+        let mut taken = 0;
+        for piece in body.chunks(step) {
+            taken += chunks.scan(piece)?;
+            if chunks.done() {
+                break;
+            }
+        }
+        Some((taken, chunks.done()))
+    }
+
+    #[test]
+    fn well_formed_bodies_end_where_they_end_however_they_arrive() {
+        let cases: [&[u8]; 5] = [
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"5;name=value\r\nhello\r\n0\r\n\r\n",
+            b"5 \t;ext\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n",
+            b"0\r\nx-trailer: yes\r\nx-other: 1\r\n\r\n",
+            b"00005\r\nhello\r\n000\r\n\r\n",
+        ];
+        for body in cases {
+            let mut with_more = body.to_vec();
+            with_more.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            for step in [1, 2, 3, 7, body.len()] {
+                assert_eq!(
+                    scan(&with_more, step),
+                    Some((body.len(), true)),
+                    "{:?} by {step}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_and_malformed_size_lines_are_refused() {
+        let cases: [&[u8]; 10] = [
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"5\r\nhelloXY0\r\n\r\n",
+            b"0\r\n\n",
+            b"0\r\nx-trailer: yes\n\r\n",
+            b"5;ext\nhello\r\n",
+            b"5 x\r\nhello\r\n",
+            b"\r\nhello\r\n",
+            b"zz\r\n",
+            b"fffffffffffffffff\r\n",
+        ];
+        for body in cases {
+            assert_eq!(scan(body, 1), None, "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(scan(body, body.len()), None, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 }

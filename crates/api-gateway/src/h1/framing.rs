@@ -13,9 +13,23 @@ pub(super) enum Framing {
     ToClose,
 }
 
+/// What a response head says of its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Framed {
+    pub framing: Framing,
+    /// It has `Transfer-Encoding`, which overrides any `Content-Length`
+    /// (RFC 9112 §6.3): the length is not relayed.
+    pub coded: bool,
+    /// It announces a body where none follows (a reply to `HEAD`, a 204 or
+    /// 304 with a length or coding): the upstream may send one anyway, so
+    /// its connection is not kept.
+    pub announced: bool,
+}
+
 /// How the body of a response to `head` with status `code` ends (RFC 9112
-/// §6.3); `None` for a response this path cannot relay safely.
-pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]) -> Option<Framing> {
+/// §6.3); `None` for a response this path cannot relay safely (conflicting
+/// or malformed lengths, a 1xx where a final response belongs).
+pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]) -> Option<Framed> {
     if code < 200 {
         // A 101 to a request that asked for no upgrade.
         return None;
@@ -36,14 +50,17 @@ pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]
             }
         }
     }
-    if head.head_only || code == 204 || code == 304 {
-        return Some(Framing::Empty);
-    }
-    if let Some(coding) = coding {
+    let coded = coding.is_some();
+    let framing = if head.head_only || code == 204 || code == 304 {
+        Framing::Empty
+    } else if let Some(coding) = coding {
         let last = coding.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
-        return Some(if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::ToClose });
-    }
-    Some(length.map_or(Framing::ToClose, Framing::Length))
+        if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::ToClose }
+    } else {
+        length.map_or(Framing::ToClose, Framing::Length)
+    };
+    let announced = framing == Framing::Empty && (coded || length.is_some_and(|n| n > 0));
+    Some(Framed { framing, coded, announced })
 }
 
 /// Moves the part of `input` that belongs to the body into `out`. Returns

@@ -1,7 +1,9 @@
 //! The request heads the own path serves, and what it needs of them.
 
+use std::borrow::Cow;
+
+use crate::gateway::valid_host;
 use crate::identity;
-use crate::routes::has_dot_segment;
 
 /// What this path needs of a request head it serves.
 pub(super) struct Head<'a> {
@@ -10,12 +12,14 @@ pub(super) struct Head<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub authorization: Option<&'a [u8]>,
+    pub request_id: Option<&'a [u8]>,
 }
 
 impl<'a> Head<'a> {
     /// The head, if it is one this path serves: `GET` or `HEAD` in HTTP/1.1,
-    /// origin-form target without dot segments, one `Host`, no body, no
-    /// hop-by-hop header other than `Connection: keep-alive`, no `Expect`.
+    /// origin-form target whose path is canonical already, one valid `Host`,
+    /// no body, no hop-by-hop header other than `Connection: keep-alive`, no
+    /// `Expect`. Whatever else, well-formed or not, hyper's path judges.
     pub fn of(request: &httparse::Request<'_, 'a>) -> Option<Self> {
         let method = request.method?;
         if !matches!(method, "GET" | "HEAD") || request.version != Some(1) {
@@ -29,15 +33,21 @@ impl<'a> Head<'a> {
             Some((path, query)) => (path, Some(query)),
             None => (target, None),
         };
-        if has_dot_segment(path) {
+        if !matches!(crate::path::canonical(path), Ok(Cow::Borrowed(_))) {
             return None;
         }
         let mut hosts = 0;
         let mut authorization = None;
+        let mut request_id = None;
         for line in request.headers.iter() {
             let is = |name: &str| line.name.eq_ignore_ascii_case(name);
             if is("host") {
+                if !valid_host(line.value) {
+                    return None;
+                }
                 hosts += 1;
+            } else if is("x-request-id") {
+                request_id = request_id.or(Some(line.value));
             } else if is("authorization") {
                 if authorization.is_some() {
                     return None;
@@ -51,7 +61,7 @@ impl<'a> Head<'a> {
                 return None;
             }
         }
-        (hosts == 1).then_some(Self { head_only: method == "HEAD", method, path, query, authorization })
+        (hosts == 1).then_some(Self { head_only: method == "HEAD", method, path, query, authorization, request_id })
     }
 }
 

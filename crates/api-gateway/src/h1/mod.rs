@@ -50,7 +50,7 @@ use self::respond::{push_line, refuse};
 use crate::config::AuthMode;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, serves_itself};
-use crate::identity::Peer;
+use crate::identity::{self, Peer};
 use crate::routes::{Route, Upstream};
 
 /// Header lines a request may have here; a request with more goes to hyper.
@@ -74,31 +74,44 @@ const RELAY_CHUNK: usize = 16 * 1024;
 /// true, a request already read is still answered (with `Connection:
 /// close`), as is the first request of a connection that has just been
 /// accepted, if it comes within [`FIRST_REQUEST_GRACE`]; then the connection closes.
+/// With the own path turned off (`gateway.fast_path = false`), every
+/// connection goes to hyper as soon as its first bytes are read.
 pub(crate) async fn serve(
     gateway: &Gateway,
     client: &mut TcpStream,
     peer: &Peer,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<BytesMut> {
+    let limits = gateway.client_limits();
     let mut input = BytesMut::with_capacity(4096);
-    let mut work = Work::default();
+    let mut work = Work { send_timeout: limits.send, ..Work::default() };
     let mut fresh = true;
-    // Idle between requests, or slow to send one: closed alike. The deadline
-    // moves in steps of IDLE_STEP, not on every read, to spare the timer.
-    let idle = gateway.client_idle();
-    let mut expiry = std::pin::pin!(tokio::time::sleep(idle));
+    // A new connection has `limits.head` (or `limits.idle`, if shorter) to
+    // send its first head whole. Later it may be idle up to `limits.idle`
+    // between requests, and then has `limits.head` from the first bytes of
+    // the next head, however slowly the rest trickles in. The idle deadline
+    // moves in steps of IDLE_STEP, not on every request, to spare the timer.
+    let mut expiry = std::pin::pin!(tokio::time::sleep(limits.head.min(limits.idle)));
     loop {
-        // A whole head first (or the end, or hyper's turn).
+        let mut head_timed = fresh;
         while !has_head(&input) {
             if input.len() >= MAX_REQUEST_HEAD || has_bare_lf_head(&input) {
                 return Some(input);
             }
-            let deadline = tokio::time::Instant::now() + idle;
-            if deadline >= expiry.deadline() + IDLE_STEP {
-                expiry.as_mut().reset(deadline);
+            let now = tokio::time::Instant::now();
+            if !input.is_empty() && !head_timed {
+                expiry.as_mut().reset(now + limits.head);
+                head_timed = true;
+            } else if input.is_empty() && !fresh && now + limits.idle >= expiry.deadline() + IDLE_STEP {
+                expiry.as_mut().reset(now + limits.idle);
             }
             if !read_more(client, &mut input, expiry.as_mut(), stop, fresh).await {
                 return None;
+            }
+            // Without the own path, hyper takes over once the first bytes
+            // are in hand (a shutdown now cannot drop them).
+            if !gateway.fast_path() {
+                return Some(input);
             }
         }
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -110,9 +123,12 @@ pub(crate) async fn serve(
             return Some(input);
         };
         let routes = gateway.routes();
-        let Some(route) = routes.find(head.path).filter(|route| ours(route, head.path)) else {
+        let Ok(Some(route)) = routes.route_for(head.path) else {
             return Some(input);
         };
+        if !ours(route, head.path) {
+            return Some(input);
+        }
         work.closing = *stop.borrow();
         let served = exchange(gateway, route, &head, request.headers, peer, &mut work, client).await;
         if !served || work.closing {
@@ -184,6 +200,8 @@ struct Work {
     now: i64,
     /// Whether the connection closes after this response (the server is stopping).
     closing: bool,
+    /// How long one write to the client may wait for it to read.
+    send_timeout: Duration,
 }
 
 /// Serves one request whose head is `head`/`lines`: authenticated, forwarded,
@@ -198,6 +216,7 @@ async fn exchange(
     client: &mut TcpStream,
 ) -> bool {
     work.now = gateway.now();
+    let request_id = identity::request_id(head.request_id);
     let cookie_lines = || {
         lines.iter().filter(|l| l.name.eq_ignore_ascii_case("cookie")).filter_map(|l| std::str::from_utf8(l.value).ok())
     };
@@ -205,7 +224,7 @@ async fn exchange(
         AuthMode::Required => {
             match gateway.authenticate_safe(route, head.authorization, cookie_lines(), work.now).await {
                 Ok(verified) => Some(verified),
-                Err(error) => return refuse(route, error, head, work, client).await,
+                Err(error) => return refuse(route, error, head, &request_id, work, client).await,
             }
         }
         AuthMode::Public => None,
@@ -228,10 +247,10 @@ async fn exchange(
         out.extend_from_slice(query.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let rewrite = gateway.rewrite(route, verified.as_deref(), Some(peer));
+    let rewrite = gateway.rewrite(route, verified.as_deref(), Some(peer), &request_id);
     let pairs = lines.iter().map(|l| (l.name, l.value));
-    let request_id = rewrite.apply(pairs, |name, value| {
-        if !name.eq_ignore_ascii_case(b"host") && !name.eq_ignore_ascii_case(b"connection") {
+    rewrite.apply(pairs, |name, value| {
+        if !name.eq_ignore_ascii_case(b"host") {
             push_line(out, name, value);
         }
     });
@@ -244,9 +263,9 @@ async fn exchange(
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             tracing::warn!(%error, "upstream request failed");
-            return refuse(route, GatewayError::UpstreamUnavailable, head, work, client).await;
+            return refuse(route, GatewayError::UpstreamUnavailable, head, &request_id, work, client).await;
         }
-        Err(_) => return refuse(route, GatewayError::UpstreamTimeout, head, work, client).await,
+        Err(_) => return refuse(route, GatewayError::UpstreamTimeout, head, &request_id, work, client).await,
     };
     route.stats.upstream_latency(started.elapsed());
     relay::relay(route, head, upstream, &request_id, work, client).await

@@ -7,9 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::chunked::Chunks;
-use super::framing::{Framing, framing, take_body};
+use super::framing::{Framed, Framing, framing, take_body};
 use super::head::Head;
-use super::respond::{push_date, push_line, push_status, refuse};
+use super::respond::{push_date, push_line, push_status, refuse, send_to_client};
 use super::upstream::Kept;
 use super::{MAX_RESPONSE_HEADERS, RELAY_CHUNK, Work};
 use crate::error::GatewayError;
@@ -28,19 +28,19 @@ pub(super) async fn relay(
     work: &mut Work,
     client: &mut TcpStream,
 ) -> bool {
-    let Work { out, from_upstream: input, now, closing } = work;
+    let Work { out, from_upstream: input, now, closing, send_timeout } = work;
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut lines);
     let parsed = response.parse(input);
     let (Ok(Status::Complete(head_len)), Some(code)) = (parsed, response.code) else {
         tracing::warn!("upstream sent a malformed response head");
-        return refuse(route, GatewayError::UpstreamUnavailable, head, work, client).await;
+        return refuse(route, GatewayError::UpstreamUnavailable, head, request_id, work, client).await;
     };
-    let Some(mut framing) = framing(head, code, response.headers) else {
+    let Some(Framed { mut framing, coded, announced }) = framing(head, code, response.headers) else {
         tracing::warn!(code, "upstream response has an unusable framing");
-        return refuse(route, GatewayError::UpstreamUnavailable, head, work, client).await;
+        return refuse(route, GatewayError::UpstreamUnavailable, head, request_id, work, client).await;
     };
-    let mut reusable = response.version == Some(1);
+    let mut reusable = response.version == Some(1) && !announced;
 
     out.clear();
     push_status(out, code, response.reason.unwrap_or_default());
@@ -52,6 +52,7 @@ pub(super) async fn relay(
             .filter(connection)
             .flat_map(|l| l.value.split(|b| *b == b','))
             .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+            && identity::connection_may_remove(name)
     };
     reusable &= !named("close");
     let mut dated = false;
@@ -59,7 +60,7 @@ pub(super) async fn relay(
         let name = line.name;
         let dropped = dropped_from_response(name)
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
-            || (framing == Framing::Chunked && name.eq_ignore_ascii_case("content-length"))
+            || (coded && name.eq_ignore_ascii_case("content-length"))
             || named(name);
         if !dropped {
             dated |= name.eq_ignore_ascii_case("date");
@@ -79,9 +80,14 @@ pub(super) async fn relay(
     input.advance(head_len);
     let mut chunks = Chunks::default();
     let mut done = take_body(&mut framing, &mut chunks, input, out, &mut reusable);
-    let sent = client.write_all(out).await;
+    if done.is_none() {
+        // Malformed before anything was sent: the client can still be told.
+        tracing::warn!(code, "upstream response body has a malformed framing");
+        return refuse(route, GatewayError::UpstreamUnavailable, head, request_id, work, client).await;
+    }
+    let sent = send_to_client(client, out, *send_timeout).await;
     route.stats.status(code);
-    if sent.is_err() {
+    if !sent {
         return false;
     }
     while done == Some(false) {
@@ -92,7 +98,7 @@ pub(super) async fn relay(
             Ok(n) if n > 0 => {
                 out.clear();
                 done = take_body(&mut framing, &mut chunks, input, out, &mut reusable);
-                if client.write_all(out).await.is_err() {
+                if !send_to_client(client, out, *send_timeout).await {
                     return false;
                 }
             }
@@ -115,8 +121,8 @@ pub(super) async fn relay(
 
 /// Response headers never relayed as they are: the hop-by-hop ones, but for
 /// the framing headers, relayed because they describe the body, which is
-/// relayed as it is; and the legacy `Proxy-Connection`.
+/// relayed as it is.
 fn dropped_from_response(name: &str) -> bool {
     let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("trailer");
-    (identity::hop_by_hop(name) && !framing) || name.eq_ignore_ascii_case("proxy-connection")
+    identity::hop_by_hop(name) && !framing
 }

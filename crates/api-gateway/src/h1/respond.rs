@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use super::Work;
 use super::head::Head;
 use crate::error::GatewayError;
+use crate::identity;
 use crate::routes::Route;
 
 /// Answers with `error` as the gateway would on any path, counted on the
@@ -20,12 +21,31 @@ pub(super) async fn refuse(
     route: &Route,
     error: GatewayError,
     head: &Head<'_>,
+    request_id: &HeaderValue,
     work: &mut Work,
     client: &mut TcpStream,
 ) -> bool {
-    let response = error.into_response();
+    let mut response = error.into_response();
+    response.headers_mut().insert(identity::REQUEST_ID, request_id.clone());
     route.stats.status(response.status().as_u16());
     respond(response, head.head_only, work, client).await
+}
+
+/// Writes all of `bytes` to the client, unless it stops reading for longer
+/// than `timeout` at a time (then the connection is to be dropped, and the
+/// upstream connection serving it with it). `false` when not all was written.
+pub(super) async fn send_to_client(client: &mut TcpStream, bytes: &[u8], timeout: Duration) -> bool {
+    // Most writes fit the socket's buffer at once: no timer for those.
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match client.try_write(rest) {
+            Ok(0) => return false,
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(_) => return false,
+        }
+    }
+    rest.is_empty() || matches!(tokio::time::timeout(timeout, client.write_all(rest)).await, Ok(Ok(())))
 }
 
 /// Writes a small response the gateway made itself, whole.
@@ -51,7 +71,7 @@ async fn respond(response: Response, head_only: bool, work: &mut Work, client: &
     if !head_only {
         out.extend_from_slice(&body);
     }
-    client.write_all(out).await.is_ok()
+    send_to_client(client, out, work.send_timeout).await
 }
 
 /// The status line for a three-digit `code` (as httparse and `StatusCode` have it).

@@ -28,8 +28,9 @@ pub fn token_settings() -> TokenSettings {
     TokenSettings { issuer: ISSUER.into(), audience: "gatehouse".into(), lifetime: 600, leeway: 60 }
 }
 
-/// Echoes method, path, query, headers and the number of body bytes.
-/// `/slow` answers after 3 s; `/upgrade` switches to a byte echo.
+/// Echoes method, path, query, headers (every line, in order, as
+/// `[name, value]` pairs) and the number of body bytes. `/slow` answers
+/// after 3 s; `/upgrade` switches to a byte echo.
 pub fn echo_upstream() -> Router {
     Router::new().fallback(|mut request: Request| async move {
         match request.uri().path() {
@@ -40,8 +41,11 @@ pub fn echo_upstream() -> Router {
             "/upgrade" | "/api/upgrade" => return upgrade_echo(&mut request),
             _ => {}
         }
-        let headers: HashMap<String, String> =
-            request.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned())).collect();
+        let headers: Vec<[String; 2]> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| [k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()])
+            .collect();
         let (method, path, query) =
             (request.method().to_string(), request.uri().path().to_owned(), request.uri().query().map(str::to_owned));
         let mut body = request.into_body();
@@ -115,11 +119,14 @@ pub fn route(prefix: &str, upstream: &str, auth: AuthMode) -> RouteConfig {
 /// The default table: `/api` required, `/public` public, `/admin` admins only.
 pub async fn harness() -> Harness {
     let upstream = serve(echo_upstream()).await;
-    let mut admin = route("/admin", &upstream, AuthMode::Required);
+    harness_with(default_routes(&upstream), upstream).await
+}
+
+/// The default table's routes, to `upstream`.
+pub fn default_routes(upstream: &str) -> Vec<RouteConfig> {
+    let mut admin = route("/admin", upstream, AuthMode::Required);
     admin.require_roles = vec!["admin".into()];
-    let routes =
-        vec![route("/api", &upstream, AuthMode::Required), route("/public", &upstream, AuthMode::Public), admin];
-    harness_with(routes, upstream).await
+    vec![route("/api", upstream, AuthMode::Required), route("/public", upstream, AuthMode::Public), admin]
 }
 
 pub async fn harness_with(routes: Vec<RouteConfig>, upstream: String) -> Harness {
@@ -133,6 +140,21 @@ pub fn settings() -> GatewaySettings {
         trusted_proxies: vec!["10.0.0.0/8".into()],
         ..Default::default()
     }
+}
+
+/// The two ways the gateway serves a request: its own HTTP/1.1 path (for
+/// bodiless `GET`/`HEAD`; anything else moves to hyper) and hyper alone.
+/// Rules that must hold for every request are tested on both.
+pub const BOTH_PATHS: [bool; 2] = [true, false];
+
+/// [`settings`] with the own HTTP/1.1 path on or off.
+pub fn on_path(fast_path: bool) -> GatewaySettings {
+    GatewaySettings { fast_path, ..settings() }
+}
+
+/// Which path a harness serves with, for assertion messages.
+pub fn path_name(fast_path: bool) -> &'static str {
+    if fast_path { "own HTTP/1.1 path" } else { "hyper's path" }
 }
 
 pub async fn harness_with_settings(routes: Vec<RouteConfig>, upstream: String, settings: GatewaySettings) -> Harness {
@@ -231,6 +253,19 @@ pub async fn json(response: reqwest::Response) -> Value {
     response.json().await.unwrap()
 }
 
+/// Every value the echo upstream saw for header `name` (lowercase), in order.
+pub fn header_values(echo: &Value, name: &str) -> Vec<String> {
+    let lines = echo["headers"].as_array().unwrap_or_else(|| panic!("not an echo: {echo}"));
+    lines.iter().filter(|l| l[0] == name).map(|l| l[1].as_str().unwrap().to_owned()).collect()
+}
+
+/// The one value the echo upstream saw for header `name`, if any; more than one fails.
+pub fn seen(echo: &Value, name: &str) -> Option<String> {
+    let mut values = header_values(echo, name);
+    assert!(values.len() <= 1, "{name} reached the upstream {} times: {values:?}", values.len());
+    values.pop()
+}
+
 /// The one 401 body, whatever the reason.
 pub async fn assert_unauthenticated(response: reqwest::Response) {
     assert_eq!(response.status(), 401);
@@ -250,21 +285,57 @@ pub async fn one_connection(h: &Harness, requests: &[u8]) -> String {
     String::from_utf8(answer).unwrap()
 }
 
-/// An upstream speaking raw HTTP/1.1: to the `n`-th request head (from 1) on
-/// a connection it answers `answer(n, request line)`, then closes the
-/// connection if told to. Counts the connections it accepted.
-pub async fn raw_upstream(
-    answer: impl Fn(usize, &str) -> (Vec<u8>, bool) + Send + Sync + 'static,
-) -> (String, Arc<AtomicUsize>) {
+/// What a scripted upstream does, in order, after reading a request head.
+#[derive(Debug, Clone)]
+pub enum Step {
+    Send(Vec<u8>),
+    /// Waits until the test calls [`Scripted::release`].
+    Hold,
+    /// Tells the test (see [`Scripted::sent`]) that everything before was sent.
+    Signal,
+    Close,
+}
+
+/// A raw HTTP/1.1 upstream playing a script per request; see [`scripted_upstream`].
+pub struct Scripted {
+    pub url: String,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Every request head received, in order.
+    pub heads: Arc<Mutex<Vec<String>>>,
+    signals: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Scripted {
+    /// Waits until the script has reached a [`Step::Signal`].
+    pub async fn sent(&self) {
+        let mut signals = self.signals.lock().await;
+        tokio::time::timeout(Duration::from_secs(10), signals.recv()).await.unwrap().unwrap();
+    }
+
+    /// Lets a script waiting at [`Step::Hold`] go on.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+/// An upstream speaking raw HTTP/1.1: to the `n`-th request head (from 1)
+/// on a connection it plays `script(n, head)`. Bodies of requests are not
+/// read (scripts here answer bodiless requests).
+pub async fn scripted_upstream(script: impl Fn(usize, &str) -> Vec<Step> + Send + Sync + 'static) -> Scripted {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let connections = Arc::new(AtomicUsize::new(0));
-    let (counter, answer) = (connections.clone(), Arc::new(answer));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (signal, signals) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (counter, log, script, released) = (connections.clone(), heads.clone(), Arc::new(script), release.clone());
     tokio::spawn(async move {
         loop {
             let (mut stream, _) = listener.accept().await.unwrap();
             counter.fetch_add(1, Ordering::SeqCst);
-            let answer = answer.clone();
+            let (script, log, signal, released) = (script.clone(), log.clone(), signal.clone(), released.clone());
             tokio::spawn(async move {
                 for n in 1.. {
                     let mut head = Vec::new();
@@ -276,13 +347,55 @@ pub async fn raw_upstream(
                         head.push(byte[0]);
                     }
                     let head = String::from_utf8(head).unwrap();
-                    let (bytes, close) = answer(n, head.lines().next().unwrap());
-                    if stream.write_all(&bytes).await.is_err() || close {
-                        return;
+                    log.lock().unwrap().push(head.clone());
+                    for step in script(n, &head) {
+                        match step {
+                            Step::Send(bytes) => {
+                                if stream.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Step::Hold => released.notified().await,
+                            Step::Signal => {
+                                let _ = signal.send(());
+                            }
+                            Step::Close => return,
+                        }
                     }
                 }
             });
         }
     });
-    (url, connections)
+    Scripted { url, connections, heads, signals: tokio::sync::Mutex::new(signals), release }
+}
+
+/// An upstream speaking raw HTTP/1.1: to the `n`-th request head (from 1) on
+/// a connection it answers `answer(n, request line)`, then closes the
+/// connection if told to. Counts the connections it accepted.
+pub async fn raw_upstream(
+    answer: impl Fn(usize, &str) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> (String, Arc<AtomicUsize>) {
+    let upstream = scripted_upstream(move |n, head| {
+        let (bytes, close) = answer(n, head.lines().next().unwrap());
+        let mut steps = vec![Step::Send(bytes)];
+        if close {
+            steps.push(Step::Close);
+        }
+        steps
+    })
+    .await;
+    (upstream.url, upstream.connections)
+}
+
+/// The gateway serving on a port of its own until `stop` is sent.
+pub async fn serve_until_stopped(
+    h: &Harness,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop, serving)
 }

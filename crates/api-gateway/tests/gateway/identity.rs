@@ -1,12 +1,6 @@
 //! What upstreams see: never a client's claim to be someone.
 
-use serde_json::Value;
-
 use crate::helpers::*;
-
-fn seen(echo: &Value, header: &str) -> Option<String> {
-    echo["headers"][header].as_str().map(str::to_owned)
-}
 
 #[tokio::test]
 async fn a_spoofed_user_id_never_reaches_an_upstream() {
@@ -91,9 +85,130 @@ async fn both_request_paths_show_an_upstream_the_same_headers() {
     // A bodiless GET takes the gateway's own path; a declared body, hyper's.
     let own = json(request().send().await.unwrap()).await;
     let full = json(request().header("content-length", "0").send().await.unwrap()).await;
-    let mut full_headers = full["headers"].as_object().unwrap().clone();
-    assert!(full_headers.remove("content-length").is_some(), "the second request declared no body");
-    assert_eq!(own["headers"].as_object().unwrap(), &full_headers);
+    let sorted = |echo: &serde_json::Value| {
+        let mut lines: Vec<String> = echo["headers"].as_array().unwrap().iter().map(|l| l.to_string()).collect();
+        lines.sort();
+        lines
+    };
+    let mut full_headers = sorted(&full);
+    let declared = full_headers.iter().position(|l| l.starts_with(r#"["content-length""#));
+    full_headers.remove(declared.expect("the second request declared no body"));
+    assert_eq!(sorted(&own), full_headers);
     assert_eq!((&own["path"], &own["query"]), (&full["path"], &full["query"]));
     assert_eq!(seen(&own, "x-forwarded-for").as_deref(), Some("127.0.0.1"));
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_remove_what_the_gateway_sets() {
+    for fast_path in BOTH_PATHS {
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
+            .await;
+        let (token, claims) = h.token();
+        let naming =
+            "keep-alive, X-User-Id, X-User-Roles, X-Session-Id, X-Forwarded-For, X-Request-Id, X-Forwarded-Proto";
+        let echo = json(h.get("/api/x").bearer_auth(&token).header("connection", naming).send().await.unwrap()).await;
+        let on = path_name(fast_path);
+        assert_eq!(seen(&echo, "x-user-id").as_deref(), Some(claims.sub.as_str()), "{on}");
+        assert_eq!(seen(&echo, "x-user-roles").as_deref(), Some("viewer"), "{on}");
+        assert_eq!(seen(&echo, "x-session-id").as_deref(), Some(claims.sid.as_str()), "{on}");
+        assert_eq!(seen(&echo, "x-forwarded-for").as_deref(), Some("127.0.0.1"), "{on}");
+        assert_eq!(seen(&echo, "x-forwarded-proto").as_deref(), Some("http"), "{on}");
+        assert!(seen(&echo, "x-request-id").is_some(), "{on}");
+        assert_eq!(seen(&echo, "connection"), None, "{on}");
+    }
+}
+
+/// Every header line the echo upstream saw, as `name: value`.
+fn all_lines(echo: &serde_json::Value) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{}: {}", l[0].as_str().unwrap(), l[1].as_str().unwrap()))
+        .collect()
+}
+
+#[tokio::test]
+async fn look_alike_identity_headers_spelled_with_underscores_never_reach_an_upstream() {
+    for fast_path in BOTH_PATHS {
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
+            .await;
+        let (token, _) = h.token();
+        let spoof = |r: reqwest::RequestBuilder| {
+            r.header("X_User_Id", "victim")
+                .header("X_User_Roles", "admin")
+                .header("x-user_id", "victim")
+                .header("X_Session_Id", "victim")
+                .header("X_Forwarded_For", "victim")
+                .header("X_Custom", "victim")
+        };
+        for request in [spoof(h.get("/public/x")), spoof(h.get("/api/x").bearer_auth(&token))] {
+            let lines = all_lines(&json(request.send().await.unwrap()).await);
+            let on = path_name(fast_path);
+            assert!(
+                lines.iter().all(|l| !l.contains("victim") && !l.contains("admin") && !l.contains('_')),
+                "{on}: {lines:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_underscores_allowed_other_names_pass_but_look_alikes_never() {
+    for fast_path in BOTH_PATHS {
+        let settings = api_gateway::GatewaySettings { underscores_in_headers: true, ..on_path(fast_path) };
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let (token, claims) = h.token();
+        let echo = json(
+            h.get("/api/x")
+                .bearer_auth(&token)
+                .header("X_User_Id", "victim")
+                .header("x_user_roles", "admin")
+                .header("X_Custom", "kept")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let on = path_name(fast_path);
+        assert_eq!(seen(&echo, "x_custom").as_deref(), Some("kept"), "{on}");
+        assert_eq!(seen(&echo, "x-user-id").as_deref(), Some(claims.sub.as_str()), "{on}");
+        assert!(all_lines(&echo).iter().all(|l| !l.contains("victim") && !l.contains("admin")), "{on}");
+    }
+}
+
+const PROXY_CLAIMS: [&str; 11] = [
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-authenticated-user",
+    "x-authenticated-groups",
+    "forwarded",
+];
+
+#[tokio::test]
+async fn client_address_and_url_claims_pass_from_trusted_proxies_only() {
+    for (trusted, fast_path) in [(false, true), (false, false), (true, true), (true, false)] {
+        let mut settings = on_path(fast_path);
+        if trusted {
+            settings.trusted_proxies = vec!["127.0.0.1".into()];
+        }
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let mut request = h.get("/public/x").header("x-http-method-override", "DELETE");
+        for name in PROXY_CLAIMS {
+            request = request.header(name, "claimed");
+        }
+        let echo = json(request.send().await.unwrap()).await;
+        let on = path_name(fast_path);
+        for name in PROXY_CLAIMS {
+            let want = trusted.then(|| "claimed".to_owned());
+            assert_eq!(seen(&echo, name), want, "{name}, trusted: {trusted}, {on}");
+        }
+        assert_eq!(seen(&echo, "x-http-method-override"), None, "method overrides never pass ({on})");
+    }
 }

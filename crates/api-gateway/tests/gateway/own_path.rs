@@ -2,14 +2,12 @@
 //! upstreams): response framings relayed whole, interim and malformed
 //! responses, and connections moving to hyper's path mid-stream.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use api_gateway::AuthMode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 use crate::helpers::*;
 
@@ -46,6 +44,16 @@ fn scripted(_: usize, request_line: &str) -> (Vec<u8>, bool) {
             }
             answer.extend(b"0\r\n\r\n");
             return (answer, false);
+        }
+        "/api/big-then-bad-chunk" => {
+            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            for chunk in big_body().chunks(7_919) {
+                answer.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+                answer.extend(chunk);
+                answer.extend(b"\r\n");
+            }
+            answer.extend(b"zz\r\n");
+            return (answer, true);
         }
         "/api/big-until-close" => {
             let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
@@ -109,14 +117,15 @@ async fn every_response_framing_is_relayed_whole_and_kept_connections_carry_on()
 async fn responses_that_cannot_be_relayed_safely_are_502() {
     let (upstream, _) = raw_upstream(scripted).await;
     let h = harness_with(vec![route("/api", &upstream, AuthMode::Public)], upstream).await;
-    for path in ["/api/garbage", "/api/two-lengths", "/api/switch"] {
+    for path in ["/api/garbage", "/api/two-lengths", "/api/switch", "/api/bad-chunk"] {
         let response = h.get(path).send().await.unwrap();
         assert_eq!(response.status(), 502, "{path}");
         assert_eq!(json(response).await["error"]["code"], "upstream_unavailable", "{path}");
     }
-    // A body whose framing breaks midway cannot be answered otherwise: the
-    // client's connection is closed rather than handed a wrong end.
-    assert!(h.get("/api/bad-chunk").send().await.unwrap().text().await.is_err());
+    // A body whose framing breaks midway, after its head was relayed, cannot
+    // be answered otherwise: the client's connection is closed rather than
+    // handed a wrong end.
+    assert!(h.get("/api/big-then-bad-chunk").send().await.unwrap().bytes().await.is_err());
     assert_eq!(h.get("/api/length").send().await.unwrap().text().await.unwrap(), "length");
 }
 
@@ -207,19 +216,6 @@ async fn requests_already_sent_when_shutdown_begins_are_answered_then_closed() {
         assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
     }
     tokio::time::timeout(Duration::from_secs(5), serving).await.unwrap().unwrap().unwrap();
-}
-
-/// The gateway serving on a port of its own until `stop` is sent.
-async fn serve_until_stopped(
-    h: &Harness,
-) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(api_gateway::serve(listener, h.gateway.clone(), async move {
-        let _ = stopped.await;
-    }));
-    (addr, stop, serving)
 }
 
 #[tokio::test]
