@@ -36,10 +36,11 @@ use crate::auth::{AuthFailure, Authenticator, Verified};
 use crate::config::{AuthMode, GatewaySettings};
 use crate::error::GatewayError;
 use crate::forward;
-use crate::identity::{self, Peer, TrustedProxies};
+use crate::identity::{self, Peer};
 use crate::local::PerThread;
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, RouteTable, Upstream};
+use auth_tokens::proxies::TrustedProxies;
 
 /// What a gateway is built from.
 pub struct GatewayParts {

@@ -344,45 +344,6 @@ fn hex(out: &mut [u8], mut n: u64) {
     }
 }
 
-/// Trusted proxies: single addresses or CIDR blocks.
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
-
-impl TrustedProxies {
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
-        let mut nets = Vec::with_capacity(entries.len());
-        for e in entries {
-            let (ip, bits) = match e.split_once('/') {
-                Some((ip, bits)) => (ip, Some(bits)),
-                None => (e.as_str(), None),
-            };
-            let ip: IpAddr = ip.parse().map_err(|_| format!("trusted proxy {e:?} is not an IP or CIDR"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let bits = match bits {
-                Some(b) => {
-                    b.parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("bad prefix length in {e:?}"))?
-                }
-                None => max,
-            };
-            nets.push((ip, bits));
-        }
-        Ok(Self(nets))
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|(net, bits)| match (net, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
-            (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
-            _ => false,
-        })
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
-    let (full, rest) = (usize::from(bits / 8), bits % 8);
-    a[..full] == b[..full] && (rest == 0 || (a[full] ^ b[full]) >> (8 - rest) == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,17 +540,6 @@ mod tests {
         h.insert("x-hop", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(lines(&h), [("content-length".to_owned(), "5".to_owned())]);
-    }
-
-    #[test]
-    fn cidrs_match_by_prefix() {
-        let t = TrustedProxies::parse(&["10.0.0.0/8".into(), "192.168.1.7".into(), "fd00::/8".into()]).unwrap();
-        assert!(t.contains("10.200.3.4".parse().unwrap()));
-        assert!(t.contains("192.168.1.7".parse().unwrap()));
-        assert!(!t.contains("192.168.1.8".parse().unwrap()));
-        assert!(t.contains("fd12::1".parse().unwrap()));
-        assert!(!t.contains("11.0.0.1".parse().unwrap()));
-        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use auth_core::{Accounts, AccountsSettings, Clock, DeletionLedger};
 use auth_store::Health;
 use auth_tokens::TokenSettings;
+use auth_tokens::proxies::TrustedProxies;
 
 use crate::keys::KeyHandle;
 use crate::metrics::Metrics;
@@ -21,6 +22,9 @@ pub struct AuthSettings {
     pub operator_token: Option<String>,
     /// Services expected to confirm each account deletion.
     pub deletion_services: Vec<String>,
+    /// Peers (the gateways, a load balancer) whose `X-Forwarded-For` is
+    /// believed for the client address sessions and logs record.
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Clone)]

@@ -1,4 +1,5 @@
-//! Access tokens, signing keys and CSRF tokens.
+//! Access tokens, signing keys and CSRF tokens, and the other rules the
+//! auth-service and the gateway must apply alike at the HTTP edge.
 //!
 //! Layout:
 //! - [`claims`]: the access-token claim set Gatehouse issues and accepts.
@@ -7,6 +8,7 @@
 //! - [`jwt`]: signing ([`TokenSigner`]) and strict verification ([`TokenVerifier`]).
 //! - [`csrf`]: CSRF tokens bound to a session by HMAC, and the request checks around them.
 //! - [`cookies`]: the session cookies' names and `Cookie` header parsing.
+//! - [`proxies`]: trusted proxies, and the client's address by their word.
 //!
 //! Time is always a parameter (unix seconds): nothing here reads the clock.
 
@@ -16,6 +18,7 @@ pub mod csrf;
 pub mod jwt;
 pub mod keyfile;
 pub mod keys;
+pub mod proxies;
 
 pub use claims::AccessClaims;
 pub use csrf::CsrfKey;

@@ -25,6 +25,7 @@ use auth_events::{
 use auth_service::keys::KeyHandle;
 use auth_service::ledger::LedgerHandler;
 use auth_service::{AppState, AuthSettings};
+use auth_tokens::proxies::TrustedProxies;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -186,7 +187,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stores = auth_store::open(&config.database_url(), true).await?;
     tracing::info!(backend = stores.backend, "database ready");
-    let settings = auth_settings(config);
+    let settings = auth_settings(config, feed.is_some())?;
     let keys = Arc::new(
         KeyHandle::from_file(config.key_file(), settings.tokens.clone(), clock.clone())
             .context("load the signing keys")?,
@@ -494,9 +495,17 @@ fn spawn_route_reloader(
     })
 }
 
-fn auth_settings(config: &Config) -> AuthSettings {
+/// The auth-service's settings. Behind the gateway in the same process
+/// (`up`), its peer is the gateway's client, so the gateway's trusted
+/// proxies are the ones whose `X-Forwarded-For` it believes.
+fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSettings> {
     let tokens = config.token_settings();
-    AuthSettings {
+    let (key, proxies) = match behind_gateway {
+        true => ("gateway.trusted_proxies", &config.gateway.trusted_proxies),
+        false => ("auth_service.trusted_proxies", &config.auth_service.trusted_proxies),
+    };
+    let trusted_proxies = TrustedProxies::parse(proxies).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    Ok(AuthSettings {
         public_url: tokens.issuer.clone(),
         accounts: AccountsSettings {
             password: PasswordPolicy { min_chars: config.passwords.min_chars, max_chars: config.passwords.max_chars },
@@ -509,7 +518,8 @@ fn auth_settings(config: &Config) -> AuthSettings {
         trusted_origins: config.csrf.trusted_origins.clone(),
         operator_token: config.admin.operator_token.clone(),
         deletion_services: config.events.deletion_services.clone(),
-    }
+        trusted_proxies,
+    })
 }
 
 /// The data dir holds the key file: keep it private to the user.

@@ -32,12 +32,22 @@ pub struct Config {
     pub passwords: PasswordsConfig,
     pub signing: SigningConfig,
     pub csrf: CsrfConfig,
+    pub auth_service: AuthServiceConfig,
     pub gateway: GatewayConfig,
     pub nats: NatsConfig,
     pub events: EventsConfig,
     pub admin: AdminConfig,
     pub notes: NotesConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthServiceConfig {
+    /// Peers (IPs or CIDRs: the gateways, a load balancer) whose
+    /// X-Forwarded-For the standalone auth-service believes for the client
+    /// address it records; in `up` the gateway's trusted proxies apply.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +237,7 @@ impl Default for Config {
             passwords: PasswordsConfig::default(),
             signing: SigningConfig::default(),
             csrf: CsrfConfig::default(),
+            auth_service: AuthServiceConfig::default(),
             gateway: GatewayConfig::default(),
             nats: NatsConfig::default(),
             events: EventsConfig::default(),

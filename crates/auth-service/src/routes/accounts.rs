@@ -1,6 +1,6 @@
 //! Register, log in, refresh, log out, delete, me.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use auth_core::accounts::{ClientInfo, DeleteError, LoginError, RefreshError, Refreshed, RegisterError};
 use auth_core::{OpaqueSecret, Session, User};
@@ -118,21 +118,29 @@ pub async fn register(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-/// The TCP peer, when the server was started with connect info.
-pub struct Peer(Option<SocketAddr>);
+/// The client's address: the TCP peer (or, in `gatehouse up`, the peer the
+/// gateway in front passed in), unless that is a trusted proxy, whose
+/// `X-Forwarded-For` then says (see [`auth_tokens::proxies::client_address`]).
+pub struct ClientAddress(Option<IpAddr>);
 
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr)))
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip());
+        let forwarded_for = parts.headers.get_all("x-forwarded-for").into_iter().filter_map(|v| v.to_str().ok());
+        let trusted = &state.settings().trusted_proxies;
+        Ok(Self(peer.map(|peer| auth_tokens::proxies::client_address(peer, forwarded_for, trusted))))
     }
 }
 
-fn client_info(headers: &HeaderMap, Peer(peer): Peer) -> ClientInfo {
+fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> ClientInfo {
     let user_agent =
         headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect());
-    ClientInfo { user_agent, ip: peer.map(|addr| addr.ip().to_string()) }
+    ClientInfo { user_agent, ip: address.map(|ip| ip.to_string()) }
 }
 
 /// Log in with email and password; sets the three session cookies.
@@ -146,7 +154,7 @@ fn client_info(headers: &HeaderMap, Peer(peer): Peer) -> ClientInfo {
     ))]
 pub async fn login(
     State(state): State<AppState>,
-    peer: Peer,
+    peer: ClientAddress,
     headers: HeaderMap,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {

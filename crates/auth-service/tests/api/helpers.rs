@@ -33,6 +33,8 @@ pub struct TestApp {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub hashing: HashingSettings,
+    /// `trusted_proxies` of the auth-service.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Runs `scenario` against a fresh app on every available backend.
@@ -72,6 +74,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         trusted_origins: vec!["https://app.example.com".into()],
         operator_token: Some(OPERATOR_TOKEN.into()),
         deletion_services: vec!["notes".into(), "billing".into()],
+        trusted_proxies: auth_tokens::proxies::TrustedProxies::parse(&options.trusted_proxies).unwrap(),
     };
     let state =
         AppState::new(accounts, keys.clone(), clock.clone(), stores.health.clone(), stores.ledger.clone(), settings);

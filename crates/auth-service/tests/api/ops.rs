@@ -90,7 +90,10 @@ async fn unknown_routes_are_404_json() {
 
 #[tokio::test]
 async fn a_flood_of_logins_gets_503_busy_while_health_stays_up() {
-    let options = Options { hashing: HashingSettings { permits: 1, max_wait_ms: 20, ..Default::default() } };
+    let options = Options {
+        hashing: HashingSettings { permits: 1, max_wait_ms: 20, ..Default::default() },
+        ..Default::default()
+    };
     each_backend_with(options, async |app| {
         let email = email();
         app.register(&email, PASSWORD).await;

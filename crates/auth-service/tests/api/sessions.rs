@@ -77,3 +77,39 @@ async fn revoking_all_other_sessions_keeps_the_current_one() {
     })
     .await;
 }
+
+/// The address the auth-service recorded for the session a login from
+/// `forwarded_for` (an `X-Forwarded-For` value) opened.
+async fn recorded_address(app: &TestApp, forwarded_for: &str) -> String {
+    let email = email();
+    assert_eq!(app.register(&email, PASSWORD).await.status(), 201);
+    let response = app
+        .request(Method::POST, "/auth/login")
+        .header("x-forwarded-for", forwarded_for)
+        .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut browser = Browser::default();
+    browser.absorb(&response);
+    let listed = body(app.with_cookies(Method::GET, "/auth/sessions", &browser).send().await.unwrap()).await;
+    listed["sessions"][0]["ip"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+    each_backend(async |app| {
+        // The test client (127.0.0.1) is no trusted proxy: its claim is ignored.
+        assert_eq!(recorded_address(&app, "203.0.113.9").await, "127.0.0.1");
+    })
+    .await;
+    let behind_a_gateway = Options { trusted_proxies: vec!["127.0.0.0/8".into()], ..Default::default() };
+    each_backend_with(behind_a_gateway, async |app| {
+        // From a trusted proxy: the first address from the right it did not add.
+        assert_eq!(recorded_address(&app, "198.51.100.1, 203.0.113.9").await, "203.0.113.9");
+        assert_eq!(recorded_address(&app, "203.0.113.9, 127.0.0.5").await, "203.0.113.9");
+        assert_eq!(recorded_address(&app, "garbage").await, "127.0.0.1");
+    })
+    .await;
+}

@@ -178,3 +178,33 @@ async fn routes_reload_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     assert_eq!(client.get(&extra).send().await.unwrap().status(), 200, "the old routes should stay");
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn sessions_opened_through_the_gateway_record_the_clients_address() {
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let email = register(&client, &url).await;
+    // A client's own claim is not believed: 127.0.0.1 is no trusted proxy.
+    let creds = json!({"email": email, "password": PASSWORD});
+    let login = client
+        .post(format!("{url}/auth/login"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let b = Browser::from_login(&login);
+    let listed: Value = client
+        .get(format!("{url}/auth/sessions"))
+        .header("cookie", &b.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["sessions"][0]["ip"], "127.0.0.1", "{listed}");
+    assert!(server.stop().await.success());
+}
