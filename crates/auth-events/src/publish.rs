@@ -1,6 +1,7 @@
 //! Where events go: NATS JetStream in production, an in-process bus in
 //! `gatehouse up`. Both are [`EventSink`]s for the outbox relay.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
@@ -18,10 +19,21 @@ use crate::nats_revocation::NatsRevocationSink;
 pub const STREAM: &str = "GATEHOUSE_USERS";
 pub const SUBJECTS: &str = "user.>";
 
-/// Events for subscribers in the same process (`gatehouse up`).
-#[derive(Debug, Clone)]
+/// Events for handlers in the same process (`gatehouse up`), delivered at
+/// least once: an outbox event counts as delivered only when every handler
+/// has taken it, so a handler that fails has it again at the relay's next
+/// try (handlers are idempotent, as NATS consumers are).
+#[derive(Clone)]
 pub struct InProcessBus {
+    handlers: Arc<Mutex<Vec<Arc<dyn EventHandler>>>>,
+    /// Copies of delivered events, for observers that may miss some.
     tx: broadcast::Sender<CloudEvent>,
+}
+
+impl std::fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessBus").field("handlers", &self.handlers().len()).finish_non_exhaustive()
+    }
 }
 
 impl Default for InProcessBus {
@@ -32,45 +44,46 @@ impl Default for InProcessBus {
 
 impl InProcessBus {
     pub fn new(capacity: usize) -> Self {
-        Self { tx: broadcast::channel(capacity).0 }
+        Self { handlers: Arc::default(), tx: broadcast::channel(capacity).0 }
     }
 
+    /// Copies of the events every handler has taken, from now on. Best
+    /// effort: a receiver that falls behind misses events, so nothing that
+    /// must see every event observes the bus this way; use [`Self::follow`].
     pub fn subscribe(&self) -> broadcast::Receiver<CloudEvent> {
         self.tx.subscribe()
     }
 
-    /// Puts an event of another service (a deletion confirmation) on the bus.
-    pub fn publish(&self, event: CloudEvent) {
-        let _ = self.tx.send(event);
+    /// Hands every event from now on to `handler`, before the event counts
+    /// as delivered: the in-process counterpart of [`crate::Consumer`].
+    pub fn follow(&self, handler: Arc<dyn EventHandler>) {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner()).push(handler);
     }
 
-    /// Feeds every event on the bus to `handler` until the task is aborted;
-    /// the in-process counterpart of [`crate::Consumer`].
-    pub fn follow(&self, handler: Arc<dyn EventHandler>) -> tokio::task::JoinHandle<()> {
-        let mut events = self.subscribe();
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match events.recv().await {
-                    Ok(event) => {
-                        if let Err(error) = handler.handle(&event).await {
-                            tracing::error!(%error, event_id = %event.id, "an in-process handler failed");
-                        }
-                    }
-                    Err(RecvError::Lagged(missed)) => tracing::error!(missed, "a handler fell behind the event bus"),
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        })
+    fn handlers(&self) -> Vec<Arc<dyn EventHandler>> {
+        self.handlers.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Hands `event` to every handler; the first failure is returned (the
+    /// handlers before it have taken the event, and take it again next time).
+    pub async fn publish(&self, event: CloudEvent) -> Result<(), String> {
+        for handler in self.handlers() {
+            handler.handle(&event).await?;
+        }
+        let _ = self.tx.send(event);
+        Ok(())
     }
 }
 
 #[async_trait]
 impl EventSink for InProcessBus {
     async fn deliver(&self, events: &[DomainEvent]) -> usize {
-        for event in events {
-            // No subscriber is fine: the event is recorded in the outbox.
-            let _ = self.tx.send(CloudEvent::from_domain(event, SOURCE));
+        for (delivered, event) in events.iter().enumerate() {
+            let cloud = CloudEvent::from_domain(event, SOURCE);
+            if let Err(error) = self.publish(cloud).await {
+                tracing::warn!(%error, event_id = %event.id, "an in-process handler failed; the event will come again");
+                return delivered;
+            }
         }
         events.len()
     }

@@ -272,7 +272,9 @@ impl auth_events::EventHandler for BusHandler {
     async fn handle(&self, event: &auth_events::CloudEvent) -> Result<(), String> {
         if event.kind == "user.deleted" {
             apply(&self.store, event).await.map_err(|e| e.to_string())?;
-            self.bus.publish(deletion_completed(event));
+            // The confirmation's own handlers (the deletion ledger) must take
+            // it too, or the deletion comes again and is confirmed again.
+            self.bus.publish(deletion_completed(event)).await?;
         }
         Ok(())
     }

@@ -111,6 +111,102 @@ async fn erasing_a_user_removes_all_their_notes_and_no_one_elses() {
     .await;
 }
 
+mod in_process {
+    //! The notes service on the in-process bus of `gatehouse up`, fed by
+    //! the real outbox relay from the auth-service's real outbox.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use auth_core::{Clock, DomainEvent, Email, SystemClock, User, UserId};
+    use auth_events::{CloudEvent, EventHandler, InProcessBus, OutboxRelay};
+    use notes_service::BusHandler;
+
+    use super::*;
+
+    /// The notes handler, failing its first `failures` deletions as a
+    /// database outage would.
+    struct Flaky {
+        inner: BusHandler,
+        failures: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventHandler for Flaky {
+        async fn handle(&self, event: &CloudEvent) -> Result<(), String> {
+            let fails = |n: usize| n.checked_sub(1);
+            if event.kind == "user.deleted"
+                && self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, fails).is_ok()
+            {
+                return Err("the notes database is down".into());
+            }
+            self.inner.handle(event).await
+        }
+    }
+
+    /// Counts the deletion confirmations the bus carried to its handlers.
+    #[derive(Default)]
+    struct Confirmations(AtomicUsize);
+
+    #[async_trait]
+    impl EventHandler for Confirmations {
+        async fn handle(&self, event: &CloudEvent) -> Result<(), String> {
+            if event.kind == "user.deletion_completed" {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deletion_still_erases_the_notes_when_their_handler_failed_once() {
+        for backend in Backend::available() {
+            let notes_db = TestDatabase::create(backend).await;
+            let notes = NotesStore::connect(&notes_db.url).await.unwrap();
+            let auth_db = TestDatabase::create(backend).await;
+            let stores = auth_store::open(&auth_db.url, true).await.unwrap();
+            let user = User {
+                id: UserId::new(),
+                email: Email::parse(&format!("bus-{}@example.com", uuid::Uuid::new_v4().simple())).unwrap(),
+                password_hash: None,
+                email_verified: false,
+                created_at: SystemClock.now(),
+                roles: vec![],
+                permissions: vec![],
+            };
+            stores
+                .users
+                .create_user(&user, &DomainEvent::registered(&user, "password", SystemClock.now()))
+                .await
+                .unwrap();
+            let id = user.id.to_string();
+            notes.add(&id, "mine").await.unwrap();
+            stores.users.delete_user(user.id, &DomainEvent::deleted(user.id, SystemClock.now())).await.unwrap();
+
+            let bus = InProcessBus::default();
+            let confirmations = Arc::new(Confirmations::default());
+            bus.follow(confirmations.clone());
+            let handler = BusHandler { store: notes.clone(), bus: bus.clone() };
+            bus.follow(Arc::new(Flaky { inner: handler, failures: AtomicUsize::new(1) }));
+            let relay = OutboxRelay::new(stores.outbox.clone(), Arc::new(bus.clone()), Arc::new(SystemClock), 100);
+
+            // The registration passes; the deletion fails and stays in the outbox.
+            assert_eq!(relay.try_relay_batch().await.unwrap(), 1, "{backend:?}");
+            assert_eq!(notes.count_of(&id).await.unwrap(), 1);
+            assert_eq!(
+                stores.outbox.events_of(user.id).await.unwrap().iter().filter(|e| e.published_at.is_none()).count(),
+                1
+            );
+            // The next try delivers it: the notes are gone and the erasure confirmed.
+            assert_eq!(relay.try_relay_batch().await.unwrap(), 1, "{backend:?}");
+            assert_eq!(notes.count_of(&id).await.unwrap(), 0);
+            assert_eq!(confirmations.0.load(Ordering::SeqCst), 1);
+            assert_eq!(relay.try_relay_batch().await.unwrap(), 0, "nothing is left");
+        }
+    }
+}
+
 mod nats {
     //! The notes service as a NATS consumer (`GATEHOUSE_TEST_NATS_URL`).
 
