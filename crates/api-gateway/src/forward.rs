@@ -62,7 +62,7 @@ pub async fn send(
             let tunnel = ask_upgrade(&mut request, upgrade);
             request.headers_mut().insert(header::HOST, host.clone());
             let response = within(route.timeout, pool::send(authority, request)).await?;
-            Ok(answer(response, tunnel))
+            answer(response, tunnel)
         }
         Upstream::Http { scheme, authority, http2: true, .. } => {
             let mut uri = uri::Parts::default();
@@ -75,7 +75,7 @@ pub async fn send(
             let tunnel = ask_upgrade(&mut request, upgrade);
             let client = HTTP2.with(Client::clone);
             let response = within(route.timeout, client.request(request)).await?;
-            Ok(answer(response, tunnel))
+            answer(response, tunnel)
         }
     }
 }
@@ -111,8 +111,10 @@ fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<HeaderValue>) -> Opt
 }
 
 /// The response for the client: after a 101 to an upgrade request, both
-/// sides are tunnelled; otherwise hop-by-hop headers are stripped.
-fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Response<Body> {
+/// sides are tunnelled; otherwise hop-by-hop headers are stripped and the
+/// length made one. A malformed or conflicting `Content-Length` is the
+/// upstream's fault (hyper checks it only where a body follows).
+fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Result<Response<Body>, GatewayError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(downstream) = downstream
     {
@@ -126,16 +128,38 @@ fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Respon
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }
         });
-        return response;
+        return Ok(response);
     }
+    let length = single_length(response.headers()).map_err(|()| {
+        tracing::warn!("upstream sent a malformed or conflicting Content-Length");
+        GatewayError::UpstreamUnavailable
+    })?;
     // hyper has decoded the upstream's framing and frames the body anew; a
-    // length beside a transfer coding is the upstream's mistake, and
-    // overridden by the coding (RFC 9112 §6.3), so it is not relayed.
-    if response.headers().contains_key(header::TRANSFER_ENCODING) {
-        response.headers_mut().remove(header::CONTENT_LENGTH);
+    // length beside a transfer coding is overridden by it (RFC 9112 §6.3)
+    // and not relayed; several equal lengths become one.
+    let headers = response.headers_mut();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    } else if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, length);
     }
     strip_hop_by_hop(response.headers_mut());
-    response
+    Ok(response)
+}
+
+/// The one value of the `Content-Length` lines (`5`, `5, 5`, two lines of
+/// `5`), if any; `Err` when they are not all the same plain number.
+fn single_length(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+    let mut length: Option<&[u8]> = None;
+    for line in headers.get_all(header::CONTENT_LENGTH).iter() {
+        for value in line.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || length.is_some_and(|l| l != value) {
+                return Err(());
+            }
+            length = Some(value);
+        }
+    }
+    Ok(length.and_then(|l| HeaderValue::from_bytes(l).ok()))
 }
 
 /// The protocol a request asks to switch to: its `Upgrade`, when its

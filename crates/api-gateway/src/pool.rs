@@ -170,11 +170,15 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
         Some(sender) => (sender, true),
         None => (connect(authority).await?, false),
     };
+    // A kept connection the upstream closes as the request goes out never
+    // answers it. A bodiless GET or HEAD may then go again on a new one,
+    // as on the own path; so a copy is kept until an answer comes.
+    let again = if reused { copy_if_repeatable(&request) } else { None };
     let response = match sender.send.try_send_request(request).await {
         Ok(response) => response,
-        Err(mut error) => match error.take_message() {
-            // A kept connection closed before taking the request: once more on a new one.
+        Err(mut error) => match error.take_message().or(again.filter(|_| unanswered(error.error()))) {
             Some(request) if reused => {
+                tracing::debug!(error = %error.into_error(), "a kept upstream connection failed; once more on a new one");
                 sender = connect(authority).await?;
                 sender.send.send_request(request).await.map_err(ExchangeError::Http)?
             }
@@ -190,6 +194,31 @@ pub async fn send(authority: &Authority, request: Request<Body>) -> Result<Respo
         body.return_if_done();
         Body::new(body)
     }))
+}
+
+/// Whether `error` says the connection ended with no answer: closed before
+/// a response came, or reset.
+fn unanswered(error: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    let reset = error
+        .source()
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .is_some_and(|e| matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe));
+    error.is_incomplete_message() || error.is_canceled() || reset
+}
+
+/// A copy of `request` if it may be sent twice: a `GET` or `HEAD` with no body.
+fn copy_if_repeatable(request: &Request<Body>) -> Option<Request<Body>> {
+    let method = request.method();
+    if (method != Method::GET && method != Method::HEAD) || !hyper::body::Body::is_end_stream(request.body()) {
+        return None;
+    }
+    let mut copy = Request::new(Body::empty());
+    *copy.method_mut() = method.clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    Some(copy)
 }
 
 /// Whether a response says a body follows where none does: a reply to

@@ -24,12 +24,16 @@ pub(super) struct Framed {
     /// 304 with a length or coding): the upstream may send one anyway, so
     /// its connection is not kept.
     pub announced: bool,
+    /// Its `Content-Length`, however many lines (all equal) said it.
+    pub length: Option<u64>,
 }
 
-/// How the body of a response to `head` with status `code` ends (RFC 9112
-/// §6.3); `None` for a response this path cannot relay safely (conflicting
-/// or malformed lengths, a 1xx where a final response belongs).
-pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]) -> Option<Framed> {
+/// How the body of a response to `head` with status `code` in HTTP/1.`minor`
+/// ends (RFC 9112 §6.3); `None` for a response this path cannot relay
+/// safely: conflicting or malformed lengths (whatever the status), a 1xx
+/// where a final response belongs, a body framed by `Transfer-Encoding` in
+/// HTTP/1.0 (faulty framing, §6.1).
+pub(super) fn framing(head: &Head<'_>, code: u16, minor: u8, lines: &[httparse::Header<'_>]) -> Option<Framed> {
     if code < 200 {
         // A 101 to a request that asked for no upgrade.
         return None;
@@ -53,6 +57,8 @@ pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]
     let coded = coding.is_some();
     let framing = if head.head_only || code == 204 || code == 304 {
         Framing::Empty
+    } else if coded && minor == 0 {
+        return None;
     } else if let Some(coding) = coding {
         let last = coding.rsplit(|b| *b == b',').next().unwrap_or_default().trim_ascii();
         if last.eq_ignore_ascii_case(b"chunked") { Framing::Chunked } else { Framing::ToClose }
@@ -60,7 +66,7 @@ pub(super) fn framing(head: &Head<'_>, code: u16, lines: &[httparse::Header<'_>]
         length.map_or(Framing::ToClose, Framing::Length)
     };
     let announced = framing == Framing::Empty && (coded || length.is_some_and(|n| n > 0));
-    Some(Framed { framing, coded, announced })
+    Some(Framed { framing, coded, announced, length })
 }
 
 /// Moves the part of `input` that belongs to the body into `out`. Returns

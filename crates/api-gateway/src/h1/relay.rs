@@ -36,11 +36,12 @@ pub(super) async fn relay(
         tracing::warn!("upstream sent a malformed response head");
         return refuse(route, GatewayError::UpstreamUnavailable, head, request_id, work, client).await;
     };
-    let Some(Framed { mut framing, coded, announced }) = framing(head, code, response.headers) else {
+    let minor = response.version.unwrap_or(0);
+    let Some(Framed { mut framing, coded, announced, length }) = framing(head, code, minor, response.headers) else {
         tracing::warn!(code, "upstream response has an unusable framing");
         return refuse(route, GatewayError::UpstreamUnavailable, head, request_id, work, client).await;
     };
-    let mut reusable = response.version == Some(1) && !announced;
+    let mut reusable = minor == 1 && !announced;
 
     out.clear();
     push_status(out, code, response.reason.unwrap_or_default());
@@ -60,12 +61,17 @@ pub(super) async fn relay(
         let name = line.name;
         let dropped = dropped_from_response(name)
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
-            || (coded && name.eq_ignore_ascii_case("content-length"))
+            || name.eq_ignore_ascii_case("content-length")
             || named(name);
         if !dropped {
             dated |= name.eq_ignore_ascii_case("date");
             push_line(out, name.as_bytes(), line.value);
         }
+    }
+    // One length, however the upstream wrote it (`5, 5`, two lines), and
+    // none beside a transfer coding, which overrides it (RFC 9112 §6.3).
+    if let Some(length) = length.filter(|_| !coded) {
+        push_line(out, b"content-length", length.to_string().as_bytes());
     }
     push_line(out, identity::REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
     if !dated {

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod differential;
 mod forwarding;
 mod identity;
 mod limits;
