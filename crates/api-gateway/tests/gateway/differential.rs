@@ -102,15 +102,7 @@ async fn playing(scripts: Arc<Mutex<HashMap<String, Script>>>, heads: Arc<Mutex<
             let (mut stream, _) = listener.accept().await.unwrap();
             let (scripts, heads) = (scripts.clone(), heads.clone());
             tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8; 1];
-                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                while let Some(head) = read_head(&mut stream).await {
                     let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
                     let path = line.split(' ').nth(1).unwrap_or_default().split('?').next().unwrap_or_default();
                     let id = path.split('/').nth(2).unwrap_or_default().to_owned();

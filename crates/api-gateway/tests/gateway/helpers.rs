@@ -320,6 +320,20 @@ impl Scripted {
     }
 }
 
+/// A request head read byte by byte (so nothing after it is taken), or
+/// `None` when the connection ends first.
+pub async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(head)
+}
+
 /// An upstream speaking raw HTTP/1.1: to the `n`-th request head (from 1)
 /// on a connection it plays `script(n, head)`. Bodies of requests are not
 /// read (scripts here answer bodiless requests).
@@ -338,14 +352,9 @@ pub async fn scripted_upstream(script: impl Fn(usize, &str) -> Vec<Step> + Send 
             let (script, log, signal, released) = (script.clone(), log.clone(), signal.clone(), released.clone());
             tokio::spawn(async move {
                 for n in 1.. {
-                    let mut head = Vec::new();
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let mut byte = [0u8; 1];
-                        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
+                    let Some(head) = read_head(&mut stream).await else {
+                        return;
+                    };
                     let head = String::from_utf8(head).unwrap();
                     log.lock().unwrap().push(head.clone());
                     for step in script(n, &head) {

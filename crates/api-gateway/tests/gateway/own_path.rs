@@ -35,26 +35,8 @@ fn scripted(_: usize, request_line: &str) -> (Vec<u8>, bool) {
             answer.extend(big_body());
             return (answer, false);
         }
-        "/api/big-chunked" => {
-            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-            for chunk in big_body().chunks(7_919) {
-                answer.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
-                answer.extend(chunk);
-                answer.extend(b"\r\n");
-            }
-            answer.extend(b"0\r\n\r\n");
-            return (answer, false);
-        }
-        "/api/big-then-bad-chunk" => {
-            let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
-            for chunk in big_body().chunks(7_919) {
-                answer.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
-                answer.extend(chunk);
-                answer.extend(b"\r\n");
-            }
-            answer.extend(b"zz\r\n");
-            return (answer, true);
-        }
+        "/api/big-chunked" => return (big_chunked(b"0\r\n\r\n"), false),
+        "/api/big-then-bad-chunk" => return (big_chunked(b"zz\r\n"), true),
         "/api/big-until-close" => {
             let mut answer = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
             answer.extend(big_body());
@@ -70,6 +52,18 @@ const BIG: usize = 8 << 20;
 
 fn big_body() -> Vec<u8> {
     (0..BIG).map(|i| (i % 251) as u8).collect()
+}
+
+/// A chunked answer carrying [`big_body`] in odd-sized chunks, then `end`.
+fn big_chunked(end: &[u8]) -> Vec<u8> {
+    let mut answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for chunk in big_body().chunks(7_919) {
+        answer.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+        answer.extend(chunk);
+        answer.extend(b"\r\n");
+    }
+    answer.extend(end);
+    answer
 }
 
 #[tokio::test]
