@@ -231,11 +231,13 @@ impl Rewrite<'_> {
     {
         let lines = |name: &'static str| headers.clone().filter(move |(n, _)| n.eq_ignore_ascii_case(name));
         let trusted = self.peer_trusted && self.peer.is_some();
-        // Headers the client's `Connection` names are hop-by-hop too.
+        // Headers the client's `Connection` names are hop-by-hop too; the
+        // usual `keep-alive` (a hop-by-hop header anyway) and `close` name
+        // nothing else, and need no list.
         let named: Vec<&[u8]> = lines("connection")
             .flat_map(|(_, value)| value.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
-            .filter(|token| !token.is_empty())
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .collect();
         for (name, value) in headers.clone() {
             if !self.underscores && name.contains('_') {

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use super::chunked::Chunks;
 use super::framing::{Framed, Framing, framing, take_body};
 use super::head::Head;
-use super::respond::{push_date, push_line, push_status, refuse, send_to_client};
+use super::respond::{decimal, push_date, push_line, push_status, refuse, send_to_client};
 use super::upstream::Kept;
 use super::{MAX_RESPONSE_HEADERS, RELAY_CHUNK, Work};
 use crate::error::GatewayError;
@@ -71,7 +71,7 @@ pub(super) async fn relay(
     // One length, however the upstream wrote it (`5, 5`, two lines), and
     // none beside a transfer coding, which overrides it (RFC 9112 §6.3).
     if let Some(length) = length.filter(|_| !coded) {
-        push_line(out, b"content-length", length.to_string().as_bytes());
+        push_line(out, b"content-length", decimal(length, &mut [0; 20]));
     }
     push_line(out, identity::REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());
     if !dated {

@@ -62,7 +62,7 @@ async fn respond(response: Response, head_only: bool, work: &mut Work, client: &
             push_line(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    push_line(out, b"content-length", body.len().to_string().as_bytes());
+    push_line(out, b"content-length", decimal(body.len() as u64, &mut [0; 20]));
     push_date(out, work.now);
     if work.closing {
         out.extend_from_slice(b"connection: close\r\n");
@@ -105,4 +105,27 @@ pub(super) fn push_date(out: &mut Vec<u8>, now: i64) {
         }
         push_line(out, b"date", date.1.as_bytes());
     });
+}
+
+/// `n` in decimal, written at the end of `buf`.
+pub(super) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[start..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 1_234_567, u64::MAX] {
+            assert_eq!(super::decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 }
