@@ -208,3 +208,50 @@ async fn sessions_opened_through_the_gateway_record_the_clients_address() {
     assert_eq!(listed["sessions"][0]["ip"], "127.0.0.1", "{listed}");
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn a_deletion_still_erases_the_notes_when_the_notes_database_was_locked_at_first() {
+    use sqlx::Connection as _;
+    let dir = TempDir::new();
+    let mut server = start(gatehouse(&dir.data())).await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let b = log_in(&client, &url, &register(&client, &url).await).await;
+    let created = client
+        .post(format!("{url}/api/notes"))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .json(&json!({"body": "to be erased"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let me: Value =
+        client.get(format!("{url}/auth/me")).header("cookie", &b.cookie).send().await.unwrap().json().await.unwrap();
+    let user_id = me["id"].as_str().unwrap().to_owned();
+    let notes_url = format!("sqlite://{}", dir.data().join("notes.db").display());
+
+    // Another process's write lock: the notes service cannot erase for now.
+    let mut lock = sqlx::SqliteConnection::connect(&notes_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
+    let deleted = client
+        .delete(format!("{url}/auth/delete"))
+        .header("cookie", &b.cookie)
+        .header("x-csrf-token", &b.csrf)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    server.wait_for_log("an in-process handler failed").await;
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+
+    // The event was not lost with the failure: it comes again and erases.
+    let notes_db = notes_service::NotesStore::connect(&notes_url).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while notes_db.count_of(&user_id).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(server.stop().await.success());
+}
