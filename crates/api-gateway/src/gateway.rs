@@ -6,15 +6,15 @@
 //! 3. the path made canonical (400 `invalid_path` when it cannot be), then
 //!    route lookup on it, longest prefix (404 when none; 400 when the path
 //!    in other letter case would match another route);
-//! 3. on `auth = "required"` routes: token from bearer header or cookie →
+//! 4. on `auth = "required"` routes: token from bearer header or cookie →
 //!    verify against the JWKS (503 when no keys yet) → revocation feed current
 //!    (503 otherwise: fail closed) → not revoked → CSRF for cookie-borne
 //!    unsafe requests → roles;
-//! 4. strip the client's hop-by-hop headers, spoofable identity (and its
+//! 5. strip the client's hop-by-hop headers, spoofable identity (and its
 //!    `_` look-alikes), our cookies and untrusted forwarding headers; set
 //!    `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
 //!    `X-Forwarded-*`;
-//! 5. forward the canonical path, streaming, within the route's timeout
+//! 6. forward the canonical path, streaming, within the route's timeout
 //!    (502/504).
 //!
 //! Every response, the gateway's own included, carries `X-Request-Id`.
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use auth_core::Clock;
 use auth_events::RevocationFeed;
 use auth_tokens::csrf::{check_pair, check_site};
+use auth_tokens::proxies::TrustedProxies;
 use auth_tokens::{Credential, CsrfKey, cookies};
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
@@ -40,7 +41,6 @@ use crate::identity::{self, Peer};
 use crate::local::PerThread;
 use crate::metrics::GatewayMetrics;
 use crate::routes::{Route, RouteTable, Upstream};
-use auth_tokens::proxies::TrustedProxies;
 
 /// What a gateway is built from.
 pub struct GatewayParts {
@@ -369,7 +369,7 @@ impl ClientLimits {
 
 /// Methods whose requests carry no body (RFC 9110 §9.3: a body on them has
 /// no defined meaning, and upstreams differ on whether they read one).
-pub(crate) fn bodiless(method: &str) -> bool {
+fn bodiless(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
