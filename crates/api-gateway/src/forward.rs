@@ -13,12 +13,14 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 
 use crate::error::GatewayError;
-use crate::identity::{connection_tokens, strip_hop_by_hop};
+use crate::identity::{self, connection_tokens, strip_hop_by_hop};
 use crate::pool;
 use crate::routes::{Route, Upstream};
+use crate::server::TunnelHold;
 
 thread_local! {
     /// HTTP/2 upstreams go through hyper's pooled client, HTTP/1.1 (upgrades
@@ -46,14 +48,14 @@ pub async fn send(
     target: PathAndQuery,
     upgrade: Option<HeaderValue>,
 ) -> Result<Response<Body>, GatewayError> {
-    match &route.upstream {
+    let mut response = match &route.upstream {
         Upstream::Local(router) => {
             *request.uri_mut() = Uri::from(target);
             let call = router.clone().oneshot(request);
             match tokio::time::timeout(route.timeout, call).await {
-                Ok(Ok(response)) => Ok(response),
+                Ok(Ok(response)) => response,
                 Ok(Err(never)) => match never {},
-                Err(_) => Err(GatewayError::UpstreamTimeout),
+                Err(_) => return Err(GatewayError::UpstreamTimeout),
             }
         }
         Upstream::Http { authority, host, http2: false, .. } => {
@@ -62,7 +64,7 @@ pub async fn send(
             let tunnel = ask_upgrade(&mut request, upgrade);
             request.headers_mut().insert(header::HOST, host.clone());
             let response = within(route.timeout, pool::send(authority, request)).await?;
-            answer(response, tunnel)
+            answer(response, tunnel)?
         }
         Upstream::Http { scheme, authority, http2: true, .. } => {
             let mut uri = uri::Parts::default();
@@ -75,9 +77,13 @@ pub async fn send(
             let tunnel = ask_upgrade(&mut request, upgrade);
             let client = HTTP2.with(Client::clone);
             let response = within(route.timeout, client.request(request)).await?;
-            answer(response, tunnel)
+            answer(response, tunnel)?
         }
+    };
+    if !route.forward_credentials {
+        identity::strip_our_set_cookies(response.headers_mut());
     }
+    Ok(response)
 }
 
 /// The upstream's answer within `timeout`: 504 after it, 502 when it fails.
@@ -99,34 +105,50 @@ where
     }
 }
 
-/// An upgrade (WebSocket) request asks for its protocol upstream too (its
-/// hop-by-hop headers are gone by now); its client side is returned, to be
-/// joined to the upstream's if the answer is 101.
-fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<HeaderValue>) -> Option<OnUpgrade> {
-    let protocol = upgrade?;
-    let downstream = hyper::upgrade::on(&mut *request);
-    request.headers_mut().insert(header::UPGRADE, protocol);
-    request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    Some(downstream)
+/// A client's upgrade on its way upstream: the protocol asked for, the
+/// client's side of the connection, and what the connection held.
+struct Tunnel {
+    protocol: HeaderValue,
+    downstream: OnUpgrade,
+    hold: Option<TunnelHold>,
 }
 
-/// The response for the client: after a 101 to an upgrade request, both
-/// sides are tunnelled; otherwise hop-by-hop headers are stripped and the
-/// length made one. A malformed or conflicting `Content-Length` is the
-/// upstream's fault (hyper checks it only where a body follows).
-fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Result<Response<Body>, GatewayError> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(downstream) = downstream
-    {
+/// An upgrade request asks for its protocol upstream too (its hop-by-hop
+/// headers are gone by now); its client side is kept, to be joined to the
+/// upstream's if the answer is a 101 to that protocol.
+fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<HeaderValue>) -> Option<Tunnel> {
+    let protocol = upgrade?;
+    let downstream = hyper::upgrade::on(&mut *request);
+    let hold = request.extensions_mut().remove::<TunnelHold>();
+    request.headers_mut().insert(header::UPGRADE, protocol.clone());
+    request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Some(Tunnel { protocol, downstream, hold })
+}
+
+/// The response for the client. A 101 that switches to the protocol the
+/// client asked for joins both sides into a tunnel; a 101 to anything else
+/// (no upgrade asked, another protocol) is the upstream's fault, as is a
+/// malformed or conflicting `Content-Length` (hyper checks it only where a
+/// body follows). Otherwise hop-by-hop headers go and the length is made one.
+fn answer(mut response: Response<Body>, tunnel: Option<Tunnel>) -> Result<Response<Body>, GatewayError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let switched = response.headers().get(header::UPGRADE).map(HeaderValue::as_bytes);
+        let Some(tunnel) = tunnel.filter(|t| switched.is_some_and(|s| s.eq_ignore_ascii_case(t.protocol.as_bytes())))
+        else {
+            tracing::warn!("upstream switched protocols where no such upgrade was asked");
+            return Err(GatewayError::UpstreamUnavailable);
+        };
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
-            match tokio::try_join!(downstream, upstream) {
+            match tokio::try_join!(tunnel.downstream, upstream) {
                 Ok((down, up)) => {
-                    let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    let idle = tunnel.hold.as_ref().map_or(TUNNEL_IDLE, |hold| hold.idle);
+                    relay_tunnel(TokioIo::new(down), TokioIo::new(up), idle).await;
                 }
                 Err(error) => tracing::debug!(%error, "upgrade failed"),
             }
+            // The client connection is counted, and waited for at shutdown, until here.
+            drop(tunnel.hold);
         });
         return Ok(response);
     }
@@ -147,6 +169,40 @@ fn answer(mut response: Response<Body>, downstream: Option<OnUpgrade>) -> Result
     Ok(response)
 }
 
+/// How long a tunnel may carry nothing either way when the connection it
+/// came from said nothing (it always does when served by [`crate::serve`]).
+const TUNNEL_IDLE: Duration = Duration::from_secs(75);
+
+/// Copies bytes both ways between `down` and `up` until either ends, or
+/// nothing has moved either way for `idle` (a write the other side does not
+/// take counts as nothing moving).
+async fn relay_tunnel(
+    mut down: impl AsyncRead + AsyncWrite + Unpin,
+    mut up: impl AsyncRead + AsyncWrite + Unpin,
+    idle: Duration,
+) {
+    let (mut from_down, mut from_up) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let moved = tokio::time::timeout(idle, async {
+            tokio::select! {
+                read = down.read(&mut from_down) => match read {
+                    Ok(n) if n > 0 => up.write_all(&from_down[..n]).await.is_ok(),
+                    _ => false,
+                },
+                read = up.read(&mut from_up) => match read {
+                    Ok(n) if n > 0 => down.write_all(&from_up[..n]).await.is_ok(),
+                    _ => false,
+                },
+            }
+        })
+        .await;
+        if moved != Ok(true) {
+            break;
+        }
+    }
+    let _ = tokio::join!(down.shutdown(), up.shutdown());
+}
+
 /// The one value of the `Content-Length` lines (`5`, `5, 5`, two lines of
 /// `5`), if any; `Err` when they are not all the same plain number.
 fn single_length(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
@@ -163,8 +219,11 @@ fn single_length(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 }
 
 /// The protocol a request asks to switch to: its `Upgrade`, when its
-/// `Connection` lists `upgrade`.
+/// `Connection` lists `upgrade` and the protocol is WebSocket, the one the
+/// gateway tunnels. Others (`h2c` above all, whose upstream would go on
+/// serving requests on the tunnel that the gateway never checked) are not
+/// asked for upstream: the request goes as a plain one.
 pub fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
     let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    headers.get(header::UPGRADE).filter(|_| asked).cloned()
+    headers.get(header::UPGRADE).filter(|p| asked && p.as_bytes().eq_ignore_ascii_case(b"websocket")).cloned()
 }

@@ -9,7 +9,7 @@
 //! 4. on `auth = "required"` routes: token from bearer header or cookie →
 //!    verify against the JWKS (503 when no keys yet) → revocation feed current
 //!    (503 otherwise: fail closed) → not revoked → CSRF for cookie-borne
-//!    unsafe requests → roles;
+//!    unsafe requests, the site for cookie-borne WebSocket handshakes → roles;
 //! 5. strip the client's hop-by-hop headers, spoofable identity (and its
 //!    `_` look-alikes), our cookies and untrusted forwarding headers; set
 //!    `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
@@ -277,6 +277,11 @@ impl Gateway {
         let verified = self.verified(token, self.now()).await?;
         if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
             self.check_csrf(headers, &verified.claims.sid)?;
+        } else if by_cookie && forward::upgrade_asked(headers).is_some() {
+            // A WebSocket handshake is a GET that a page of another site
+            // (a sibling subdomain: SameSite=Lax lets its cookies go) can
+            // open; it cannot carry a CSRF header, but it always has Origin.
+            self.check_site(headers)?;
         }
         check_roles(route, &verified)?;
         Ok(verified)
@@ -327,11 +332,15 @@ impl Gateway {
     }
 
     fn check_csrf(&self, headers: &HeaderMap, sid: &str) -> Result<(), GatewayError> {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let refused = |r: auth_tokens::csrf::CsrfRefusal| GatewayError::Csrf(r.to_string());
-        check_site(text("sec-fetch-site"), text("origin"), text("host"), &self.0.allowed_origins).map_err(refused)?;
+        self.check_site(headers)?;
         let cookie = cookies::find(identity::cookie_lines(headers), cookies::CSRF);
-        check_pair(&self.0.csrf, text("x-csrf-token"), cookie, sid).map_err(refused)
+        check_pair(&self.0.csrf, header_text(headers, "x-csrf-token"), cookie, sid).map_err(csrf_refused)
+    }
+
+    /// No `Sec-Fetch-Site: cross-site`, no foreign `Origin`.
+    fn check_site(&self, headers: &HeaderMap) -> Result<(), GatewayError> {
+        let text = |name: &str| header_text(headers, name);
+        check_site(text("sec-fetch-site"), text("origin"), text("host"), &self.0.allowed_origins).map_err(csrf_refused)
     }
 }
 
@@ -399,6 +408,14 @@ fn check_message(request: &Request) -> Result<(), GatewayError> {
 
 fn canonical_path(path: &str) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
     crate::path::canonical(path).map_err(|_| GatewayError::InvalidPath)
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn csrf_refused(refusal: auth_tokens::csrf::CsrfRefusal) -> GatewayError {
+    GatewayError::Csrf(refusal.to_string())
 }
 
 fn check_roles(route: &Route, verified: &Verified) -> Result<(), GatewayError> {

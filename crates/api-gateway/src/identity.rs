@@ -31,10 +31,23 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// Headers only the gateway sets: whatever a client sends under these
+/// Headers only the gateway sets, and names other authenticating proxies
+/// use for the user they vouch for: whatever a client sends under these
 /// names (or a spelling with `_`) never reaches an upstream.
-const OWNED: [&str; 3] = ["x-session-id", "x-request-id", "x-forwarded-for"];
+const OWNED: [&str; 7] = [
+    "x-session-id",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-remote-user",
+    "x-remote-group",
+    "x-webauth-user",
+    "remote-user",
+];
 const OWNED_PREFIXES: [&str; 2] = ["x-user-", "x-auth-"];
+
+/// Connection options of HTTP/2's cleartext upgrade (RFC 7540 §3.2.1),
+/// which the gateway never performs: dropped like hop-by-hop headers.
+const H2C_SETTINGS: &str = "http2-settings";
 
 /// Method overrides: an upstream framework honouring them would run a
 /// `DELETE` that the gateway checked as a `GET` (no CSRF check).
@@ -136,9 +149,39 @@ fn class(name: &[u8]) -> Class {
         Some(b'c') if folded_eq(name, "cookie") => Class::Cookie,
         Some(b'a') if folded_eq(name, "authorization") => Class::Authorization,
         Some(b'c' | b'k' | b'p' | b't' | b'u') if any(&HOP_BY_HOP) => Class::Drop,
+        Some(b'h') if folded_eq(name, H2C_SETTINGS) => Class::Drop,
+        Some(b'r') if folded_eq(name, "remote-user") => Class::Drop,
         Some(b'f' | b't' | b'c') if any(&FROM_PROXIES) => Class::FromProxies,
         _ => Class::Pass,
     }
+}
+
+/// Whether a response's `Set-Cookie` value sets one of the gateway's session
+/// cookies (names compared without case, as newer browsers compare cookie
+/// prefixes). Only the auth-service may: another upstream could fix or end
+/// a user's session.
+pub fn sets_our_cookie(value: &[u8]) -> bool {
+    let name = value.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
+    auth_tokens::cookies::ALL.iter().any(|ours| name.eq_ignore_ascii_case(ours.as_bytes()))
+}
+
+/// Removes the `Set-Cookie` lines of a response that set the gateway's
+/// session cookies (see [`sets_our_cookie`]).
+pub fn strip_our_set_cookies(headers: &mut HeaderMap) {
+    if !headers.get_all(header::SET_COOKIE).iter().any(|v| sets_our_cookie(v.as_bytes())) {
+        return;
+    }
+    let kept: Vec<HeaderValue> =
+        headers.get_all(header::SET_COOKIE).iter().filter(|v| !sets_our_cookie(v.as_bytes())).cloned().collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// Whether an `Authorization` value is a bearer token (any case, RFC 6750).
+fn is_bearer(value: &[u8]) -> bool {
+    value.get(..7).is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
 }
 
 /// Whether `name` (any case) is a hop-by-hop header (RFC 9110 §7.6.1).
@@ -252,8 +295,11 @@ impl Rewrite<'_> {
                 Class::FromProxies if trusted && !name.contains('_') => emit(name.as_bytes(), value),
                 Class::FromProxies | Class::Drop => {}
                 Class::Cookie => self.cookie(value, &mut emit),
-                // A bearer token was ours; upstreams get identity headers instead.
-                Class::Authorization if !self.forward_credentials && self.identity.is_some() => {}
+                // A bearer token may be ours, which only the auth-service
+                // sees (others get identity headers); on a route that
+                // checked a token no other credential passes either.
+                Class::Authorization if self.forward_credentials => emit(name.as_bytes(), value),
+                Class::Authorization if self.identity.is_some() || is_bearer(value) => {}
                 Class::Authorization => emit(name.as_bytes(), value),
             }
         }
@@ -499,6 +545,54 @@ mod tests {
         for name in names {
             assert_eq!(trusted[name], "claimed", "{name}");
         }
+    }
+
+    #[test]
+    fn bearer_tokens_reach_only_the_auth_service_and_other_schemes_only_public_routes() {
+        let lines_of = |rewrite: Rewrite<'_>, value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            prepare(&mut h, rewrite);
+            h.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap().to_owned())
+        };
+        let id = IdentityHeaders::new("u1", &[], "s1");
+        let public = rewrite(None, None, false);
+        let required = rewrite(Some(&id), None, false);
+        let auth_service = Rewrite { forward_credentials: true, ..rewrite(None, None, false) };
+        assert_eq!(lines_of(public, "Bearer eyJ.a.b"), None);
+        assert_eq!(lines_of(public, "bearer eyJ.a.b"), None);
+        assert_eq!(lines_of(public, "Basic YTpi").as_deref(), Some("Basic YTpi"));
+        assert_eq!(lines_of(required, "Basic YTpi"), None);
+        assert_eq!(lines_of(auth_service, "Bearer eyJ.a.b").as_deref(), Some("Bearer eyJ.a.b"));
+    }
+
+    #[test]
+    fn other_proxies_user_headers_and_h2c_settings_never_pass() {
+        let mut h = HeaderMap::new();
+        for name in
+            ["remote-user", "x-remote-user", "x-remote-group", "x-webauth-user", "http2-settings", "Remote_User"]
+        {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("admin"));
+        }
+        prepare(&mut h, Rewrite { underscores: true, ..rewrite(None, Some(&peer("10.0.0.1")), true) });
+        assert!(lines(&h).iter().all(|(_, v)| v != "admin"), "{:?}", lines(&h));
+    }
+
+    #[test]
+    fn only_our_session_cookies_are_taken_out_of_a_response() {
+        let mut h = HeaderMap::new();
+        for value in [
+            "theme=dark; Path=/",
+            "__Host-access_token=forged; Path=/; Secure",
+            " __host-csrf_token =x",
+            "__Host-refresh_token=r",
+            "__Host-other=1",
+        ] {
+            h.append(header::SET_COOKIE, HeaderValue::from_static(value));
+        }
+        strip_our_set_cookies(&mut h);
+        let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["theme=dark; Path=/", "__Host-other=1"]);
     }
 
     #[test]

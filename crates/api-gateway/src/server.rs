@@ -260,18 +260,24 @@ impl Connections {
         let builder = self.builder.clone();
         let mut stopped = self.stop.subscribe();
         tokio::spawn(async move {
-            let _load = load;
+            let load = Arc::new(load);
             let mut stream = stream;
-            let Some(read) = h1::serve(&gateway, &mut stream, &peer, &mut stopped).await else {
+            let Some(handover) = h1::serve(&gateway, &mut stream, &peer, &mut stopped).await else {
                 return;
             };
-            let send_timeout = gateway.client_limits().send;
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let limits = gateway.client_limits().clone();
+            let hold = TunnelHold { _load: load.clone(), _stopped: stopped.clone(), idle: limits.idle };
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                // An upgraded connection outlives this task: its tunnel keeps
+                // the connection counted, and shutdown waiting, until it ends.
+                if request.headers().contains_key(axum::http::header::UPGRADE) {
+                    request.extensions_mut().insert(hold.clone());
+                }
                 let gateway = gateway.clone();
                 let peer = peer.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::new), Some(peer)).await) }
             });
-            let io = TokioIo::new(ClientIo { read: read.freeze(), stream, send_timeout, stalled: None });
+            let io = TokioIo::new(ClientIo::new(handover, stream, limits.send));
             let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
             // The connection is polled first, so a request already read is
             // under way before a shutdown asks hyper to close when idle.
@@ -304,18 +310,59 @@ impl Connections {
     }
 }
 
+/// What a client connection's upgrade tunnel holds on to: the connection's
+/// place among those counted against `max_connections`, its part in the
+/// wait at shutdown, and how long the tunnel may sit idle.
+#[derive(Clone)]
+pub(crate) struct TunnelHold {
+    _load: Arc<Load>,
+    _stopped: watch::Receiver<bool>,
+    pub idle: Duration,
+}
+
 /// A client connection handed to hyper: the bytes the gateway's own path
-/// read and did not serve come first; a write the client does not take
-/// within the send timeout fails the connection.
+/// read and did not serve come first; a head begun before the hand-over
+/// keeps its deadline; a write the client does not take within the send
+/// timeout fails the connection.
 struct ClientIo {
     read: Bytes,
     stream: TcpStream,
     send_timeout: Duration,
     /// Since when a write has been waiting for the client, as a deadline.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the head begun before the hand-over must be whole, and the last
+    /// two bytes read of it (to find its end across reads).
+    head: Option<(Pin<Box<tokio::time::Sleep>>, [u8; 2])>,
 }
 
 impl ClientIo {
+    fn new(handover: h1::Handover, stream: TcpStream, send_timeout: Duration) -> Self {
+        let read = handover.read.freeze();
+        let head = handover.head_deadline.map(|deadline| {
+            let tail = [
+                read.len().checked_sub(2).and_then(|i| read.get(i)).copied().unwrap_or(0),
+                read.last().copied().unwrap_or(0),
+            ];
+            (Box::pin(tokio::time::sleep_until(deadline)), tail)
+        });
+        Self { read, stream, send_timeout, stalled: None, head }
+    }
+
+    /// Follows the unfinished head through `bytes` just read: once its end
+    /// (an empty line) has gone by, its deadline no longer applies.
+    fn follow_head(&mut self, bytes: &[u8]) {
+        let Some((_, tail)) = &mut self.head else {
+            return;
+        };
+        let mut window = tail.to_vec();
+        window.extend_from_slice(bytes);
+        if window.windows(2).any(|w| w == b"\n\n") || window.windows(3).any(|w| w == b"\n\r\n") {
+            self.head = None;
+        } else if let [.., a, b] = window[..] {
+            *tail = [a, b];
+        }
+    }
+
     /// `poll` (a write), failed with `TimedOut` once writes have waited
     /// for the client longer than the send timeout.
     fn within_send_timeout<T>(
@@ -341,7 +388,19 @@ impl AsyncRead for ClientIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.read.is_empty() {
-            return Pin::new(&mut this.stream).poll_read(cx, buf);
+            if let Some((deadline, _)) = &mut this.head
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                // The head's time ran out on the own path's clock.
+                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+            }
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+            if this.head.is_some() && polled.is_ready() {
+                let read = buf.filled()[before..].to_vec();
+                this.follow_head(&read);
+            }
+            return polled;
         }
         let n = this.read.len().min(buf.remaining());
         buf.put_slice(&this.read[..n]);

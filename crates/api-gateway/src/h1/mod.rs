@@ -68,9 +68,26 @@ const IDLE_STEP: Duration = Duration::from_secs(1);
 /// Bytes read from an upstream at a time while relaying a body.
 const RELAY_CHUNK: usize = 16 * 1024;
 
+/// What hyper starts a connection from.
+pub(crate) struct Handover {
+    /// Bytes read and not yet served.
+    pub read: BytesMut,
+    /// When the head they begin must be whole, if they hold only part of
+    /// one: the deadline does not start again with hyper.
+    pub head_deadline: Option<tokio::time::Instant>,
+}
+
+impl Handover {
+    fn of(read: BytesMut, expiry: &Sleep) -> Self {
+        let whole = has_head(&read) || has_bare_lf_head(&read);
+        let head_deadline = (!read.is_empty() && !whole).then(|| expiry.deadline());
+        Self { read, head_deadline }
+    }
+}
+
 /// Serves `client`'s requests until the connection ends, `stop` turns true
 /// while it is idle, or a request is one for hyper: then the bytes read and
-/// not yet served are returned, for hyper to start from. Once `stop` is
+/// not yet served are handed over, for hyper to start from. Once `stop` is
 /// true, a request already read is still answered (with `Connection:
 /// close`), as is the first request of a connection that has just been
 /// accepted, if it comes within [`FIRST_REQUEST_GRACE`]; then the connection closes.
@@ -81,7 +98,7 @@ pub(crate) async fn serve(
     client: &mut TcpStream,
     peer: &Peer,
     stop: &mut watch::Receiver<bool>,
-) -> Option<BytesMut> {
+) -> Option<Handover> {
     let limits = gateway.client_limits();
     let mut input = BytesMut::with_capacity(4096);
     let mut work = Work { send_timeout: limits.send, ..Work::default() };
@@ -96,7 +113,7 @@ pub(crate) async fn serve(
         let mut head_timed = fresh;
         while !has_head(&input) {
             if input.len() >= MAX_REQUEST_HEAD || has_bare_lf_head(&input) {
-                return Some(input);
+                return Some(Handover::of(input, &expiry));
             }
             let now = tokio::time::Instant::now();
             if !input.is_empty() && !head_timed {
@@ -111,23 +128,23 @@ pub(crate) async fn serve(
             // Without the own path, hyper takes over once the first bytes
             // are in hand (a shutdown now cannot drop them).
             if !gateway.fast_path() {
-                return Some(input);
+                return Some(Handover::of(input, &expiry));
             }
         }
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut lines);
         let Ok(Status::Complete(head_len)) = request.parse(&input) else {
-            return Some(input);
+            return Some(Handover::of(input, &expiry));
         };
         let Some(head) = Head::of(&request) else {
-            return Some(input);
+            return Some(Handover::of(input, &expiry));
         };
         let routes = gateway.routes();
         let Ok(Some(route)) = routes.route_for(head.path) else {
-            return Some(input);
+            return Some(Handover::of(input, &expiry));
         };
         if !ours(route, head.path) {
-            return Some(input);
+            return Some(Handover::of(input, &expiry));
         }
         work.closing = *stop.borrow();
         let served = exchange(gateway, route, &head, request.headers, peer, &mut work, client).await;

@@ -62,7 +62,10 @@ pub(super) async fn relay(
         let dropped = dropped_from_response(name)
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
             || name.eq_ignore_ascii_case("content-length")
-            || named(name);
+            || named(name)
+            || (!route.forward_credentials
+                && name.eq_ignore_ascii_case("set-cookie")
+                && identity::sets_our_cookie(line.value));
         if !dropped {
             dated |= name.eq_ignore_ascii_case("date");
             push_line(out, name.as_bytes(), line.value);

@@ -38,12 +38,29 @@ pub(super) struct Kept {
     pub slot: Slot,
 }
 
+/// How many bytes at the start of `input` are empty lines (`\r\n` or `\n`).
+fn empty_lines(input: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match input.get(at..) {
+            Some([b'\r', b'\n', ..]) => at += 2,
+            Some([b'\n', ..]) => at += 1,
+            _ => return at,
+        }
+    }
+}
+
 /// Writes `request` and reads until `input` starts with a final response
 /// head (interim 1xx responses are read and dropped).
 async fn ask(stream: &mut TcpStream, request: &[u8], input: &mut BytesMut) -> std::io::Result<()> {
     stream.write_all(request).await?;
     loop {
-        while !has_head(input) && !has_bare_lf_head(input) {
+        // Empty lines before a response are skipped, as hyper's parser does.
+        loop {
+            input.advance(empty_lines(input));
+            if has_head(input) || has_bare_lf_head(input) {
+                break;
+            }
             if input.len() >= MAX_RESPONSE_HEAD {
                 return Err(std::io::Error::other("response head too long"));
             }

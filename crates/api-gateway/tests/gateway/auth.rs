@@ -9,6 +9,8 @@ use auth_events::RevocationFeed as _;
 use auth_tokens::{AccessClaims, KeyRing, b64url};
 use serde_json::json;
 use time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
@@ -250,4 +252,27 @@ async fn metrics_show_failures_by_reason_revocations_and_jwks_age() {
     }
     assert!(text.contains("gatehouse_gateway_jwks_age_seconds "));
     assert!(!text.contains("gatehouse_gateway_jwks_age_seconds -1"));
+}
+
+#[tokio::test]
+async fn a_cookie_websocket_handshake_from_another_site_is_refused() {
+    for fast_path in BOTH_PATHS {
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
+            .await;
+        let (token, _) = h.token();
+        let handshake = |origin: &str| {
+            format!(
+                "GET /api/upgrade HTTP/1.1\r\nhost: gw\r\ncookie: __Host-access_token={token}\r\norigin: {origin}\r\n\
+                 connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+            )
+        };
+        let on = path_name(fast_path);
+        let foreign = first_answer(&h, handshake("https://evil.example.com").as_bytes()).await;
+        assert!(foreign.starts_with("HTTP/1.1 403") && foreign.contains("csrf_failed"), "{on}: {foreign}");
+        let mut ours = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
+        ours.write_all(handshake(ISSUER).as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        ours.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101", "{on}");
+    }
 }

@@ -392,7 +392,13 @@ fn response() -> impl Strategy<Value = (String, usize, bool)> {
         Just("500 Whatever"),
     ];
     let version = prop_oneof![4 => Just("HTTP/1.1"), 1 => Just("HTTP/1.0")];
-    let interim = prop_oneof![3 => Just(""), 1 => Just("HTTP/1.1 100 Continue\r\n\r\n"), 1 => Just("HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n")];
+    let interim = prop_oneof![
+        6 => Just(""),
+        2 => Just("HTTP/1.1 100 Continue\r\n\r\n"),
+        2 => Just("HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n"),
+        1 => Just("\r\n"),
+        1 => Just("HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"),
+    ];
     let extra_headers = prop::collection::vec(
         prop_oneof![
             Just("content-type: text/plain"),
@@ -405,6 +411,7 @@ fn response() -> impl Strategy<Value = (String, usize, bool)> {
             Just("x-request-id: upstream-made"),
             Just("x-bytes: caf\u{e9}"),
             Just("x-folded: a\r\n b"),
+            Just("set-cookie: __Host-access_token=forged; Path=/"),
             Just("x-empty:"),
         ],
         0..4,

@@ -69,7 +69,7 @@ async fn websocket_style_upgrades_are_tunnelled_both_ways() {
     let addr = h.url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
-        "GET /api/upgrade HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        "GET /api/upgrade HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
@@ -214,4 +214,74 @@ async fn upstream_connections_idle_too_long_are_closed() {
     tokio::task::yield_now().await;
     assert_eq!(h.get("/api/x").send().await.unwrap().text().await.unwrap(), "xx");
     assert_eq!(connections.load(Ordering::SeqCst), 2, "the idle connection was closed and a new one opened");
+}
+
+/// An upstream that switches to whatever protocol a request asks for and
+/// then goes on serving plain HTTP/1.1 on the same connection, as an h2c
+/// server would serve HTTP/2: every request on it is answered with its own
+/// request line and identity header.
+fn switches_and_keeps_serving(_: usize, head: &str) -> Vec<Step> {
+    let lower = head.to_ascii_lowercase();
+    if let Some(protocol) = lower.lines().find_map(|l| l.strip_prefix("upgrade: ")) {
+        let answer = format!("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: {protocol}\r\n\r\n");
+        return vec![Step::Send(answer.into_bytes())];
+    }
+    let line = head.lines().next().unwrap();
+    let user = lower.lines().find_map(|l| l.strip_prefix("x-user-id: ")).unwrap_or("nobody");
+    let body = format!("{line} as {user}");
+    vec![Step::Send(format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes())]
+}
+
+#[tokio::test]
+async fn h2c_and_other_non_websocket_upgrades_are_never_tunnelled() {
+    for fast_path in BOTH_PATHS {
+        let upstream = scripted_upstream(switches_and_keeps_serving).await;
+        let h = harness_with_settings(default_routes(&upstream.url), upstream.url.clone(), on_path(fast_path)).await;
+        // A tunnel would carry the second request to the upstream unchecked.
+        let answer = one_connection(
+            &h,
+            b"GET /public/x HTTP/1.1\r\nhost: gw\r\nconnection: Upgrade, HTTP2-Settings\r\nupgrade: h2c\r\n\
+              http2-settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n\
+              GET /admin/secret HTTP/1.1\r\nhost: gw\r\nx-user-id: admin\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let on = path_name(fast_path);
+        assert!(!answer.contains(" 101 "), "{on}: {answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains("GET /public/x HTTP/1.1 as nobody"),
+            "{on}: {answer}"
+        );
+        assert!(answer.contains("HTTP/1.1 401") && !answer.contains("/admin/secret"), "{on}: {answer}");
+        let heads = upstream.heads.lock().unwrap();
+        assert!(
+            heads.iter().all(|h| !h.to_ascii_lowercase().contains("upgrade") && !h.contains("AAMAAABk")),
+            "{on}: {heads:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_101_nobody_asked_for_or_to_another_protocol_is_a_502() {
+    let always_101 = |_: usize, _: &str| {
+        vec![
+            Step::Send(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n".to_vec()),
+            Step::Close,
+        ]
+    };
+    for fast_path in BOTH_PATHS {
+        let upstream = scripted_upstream(always_101).await;
+        let h = harness_with_settings(default_routes(&upstream.url), upstream.url.clone(), on_path(fast_path)).await;
+        let on = path_name(fast_path);
+        for request in [
+            "GET /public/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+            "POST /public/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            "GET /public/x HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        ] {
+            let answer = first_answer(&h, request.as_bytes()).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 502") && answer.contains("upstream_unavailable"),
+                "{on}: {request:?}: {answer}"
+            );
+        }
+    }
 }

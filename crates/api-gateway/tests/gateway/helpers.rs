@@ -38,7 +38,7 @@ pub fn echo_upstream() -> Router {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 return "late".into_response();
             }
-            "/upgrade" | "/api/upgrade" => return upgrade_echo(&mut request),
+            path if path.ends_with("/upgrade") => return upgrade_echo(&mut request),
             _ => {}
         }
         let headers: Vec<[String; 2]> = request
@@ -70,7 +70,7 @@ fn upgrade_echo(request: &mut Request) -> Response {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "upgrade")
-        .header("upgrade", "echo")
+        .header("upgrade", "websocket")
         .body(Body::empty())
         .unwrap()
 }
@@ -274,6 +274,32 @@ pub async fn assert_unauthenticated(response: reqwest::Response) {
         json(response).await,
         json!({"error": {"code": "unauthenticated", "message": "authentication is required"}})
     );
+}
+
+/// Writes `request` on a new connection to the gateway and reads one
+/// answer: its head, and a body of the length it gives.
+pub async fn first_answer(h: &Harness, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let length =
+                    head.lines().find_map(|l| l.strip_prefix("content-length: ")).map_or(0, |l| l.parse().unwrap());
+                if got.len() >= end + 4 + length {
+                    return;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before a whole answer: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.unwrap();
+    String::from_utf8(got).unwrap()
 }
 
 /// Writes `requests` on one connection to the gateway and reads until it closes.

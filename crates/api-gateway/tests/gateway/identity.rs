@@ -212,3 +212,21 @@ async fn client_address_and_url_claims_pass_from_trusted_proxies_only() {
         assert_eq!(seen(&echo, "x-http-method-override"), None, "method overrides never pass ({on})");
     }
 }
+
+#[tokio::test]
+async fn bearer_tokens_sent_to_public_routes_never_reach_their_upstream() {
+    for fast_path in BOTH_PATHS {
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
+            .await;
+        let (token, _) = h.token();
+        let on = path_name(fast_path);
+        let echo = json(h.get("/public/x").bearer_auth(&token).send().await.unwrap()).await;
+        assert_eq!(seen(&echo, "authorization"), None, "{on}: a replayable access token reached a public upstream");
+        let echo = json(h.get("/public/x").header("authorization", "Basic YTpi").send().await.unwrap()).await;
+        assert_eq!(
+            seen(&echo, "authorization").as_deref(),
+            Some("Basic YTpi"),
+            "{on}: the upstream's own scheme passes"
+        );
+    }
+}

@@ -170,3 +170,58 @@ async fn shutdown_ends_after_its_grace_even_with_a_half_sent_head_and_answers_wh
         drop(half);
     }
 }
+
+/// Opens a WebSocket-style tunnel through the gateway to the echo
+/// upstream and checks that it echoes.
+async fn open_tunnel(addr: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = "GET /public/upgrade HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    stream
+}
+
+#[tokio::test]
+async fn tunnels_count_against_max_connections_and_close_when_idle() {
+    for fast_path in BOTH_PATHS {
+        let settings = GatewaySettings { max_connections: 2, client_idle_timeout_secs: 1, ..on_path(fast_path) };
+        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let addr = h.url.trim_start_matches("http://").to_owned();
+        let on = path_name(fast_path);
+        let mut first = open_tunnel(&addr).await;
+        let _second = open_tunnel(&addr).await;
+        let answer = one_connection(&h, b"GET /public/x HTTP/1.1\r\nhost: gw\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{on}: two tunnels are two connections: {answer}");
+        // Nothing moves on the first tunnel: it is closed once idle for a second.
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), first.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "{on}: an idle tunnel stayed open");
+    }
+}
+
+#[tokio::test]
+async fn a_head_handed_to_hyper_half_sent_keeps_its_deadline() {
+    for fast_path in BOTH_PATHS {
+        let h = harness_with_settings(
+            default_routes(&serve(echo_upstream()).await),
+            String::new(),
+            head_deadline(fast_path),
+        )
+        .await;
+        // More than the own path reads before it hands over, then a trickle.
+        let long = format!("GET /public/long HTTP/1.1\r\nhost: gw\r\nx-long: {}\r\n", "a".repeat(17_000));
+        let (cut_off, answers) = trickle(&h, long.as_bytes()).await;
+        assert!(cut_off, "{}: {answers}", path_name(fast_path));
+    }
+}

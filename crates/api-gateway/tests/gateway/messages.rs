@@ -171,3 +171,24 @@ async fn every_response_the_gateway_makes_itself_carries_a_request_id() {
         assert_eq!(unavailable.headers()["x-request-id"], "trace-8", "{on}");
     }
 }
+
+#[tokio::test]
+async fn upstreams_cannot_set_the_gateways_session_cookies() {
+    let sets_cookies = |_: usize, _: &str| {
+        vec![Step::Send(
+            b"HTTP/1.1 200 OK\r\nset-cookie: __Host-access_token=forged; Path=/; Secure\r\nset-cookie: theme=dark\r\n\
+              Set-Cookie: __host-refresh_token=x\r\ncontent-length: 2\r\n\r\nok"
+                .to_vec(),
+        )]
+    };
+    for fast_path in BOTH_PATHS {
+        let upstream = scripted_upstream(sets_cookies).await;
+        let h = harness_with_settings(default_routes(&upstream.url), upstream.url.clone(), on_path(fast_path)).await;
+        for request in [h.get("/public/x"), h.post("/public/x").body("")] {
+            let response = request.send().await.unwrap();
+            let set: Vec<_> =
+                response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+            assert_eq!(set, ["theme=dark"], "{}", path_name(fast_path));
+        }
+    }
+}
