@@ -237,6 +237,33 @@ async fn bad_configuration_fails_fast_with_a_clear_message() {
 }
 
 #[tokio::test]
+async fn a_half_sent_head_keeps_the_process_no_longer_than_its_shutdown_grace() {
+    use tokio::io::AsyncWriteExt as _;
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env("GATEHOUSE_SHUTDOWN_GRACE_SECS", "1").env("GATEHOUSE_GATEWAY__CLIENT_HEADER_TIMEOUT_SECS", "600");
+    let mut server = start(cmd).await;
+    let mut half = tokio::net::TcpStream::connect(server.url.trim_start_matches("http://")).await.unwrap();
+    half.write_all(b"GET /api/notes HTTP/1.1\r\nhost: gw\r\n").await.unwrap();
+    // Without the grace the head would hold the process for 600 s.
+    let pid = server.child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    let log = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut log = Vec::new();
+        while let Some(line) = server.log.recv().await {
+            log.push(line);
+        }
+        log
+    })
+    .await
+    .expect("still running 30 s after SIGTERM");
+    assert!(log.iter().any(|l| l.contains("shutdown grace is over")), "{log:#?}");
+    let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait()).await.expect("no exit").unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(half);
+}
+
+#[tokio::test]
 async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     let dir = TempDir::new();
     let mut cmd = gatehouse(&dir.data());
