@@ -91,6 +91,14 @@ impl GatewayError {
     }
 }
 
+impl GatewayError {
+    /// The JSON body of the answer, `{"error": {"code", "message"}}`.
+    pub(crate) fn body(&self) -> String {
+        let (_, code, message) = self.parts();
+        json!({"error": {"code": code, "message": message}}).to_string()
+    }
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();

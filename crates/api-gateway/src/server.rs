@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::error::GatewayError;
 use crate::identity::Peer;
 use crate::{Gateway, h1};
 
@@ -122,7 +123,7 @@ pub async fn serve_accepting(
             () = &mut shutdown => break,
         };
         if acceptor.open() >= connections.gateway.client_limits().max_connections {
-            refuse_connection(stream);
+            refuse_connection(stream, &connections.gateway);
             continue;
         }
         let load = acceptor.pick();
@@ -196,21 +197,24 @@ pub async fn serve_inbox(
 /// closes it, reading (and dropping) what the client sent for a moment
 /// first, so that closing does not reset the connection before the client
 /// has read the answer.
-fn refuse_connection(stream: TcpStream) {
-    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-        let body = r#"{"error":{"code":"too_many_connections","message":"the gateway is serving as many connections as it may; try again"}}"#;
-        format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-             retry-after: 1\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    });
-    tracing::warn!("refusing a connection: gateway.max_connections reached");
+fn refuse_connection(stream: TcpStream, gateway: &Gateway) {
+    let body = GatewayError::TooManyConnections.body();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\ncache-control: no-store\r\nx-request-id: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len(),
+        crate::identity::request_id(None).to_str().unwrap_or("-"),
+    );
+    // Once a second at most: a flood of connections is no flood of log lines.
+    static LOGGED: AtomicU64 = AtomicU64::new(0);
+    let second = u64::try_from(gateway.now()).unwrap_or(0);
+    if LOGGED.swap(second, Ordering::Relaxed) != second {
+        tracing::warn!("refusing connections: gateway.max_connections reached");
+    }
     tokio::spawn(async move {
         let mut stream = stream;
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            stream.write_all(&ANSWER).await?;
+            stream.write_all(answer.as_bytes()).await?;
             stream.shutdown().await?;
             let mut sink = [0u8; 4096];
             while stream.read(&mut sink).await? > 0 {}

@@ -83,6 +83,7 @@ async fn connections_beyond_max_connections_are_refused_with_a_clear_503() {
         let on = path_name(fast_path);
         assert!(answer.starts_with("HTTP/1.1 503"), "{on}: {answer}");
         assert!(answer.contains("too_many_connections") && answer.contains("retry-after: 1"), "{on}: {answer}");
+        assert!(answer.contains("x-request-id: "), "{on}: {answer}");
         // A place frees up when a connection closes.
         drop(first);
         let mut served = false;
