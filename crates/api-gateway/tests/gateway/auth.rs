@@ -60,8 +60,7 @@ async fn forged_expired_and_wrong_audience_tokens_get_the_same_401() {
 #[tokio::test]
 async fn a_token_with_a_critical_header_extension_is_refused_on_both_paths() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         let (_, claims) = h.token();
         let (control, critical) = {
             let ring = h.ring.lock().unwrap();
@@ -257,8 +256,7 @@ async fn metrics_show_failures_by_reason_revocations_and_jwks_age() {
 #[tokio::test]
 async fn a_cookie_websocket_handshake_from_another_site_is_refused() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         let (token, _) = h.token();
         let handshake = |origin: &str| {
             format!(

@@ -122,6 +122,12 @@ pub async fn harness() -> Harness {
     harness_with(default_routes(&upstream), upstream).await
 }
 
+/// The default table in front of a new echo upstream, with `settings`.
+pub async fn echo_harness(settings: GatewaySettings) -> Harness {
+    let upstream = serve(echo_upstream()).await;
+    harness_with_settings(default_routes(&upstream), upstream, settings).await
+}
+
 /// The default table's routes, to `upstream`.
 pub fn default_routes(upstream: &str) -> Vec<RouteConfig> {
     let mut admin = route("/admin", upstream, AuthMode::Required);

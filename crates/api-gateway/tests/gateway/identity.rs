@@ -101,8 +101,7 @@ async fn both_request_paths_show_an_upstream_the_same_headers() {
 #[tokio::test]
 async fn a_connection_header_cannot_remove_what_the_gateway_sets() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         let (token, claims) = h.token();
         let naming =
             "keep-alive, X-User-Id, X-User-Roles, X-Session-Id, X-Forwarded-For, X-Request-Id, X-Forwarded-Proto";
@@ -131,8 +130,7 @@ fn all_lines(echo: &serde_json::Value) -> Vec<String> {
 #[tokio::test]
 async fn look_alike_identity_headers_spelled_with_underscores_never_reach_an_upstream() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         let (token, _) = h.token();
         let spoof = |r: reqwest::RequestBuilder| {
             r.header("X_User_Id", "victim")
@@ -157,7 +155,7 @@ async fn look_alike_identity_headers_spelled_with_underscores_never_reach_an_ups
 async fn with_underscores_allowed_other_names_pass_but_look_alikes_never() {
     for fast_path in BOTH_PATHS {
         let settings = api_gateway::GatewaySettings { underscores_in_headers: true, ..on_path(fast_path) };
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let h = echo_harness(settings).await;
         let (token, claims) = h.token();
         let echo = json(
             h.get("/api/x")
@@ -198,7 +196,7 @@ async fn client_address_and_url_claims_pass_from_trusted_proxies_only() {
         if trusted {
             settings.trusted_proxies = vec!["127.0.0.1".into()];
         }
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let h = echo_harness(settings).await;
         let mut request = h.get("/public/x").header("x-http-method-override", "DELETE");
         for name in PROXY_CLAIMS {
             request = request.header(name, "claimed");
@@ -216,8 +214,7 @@ async fn client_address_and_url_claims_pass_from_trusted_proxies_only() {
 #[tokio::test]
 async fn bearer_tokens_sent_to_public_routes_never_reach_their_upstream() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         let (token, _) = h.token();
         let on = path_name(fast_path);
         let echo = json(h.get("/public/x").bearer_auth(&token).send().await.unwrap()).await;

@@ -46,12 +46,7 @@ async fn trickle(h: &Harness, before: &[u8]) -> (bool, String) {
 #[tokio::test]
 async fn a_head_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(
-            default_routes(&serve(echo_upstream()).await),
-            String::new(),
-            head_deadline(fast_path),
-        )
-        .await;
+        let h = echo_harness(head_deadline(fast_path)).await;
         let on = path_name(fast_path);
         // A new connection, one after a served GET, one after a POST (which
         // moves the connection to hyper on either path).
@@ -75,7 +70,7 @@ async fn a_head_trickled_in_byte_by_byte_is_cut_off_at_the_header_timeout() {
 async fn connections_beyond_max_connections_are_refused_with_a_clear_503() {
     for fast_path in BOTH_PATHS {
         let settings = GatewaySettings { max_connections: 2, ..on_path(fast_path) };
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let h = echo_harness(settings).await;
         let addr = h.url.trim_start_matches("http://").to_owned();
         let first = TcpStream::connect(&addr).await.unwrap();
         let _second = TcpStream::connect(&addr).await.unwrap();
@@ -155,7 +150,7 @@ async fn shutdown_ends_after_its_grace_even_with_a_half_sent_head_and_answers_wh
             client_idle_timeout_secs: 600,
             ..on_path(fast_path)
         };
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let h = echo_harness(settings).await;
         let (addr, stop, serving) = serve_until_stopped(&h).await;
         let mut half = TcpStream::connect(addr).await.unwrap();
         half.write_all(b"GET /public/x HTTP/1.1\r\nhost: gw\r\n").await.unwrap();
@@ -197,7 +192,7 @@ async fn open_tunnel(addr: &str) -> TcpStream {
 async fn tunnels_count_against_max_connections_and_close_when_idle() {
     for fast_path in BOTH_PATHS {
         let settings = GatewaySettings { max_connections: 2, client_idle_timeout_secs: 1, ..on_path(fast_path) };
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), settings).await;
+        let h = echo_harness(settings).await;
         let addr = h.url.trim_start_matches("http://").to_owned();
         let on = path_name(fast_path);
         let mut first = open_tunnel(&addr).await;
@@ -214,12 +209,7 @@ async fn tunnels_count_against_max_connections_and_close_when_idle() {
 #[tokio::test]
 async fn a_head_handed_to_hyper_half_sent_keeps_its_deadline() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(
-            default_routes(&serve(echo_upstream()).await),
-            String::new(),
-            head_deadline(fast_path),
-        )
-        .await;
+        let h = echo_harness(head_deadline(fast_path)).await;
         // More than the own path reads before it hands over, then a trickle.
         let long = format!("GET /public/long HTTP/1.1\r\nhost: gw\r\nx-long: {}\r\n", "a".repeat(17_000));
         let (cut_off, answers) = trickle(&h, long.as_bytes()).await;

@@ -45,8 +45,7 @@ async fn a_body_on_get_head_options_or_trace_is_refused_and_never_forwarded() {
 #[tokio::test]
 async fn requests_need_exactly_one_valid_host() {
     for fast_path in BOTH_PATHS {
-        let h = harness_with_settings(default_routes(&serve(echo_upstream()).await), String::new(), on_path(fast_path))
-            .await;
+        let h = echo_harness(on_path(fast_path)).await;
         for (request, status) in [
             ("GET /public/x HTTP/1.1\r\nhost: a\r\nhost: b\r\n", "400"),
             ("GET /public/x HTTP/1.1\r\n", "400"),
