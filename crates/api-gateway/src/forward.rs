@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::uri::{self, PathAndQuery};
-use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,11 +16,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tower::ServiceExt as _;
 
+use crate::client::TunnelHold;
 use crate::error::GatewayError;
 use crate::identity::{self, connection_tokens, strip_hop_by_hop};
 use crate::pool;
 use crate::routes::{Route, Upstream};
-use crate::server::TunnelHold;
 
 thread_local! {
     /// HTTP/2 upstreams go through hyper's pooled client, HTTP/1.1 (upgrades
@@ -41,12 +41,12 @@ thread_local! {
 
 /// Sends `request` (headers already prepared) to the route's upstream, at
 /// `target` (path and query), within the route's timeout. `upgrade` is the
-/// protocol the client asked to switch to ([`upgrade_asked`]).
+/// client's WebSocket handshake ([`websocket_handshake`]).
 pub async fn send(
     route: &Route,
     mut request: Request<Body>,
     target: PathAndQuery,
-    upgrade: Option<HeaderValue>,
+    upgrade: Option<Handshake>,
 ) -> Result<Response<Body>, GatewayError> {
     let mut response = match &route.upstream {
         Upstream::Local(router) => {
@@ -81,7 +81,7 @@ pub async fn send(
         }
     };
     if !route.forward_credentials {
-        identity::strip_our_set_cookies(response.headers_mut());
+        identity::strip_session_headers(response.headers_mut());
     }
     Ok(response)
 }
@@ -105,10 +105,10 @@ where
     }
 }
 
-/// A client's upgrade on its way upstream: the protocol asked for, the
-/// client's side of the connection, and what the connection held.
+/// A client's upgrade on its way upstream: its handshake, the client's side
+/// of the connection, and what the connection held.
 struct Tunnel {
-    protocol: HeaderValue,
+    handshake: Handshake,
     downstream: OnUpgrade,
     hold: Option<TunnelHold>,
 }
@@ -116,25 +116,31 @@ struct Tunnel {
 /// An upgrade request asks for its protocol upstream too (its hop-by-hop
 /// headers are gone by now); its client side is kept, to be joined to the
 /// upstream's if the answer is a 101 to that protocol.
-fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<HeaderValue>) -> Option<Tunnel> {
-    let protocol = upgrade?;
+fn ask_upgrade(request: &mut Request<Body>, upgrade: Option<Handshake>) -> Option<Tunnel> {
+    let handshake = upgrade?;
     let downstream = hyper::upgrade::on(&mut *request);
     let hold = request.extensions_mut().remove::<TunnelHold>();
-    request.headers_mut().insert(header::UPGRADE, protocol.clone());
+    request.headers_mut().insert(header::UPGRADE, handshake.protocol.clone());
     request.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    Some(Tunnel { protocol, downstream, hold })
+    Some(Tunnel { handshake, downstream, hold })
 }
 
-/// The response for the client. A 101 that switches to the protocol the
-/// client asked for joins both sides into a tunnel; a 101 to anything else
-/// (no upgrade asked, another protocol) is the upstream's fault, as is a
-/// malformed or conflicting `Content-Length` (hyper checks it only where a
-/// body follows). Otherwise hop-by-hop headers go and the length is made one.
+/// The response for the client. A 101 that completes the client's WebSocket
+/// handshake (the protocol asked, and the `Sec-WebSocket-Accept` for its
+/// key: a WebSocket server, not one that would go on reading HTTP) joins
+/// both sides into a tunnel; any other 101 is the upstream's fault, as is
+/// a malformed or conflicting `Content-Length` (hyper checks it only where
+/// a body follows). Otherwise hop-by-hop headers go and the length is made one.
 fn answer(mut response: Response<Body>, tunnel: Option<Tunnel>) -> Result<Response<Body>, GatewayError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let switched = response.headers().get(header::UPGRADE).map(HeaderValue::as_bytes);
-        let Some(tunnel) = tunnel.filter(|t| switched.is_some_and(|s| s.eq_ignore_ascii_case(t.protocol.as_bytes())))
-        else {
+        let headers = response.headers();
+        let completes = |t: &Tunnel| {
+            let switched = headers.get(header::UPGRADE).map(HeaderValue::as_bytes);
+            let accept = headers.get(header::SEC_WEBSOCKET_ACCEPT).map(HeaderValue::as_bytes);
+            switched.is_some_and(|s| s.eq_ignore_ascii_case(t.handshake.protocol.as_bytes()))
+                && accept == Some(t.handshake.accept.as_slice())
+        };
+        let Some(tunnel) = tunnel.filter(completes) else {
             tracing::warn!("upstream switched protocols where no such upgrade was asked");
             return Err(GatewayError::UpstreamUnavailable);
         };
@@ -218,12 +224,30 @@ fn single_length(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
     Ok(length.and_then(|l| HeaderValue::from_bytes(l).ok()))
 }
 
-/// The protocol a request asks to switch to: its `Upgrade`, when its
-/// `Connection` lists `upgrade` and the protocol is WebSocket, the one the
-/// gateway tunnels. Others (`h2c` above all, whose upstream would go on
-/// serving requests on the tunnel that the gateway never checked) are not
-/// asked for upstream: the request goes as a plain one.
-pub fn upgrade_asked(headers: &HeaderMap) -> Option<HeaderValue> {
+/// A WebSocket handshake (RFC 6455 §4.1): a `GET` with `Connection:
+/// upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and a key of
+/// 16 bytes in base64. The only upgrade the gateway tunnels: others (`h2c`
+/// above all, whose upstream would go on serving requests inside the tunnel,
+/// unchecked) are not asked for upstream, and the request goes as a plain one.
+pub struct Handshake {
+    protocol: HeaderValue,
+    /// The `Sec-WebSocket-Accept` a WebSocket server answers this key with.
+    accept: Vec<u8>,
+}
+
+/// The WebSocket handshake a request makes, if it makes a valid one.
+pub fn websocket_handshake(method: &Method, headers: &HeaderMap) -> Option<Handshake> {
+    use base64::Engine as _;
     let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
-    headers.get(header::UPGRADE).filter(|p| asked && p.as_bytes().eq_ignore_ascii_case(b"websocket")).cloned()
+    let protocol = headers.get(header::UPGRADE).filter(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"))?;
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?.as_bytes();
+    let key_ok = base64::engine::general_purpose::STANDARD.decode(key).is_ok_and(|k| k.len() == 16);
+    if !asked || !version || !key_ok || method != Method::GET {
+        return None;
+    }
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &[key, GUID].concat());
+    let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref()).into_bytes();
+    Some(Handshake { protocol: protocol.clone(), accept })
 }

@@ -235,7 +235,7 @@ impl Gateway {
             AuthMode::Public => None,
         };
         // Asked for before the rewrite drops the client's hop-by-hop headers.
-        let upgrade = forward::upgrade_asked(request.headers());
+        let upgrade = forward::websocket_handshake(request.method(), request.headers());
         identity::prepare(request.headers_mut(), self.rewrite(route, verified.as_deref(), peer, request_id));
         if let (Upstream::Local(_), Some(peer)) = (&route.upstream, peer) {
             // An in-process service sees the client as its peer, as if served directly.
@@ -277,7 +277,7 @@ impl Gateway {
         let verified = self.verified(token, self.now()).await?;
         if by_cookie && auth_tokens::csrf::changes_state(method.as_str()) {
             self.check_csrf(headers, &verified.claims.sid)?;
-        } else if by_cookie && forward::upgrade_asked(headers).is_some() {
+        } else if by_cookie && headers.contains_key(header::UPGRADE) {
             // A WebSocket handshake is a GET that a page of another site
             // (a sibling subdomain: SameSite=Lax lets its cookies go) can
             // open; it cannot carry a CSRF header, but it always has Origin.

@@ -65,7 +65,21 @@ const FROM_PROXIES: [&str; 8] = [
     "fastly-client-ip",
     "x-rewrite-url",
 ];
-const FROM_PROXIES_PREFIXES: [&str; 3] = ["x-forwarded-", "x-authenticated-", "x-original-"];
+/// Cloudflare Access's identity headers, believed from trusted proxies only.
+const CF_ACCESS: &str = "cf-access-";
+/// Prefixes of the above, and of the user and client-certificate headers
+/// other authenticating proxies set (AWS ALB, Cloudflare Access, Azure App
+/// Service, Kong, TLS terminators).
+const FROM_PROXIES_PREFIXES: [&str; 8] = [
+    "x-forwarded-",
+    "x-authenticated-",
+    "x-original-",
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+    "x-consumer-",
+    "x-ssl-client-",
+    "x-client-cert",
+];
 
 /// Response headers an upstream's `Connection` may not remove: the framing
 /// of the body the gateway relays, and the gateway's own request id.
@@ -151,32 +165,51 @@ fn class(name: &[u8]) -> Class {
         Some(b'c' | b'k' | b'p' | b't' | b'u') if any(&HOP_BY_HOP) => Class::Drop,
         Some(b'h') if folded_eq(name, H2C_SETTINGS) => Class::Drop,
         Some(b'r') if folded_eq(name, "remote-user") => Class::Drop,
-        Some(b'f' | b't' | b'c') if any(&FROM_PROXIES) => Class::FromProxies,
+        Some(b'f' | b't' | b'c') if any(&FROM_PROXIES) || folded_starts(name, CF_ACCESS) => Class::FromProxies,
         _ => Class::Pass,
     }
 }
 
-/// Whether a response's `Set-Cookie` value sets one of the gateway's session
-/// cookies (names compared without case, as newer browsers compare cookie
-/// prefixes). Only the auth-service may: another upstream could fix or end
-/// a user's session.
-pub fn sets_our_cookie(value: &[u8]) -> bool {
-    let name = value.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
-    auth_tokens::cookies::ALL.iter().any(|ours| name.eq_ignore_ascii_case(ours.as_bytes()))
+/// Whether a response header line lets an upstream touch the session the
+/// gateway's cookies hold: a `Set-Cookie` that so much as names one of them
+/// (in any case, quoted, nameless, comma-joined: browsers differ in how
+/// they read odd lines), or `Clear-Site-Data`. Only the auth-service may:
+/// another upstream could fix or end a user's session.
+pub fn touches_our_session(name: &[u8], value: &[u8]) -> bool {
+    if name.eq_ignore_ascii_case(b"clear-site-data") {
+        return true;
+    }
+    name.eq_ignore_ascii_case(b"set-cookie")
+        && auth_tokens::cookies::ALL
+            .iter()
+            .any(|ours| value.windows(ours.len()).any(|w| w.eq_ignore_ascii_case(ours.as_bytes())))
 }
 
-/// Removes the `Set-Cookie` lines of a response that set the gateway's
-/// session cookies (see [`sets_our_cookie`]).
-pub fn strip_our_set_cookies(headers: &mut HeaderMap) {
-    if !headers.get_all(header::SET_COOKIE).iter().any(|v| sets_our_cookie(v.as_bytes())) {
+/// Removes a response's header lines that touch the gateway's session (see
+/// [`touches_our_session`]).
+pub fn strip_session_headers(headers: &mut HeaderMap) {
+    headers.remove("clear-site-data");
+    if !headers.get_all(header::SET_COOKIE).iter().any(|v| touches_our_session(b"set-cookie", v.as_bytes())) {
         return;
     }
-    let kept: Vec<HeaderValue> =
-        headers.get_all(header::SET_COOKIE).iter().filter(|v| !sets_our_cookie(v.as_bytes())).cloned().collect();
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !touches_our_session(b"set-cookie", v.as_bytes()))
+        .cloned()
+        .collect();
     headers.remove(header::SET_COOKIE);
     for value in kept {
         headers.append(header::SET_COOKIE, value);
     }
+}
+
+/// Whether a client's header name may pass at all: letters, digits and
+/// `-` (and `_` when allowed), as nginx's `ignore_invalid_headers`. Other
+/// token characters (`.`, `~`, `!`…) are legal but unused, and a framework
+/// that folds them (`X.User.Id`) would read a name the gateway manages.
+fn valid_name(name: &str, underscores: bool) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || (b == b'_' && underscores))
 }
 
 /// Whether an `Authorization` value is a bearer token (any case, RFC 6750).
@@ -283,7 +316,7 @@ impl Rewrite<'_> {
             .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .collect();
         for (name, value) in headers.clone() {
-            if !self.underscores && name.contains('_') {
+            if !valid_name(name, self.underscores) {
                 continue;
             }
             if named.iter().any(|n| n.eq_ignore_ascii_case(name.as_bytes())) {
@@ -532,6 +565,11 @@ mod tests {
             "x-authenticated-user",
             "x-authenticated-groups",
             "forwarded",
+            "x-amzn-oidc-identity",
+            "cf-access-authenticated-user-email",
+            "x-ms-client-principal-name",
+            "x-consumer-username",
+            "x-ssl-client-s-dn",
         ];
         let mut h = HeaderMap::new();
         for name in names {
@@ -586,13 +624,30 @@ mod tests {
             "__Host-access_token=forged; Path=/; Secure",
             " __host-csrf_token =x",
             "__Host-refresh_token=r",
+            "\"__Host-access_token\"=x",
+            "=__Host-access_token=x",
+            "__Host-access_token; Path=/",
+            "a=1, __Host-access_token=x",
             "__Host-other=1",
         ] {
             h.append(header::SET_COOKIE, HeaderValue::from_static(value));
         }
-        strip_our_set_cookies(&mut h);
+        h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+        strip_session_headers(&mut h);
         let left: Vec<_> = h.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(left, ["theme=dark; Path=/", "__Host-other=1"]);
+        assert!(h.get("clear-site-data").is_none());
+    }
+
+    #[test]
+    fn header_names_other_than_letters_digits_and_dashes_never_pass() {
+        let mut h = HeaderMap::new();
+        for name in ["x.user.id", "x~user~id", "x-user!id", "x-ok"] {
+            h.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("admin"));
+        }
+        prepare(&mut h, rewrite(None, None, false));
+        assert_eq!(h.get_all("x-ok").iter().count(), 1);
+        assert!(lines(&h).iter().all(|(n, v)| v != "admin" || n == "x-ok"), "{:?}", lines(&h));
     }
 
     #[test]

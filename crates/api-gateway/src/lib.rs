@@ -14,12 +14,14 @@
 //! - [`metrics`]: Prometheus metrics of the gateway.
 //! - `local`: per-thread state, so serving threads share no written memory.
 //! - [`gateway`]: [`Gateway`], the request path in one place.
+//! - `client`: a client connection as hyper takes it over from the own path.
 //! - [`server`]: serving threads fed by one acceptor; each connection on the
 //!   own path first, then hyper straight into [`Gateway::handle`]; shutdown
 //!   that answers every request already sent.
 //! - [`error`]: [`GatewayError`], classified by who is at fault.
 
 pub mod auth;
+mod client;
 pub mod config;
 pub mod error;
 pub mod forward;

@@ -53,11 +53,16 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
         previous = b;
     }
-    if !changes {
-        return Ok(Cow::Borrowed(path));
+    let canonical = if changes { Cow::Owned(rebuild(bytes)?) } else { Cow::Borrowed(path) };
+    if canonical.contains('%') && CASE_MAPS_TO_ASCII.iter().any(|c| canonical.contains(c)) {
+        return Err(PathError::Ambiguous);
     }
-    rebuild(bytes).map(Cow::Owned)
+    Ok(canonical)
 }
+
+/// Characters, as canonical encodings, that Unicode upper- or lower-casing
+/// turns into ASCII letters: dotless i, dotted capital I, long s, Kelvin sign.
+const CASE_MAPS_TO_ASCII: [&str; 4] = ["%C4%B1", "%C4%B0", "%C5%BF", "%E2%84%AA"];
 
 /// Whether the encoding after a `%` (at the start of `rest`) stays as it
 /// is: two upper-case hex digits of a character that is not unreserved.
@@ -219,6 +224,11 @@ mod tests {
             ("/a/.%2e", PathError::DotSegment),
             ("/a/%2e", PathError::DotSegment),
             ("//..//b", PathError::DotSegment),
+            ("/api/adm%C4%B1n", PathError::Ambiguous),
+            ("/api/adm%c4%b1n", PathError::Ambiguous),
+            ("/api/%C4%B0d", PathError::Ambiguous),
+            ("/api/cla%C5%BF%C5%BF", PathError::Ambiguous),
+            ("/api/%E2%84%AAey", PathError::Ambiguous),
         ];
         for (path, want) in cases {
             assert_eq!(canonical(path), Err(want), "{path}");

@@ -8,21 +8,19 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use bytes::{Buf, Bytes};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use crate::client::{ClientIo, TunnelHold};
 use crate::error::GatewayError;
 use crate::identity::Peer;
 use crate::{Gateway, h1};
@@ -281,7 +279,7 @@ impl Connections {
                 let peer = peer.clone();
                 async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::new), Some(peer)).await) }
             });
-            let io = TokioIo::new(ClientIo::new(handover, stream, limits.send));
+            let io = TokioIo::new(ClientIo::new(handover, stream, limits.send, limits.idle));
             let mut connection = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
             // The connection is polled first, so a request already read is
             // under way before a shutdown asks hyper to close when idle.
@@ -311,131 +309,6 @@ impl Connections {
                 "shutdown grace is over; closing the connections left"
             );
         }
-    }
-}
-
-/// What a client connection's upgrade tunnel holds on to: the connection's
-/// place among those counted against `max_connections`, its part in the
-/// wait at shutdown, and how long the tunnel may sit idle.
-#[derive(Clone)]
-pub(crate) struct TunnelHold {
-    _load: Arc<Load>,
-    _stopped: watch::Receiver<bool>,
-    pub idle: Duration,
-}
-
-/// A client connection handed to hyper: the bytes the gateway's own path
-/// read and did not serve come first; a head begun before the hand-over
-/// keeps its deadline; a write the client does not take within the send
-/// timeout fails the connection.
-struct ClientIo {
-    read: Bytes,
-    stream: TcpStream,
-    send_timeout: Duration,
-    /// Since when a write has been waiting for the client, as a deadline.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the head begun before the hand-over must be whole, and the last
-    /// two bytes read of it (to find its end across reads).
-    head: Option<(Pin<Box<tokio::time::Sleep>>, [u8; 2])>,
-}
-
-impl ClientIo {
-    fn new(handover: h1::Handover, stream: TcpStream, send_timeout: Duration) -> Self {
-        let read = handover.read.freeze();
-        let head = handover.head_deadline.map(|deadline| {
-            let tail = [
-                read.len().checked_sub(2).and_then(|i| read.get(i)).copied().unwrap_or(0),
-                read.last().copied().unwrap_or(0),
-            ];
-            (Box::pin(tokio::time::sleep_until(deadline)), tail)
-        });
-        Self { read, stream, send_timeout, stalled: None, head }
-    }
-
-    /// Follows the unfinished head through `bytes` just read: once its end
-    /// (an empty line) has gone by, its deadline no longer applies.
-    fn follow_head(&mut self, bytes: &[u8]) {
-        let Some((_, tail)) = &mut self.head else {
-            return;
-        };
-        let mut window = tail.to_vec();
-        window.extend_from_slice(bytes);
-        if window.windows(2).any(|w| w == b"\n\n") || window.windows(3).any(|w| w == b"\n\r\n") {
-            self.head = None;
-        } else if let [.., a, b] = window[..] {
-            *tail = [a, b];
-        }
-    }
-
-    /// `poll` (a write), failed with `TimedOut` once writes have waited
-    /// for the client longer than the send timeout.
-    fn within_send_timeout<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        let polled = poll(Pin::new(&mut self.stream), cx);
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
-        }
-        let timeout = self.send_timeout;
-        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::ErrorKind::TimedOut.into())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.read.is_empty() {
-            if let Some((deadline, _)) = &mut this.head
-                && deadline.as_mut().poll(cx).is_ready()
-            {
-                // The head's time ran out on the own path's clock.
-                return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-            }
-            let before = buf.filled().len();
-            let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-            if this.head.is_some() && polled.is_ready() {
-                let read = buf.filled()[before..].to_vec();
-                this.follow_head(&read);
-            }
-            return polled;
-        }
-        let n = this.read.len().min(buf.remaining());
-        buf.put_slice(&this.read[..n]);
-        this.read.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.get_mut().within_send_timeout(cx, |stream, cx| stream.poll_shutdown(cx))
     }
 }
 

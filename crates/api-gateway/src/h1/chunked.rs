@@ -2,6 +2,8 @@
 //! Strict as hyper's decoder is: every line ends with CRLF, a size line
 //! is hex digits, optional whitespace and `;` extensions, and anything
 //! else is malformed (a body one reader would end elsewhere than another).
+//! Trailer fields are not relayed, as hyper's path relays none: an upstream
+//! cannot slip header fields past the gateway's response rules in them.
 
 /// Where a relayed chunked body is (RFC 9112 §7.1), to know where it ends.
 #[derive(Debug, Default)]
@@ -33,10 +35,13 @@ impl Chunks {
         self.state == ChunkState::Done
     }
 
-    /// Follows `bytes`; returns how many belong to the body (all of them
-    /// until it ends), `None` if the framing is malformed.
-    pub fn scan(&mut self, bytes: &[u8]) -> Option<usize> {
+    /// Follows `bytes`, copying what is relayed (all but trailer fields) to
+    /// `out`; returns how many belong to the body (all of them until it
+    /// ends), `None` if the framing is malformed.
+    pub fn scan(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         use ChunkState::*;
+        // Where the bytes not yet copied start, unless in the trailers.
+        let mut kept_from = (!self.in_trailers()).then_some(0);
         let mut i = 0;
         while i < bytes.len() {
             let b = bytes[i];
@@ -70,11 +75,24 @@ impl Chunks {
                 _ => return None,
             };
             i += 1;
+            if let Some(from) = kept_from.filter(|_| self.in_trailers()) {
+                // The last chunk's line goes; the trailer fields after it do not.
+                out.extend_from_slice(&bytes[from..i]);
+                kept_from = None;
+            }
             if self.state == Done {
+                out.extend_from_slice(b"\r\n");
                 return Some(i);
             }
         }
+        if let Some(from) = kept_from {
+            out.extend_from_slice(&bytes[from..i]);
+        }
         Some(i)
+    }
+
+    fn in_trailers(&self) -> bool {
+        matches!(self.state, ChunkState::Trailer(_) | ChunkState::TrailerLf(_))
     }
 
     fn after_size(&mut self) -> ChunkState {
@@ -89,15 +107,36 @@ mod tests {
     /// How many bytes of `body` belong to it, scanned in pieces of `step`,
     /// and whether it ended; `None` when malformed.
     fn scan(body: &[u8], step: usize) -> Option<(usize, bool)> {
+        relay(body, step).map(|(taken, done, _)| (taken, done))
+    }
+
+    /// [`scan`], with the bytes relayed.
+    fn relay(body: &[u8], step: usize) -> Option<(usize, bool, Vec<u8>)> {
         let mut chunks = Chunks::default();
-        let mut taken = 0;
+        let (mut taken, mut out) = (0, Vec::new());
         for piece in body.chunks(step) {
-            taken += chunks.scan(piece)?;
+            taken += chunks.scan(piece, &mut out)?;
             if chunks.done() {
                 break;
             }
         }
-        Some((taken, chunks.done()))
+        Some((taken, chunks.done(), out))
+    }
+
+    #[test]
+    fn trailer_fields_are_not_relayed_and_everything_else_is() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (b"5;x=1\r\nhello\r\n0\r\nset-cookie: a=1\r\nx: y\r\n\r\n", b"5;x=1\r\nhello\r\n0\r\n\r\n"),
+            (b"5\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\r\n"),
+            (b"0\r\nx-trailer: t\r\n\r\n", b"0\r\n\r\n"),
+        ];
+        for (body, relayed) in cases {
+            for step in [1, 2, 5, body.len()] {
+                let (taken, done, out) = relay(body, step).unwrap();
+                assert_eq!((taken, done), (body.len(), true));
+                assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(relayed), "by {step}");
+            }
+        }
     }
 
     #[test]

@@ -84,15 +84,16 @@ pub(super) fn take_body(
         Framing::Length(left) => {
             let taken = input.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
             *left -= taken as u64;
+            out.extend_from_slice(&input[..taken]);
             (taken, *left == 0)
         }
-        Framing::Chunked => {
-            let taken = chunks.scan(input)?;
-            (taken, chunks.done())
+        // The scanner copies what it relays (trailer fields it does not).
+        Framing::Chunked => (chunks.scan(input, out)?, chunks.done()),
+        Framing::ToClose => {
+            out.extend_from_slice(input);
+            (input.len(), false)
         }
-        Framing::ToClose => (input.len(), false),
     };
-    out.extend_from_slice(&input[..taken]);
     if taken < input.len() {
         *reusable = false;
     }

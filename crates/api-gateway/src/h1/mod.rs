@@ -65,6 +65,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// How far a client connection's idle deadline may lag behind (see [`serve`]).
 const IDLE_STEP: Duration = Duration::from_secs(1);
+/// The whole HTTP/2 connection preface, `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`.
+const HTTP2_PREFACE_LEN: usize = 24;
 /// Bytes read from an upstream at a time while relaying a body.
 const RELAY_CHUNK: usize = 16 * 1024;
 
@@ -79,7 +81,9 @@ pub(crate) struct Handover {
 
 impl Handover {
     fn of(read: BytesMut, expiry: &Sleep) -> Self {
-        let whole = has_head(&read) || has_bare_lf_head(&read);
+        // An HTTP/2 preface's first half looks like a whole head.
+        let half_preface = read.starts_with(b"PRI * HTTP/2.0\r\n\r\n") && read.len() < HTTP2_PREFACE_LEN;
+        let whole = (has_head(&read) || has_bare_lf_head(&read)) && !half_preface;
         let head_deadline = (!read.is_empty() && !whole).then(|| expiry.deadline());
         Self { read, head_deadline }
     }

@@ -63,9 +63,7 @@ pub(super) async fn relay(
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
             || name.eq_ignore_ascii_case("content-length")
             || named(name)
-            || (!route.forward_credentials
-                && name.eq_ignore_ascii_case("set-cookie")
-                && identity::sets_our_cookie(line.value));
+            || (!route.forward_credentials && identity::touches_our_session(name.as_bytes(), line.value));
         if !dropped {
             dated |= name.eq_ignore_ascii_case("date");
             push_line(out, name.as_bytes(), line.value);
@@ -73,7 +71,8 @@ pub(super) async fn relay(
     }
     // One length, however the upstream wrote it (`5, 5`, two lines), and
     // none beside a transfer coding, which overrides it (RFC 9112 §6.3).
-    if let Some(length) = length.filter(|_| !coded) {
+    // None on a 204, which may not have one (RFC 9110 §8.6).
+    if let Some(length) = length.filter(|_| !coded && code != 204) {
         push_line(out, b"content-length", decimal(length, &mut [0; 20]));
     }
     push_line(out, identity::REQUEST_ID.as_str().as_bytes(), request_id.as_bytes());

@@ -58,6 +58,12 @@ async fn ask(stream: &mut TcpStream, request: &[u8], input: &mut BytesMut) -> st
         // Empty lines before a response are skipped, as hyper's parser does.
         loop {
             input.advance(empty_lines(input));
+            // What cannot start a response is refused now, as hyper does,
+            // not once the route's timeout has passed.
+            let start = &input[..input.len().min(5)];
+            if !b"HTTP/".starts_with(start) && start != b"\r" {
+                return Err(std::io::Error::other("the upstream's answer is not HTTP"));
+            }
             if has_head(input) || has_bare_lf_head(input) {
                 break;
             }

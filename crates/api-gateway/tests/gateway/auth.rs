@@ -261,7 +261,7 @@ async fn a_cookie_websocket_handshake_from_another_site_is_refused() {
         let handshake = |origin: &str| {
             format!(
                 "GET /api/upgrade HTTP/1.1\r\nhost: gw\r\ncookie: __Host-access_token={token}\r\norigin: {origin}\r\n\
-                 connection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                 {WEBSOCKET}\r\n"
             )
         };
         let on = path_name(fast_path);

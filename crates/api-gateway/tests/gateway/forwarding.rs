@@ -68,9 +68,7 @@ async fn websocket_style_upgrades_are_tunnelled_both_ways() {
     let (token, _) = h.token();
     let addr = h.url.trim_start_matches("http://").to_owned();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "GET /api/upgrade HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-    );
+    let head = format!("GET /api/upgrade HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{WEBSOCKET}\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
@@ -275,7 +273,7 @@ async fn a_101_nobody_asked_for_or_to_another_protocol_is_a_502() {
         for request in [
             "GET /public/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
             "POST /public/x HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-            "GET /public/x HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            &format!("GET /public/x HTTP/1.1\r\nhost: gw\r\n{WEBSOCKET}\r\n"),
         ] {
             let answer = first_answer(&h, request.as_bytes()).await;
             assert!(
@@ -283,5 +281,35 @@ async fn a_101_nobody_asked_for_or_to_another_protocol_is_a_502() {
                 "{on}: {request:?}: {answer}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_101_without_the_accept_for_its_key_is_a_502_and_opens_no_tunnel() {
+    for fast_path in BOTH_PATHS {
+        // The upstream answers every upgrade with a 101 for the protocol
+        // asked, but no Sec-WebSocket-Accept, and goes on reading HTTP.
+        let upstream = scripted_upstream(switches_and_keeps_serving).await;
+        let h = harness_with_settings(default_routes(&upstream.url), upstream.url.clone(), on_path(fast_path)).await;
+        let on = path_name(fast_path);
+        let smuggled = "GET /admin/secret HTTP/1.1\r\nhost: gw\r\nx-user-id: admin\r\nconnection: close\r\n\r\n";
+        let answer =
+            one_connection(&h, format!("GET /public/ws HTTP/1.1\r\nhost: gw\r\n{WEBSOCKET}\r\n{smuggled}").as_bytes())
+                .await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{on}: {answer}");
+        assert!(answer.contains("HTTP/1.1 401") && !answer.contains("/admin/secret"), "{on}: {answer}");
+        // Not a WebSocket handshake (not a GET, no key): no upgrade is asked.
+        for request in [
+            format!(
+                "POST /public/ws HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\n{WEBSOCKET}connection: close\r\n\r\n"
+            ),
+            "GET /public/ws HTTP/1.1\r\nhost: gw\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n"
+                .to_owned(),
+        ] {
+            let answer = one_connection(&h, request.as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("as nobody"), "{on}: {request:?}: {answer}");
+        }
+        let heads = upstream.heads.lock().unwrap();
+        assert!(!heads.iter().any(|h| h.contains("/admin/secret")), "{on}: {heads:?}");
     }
 }

@@ -60,7 +60,21 @@ pub fn echo_upstream() -> Router {
     })
 }
 
+/// The handshake lines a WebSocket client adds to its request (RFC 6455's
+/// sample key).
+pub const WEBSOCKET: &str = "connection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                             sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// The `Sec-WebSocket-Accept` a WebSocket server answers `key` with.
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let input = format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
 fn upgrade_echo(request: &mut Request) -> Response {
+    let key = request.headers().get("sec-websocket-key").map(|k| k.to_str().unwrap().to_owned()).unwrap_or_default();
     let upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let io = upgrade.await.unwrap();
@@ -71,6 +85,7 @@ fn upgrade_echo(request: &mut Request) -> Response {
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("connection", "upgrade")
         .header("upgrade", "websocket")
+        .header("sec-websocket-accept", websocket_accept(&key))
         .body(Body::empty())
         .unwrap()
 }

@@ -139,6 +139,8 @@ async fn look_alike_identity_headers_spelled_with_underscores_never_reach_an_ups
                 .header("X_Session_Id", "victim")
                 .header("X_Forwarded_For", "victim")
                 .header("X_Custom", "victim")
+                .header("X.User.Id", "victim")
+                .header("x~user~id", "victim")
         };
         for request in [spoof(h.get("/public/x")), spoof(h.get("/api/x").bearer_auth(&token))] {
             let lines = all_lines(&json(request.send().await.unwrap()).await);

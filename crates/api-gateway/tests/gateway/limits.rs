@@ -171,7 +171,7 @@ async fn shutdown_ends_after_its_grace_even_with_a_half_sent_head_and_answers_wh
 /// upstream and checks that it echoes.
 async fn open_tunnel(addr: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = "GET /public/upgrade HTTP/1.1\r\nhost: gw\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let head = format!("GET /public/upgrade HTTP/1.1\r\nhost: gw\r\n{WEBSOCKET}\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -214,5 +214,26 @@ async fn a_head_handed_to_hyper_half_sent_keeps_its_deadline() {
         let long = format!("GET /public/long HTTP/1.1\r\nhost: gw\r\nx-long: {}\r\n", "a".repeat(17_000));
         let (cut_off, answers) = trickle(&h, long.as_bytes()).await;
         assert!(cut_off, "{}: {answers}", path_name(fast_path));
+    }
+}
+
+#[tokio::test]
+async fn http2_connections_that_stall_or_idle_are_closed() {
+    for fast_path in BOTH_PATHS {
+        let settings =
+            GatewaySettings { client_header_timeout_secs: 1, client_idle_timeout_secs: 1, ..on_path(fast_path) };
+        let h = echo_harness(settings).await;
+        let on = path_name(fast_path);
+        let half_preface = b"PRI * HTTP/2.0\r\n\r\n".to_vec();
+        // The whole preface and an empty SETTINGS frame, then nothing.
+        let mut idle = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        idle.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        for (what, bytes) in [("half a preface", half_preface), ("an idle connection", idle)] {
+            let mut stream = TcpStream::connect(h.url.trim_start_matches("http://")).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            let mut rest = Vec::new();
+            let ended = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+            assert!(ended.is_ok(), "{on}: {what} stayed open");
+        }
     }
 }

@@ -82,6 +82,10 @@ fn framings(_: usize, head: &str) -> Vec<Step> {
         "/api/lengths-disagree" => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
         "/api/length-list-disagrees" => b"HTTP/1.1 200 OK\r\ncontent-length: 5, 6\r\n\r\nhello!",
         "/api/signed-length" => b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
+        "/api/not-http" => b"ok",
+        "/api/trailers" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: set-cookie\r\n\r\n\
+              5\r\nhello\r\n0\r\nset-cookie: __Host-access_token=forged\r\n\r\n",
+        "/api/no-content-length" => b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\n",
         _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
     };
     vec![Step::Send(answer.to_vec())]
@@ -124,6 +128,13 @@ async fn responses_reach_the_client_framed_once_and_correctly() {
             let cut_short = !answer.contains("hello") && !answer.ends_with("0\r\n\r\n");
             assert!(bad_gateway || cut_short, "{path} on {on}: {answer}");
         }
+        let trailers = get("/api/trailers").await;
+        assert!(trailers.contains("hello") && !trailers.contains("forged"), "{on}: {trailers}");
+        let no_content = get("/api/no-content-length").await;
+        assert!(no_content.starts_with("http/1.1 204") && !no_content.contains("content-length"), "{on}: {no_content}");
+        // An answer that is not HTTP is refused at once, not at the route's timeout.
+        let not_http = get("/api/not-http").await;
+        assert!(not_http.starts_with("http/1.1 502"), "{on}: {not_http}");
         // Every refused answer closed its upstream connection: the next
         // request is served on a new one.
         let before = upstream.connections.load(Ordering::SeqCst);
@@ -176,7 +187,8 @@ async fn upstreams_cannot_set_the_gateways_session_cookies() {
     let sets_cookies = |_: usize, _: &str| {
         vec![Step::Send(
             b"HTTP/1.1 200 OK\r\nset-cookie: __Host-access_token=forged; Path=/; Secure\r\nset-cookie: theme=dark\r\n\
-              Set-Cookie: __host-refresh_token=x\r\ncontent-length: 2\r\n\r\nok"
+              Set-Cookie: __host-refresh_token=x\r\nset-cookie: \"__Host-csrf_token\"=x\r\n\
+              clear-site-data: \"cookies\"\r\ncontent-length: 2\r\n\r\nok"
                 .to_vec(),
         )]
     };
@@ -187,6 +199,7 @@ async fn upstreams_cannot_set_the_gateways_session_cookies() {
             let response = request.send().await.unwrap();
             let set: Vec<_> =
                 response.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+            assert!(response.headers().get("clear-site-data").is_none(), "{}", path_name(fast_path));
             assert_eq!(set, ["theme=dark"], "{}", path_name(fast_path));
         }
     }

@@ -35,7 +35,9 @@ const DISGUISED: [&str; 6] = [
 ];
 
 /// Spellings that have no one meaning: refused whatever route they seem to take.
-const AMBIGUOUS: [&str; 16] = [
+const AMBIGUOUS: [&str; 18] = [
+    "/api/adm%C4%B1n/users",
+    "/api/%E2%84%AAey",
     "/api%2fadmin/users",
     "/api/admin%2Fusers",
     "/api/%2561dmin/users",
