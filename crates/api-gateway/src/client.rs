@@ -34,7 +34,7 @@ pub(crate) struct TunnelHold {
 /// A client connection handed to hyper: the bytes the gateway's own path
 /// read and did not serve come first; a head begun before the hand-over
 /// keeps its deadline; a write the client does not take within the send
-/// timeout fails the connection.
+/// timeout, or an HTTP/2 connection idle for its limit, fails the connection.
 pub(crate) struct ClientIo {
     read: Bytes,
     stream: TcpStream,
