@@ -158,7 +158,8 @@ fn answer(mut response: Response<Body>, tunnel: Option<Tunnel>) -> Result<Respon
         });
         return Ok(response);
     }
-    let length = single_length(response.headers()).map_err(|()| {
+    let lines = response.headers().get_all(header::CONTENT_LENGTH).into_iter().map(HeaderValue::as_bytes);
+    let length = content_length(lines).map_err(|()| {
         tracing::warn!("upstream sent a malformed or conflicting Content-Length");
         GatewayError::UpstreamUnavailable
     })?;
@@ -169,7 +170,7 @@ fn answer(mut response: Response<Body>, tunnel: Option<Tunnel>) -> Result<Respon
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     } else if let Some(length) = length {
-        headers.insert(header::CONTENT_LENGTH, length);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     strip_hop_by_hop(response.headers_mut());
     Ok(response)
@@ -209,19 +210,18 @@ async fn relay_tunnel(
     let _ = tokio::join!(down.shutdown(), up.shutdown());
 }
 
-/// The one value of the `Content-Length` lines (`5`, `5, 5`, two lines of
-/// `5`), if any; `Err` when they are not all the same plain number.
-fn single_length(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+/// The one length the `Content-Length` lines give (`5`, `5, 5`, two lines
+/// of `5`), `None` without one; `Err` when they are not all the same plain
+/// number. Both request paths judge an upstream's lengths by this.
+pub(crate) fn content_length<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<Option<u64>, ()> {
     let mut length: Option<&[u8]> = None;
-    for line in headers.get_all(header::CONTENT_LENGTH).iter() {
-        for value in line.as_bytes().split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || length.is_some_and(|l| l != value) {
-                return Err(());
-            }
-            length = Some(value);
+    for value in lines.flat_map(|line| line.split(|b| *b == b',')).map(<[u8]>::trim_ascii) {
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) || length.is_some_and(|l| l != value) {
+            return Err(());
         }
+        length = Some(value);
     }
-    Ok(length.and_then(|l| HeaderValue::from_bytes(l).ok()))
+    length.map(|l| std::str::from_utf8(l).ok().and_then(|l| l.parse().ok()).ok_or(())).transpose()
 }
 
 /// A WebSocket handshake (RFC 6455 §4.1): a `GET` with `Connection:
@@ -238,7 +238,7 @@ pub struct Handshake {
 /// The WebSocket handshake a request makes, if it makes a valid one.
 pub fn websocket_handshake(method: &Method, headers: &HeaderMap) -> Option<Handshake> {
     use base64::Engine as _;
-    let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    let asked = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     let protocol = headers.get(header::UPGRADE).filter(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"))?;
     let version = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
     let key = headers.get(header::SEC_WEBSOCKET_KEY)?.as_bytes();
@@ -250,4 +250,20 @@ pub fn websocket_handshake(method: &Method, headers: &HeaderMap) -> Option<Hands
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &[key, GUID].concat());
     let accept = base64::engine::general_purpose::STANDARD.encode(digest.as_ref()).into_bytes();
     Some(Handshake { protocol: protocol.clone(), accept })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::content_length;
+
+    #[test]
+    fn a_length_counts_only_when_every_line_says_the_same_plain_number() {
+        let length = |lines: &[&str]| content_length(lines.iter().map(|l| l.as_bytes()));
+        assert_eq!(length(&[]), Ok(None));
+        assert_eq!(length(&["5"]), Ok(Some(5)));
+        assert_eq!(length(&["5, 5", " 5 "]), Ok(Some(5)));
+        for bad in [&["5", "6"][..], &["5, 6"], &["+5"], &["5,"], &[""], &["005, 5"], &["99999999999999999999"]] {
+            assert_eq!(length(bad), Err(()), "{bad:?}");
+        }
+    }
 }

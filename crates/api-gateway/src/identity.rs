@@ -176,28 +176,26 @@ fn class(name: &[u8]) -> Class {
 /// they read odd lines), or `Clear-Site-Data`. Only the auth-service may:
 /// another upstream could fix or end a user's session.
 pub fn touches_our_session(name: &[u8], value: &[u8]) -> bool {
-    if name.eq_ignore_ascii_case(b"clear-site-data") {
-        return true;
-    }
-    name.eq_ignore_ascii_case(b"set-cookie")
-        && auth_tokens::cookies::ALL
-            .iter()
-            .any(|ours| value.windows(ours.len()).any(|w| w.eq_ignore_ascii_case(ours.as_bytes())))
+    name.eq_ignore_ascii_case(b"clear-site-data")
+        || (name.eq_ignore_ascii_case(b"set-cookie") && names_our_cookie(value))
+}
+
+/// Whether a `Set-Cookie` value names one of the gateway's cookies anywhere.
+fn names_our_cookie(value: &[u8]) -> bool {
+    auth_tokens::cookies::ALL
+        .iter()
+        .any(|ours| value.windows(ours.len()).any(|w| w.eq_ignore_ascii_case(ours.as_bytes())))
 }
 
 /// Removes a response's header lines that touch the gateway's session (see
 /// [`touches_our_session`]).
 pub fn strip_session_headers(headers: &mut HeaderMap) {
     headers.remove("clear-site-data");
-    if !headers.get_all(header::SET_COOKIE).iter().any(|v| touches_our_session(b"set-cookie", v.as_bytes())) {
+    if !headers.get_all(header::SET_COOKIE).iter().any(|v| names_our_cookie(v.as_bytes())) {
         return;
     }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter(|v| !touches_our_session(b"set-cookie", v.as_bytes()))
-        .cloned()
-        .collect();
+    let kept: Vec<HeaderValue> =
+        headers.get_all(header::SET_COOKIE).iter().filter(|v| !names_our_cookie(v.as_bytes())).cloned().collect();
     headers.remove(header::SET_COOKIE);
     for value in kept {
         headers.append(header::SET_COOKIE, value);
@@ -235,27 +233,37 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| hop_by_hop(name.as_str())) {
         return;
     }
-    let named: Vec<String> = connection_tokens(headers)
-        .filter(|n| !n.eq_ignore_ascii_case("keep-alive") && !n.eq_ignore_ascii_case("close"))
-        .filter(|n| connection_may_remove(n))
-        .map(str::to_owned)
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| connection_names(v.as_bytes()))
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .filter(|n| connection_may_remove(n.as_str()))
         .collect();
-    for name in &named {
-        headers.remove(name.as_str());
+    for name in named {
+        headers.remove(name);
     }
     while let Some(name) = headers.keys().find(|name| hop_by_hop(name.as_str())).cloned() {
         headers.remove(name);
     }
 }
 
-/// The comma-separated tokens of the `Connection` header lines, trimmed.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+/// The items of a comma-separated header value (RFC 9110 §5.6.1), trimmed,
+/// empty ones skipped.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|item| !item.is_empty())
+}
+
+/// The header names a `Connection` value lists, to be dropped with it: its
+/// items but the usual `keep-alive` (a hop-by-hop header anyway) and
+/// `close`, which name nothing else.
+pub fn connection_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    list_items(value).filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+}
+
+/// The items of the `Connection` header lines.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::CONNECTION).into_iter().flat_map(|v| list_items(v.as_bytes()))
 }
 
 /// The `Cookie` header lines as text. Cookie values may hold UTF-8, which
@@ -307,14 +315,9 @@ impl Rewrite<'_> {
     {
         let lines = |name: &'static str| headers.clone().filter(move |(n, _)| n.eq_ignore_ascii_case(name));
         let trusted = self.peer_trusted && self.peer.is_some();
-        // Headers the client's `Connection` names are hop-by-hop too; the
-        // usual `keep-alive` (a hop-by-hop header anyway) and `close` name
-        // nothing else, and need no list.
-        let named: Vec<&[u8]> = lines("connection")
-            .flat_map(|(_, value)| value.split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
-            .collect();
+        // Headers the client's `Connection` names are hop-by-hop too (no
+        // list, so no allocation, for the usual `keep-alive`).
+        let named: Vec<&[u8]> = lines("connection").flat_map(|(_, value)| connection_names(value)).collect();
         for (name, value) in headers.clone() {
             if !valid_name(name, self.underscores) {
                 continue;
@@ -346,18 +349,18 @@ impl Rewrite<'_> {
         emit(REQUEST_ID.as_str().as_bytes(), self.request_id.as_bytes());
         // `X-Forwarded-*`: believed from trusted proxies only, else set from the peer.
         let believed = |name: &'static str| if trusted { lines(name).next().map(|(_, v)| v) } else { None };
-        match self.peer {
-            Some(peer) if trusted && lines("x-forwarded-for").next().is_some() => {
-                let mut chain = Vec::new();
-                for (_, prior) in lines("x-forwarded-for") {
-                    chain.extend_from_slice(prior);
-                    chain.extend_from_slice(b", ");
-                }
+        if let Some(peer) = self.peer {
+            let mut chain = Vec::new();
+            for (_, prior) in lines("x-forwarded-for").filter(|_| trusted) {
+                chain.extend_from_slice(prior);
+                chain.extend_from_slice(b", ");
+            }
+            if chain.is_empty() {
+                emit(FORWARDED_FOR.as_str().as_bytes(), peer.text.as_bytes());
+            } else {
                 chain.extend_from_slice(peer.text.as_bytes());
                 emit(FORWARDED_FOR.as_str().as_bytes(), &chain);
             }
-            Some(peer) => emit(FORWARDED_FOR.as_str().as_bytes(), peer.text.as_bytes()),
-            None => {}
         }
         if believed("x-forwarded-proto").is_none() {
             emit(FORWARDED_PROTO.as_str().as_bytes(), b"http");

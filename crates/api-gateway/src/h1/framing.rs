@@ -2,6 +2,7 @@
 
 use super::chunked::Chunks;
 use super::head::Head;
+use crate::forward::content_length;
 
 /// How a response body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,22 +39,9 @@ pub(super) fn framing(head: &Head<'_>, code: u16, minor: u8, lines: &[httparse::
         // A 101 to a request that asked for no upgrade.
         return None;
     }
-    let mut coding = None;
-    let mut length: Option<u64> = None;
-    for line in lines {
-        if line.name.eq_ignore_ascii_case("transfer-encoding") {
-            coding = Some(line.value);
-        } else if line.name.eq_ignore_ascii_case("content-length") {
-            for value in line.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                let n = std::str::from_utf8(value).ok().filter(|v| v.bytes().all(|b| b.is_ascii_digit()))?;
-                let n = n.parse().ok()?;
-                if length.is_some_and(|l| l != n) {
-                    return None;
-                }
-                length = Some(n);
-            }
-        }
-    }
+    let coding = lines.iter().rfind(|l| l.name.eq_ignore_ascii_case("transfer-encoding")).map(|l| l.value);
+    let lengths = lines.iter().filter(|l| l.name.eq_ignore_ascii_case("content-length")).map(|l| l.value);
+    let length = content_length(lengths).ok()?;
     let coded = coding.is_some();
     let framing = if head.head_only || code == 204 || code == 304 {
         Framing::Empty

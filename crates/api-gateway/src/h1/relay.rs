@@ -45,17 +45,12 @@ pub(super) async fn relay(
 
     out.clear();
     push_status(out, code, response.reason.unwrap_or_default());
-    let connection = |l: &&httparse::Header<'_>| l.name.eq_ignore_ascii_case("connection");
+    let connection = || response.headers.iter().filter(|l| l.name.eq_ignore_ascii_case("connection"));
     let named = |name: &str| {
-        response
-            .headers
-            .iter()
-            .filter(connection)
-            .flat_map(|l| l.value.split(|b| *b == b','))
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        connection().flat_map(|l| identity::connection_names(l.value)).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
             && identity::connection_may_remove(name)
     };
-    reusable &= !named("close");
+    reusable &= !connection().flat_map(|l| identity::list_items(l.value)).any(|t| t.eq_ignore_ascii_case(b"close"));
     let mut dated = false;
     for line in response.headers.iter() {
         let name = line.name;
