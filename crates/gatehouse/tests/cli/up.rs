@@ -19,6 +19,34 @@ async fn register(client: &reqwest::Client, url: &str) -> String {
     email
 }
 
+/// Adds a note as the page would (cookies and CSRF header).
+async fn add_note(client: &reqwest::Client, url: &str, b: &Browser, body: &str) -> reqwest::Response {
+    let request = client.post(format!("{url}/api/notes")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf);
+    request.json(&json!({"body": body})).send().await.unwrap()
+}
+
+/// The signed-in user's id.
+async fn user_id(client: &reqwest::Client, url: &str, b: &Browser) -> String {
+    let me: Value =
+        client.get(format!("{url}/auth/me")).header("cookie", &b.cookie).send().await.unwrap().json().await.unwrap();
+    me["id"].as_str().unwrap().to_owned()
+}
+
+/// Deletes the signed-in user's account, with its password.
+async fn delete_account(client: &reqwest::Client, url: &str, b: &Browser) -> reqwest::Response {
+    let request =
+        client.delete(format!("{url}/auth/delete")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf);
+    request.json(&json!({"password": PASSWORD})).send().await.unwrap()
+}
+
+/// Waits, until `deadline` at most, for `user`'s notes to be gone from `notes_db`.
+async fn wait_until_erased(notes_db: &notes_service::NotesStore, user: &str, deadline: tokio::time::Instant) {
+    while notes_db.count_of(user).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn notes(client: &reqwest::Client, url: &str, b: &Browser) -> reqwest::Response {
     client.get(format!("{url}/api/notes")).header("cookie", &b.cookie).send().await.unwrap()
 }
@@ -83,47 +111,19 @@ async fn deleting_the_account_refuses_every_session_and_erases_the_users_notes()
     let laptop = log_in(&client, &url, &email).await;
     let phone = log_in(&client, &url, &email).await;
     assert_eq!(notes(&client, &url, &phone).await.status(), 200);
-    let created = client
-        .post(format!("{url}/api/notes"))
-        .header("cookie", &laptop.cookie)
-        .header("x-csrf-token", &laptop.csrf)
-        .json(&json!({"body": "to be erased"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let me: Value = client
-        .get(format!("{url}/auth/me"))
-        .header("cookie", &laptop.cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let user_id = me["id"].as_str().unwrap().to_owned();
+    assert_eq!(add_note(&client, &url, &laptop, "to be erased").await.status(), 201);
+    let user_id = user_id(&client, &url, &laptop).await;
     let notes_db = notes_service::NotesStore::connect(&format!("sqlite://{}", dir.data().join("notes.db").display()))
         .await
         .unwrap();
     assert_eq!(notes_db.count_of(&user_id).await.unwrap(), 1);
-    let deleted = client
-        .delete(format!("{url}/auth/delete"))
-        .header("cookie", &laptop.cookie)
-        .header("x-csrf-token", &laptop.csrf)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(delete_account(&client, &url, &laptop).await.status(), 204);
     assert_eq!(notes(&client, &url, &laptop).await.status(), 401);
     assert_eq!(notes(&client, &url, &phone).await.status(), 401);
     // user.deleted travels through the outbox and the in-process bus to the
     // notes service's own database; the relay runs every 200 ms.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while notes_db.count_of(&user_id).await.unwrap() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until_erased(&notes_db, &user_id, deadline).await;
     // …and the notes service's confirmation reaches the deletion ledger.
     let ledger = format!("{url}/auth/admin/deletions/{user_id}");
     loop {
@@ -216,42 +216,20 @@ async fn a_deletion_still_erases_the_notes_when_the_notes_database_was_locked_at
     let mut server = start(gatehouse(&dir.data())).await;
     let (client, url) = (reqwest::Client::new(), server.url.clone());
     let b = log_in(&client, &url, &register(&client, &url).await).await;
-    let created = client
-        .post(format!("{url}/api/notes"))
-        .header("cookie", &b.cookie)
-        .header("x-csrf-token", &b.csrf)
-        .json(&json!({"body": "to be erased"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let me: Value =
-        client.get(format!("{url}/auth/me")).header("cookie", &b.cookie).send().await.unwrap().json().await.unwrap();
-    let user_id = me["id"].as_str().unwrap().to_owned();
+    assert_eq!(add_note(&client, &url, &b, "to be erased").await.status(), 201);
+    let user_id = user_id(&client, &url, &b).await;
     let notes_url = format!("sqlite://{}", dir.data().join("notes.db").display());
 
     // Another process's write lock: the notes service cannot erase for now.
     let mut lock = sqlx::SqliteConnection::connect(&notes_url).await.unwrap();
     sqlx::query("BEGIN EXCLUSIVE").execute(&mut lock).await.unwrap();
-    let deleted = client
-        .delete(format!("{url}/auth/delete"))
-        .header("cookie", &b.cookie)
-        .header("x-csrf-token", &b.csrf)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(deleted.status(), 204);
+    assert_eq!(delete_account(&client, &url, &b).await.status(), 204);
     server.wait_for_log("an in-process handler failed").await;
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     drop(lock);
 
     // The event was not lost with the failure: it comes again and erases.
     let notes_db = notes_service::NotesStore::connect(&notes_url).await.unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while notes_db.count_of(&user_id).await.unwrap() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the notes of a deleted user were never erased");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_until_erased(&notes_db, &user_id, tokio::time::Instant::now() + std::time::Duration::from_secs(30)).await;
     assert!(server.stop().await.success());
 }
