@@ -33,11 +33,14 @@ impl SqliteStore {
             .map_err(|e| OpenError::Connect(e.to_string()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // A commit is on disk before it is answered: an account the
+            // service said it created survives a power cut, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .after_release(|conn, _| Box::pin(keep_after_release(conn)))
             .connect_with(options)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
@@ -55,6 +58,24 @@ impl SqliteStore {
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
+}
+
+/// Whether a connection going back to the pool may serve again: only when
+/// it is out of every transaction. When a disk is full, SQLite rolls a
+/// transaction back by itself; the driver's own `ROLLBACK` then fails and it
+/// still counts the connection as inside one, so its next `BEGIN` and
+/// `COMMIT` would be a savepoint and its release inside a transaction that
+/// never commits: every write acknowledged and none kept. Such a connection
+/// is closed instead (closing rolls back whatever it still holds).
+async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection as _;
+    // Runs the rollback a dropped transaction queued, so the count is settled.
+    conn.ping().await?;
+    let clean = !conn.is_in_transaction();
+    if !clean {
+        tracing::warn!("closing a database connection left inside a failed transaction");
+    }
+    Ok(clean)
 }
 
 fn ms(t: OffsetDateTime) -> i64 {

@@ -1,106 +1,17 @@
 //! Smoke tests of the real `gatehouse` binary, started the way a user starts it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use auth_store::testing::{Backend, TestDatabase};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
-const PASSWORD: &str = "correct horse battery staple";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("gatehouse-cli-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn data(&self) -> PathBuf {
-        self.0.join("data")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `gatehouse` with a clean environment: no GATEHOUSE_* from the caller.
-fn gatehouse(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("GATEHOUSE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.arg("--data-dir").arg(data_dir).env("RUST_LOG", "info").kill_on_drop(true);
-    cmd
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    log: tokio::sync::mpsc::UnboundedReceiver<String>,
-}
-
-/// Starts a serving command on port 0 and waits for its `listening on` line.
-async fn start(mut cmd: Command) -> Server {
-    let mut child = cmd.arg("--listen").arg("127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(at) = line.find("listening on http://") {
-                return line[at + "listening on ".len()..].trim().to_owned();
-            }
-        }
-        panic!("gatehouse exited before listening");
-    })
-    .await
-    .expect("no `listening on` line within 60 s");
-    // Keep draining the log so the server never blocks on a full pipe.
-    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    Server { child, url, log }
-}
-
-impl Server {
-    /// Waits (bounded) for a log line containing `needle`.
-    async fn wait_for_log(&mut self, needle: &str) -> String {
-        let found = tokio::time::timeout(Duration::from_secs(20), async {
-            while let Some(line) = self.log.recv().await {
-                if line.contains(needle) {
-                    return line;
-                }
-            }
-            panic!("the log ended without {needle:?}");
-        });
-        found.await.unwrap_or_else(|_| panic!("no log line with {needle:?} within 20 s"))
-    }
-
-    fn hang_up(&self) {
-        let pid = self.child.id().unwrap().to_string();
-        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
-    }
-
-    async fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().unwrap().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-        assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("no exit within 20 s").unwrap()
-    }
-}
+use support::*;
 
 /// Registers and logs in; returns the access token.
 async fn sign_in(client: &reqwest::Client, url: &str) -> String {
@@ -292,61 +203,7 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
     assert_eq!(rest, 3);
 }
 
-/// A browser: the cookie header to send and the CSRF token to echo.
-struct Browser {
-    cookie: String,
-    csrf: String,
-}
-
-impl Browser {
-    /// The session cookies a login response set.
-    fn from_login(login: &reqwest::Response) -> Self {
-        let pairs: Vec<String> = login
-            .headers()
-            .get_all("set-cookie")
-            .iter()
-            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
-            .collect();
-        let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
-        Self { cookie: pairs.join("; "), csrf }
-    }
-}
-
-/// How many times each event id of `subject` appears in the stream of the
-/// NATS server at `url`, from sequence `from` on.
-async fn stream_ids(url: &str, subject: &str, from: u64) -> std::collections::HashMap<String, u32> {
-    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-    use futures_util::StreamExt as _;
-    let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
-    let reader = js
-        .get_stream("GATEHOUSE_USERS")
-        .await
-        .unwrap()
-        .create_consumer(pull::Config {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
-            ack_policy: AckPolicy::None,
-            filter_subject: subject.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let mut seen = std::collections::HashMap::new();
-    loop {
-        let mut batch = reader.fetch().max_messages(1000).expires(Duration::from_millis(500)).messages().await.unwrap();
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            got += 1;
-            let event: serde_json::Value = serde_json::from_slice(&message.unwrap().payload).unwrap();
-            *seen.entry(event["id"].as_str().unwrap().to_owned()).or_default() += 1;
-        }
-        if got == 0 {
-            return seen;
-        }
-    }
-}
-
 mod cluster;
-mod nats_outage;
 mod up;
 
 /// The README's first command, `cargo run --release`, must pick this binary

@@ -1,46 +1,13 @@
-//! A NATS outage, on a NATS server of the test's own (a free port, its own
-//! storage folder), so it can be killed and restarted without touching the
-//! machine's shared server.
+//! A NATS outage, on a NATS server of the test's own.
 
 use std::time::{Duration, Instant};
 
+use auth_store::testing::{Backend, TestDatabase};
 use futures_util::StreamExt as _;
 use serde_json::json;
 use sqlx::Connection as _;
 
 use super::*;
-
-struct OwnNats {
-    child: Child,
-}
-
-impl OwnNats {
-    async fn start(port: u16, store: &Path) -> Self {
-        let binary = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
-        let child = Command::new(binary)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("nats-server (Debian package nats-server) is installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(Instant::now() < deadline, "our nats-server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Self { child }
-    }
-
-    async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 async fn unpublished(conn: &mut sqlx::PgConnection) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL").fetch_one(conn).await.unwrap()
