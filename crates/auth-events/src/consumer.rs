@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
+use tokio::sync::OnceCell;
 
 use crate::CloudEvent;
 use crate::publish::{NatsError, STREAM};
@@ -63,19 +64,36 @@ impl ConsumerSettings {
 
 pub struct Consumer {
     jetstream: jetstream::Context,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    /// Made when NATS first answers.
+    consumer: OnceCell<jetstream::consumer::Consumer<pull::Config>>,
+    url: String,
     settings: ConsumerSettings,
     handler: Arc<dyn EventHandler>,
 }
 
 impl Consumer {
+    /// Connects and makes the streams and the durable consumer. Fails only on
+    /// a malformed URL: when NATS does not answer within
+    /// [`crate::publish::START_WAIT`] they are made when it first answers.
     pub async fn connect(
         url: &str,
         settings: ConsumerSettings,
         handler: Arc<dyn EventHandler>,
     ) -> Result<Self, NatsError> {
         let jetstream = jetstream::new(crate::publish::connect(url, true).await?);
-        let fail = |e: &dyn std::fmt::Display| NatsError::Stream(e.to_string());
+        let consumer = Self { jetstream, consumer: OnceCell::new(), url: url.into(), settings, handler };
+        if let Err(error) = crate::publish::within_start_wait(consumer.consumer()).await {
+            tracing::warn!(%error, durable = %consumer.settings.durable, "events will be consumed once NATS answers");
+        }
+        Ok(consumer)
+    }
+
+    async fn consumer(&self) -> Result<&jetstream::consumer::Consumer<pull::Config>, NatsError> {
+        self.consumer.get_or_try_init(|| self.create()).await
+    }
+
+    async fn create(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
+        let (jetstream, settings) = (&self.jetstream, &self.settings);
         jetstream
             .create_or_update_stream(stream::Config {
                 name: DEAD_LETTER_STREAM.into(),
@@ -84,9 +102,10 @@ impl Consumer {
                 ..Default::default()
             })
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| NatsError::stream(DEAD_LETTER_STREAM, &self.url, &e))?;
+        let fail = |e: &dyn std::fmt::Display| NatsError::stream(STREAM, &self.url, e);
         let events = jetstream.get_stream(STREAM).await.map_err(|e| fail(&e))?;
-        let consumer = events
+        events
             .get_or_create_consumer(
                 &settings.durable,
                 pull::Config {
@@ -100,15 +119,14 @@ impl Consumer {
                 },
             )
             .await
-            .map_err(|e| fail(&e))?;
-        Ok(Self { jetstream, consumer, settings, handler })
+            .map_err(|e| fail(&e))
     }
 
     /// Takes up to `max` waiting events, waiting at most `wait` for the first;
     /// returns how many were handled (acknowledged).
     pub async fn try_consume_batch(&self, max: usize, wait: Duration) -> Result<usize, String> {
-        let mut batch =
-            self.consumer.fetch().max_messages(max).expires(wait).messages().await.map_err(|e| e.to_string())?;
+        let consumer = self.consumer().await.map_err(|e| e.to_string())?;
+        let mut batch = consumer.fetch().max_messages(max).expires(wait).messages().await.map_err(|e| e.to_string())?;
         let mut handled = 0;
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_trait::async_trait;
 use auth_core::{DomainEvent, EventSink};
-use tokio::sync::broadcast;
+use tokio::sync::{OnceCell, broadcast};
 
 use std::sync::Arc;
 
@@ -93,15 +93,39 @@ impl EventSink for InProcessBus {
 pub enum NatsError {
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
-    #[error("cannot create or update the JetStream stream {STREAM}: {0}")]
-    Stream(String),
+    #[error("cannot create or update the JetStream stream {name} on NATS at {url}: {reason}")]
+    Stream { name: String, url: String, reason: String },
+}
+
+impl NatsError {
+    pub(crate) fn stream(name: &str, url: &str, reason: &dyn std::fmt::Display) -> Self {
+        Self::Stream { name: name.into(), url: url.into(), reason: reason.to_string() }
+    }
+}
+
+/// How long a part waits at start for NATS to answer before it goes on
+/// without it (and sets itself up when NATS first answers).
+pub const START_WAIT: Duration = Duration::from_secs(1);
+
+/// `setup` bounded by [`START_WAIT`].
+pub(crate) async fn within_start_wait<T>(
+    setup: impl std::future::Future<Output = Result<T, NatsError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(START_WAIT, setup).await {
+        Ok(done) => done.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("NATS did not answer within {} s", START_WAIT.as_secs())),
+    }
 }
 
 /// A NATS client as every part of Gatehouse makes one. With
 /// `retry_initial_connect` the client keeps trying in the background when
-/// the server is not there yet; without, that is an error at once.
+/// the server is not there yet; without, that is an error at once. Pings
+/// every 5 s: a link that hangs (no reset, no bytes) is given up after
+/// three unanswered ones and the client connects again.
 pub(crate) async fn connect(url: &str, retry_initial_connect: bool) -> Result<async_nats::Client, NatsError> {
-    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+    let mut options = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .ping_interval(Duration::from_secs(5));
     if retry_initial_connect {
         options = options.retry_on_initial_connect();
     }
@@ -112,6 +136,9 @@ pub(crate) async fn connect(url: &str, retry_initial_connect: bool) -> Result<as
 #[derive(Clone)]
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
+    /// Set once the stream is known to exist.
+    stream: Arc<OnceCell<()>>,
+    url: Arc<str>,
     revocations: Option<NatsRevocationSink>,
 }
 
@@ -122,22 +149,35 @@ impl std::fmt::Debug for NatsPublisher {
 }
 
 impl NatsPublisher {
-    /// Connects and creates (or updates) the stream.
+    /// Connects and creates (or updates) the stream. Fails only on a
+    /// malformed URL: when NATS does not answer within [`START_WAIT`], events
+    /// wait in the outbox and the stream is made when it first answers.
     pub async fn connect(url: &str) -> Result<Self, NatsError> {
-        let jetstream = jetstream::new(connect(url, false).await?);
-        jetstream
-            .create_or_update_stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![SUBJECTS.into()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                // Consumers catch up within a week or rebuild from their own data.
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| NatsError::Stream(e.to_string()))?;
-        Ok(Self { jetstream, revocations: None })
+        let jetstream = jetstream::new(connect(url, true).await?);
+        let publisher = Self { jetstream, stream: Arc::default(), url: url.into(), revocations: None };
+        if let Err(error) = within_start_wait(publisher.ensure_stream()).await {
+            tracing::warn!(%error, %url, "events wait in the outbox until NATS answers");
+        }
+        Ok(publisher)
+    }
+
+    async fn ensure_stream(&self) -> Result<(), NatsError> {
+        let create = || async {
+            self.jetstream
+                .create_or_update_stream(stream::Config {
+                    name: STREAM.into(),
+                    subjects: vec![SUBJECTS.into()],
+                    storage: stream::StorageType::File,
+                    duplicate_window: Duration::from_secs(120),
+                    // Consumers catch up within a week or rebuild from their own data.
+                    max_age: Duration::from_secs(7 * 24 * 3600),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| NatsError::stream(STREAM, &self.url, &e))
+        };
+        self.stream.get_or_try_init(create).await.map(|_| ())
     }
 
     /// Also writes the revocation each logout or deletion event implies, before
@@ -150,12 +190,22 @@ impl NatsPublisher {
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
     }
+
+    /// Whether the client is connected now (for `/readyz`: a report, not a
+    /// proof that the server would answer).
+    pub fn is_connected(&self) -> bool {
+        self.jetstream.client().connection_state() == async_nats::connection::State::Connected
+    }
 }
 
 #[async_trait]
 impl EventSink for NatsPublisher {
     /// Sends the whole batch, then collects the acks in order.
     async fn deliver(&self, events: &[DomainEvent]) -> usize {
+        if let Err(error) = self.ensure_stream().await {
+            tracing::warn!(%error, "cannot publish events yet");
+            return 0;
+        }
         let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(events.len());
         for event in events {
             if let Some(revocations) = &self.revocations

@@ -39,7 +39,12 @@ struct Inner {
     metrics: Metrics,
     settings: AuthSettings,
     allowed_origins: Vec<String>,
+    /// Whether the event broker is connected, when there is one (`/readyz`).
+    broker: std::sync::OnceLock<BrokerReport>,
 }
+
+/// Says whether the event broker is connected.
+pub type BrokerReport = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl AppState {
     pub fn new(
@@ -61,6 +66,7 @@ impl AppState {
             metrics: Metrics::default(),
             settings,
             allowed_origins,
+            broker: std::sync::OnceLock::new(),
         }))
     }
 
@@ -90,6 +96,16 @@ impl AppState {
 
     pub fn settings(&self) -> &AuthSettings {
         &self.0.settings
+    }
+
+    /// Lets `/readyz` report the event broker (NATS); set once, at wiring.
+    pub fn report_broker(&self, connected: BrokerReport) {
+        let _ = self.0.broker.set(connected);
+    }
+
+    /// Whether the event broker is connected; `None` without one.
+    pub fn broker_connected(&self) -> Option<bool> {
+        self.0.broker.get().map(|connected| connected())
     }
 
     /// Lower-cased origins (scheme://host[:port]) trusted for unsafe requests.

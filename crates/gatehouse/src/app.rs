@@ -24,6 +24,7 @@ use auth_events::{
 };
 use auth_service::keys::KeyHandle;
 use auth_service::ledger::LedgerHandler;
+use auth_service::state::BrokerReport;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::proxies::TrustedProxies;
 use tokio::net::TcpListener;
@@ -166,21 +167,27 @@ fn token_reach(config: &Config) -> Duration {
 }
 
 /// NATS JetStream at `nats`' URL (the relay writing revocations to its
-/// bucket too), else the in-process bus.
-async fn event_sink(
-    nats: Option<(&str, NatsRevocationSink)>,
-) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>)> {
+/// bucket too), with what tells `/readyz` whether it is connected; else the
+/// in-process bus.
+async fn event_sink(nats: Option<(&str, NatsRevocationSink)>) -> anyhow::Result<(Arc<dyn EventSink>, EventsVia)> {
     match nats {
         Some((url, revocations)) => {
             let nats = NatsPublisher::connect(url).await?.with_revocations(revocations);
             tracing::info!(%url, "publishing events to NATS JetStream");
-            Ok((Arc::new(nats), None))
+            let connected = nats.clone();
+            Ok((Arc::new(nats), EventsVia::Nats(Arc::new(move || connected.is_connected()))))
         }
         None => {
             let bus = InProcessBus::default();
-            Ok((Arc::new(bus.clone()), Some(bus)))
+            Ok((Arc::new(bus.clone()), EventsVia::Bus(bus)))
         }
     }
+}
+
+/// Where the outbox relay sends events.
+enum EventsVia {
+    Nats(BrokerReport),
+    Bus(InProcessBus),
 }
 
 async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
@@ -211,7 +218,11 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     if !sinks.is_empty() {
         accounts = accounts.with_revocations(Arc::new(FanOut(sinks)));
     }
-    let (sink, bus) = event_sink(nats).await?;
+    let (sink, via) = event_sink(nats).await?;
+    let (bus, publisher) = match via {
+        EventsVia::Bus(bus) => (Some(bus), None),
+        EventsVia::Nats(publisher) => (None, Some(publisher)),
+    };
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     // The deletion ledger hears downstream services' confirmations.
     let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
@@ -227,6 +238,9 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         (None, None) => None,
     };
     let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), stores.ledger.clone(), settings);
+    if let Some(connected) = publisher {
+        state.report_broker(connected);
+    }
     Ok(AuthParts {
         ledger_consumer,
         state,

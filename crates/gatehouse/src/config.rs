@@ -83,8 +83,9 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RevocationConfig {
-    /// With NATS: seconds the revocation watch may be broken before
-    /// authenticated routes answer 503 (fail closed).
+    /// With NATS: seconds the gateway may go without proof that its
+    /// revocation set is complete before authenticated routes answer 503
+    /// (fail closed).
     pub max_staleness: f64,
 }
 

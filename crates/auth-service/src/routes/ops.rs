@@ -25,12 +25,24 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The process can serve: its database answers.
+/// The longest `/readyz` waits for the database.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The process can serve: its database answers within a second. NATS is
+/// reported, not required: events wait in the outbox while it is away.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, description = "Ready"), (status = 503, description = "`unavailable`", body = ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    state.health().ping().await.map_err(ApiError::unavailable)?;
-    Ok(Json(json!({"status": "ready"})))
+    match tokio::time::timeout(READY_WAIT, state.health().ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(ApiError::unavailable(error)),
+        Err(_) => return Err(ApiError::unavailable("the database did not answer within 1 s")),
+    }
+    let mut body = json!({"status": "ready", "database": "ok"});
+    if let Some(connected) = state.broker_connected() {
+        body["nats"] = json!(if connected { "connected" } else { "disconnected" });
+    }
+    Ok(Json(body))
 }
 
 /// Prometheus metrics, text format 0.0.4.

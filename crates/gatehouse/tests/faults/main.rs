@@ -72,5 +72,114 @@ impl PrivateDisk {
     }
 }
 
+/// How a [`Relay`] treats the bytes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Pass,
+    /// Bytes stop in both directions and nothing is closed, as when a
+    /// firewall or a dead route drops packets silently.
+    Hang,
+}
+
+/// A TCP relay in front of `target` that the test can make hang.
+struct Relay {
+    addr: std::net::SocketAddr,
+    link: tokio::sync::watch::Sender<Link>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (link, mode) = tokio::sync::watch::channel(Link::Pass);
+        let task = tokio::spawn(async move {
+            // Owns every connection's pumps: aborting the relay ends them.
+            let mut pumps = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else { continue };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pumps.spawn(pump(client_read, server_write, mode.clone()));
+                pumps.spawn(pump(server_read, client_write, mode.clone()));
+            }
+        });
+        Self { addr, link, task }
+    }
+
+    fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    fn set(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` while the link passes; holds what it read while it hangs.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: tokio::sync::watch::Receiver<Link>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if mode.wait_for(|l| *l == Link::Pass).await.is_err() {
+            return;
+        }
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let _ = to.shutdown().await;
+                    return;
+                }
+                Ok(n) => n,
+            },
+            changed = mode.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if mode.wait_for(|l| *l == Link::Pass).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A plain upstream answering 200 "ok" to everything.
+async fn echo_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Polls `check` every 20 ms until it holds; how long that took, or `None`
+/// after `limit`.
+async fn within<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<Duration> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 mod disk_full;
+mod nats_link;
 mod nats_outage;

@@ -1,0 +1,182 @@
+//! NATS faults between processes: a link that hangs, NATS unreachable from
+//! the auth-service, NATS down when the services start. The auth-service
+//! (on SQLite) and a standalone gateway each reach NATS their own way, so
+//! one link can fail while the other holds.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+struct Deployment {
+    _dir: TempDir,
+    auth: Server,
+    gateway: Server,
+}
+
+/// An auth-service on `auth_nats` and a gateway on `gateway_nats` with
+/// `max_staleness` seconds, `/api` routed to a plain upstream.
+async fn deploy(auth_nats: &str, gateway_nats: &str, max_staleness: &str) -> Deployment {
+    let dir = TempDir::new();
+    let mut auth = gatehouse(&dir.data());
+    auth.env("GATEHOUSE_NATS__URL", auth_nats)
+        .env("GATEHOUSE_PASSWORDS__HASHING__MEMORY_KIB", "1024")
+        .env("GATEHOUSE_PASSWORDS__HASHING__ITERATIONS", "1")
+        .env("GATEHOUSE_EVENTS__RELAY_INTERVAL_MS", "50")
+        .arg("auth-service");
+    let auth = start(auth).await;
+    let upstream = echo_upstream().await;
+    let file = dir.0.join("gateway.toml");
+    let routes = format!("[[gateway.routes]]\nprefix = \"/api\"\nupstream = \"{upstream}\"\n");
+    std::fs::write(&file, format!("[gateway]\nauth_service_url = \"{}\"\n\n{routes}", auth.url)).unwrap();
+    let mut gateway = gatehouse(&dir.data());
+    gateway
+        .env("GATEHOUSE_NATS__URL", gateway_nats)
+        .env("GATEHOUSE_GATEWAY__REVOCATION__MAX_STALENESS", max_staleness)
+        .arg("--config")
+        .arg(file)
+        .arg("gateway");
+    let gateway = start(gateway).await;
+    Deployment { _dir: dir, auth, gateway }
+}
+
+async fn ready(client: &reqwest::Client, url: &str) -> bool {
+    client.get(format!("{url}/readyz")).send().await.unwrap().status() == 200
+}
+
+async fn sign_in(client: &reqwest::Client, url: &str) -> Browser {
+    let creds = json!({"email": format!("f-{}@example.com", uuid::Uuid::new_v4().simple()), "password": PASSWORD});
+    assert_eq!(client.post(format!("{url}/auth/register")).json(&creds).send().await.unwrap().status(), 201);
+    let login = client.post(format!("{url}/auth/login")).json(&creds).send().await.unwrap();
+    assert_eq!(login.status(), 200);
+    Browser::from_login(&login)
+}
+
+/// The gateway's answer to an authenticated request: status and error code.
+async fn api(client: &reqwest::Client, gateway: &str, browser: &Browser) -> (u16, String) {
+    let answer = client.get(format!("{gateway}/api/x")).header("cookie", &browser.cookie).send().await.unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Logs out at the auth-service itself (not through the gateway, which
+/// would apply the revocation locally); returns how long the answer took.
+async fn logout_at_auth(client: &reqwest::Client, auth: &str, browser: &Browser) -> Duration {
+    let sent = Instant::now();
+    let answer = client
+        .delete(format!("{auth}/auth/logout"))
+        .header("cookie", &browser.cookie)
+        .header("x-csrf-token", &browser.csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 204);
+    sent.elapsed()
+}
+
+#[tokio::test]
+async fn a_gateway_whose_nats_link_hangs_fails_closed_within_max_staleness_and_recovers() {
+    let store = TempDir::new();
+    let port = free_port();
+    let _nats = OwnNats::start(port, &store.0).await;
+    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    let max_staleness = Duration::from_secs(1);
+    let d = deploy(&format!("nats://127.0.0.1:{port}"), &relay.nats_url(), "1").await;
+    let client = reqwest::Client::new();
+    let gw = &d.gateway.url;
+    within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
+    let browser = sign_in(&client, gw).await;
+    assert_eq!(api(&client, gw, &browser).await.0, 200);
+
+    relay.set(Link::Hang);
+    let hung = Instant::now();
+    logout_at_auth(&client, &d.auth.url, &browser).await;
+    // The gateway cannot hear of that logout; it must stop vouching instead.
+    let closed = within(Duration::from_secs(20), || async { api(&client, gw, &browser).await.0 != 200 })
+        .await
+        .expect("a gateway with a hung NATS link kept accepting a logged-out cookie");
+    let closed_after = hung.elapsed();
+    assert_eq!(api(&client, gw, &browser).await, (503, "revocation_unavailable".to_owned()));
+    assert!(!ready(&client, gw).await, "/readyz stayed 200 on a hung link");
+    eprintln!("hung link: failed closed {closed_after:?} after the hang ({closed:?} after the logout)");
+    assert!(
+        closed_after <= max_staleness + Duration::from_secs(2),
+        "failed closed only after {closed_after:?}; max_staleness is {max_staleness:?}"
+    );
+
+    relay.set(Link::Pass);
+    let back = Instant::now();
+    within(Duration::from_secs(60), || async { api(&client, gw, &browser).await.0 == 401 })
+        .await
+        .expect("the gateway never heard of the logout once the link passed again");
+    eprintln!("hung link: the logout was enforced {:?} after the link passed again", back.elapsed());
+}
+
+#[tokio::test]
+async fn logouts_while_nats_hangs_answer_at_once_and_reach_the_gateway_once_it_is_back() {
+    let store = TempDir::new();
+    let port = free_port();
+    let _nats = OwnNats::start(port, &store.0).await;
+    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    let d = deploy(&relay.nats_url(), &format!("nats://127.0.0.1:{port}"), "5").await;
+    let client = reqwest::Client::new();
+    let gw = &d.gateway.url;
+    within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
+    let mut browsers = Vec::new();
+    for _ in 0..3 {
+        let browser = sign_in(&client, gw).await;
+        assert_eq!(api(&client, gw, &browser).await.0, 200);
+        browsers.push(browser);
+    }
+
+    relay.set(Link::Hang);
+    let mut slowest = Duration::ZERO;
+    for browser in &browsers {
+        slowest = slowest.max(logout_at_auth(&client, &d.auth.url, browser).await);
+    }
+    eprintln!("NATS hung: slowest of {} logouts took {slowest:?}", browsers.len());
+    assert!(slowest < Duration::from_secs(2), "a logout waited {slowest:?} for NATS");
+
+    relay.set(Link::Pass);
+    let back = Instant::now();
+    for browser in &browsers {
+        within(Duration::from_secs(120), || async { api(&client, gw, browser).await.0 == 401 })
+            .await
+            .expect("a logout made while NATS hung never reached the gateway");
+    }
+    eprintln!("NATS hung: every logout reached the gateway {:?} after the link passed again", back.elapsed());
+}
+
+#[tokio::test]
+async fn both_services_start_while_nats_is_down_and_catch_up_when_it_comes() {
+    let store = TempDir::new();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let mut d = deploy(&url, &url, "2").await;
+    d.auth.wait_for_log(&url).await;
+    let client = reqwest::Client::new();
+    let (auth, gw) = (d.auth.url.clone(), d.gateway.url.clone());
+    let readiness: Value = client.get(format!("{auth}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(readiness["nats"], "disconnected", "{readiness}");
+    assert_eq!(readiness["status"], "ready", "{readiness}");
+    let browser = sign_in(&client, &auth).await;
+    assert_eq!(api(&client, &gw, &browser).await, (503, "revocation_unavailable".to_owned()));
+    assert!(!ready(&client, &gw).await);
+
+    let _nats = OwnNats::start(port, &store.0).await;
+    let current = within(Duration::from_secs(60), || async { api(&client, &gw, &browser).await.0 == 200 })
+        .await
+        .expect("the gateway never became current after NATS started");
+    eprintln!("NATS late: the gateway vouched {current:?} after NATS started");
+    logout_at_auth(&client, &auth, &browser).await;
+    within(Duration::from_secs(60), || async { api(&client, &gw, &browser).await.0 == 401 })
+        .await
+        .expect("a logout after NATS came never reached the gateway");
+    let readiness: Value = client.get(format!("{auth}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(readiness["nats"], "connected", "{readiness}");
+    let registered =
+        within(Duration::from_secs(60), || async { !stream_ids(&url, "user.registered", 1).await.is_empty() });
+    registered.await.expect("the registration made before NATS came was never published");
+}
