@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth_core::Clock;
-use auth_events::RevocationFeed;
+use auth_events::{RevocationFeed, handover};
 use auth_tokens::csrf::{check_pair, check_site};
 use auth_tokens::proxies::TrustedProxies;
 use auth_tokens::{Credential, CsrfKey, cookies};
@@ -243,9 +243,23 @@ impl Gateway {
         }
         let target = route.upstream_target(request.uri(), path).ok_or(GatewayError::UpstreamUnavailable)?;
         let started = Instant::now();
-        let response = forward::send(route, request, target, upgrade).await?;
+        let mut response = forward::send(route, request, target, upgrade).await?;
         route.stats.upstream_latency(started.elapsed());
+        if let Some(revoked) = response.headers_mut().remove(handover::HEADER) {
+            self.take_revocations(route, revoked.as_bytes());
+        }
         Ok(response)
+    }
+
+    /// Applies the revocations an answer of the auth-service hands over
+    /// (`Gatehouse-Revoked`) before the answer goes on, so the client's next
+    /// request is refused; from any other upstream they are ignored.
+    pub(crate) fn take_revocations(&self, route: &Route, value: &[u8]) {
+        if route.forward_credentials {
+            handover::apply(value, self.0.revocations.set());
+        } else {
+            tracing::warn!(prefix = %route.prefix, "ignoring Gatehouse-Revoked from an upstream that is not the auth-service");
+        }
     }
 
     /// How the request's headers are rewritten for the route's upstream.

@@ -15,6 +15,7 @@
 
 pub mod cloudevent;
 pub mod consumer;
+pub mod handover;
 pub mod nats_revocation;
 pub mod publish;
 pub mod relay;

@@ -47,6 +47,22 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .fallback(routes::not_found)
         .with_state(state)
+        // Outermost: every revocation an answer made rides on it to the gateway.
+        .layer(axum::middleware::from_fn(hand_over_revocations))
+}
+
+/// Adds `Gatehouse-Revoked` to an answer that revoked sessions or users
+/// (through [`auth_events::handover::Recording`]), so the gateway relaying
+/// it enforces them before the next request.
+async fn hand_over_revocations(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let (mut response, revoked) = auth_events::handover::recording(next.run(request)).await;
+    if let Some(value) = revoked.and_then(|v| axum::http::HeaderValue::from_str(&v).ok()) {
+        response.headers_mut().insert(auth_events::handover::HEADER, value);
+    }
+    response
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight

@@ -18,6 +18,7 @@ use api_gateway::gateway::GatewayParts;
 use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
 use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
 use auth_core::{EventSink, RevocationSink};
+use auth_events::handover::Recording;
 use auth_events::{
     Consumer, ConsumerSettings, FanOut, InProcessBus, InProcessFeed, NatsPublisher, NatsRevocationFeed,
     NatsRevocationSink, OutboxRelay, RevocationFeed,
@@ -215,9 +216,8 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     if let Some((_, revocations)) = &nats {
         sinks.push(Arc::new(revocations.clone()));
     }
-    if !sinks.is_empty() {
-        accounts = accounts.with_revocations(Arc::new(FanOut(sinks)));
-    }
+    // Recorded too, for the gateway relaying the answer (`Gatehouse-Revoked`).
+    accounts = accounts.with_revocations(Arc::new(Recording(Arc::new(FanOut(sinks)))));
     let (sink, via) = event_sink(nats).await?;
     let (bus, publisher) = match via {
         EventsVia::Bus(bus) => (Some(bus), None),

@@ -289,5 +289,5 @@ async fn exchange(
         Err(_) => return refuse(route, GatewayError::UpstreamTimeout, head, &request_id, work, client).await,
     };
     route.stats.upstream_latency(started.elapsed());
-    relay::relay(route, head, upstream, &request_id, work, client).await
+    relay::relay(gateway, route, head, upstream, &request_id, work, client).await
 }

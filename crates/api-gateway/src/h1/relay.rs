@@ -12,7 +12,10 @@ use super::head::Head;
 use super::respond::{decimal, push_date, push_line, push_status, refuse, send_to_client};
 use super::upstream::Kept;
 use super::{MAX_RESPONSE_HEADERS, RELAY_CHUNK, Work};
+use auth_events::handover;
+
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::identity;
 use crate::routes::Route;
 
@@ -21,6 +24,7 @@ use crate::routes::Route;
 /// as the upstream frames it. Keeps the upstream connection if it can serve
 /// again. Returns whether the client connection can.
 pub(super) async fn relay(
+    gateway: &Gateway,
     route: &Route,
     head: &Head<'_>,
     mut upstream: Kept,
@@ -54,6 +58,10 @@ pub(super) async fn relay(
     let mut dated = false;
     for line in response.headers.iter() {
         let name = line.name;
+        if name.eq_ignore_ascii_case(handover::HEADER) {
+            gateway.take_revocations(route, line.value);
+            continue;
+        }
         let dropped = dropped_from_response(name)
             || name.eq_ignore_ascii_case(identity::REQUEST_ID.as_str())
             || name.eq_ignore_ascii_case("content-length")

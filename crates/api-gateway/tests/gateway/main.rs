@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod differential;
 mod forwarding;
+mod handover;
 mod identity;
 mod limits;
 mod messages;

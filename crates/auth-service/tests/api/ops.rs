@@ -13,7 +13,7 @@ async fn health_and_readiness_answer() {
         assert_eq!(health.status(), 200);
         let ready = app.request(Method::GET, "/readyz").send().await.unwrap();
         assert_eq!(ready.status(), 200);
-        assert_eq!(body(ready).await, json!({"status": "ready"}));
+        assert_eq!(body(ready).await, json!({"status": "ready", "database": "ok"}));
     })
     .await;
 }

@@ -180,3 +180,51 @@ async fn both_services_start_while_nats_is_down_and_catch_up_when_it_comes() {
         within(Duration::from_secs(60), || async { !stream_ids(&url, "user.registered", 1).await.is_empty() });
     registered.await.expect("the registration made before NATS came was never published");
 }
+
+#[tokio::test]
+async fn the_gateway_that_carries_a_logout_or_deletion_enforces_it_on_the_very_next_request() {
+    let store = TempDir::new();
+    let port = free_port();
+    let _nats = OwnNats::start(port, &store.0).await;
+    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    // A long staleness and a hung link: nothing can come through the
+    // bucket, so whatever is refused was learnt from the answer itself.
+    let d = deploy(&format!("nats://127.0.0.1:{port}"), &relay.nats_url(), "600").await;
+    let client = reqwest::Client::new();
+    let gw = &d.gateway.url;
+    within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
+    relay.set(Link::Hang);
+
+    for _ in 0..20 {
+        let browser = sign_in(&client, gw).await;
+        assert_eq!(api(&client, gw, &browser).await.0, 200);
+        let logout = client
+            .delete(format!("{gw}/auth/logout"))
+            .header("cookie", &browser.cookie)
+            .header("x-csrf-token", &browser.csrf)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(logout.status(), 204);
+        assert!(logout.headers().get("gatehouse-revoked").is_none(), "the hand-over reached the client");
+        assert_eq!(api(&client, gw, &browser).await.0, 401, "the next request after a logout was accepted");
+    }
+
+    let email = format!("f-{}@example.com", uuid::Uuid::new_v4().simple());
+    let creds = json!({"email": email, "password": PASSWORD});
+    assert_eq!(client.post(format!("{gw}/auth/register")).json(&creds).send().await.unwrap().status(), 201);
+    let login =
+        || async { Browser::from_login(&client.post(format!("{gw}/auth/login")).json(&creds).send().await.unwrap()) };
+    let (deleting, other) = (login().await, login().await);
+    assert_eq!(api(&client, gw, &other).await.0, 200);
+    let deleted = client
+        .delete(format!("{gw}/auth/delete"))
+        .header("cookie", &deleting.cookie)
+        .header("x-csrf-token", &deleting.csrf)
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(api(&client, gw, &other).await.0, 401, "another session of a deleted account was accepted");
+}
