@@ -12,6 +12,7 @@
 //! - [`ledger`]: the deletion ledger's intake of `user.deletion_completed`.
 //! - [`error`]: [`error::ApiError`], the one error body.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`serve`]: the listener of the standalone auth-service, with its limits.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 
 pub mod caller;
@@ -23,14 +24,13 @@ pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod serve;
 pub mod state;
-
-use std::future::Future;
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 
+pub use serve::{Limits, serve};
 pub use state::{AppState, AuthSettings};
 
 /// Request bodies larger than this are refused with 413 before parsing.
@@ -63,16 +63,4 @@ async fn hand_over_revocations(
         response.headers_mut().insert(auth_events::handover::HEADER, value);
     }
     response
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves, then lets in-flight
-/// requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
 }

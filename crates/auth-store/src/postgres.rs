@@ -20,11 +20,17 @@ pub struct PgStore {
 }
 
 impl PgStore {
+    /// Every statement is bounded (`statement_timeout` 5 s) and so is a
+    /// transaction left idle (10 s): a stuck query or a lost client answers
+    /// 503 instead of holding a request, a connection and its locks.
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+            .map_err(|e| OpenError::Connect(e.to_string()))?
+            .options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         Ok(Self { pool })

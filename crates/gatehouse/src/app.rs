@@ -68,7 +68,7 @@ pub struct Application {
 /// What a listener serves.
 enum Service {
     /// The auth-service alone, behind its axum router.
-    Auth(axum::Router),
+    Auth(axum::Router, auth_service::Limits),
     /// A gateway, which does its own routing (to in-process services too).
     Gateway(Gateway),
 }
@@ -84,7 +84,7 @@ impl Service {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let gateway = match self {
-            Self::Auth(router) => return serve_auth(listener, router, grace, shutdown).await,
+            Self::Auth(router, limits) => return serve_auth(listener, router, limits, grace, shutdown).await,
             Self::Gateway(gateway) => gateway,
         };
         let (acceptor, inboxes) = api_gateway::server::workers(1 + extra_workers);
@@ -113,11 +113,12 @@ impl Service {
 async fn serve_auth(
     listener: TcpListener,
     router: axum::Router,
+    limits: auth_service::Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = auth_service::serve(listener, router, async move {
+    let serving = auth_service::serve(listener, router, limits, async move {
         shutdown.await;
         let _ = stopping.send(());
     });
@@ -281,7 +282,8 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         client_idle_timeout_secs: config.gateway.client_idle_timeout_secs,
         client_header_timeout_secs: config.gateway.client_header_timeout_secs,
         client_send_timeout_secs: config.gateway.client_send_timeout_secs,
-        max_connections: config.gateway.max_connections,
+        // Each client connection may hold an upstream one too.
+        max_connections: within_file_limit(config.gateway.max_connections, 2, "gateway.max_connections"),
         underscores_in_headers: config.gateway.underscores_in_headers,
         fast_path: config.gateway.fast_path,
         shutdown_grace_secs: config.shutdown_grace_secs,
@@ -305,7 +307,7 @@ impl Application {
                     listener,
                     extra_workers: 0,
                     shutdown_grace: Duration::ZERO,
-                    service: Service::Auth(auth_service::router(auth.state)),
+                    service: Service::Auth(auth_service::router(auth.state), auth_limits(&config)),
                     background,
                     gateway: None,
                     locals: HashMap::new(),
@@ -507,6 +509,44 @@ fn spawn_route_reloader(
         #[cfg(not(unix))]
         let _ = (gateway, source, locals);
     })
+}
+
+/// The standalone auth-service's client limits.
+fn auth_limits(config: &Config) -> auth_service::Limits {
+    let a = &config.auth_service;
+    auth_service::Limits {
+        header: Duration::from_secs(a.client_header_timeout_secs),
+        idle: Duration::from_secs(a.client_idle_timeout_secs),
+        send: Duration::from_secs(a.client_send_timeout_secs),
+        max_connections: within_file_limit(a.max_connections, 1, "auth_service.max_connections"),
+    }
+}
+
+/// Open files kept for what is not a client connection: the database pool,
+/// NATS, the key file, logs.
+const FILES_KEPT: u64 = 64;
+
+/// `configured` client connections, or fewer when the process's open-file
+/// limit could not hold them (`per_connection` files each): past that limit
+/// `accept` fails and nobody gets an answer, not even `/healthz`; within
+/// it, a connection too many is answered 503.
+fn within_file_limit(configured: usize, per_connection: u64, key: &str) -> usize {
+    let Some(limit) = open_file_limit() else { return configured };
+    let fits = usize::try_from(limit.saturating_sub(FILES_KEPT) / per_connection).unwrap_or(usize::MAX).max(1);
+    if fits < configured {
+        tracing::warn!(
+            limit,
+            "{key} lowered from {configured} to {fits} to stay within the open-file limit (ulimit -n)"
+        );
+    }
+    configured.min(fits)
+}
+
+/// The soft limit on open files (Linux: `/proc/self/limits`).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 /// The auth-service's settings. Behind the gateway in the same process

@@ -41,13 +41,30 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthServiceConfig {
     /// Peers (IPs or CIDRs: the gateways, a load balancer) whose
     /// X-Forwarded-For the standalone auth-service believes for the client
     /// address it records; in `up` the gateway's trusted proxies apply.
     pub trusted_proxies: Vec<String>,
+    /// The standalone auth-service's client limits, as the gateway's.
+    pub client_idle_timeout_secs: u64,
+    pub client_header_timeout_secs: u64,
+    pub client_send_timeout_secs: u64,
+    pub max_connections: usize,
+}
+
+impl Default for AuthServiceConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            client_idle_timeout_secs: 75,
+            client_header_timeout_secs: 10,
+            client_send_timeout_secs: 60,
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -336,17 +353,35 @@ impl Config {
         if self.passwords.min_chars < 8 || self.passwords.max_chars < 64 || self.passwords.max_chars > 1024 {
             return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
         }
-        if !(1..=3600).contains(&self.gateway.client_idle_timeout_secs) {
-            return bad("gateway.client_idle_timeout_secs must be between 1 and 3600");
-        }
-        if !(1..=3600).contains(&self.gateway.client_header_timeout_secs) {
-            return bad("gateway.client_header_timeout_secs must be between 1 and 3600");
-        }
-        if !(1..=3600).contains(&self.gateway.client_send_timeout_secs) {
-            return bad("gateway.client_send_timeout_secs must be between 1 and 3600");
-        }
-        if self.gateway.max_connections == 0 {
-            return bad("gateway.max_connections must be at least 1");
+        let (g, a) = (&self.gateway, &self.auth_service);
+        for (section, idle, header, send, max) in [
+            (
+                "gateway",
+                g.client_idle_timeout_secs,
+                g.client_header_timeout_secs,
+                g.client_send_timeout_secs,
+                g.max_connections,
+            ),
+            (
+                "auth_service",
+                a.client_idle_timeout_secs,
+                a.client_header_timeout_secs,
+                a.client_send_timeout_secs,
+                a.max_connections,
+            ),
+        ] {
+            for (key, secs) in [
+                ("client_idle_timeout_secs", idle),
+                ("client_header_timeout_secs", header),
+                ("client_send_timeout_secs", send),
+            ] {
+                if !(1..=3600).contains(&secs) {
+                    return bad(&format!("{section}.{key} must be between 1 and 3600"));
+                }
+            }
+            if max == 0 {
+                return bad(&format!("{section}.max_connections must be at least 1"));
+            }
         }
         if self.shutdown_grace_secs > 3600 {
             return bad("shutdown_grace_secs must be at most 3600");

@@ -81,9 +81,14 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(auth_service::serve(listener, auth_service::router(state), async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(auth_service::serve(
+        listener,
+        auth_service::router(state),
+        auth_service::Limits::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     TestApp { address, client, clock, stores, keys, hasher, key_file, _shutdown: tx, _db: db }
 }

@@ -281,6 +281,20 @@ async fn migrations_apply_once_and_the_database_answers_pings() {
 }
 
 #[tokio::test]
+async fn every_postgres_statement_and_idle_transaction_is_bounded() {
+    if !Backend::available().contains(&Backend::Postgres) {
+        return eprintln!("SKIPPED: set GATEHOUSE_TEST_POSTGRES_URL");
+    }
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let store = auth_store::PgStore::connect(&db.url).await.unwrap();
+    let show = |name: &'static str| sqlx::query_scalar::<_, String>(name).fetch_one(store.pool());
+    assert_eq!(show("SHOW statement_timeout").await.unwrap(), "5s");
+    assert_eq!(show("SHOW idle_in_transaction_session_timeout").await.unwrap(), "10s");
+    let slow = sqlx::query("SELECT pg_sleep(6)").execute(store.pool()).await.unwrap_err();
+    assert!(slow.to_string().contains("statement timeout"), "{slow}");
+}
+
+#[tokio::test]
 async fn an_unknown_database_scheme_is_refused_clearly() {
     let err = open("mysql://localhost/x", true).await.unwrap_err();
     assert!(err.to_string().contains("sqlite:// or postgres://"), "{err}");

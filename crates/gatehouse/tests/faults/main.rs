@@ -180,6 +180,8 @@ async fn within<F: std::future::Future<Output = bool>>(
     None
 }
 
+mod database;
 mod disk_full;
 mod nats_link;
 mod nats_outage;
+mod slow_clients;
