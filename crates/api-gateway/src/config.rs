@@ -38,6 +38,12 @@ pub struct RouteConfig {
     /// Speak HTTP/2 (prior knowledge, h2c) to this upstream.
     #[serde(default)]
     pub http2: bool,
+    /// The largest request body passed on (413 `body_too_large` beyond);
+    /// unset: any. Set it to the upstream's own limit, so a client sending
+    /// more hears it from the gateway instead of a connection the upstream
+    /// cut mid-body (which could only be reported as a 502).
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
 }
 
 impl RouteConfig {
@@ -50,6 +56,7 @@ impl RouteConfig {
             strip_prefix: false,
             timeout: default_timeout(),
             http2: false,
+            max_body_bytes: None,
         }
     }
 }

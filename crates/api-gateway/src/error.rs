@@ -21,6 +21,12 @@ pub enum GatewayError {
     /// (RFC 9112 §3.2).
     #[error("invalid host")]
     InvalidHost,
+    /// The client's body broke off or was malformed (a bad chunk).
+    #[error("invalid body")]
+    InvalidBody,
+    /// Over the route's `max_body_bytes`.
+    #[error("body too large")]
+    BodyTooLarge,
     /// The gateway serves `gateway.max_connections` already.
     #[error("too many connections")]
     TooManyConnections,
@@ -62,6 +68,14 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST,
                 "invalid_host",
                 "an HTTP/1.1 request needs exactly one valid Host header".into(),
+            ),
+            Self::InvalidBody => {
+                (StatusCode::BAD_REQUEST, "invalid_body", "the request body was malformed or cut short".into())
+            }
+            Self::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the request body is larger than this route takes".into(),
             ),
             Self::TooManyConnections => (
                 StatusCode::SERVICE_UNAVAILABLE,

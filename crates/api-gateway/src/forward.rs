@@ -4,6 +4,7 @@
 //! the response headers.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -41,8 +42,125 @@ thread_local! {
 
 /// Sends `request` (headers already prepared) to the route's upstream, at
 /// `target` (path and query), within the route's timeout. `upgrade` is the
-/// client's WebSocket handshake ([`websocket_handshake`]).
+/// client's WebSocket handshake ([`websocket_handshake`]). A body over the
+/// route's `max_body_bytes` is refused (413), and an exchange that failed
+/// because the client's body did (malformed, cut short, too long) is the
+/// client's error, not the upstream's.
 pub async fn send(
+    route: &Route,
+    request: Request<Body>,
+    target: PathAndQuery,
+    upgrade: Option<Handshake>,
+) -> Result<Response<Body>, GatewayError> {
+    use hyper::body::Body as _;
+    if route.max_body_bytes.is_some_and(|limit| request.body().size_hint().lower() > limit) {
+        linger(request.into_body());
+        return Err(GatewayError::BodyTooLarge);
+    }
+    if request.body().is_end_stream() {
+        return exchange(route, request, target, upgrade).await;
+    }
+    let fault = Arc::new(OnceLock::new());
+    let watched = ClientBody { fault: fault.clone(), limit: route.max_body_bytes, seen: 0 };
+    let request = request.map(|body| Body::new(WatchedBody { body, watch: watched }));
+    match exchange(route, request, target, upgrade).await {
+        Err(GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout) if fault.get().is_some() => {
+            Err(match fault.get() {
+                Some(BodyFault::TooLarge) => GatewayError::BodyTooLarge,
+                _ => GatewayError::InvalidBody,
+            })
+        }
+        other => other,
+    }
+}
+
+/// What went wrong with a client's body on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFault {
+    /// Malformed (a bad chunk) or cut short.
+    Broken,
+    /// Longer than the route takes.
+    TooLarge,
+}
+
+/// What a [`WatchedBody`] counts and notes.
+struct ClientBody {
+    fault: Arc<OnceLock<BodyFault>>,
+    limit: Option<u64>,
+    seen: u64,
+}
+
+/// A client's request body, passed on as it comes; its first fault is noted.
+struct WatchedBody {
+    body: Body,
+    watch: ClientBody,
+}
+
+impl hyper::body::Body for WatchedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let watch = &mut this.watch;
+                watch.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if watch.limit.is_some_and(|limit| watch.seen > limit) {
+                    let _ = watch.fault.set(BodyFault::TooLarge);
+                    linger(std::mem::replace(&mut this.body, Body::empty()));
+                    return Poll::Ready(Some(Err(axum::Error::new("the request body is over the route's limit"))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                let _ = this.watch.fault.set(BodyFault::Broken);
+                Poll::Ready(Some(Err(error)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        hyper::body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::Body::size_hint(&self.body)
+    }
+}
+
+/// How long, and how much of, a refused body is still read after the
+/// refusal, as nginx's lingering close: a client that is still sending
+/// when the 413 comes would otherwise meet a reset and never read it.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Reads and drops the rest of a refused body in the background, bounded
+/// by [`LINGER`] and [`LINGER_BYTES`].
+fn linger(body: Body) {
+    use http_body_util::BodyExt as _;
+    tokio::spawn(async move {
+        let mut body = body;
+        let _ = tokio::time::timeout(LINGER, async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
+}
+
+/// [`send`] itself.
+async fn exchange(
     route: &Route,
     mut request: Request<Body>,
     target: PathAndQuery,

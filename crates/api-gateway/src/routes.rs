@@ -59,6 +59,8 @@ pub struct Route {
     pub require_roles: Vec<String>,
     pub strip_prefix: bool,
     pub timeout: Duration,
+    /// The largest request body passed on.
+    pub max_body_bytes: Option<u64>,
     /// The auth-service's own routes receive the session cookies and
     /// `Authorization`; every other upstream gets identity headers instead.
     pub forward_credentials: bool,
@@ -168,6 +170,7 @@ impl RouteTable {
                 require_roles: c.require_roles.clone(),
                 strip_prefix: c.strip_prefix,
                 timeout: Duration::from_secs(c.timeout),
+                max_body_bytes: c.max_body_bytes,
                 forward_credentials: credentials.contains(&c.upstream.as_str()),
                 stats: Arc::default(),
             });

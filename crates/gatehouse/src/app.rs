@@ -257,7 +257,11 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
 fn auth_routes(upstream: &str) -> Vec<RouteConfig> {
     ["/auth/", "/.well-known/", "/openapi.json"]
         .into_iter()
-        .map(|prefix| RouteConfig::new(prefix, upstream, AuthMode::Public))
+        .map(|prefix| RouteConfig {
+            // Refused at the gateway as the auth-service would refuse it.
+            max_body_bytes: Some(auth_service::BODY_LIMIT as u64),
+            ..RouteConfig::new(prefix, upstream, AuthMode::Public)
+        })
         .collect()
 }
 

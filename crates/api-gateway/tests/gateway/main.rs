@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod client_faults;
 mod differential;
 mod forwarding;
 mod handover;

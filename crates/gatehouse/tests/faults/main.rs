@@ -180,7 +180,9 @@ async fn within<F: std::future::Future<Output = bool>>(
     None
 }
 
+mod client_faults;
 mod database;
+mod deployment;
 mod disk_full;
 mod nats_link;
 mod nats_outage;
