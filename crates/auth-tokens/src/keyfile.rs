@@ -16,6 +16,10 @@ pub enum KeyFileError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid Gatehouse key file: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path} holds the signing keys but others may read it (mode {mode:03o}); make it private: chmod 600 {path}"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 /// Everything secret the auth-service signs with.
@@ -51,9 +55,19 @@ pub fn load_or_create(path: &Path, now: i64) -> Result<Secrets, KeyFileError> {
     Ok(secrets)
 }
 
+/// Reads the file, refusing one that its group or others may read or
+/// write, as OpenSSH refuses a private key they can.
 pub fn load(path: &Path) -> Result<Secrets, KeyFileError> {
     let io = |source| KeyFileError::Io { path: path.to_owned(), source };
     let invalid = |reason: &str| KeyFileError::Invalid { path: path.to_owned(), reason: reason.into() };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyFileError::Exposed { path: path.to_owned(), mode });
+        }
+    }
     let text = std::fs::read_to_string(path).map_err(io)?;
     let stored: Stored = serde_json::from_str(&text).map_err(|e| invalid(&e.to_string()))?;
     let mut keys = Vec::with_capacity(stored.signing_keys.len());
@@ -133,6 +147,26 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_may_read_or_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("gh-keys-{}", crate::b64url(&crate::random_bytes::<8>())));
+        let path = dir.join("keys.json");
+        load_or_create(&path, 100).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = load(&path).unwrap_err().to_string();
+            assert!(error.contains(&format!("chmod 600 {}", path.display())), "{error}");
+            assert!(error.contains(&format!("{mode:03o}")), "{error}");
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            load(&path).unwrap();
         }
         std::fs::remove_dir_all(dir).unwrap();
     }

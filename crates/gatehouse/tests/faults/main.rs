@@ -184,6 +184,7 @@ mod client_faults;
 mod database;
 mod deployment;
 mod disk_full;
+mod key_file;
 mod nats_link;
 mod nats_outage;
 mod slow_clients;
