@@ -40,12 +40,21 @@ async fn a_gateway_whose_nats_link_hangs_fails_closed_within_max_staleness_and_r
         "failed closed only after {closed_after:?}; max_staleness is {max_staleness:?}"
     );
 
+    // Long enough for the client to give the link up (three missed 5 s
+    // pings) and try new ones, which hang too: it stays closed throughout.
+    while hung.elapsed() < Duration::from_secs(20) {
+        assert_eq!(api(&client, gw, &browser).await.0, 503, "the gateway vouched again while the link hung");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
     relay.set(Link::Pass);
     let back = Instant::now();
     within(Duration::from_secs(60), || async { api(&client, gw, &browser).await.0 == 401 })
         .await
         .expect("the gateway never heard of the logout once the link passed again");
-    eprintln!("hung link: the logout was enforced {:?} after the link passed again", back.elapsed());
+    eprintln!("hung link: after 20 s hung, the logout was enforced {:?} after the link passed again", back.elapsed());
+    let other = sign_in(&client, gw).await;
+    assert_eq!(api(&client, gw, &other).await.0, 200, "the gateway did not vouch again after the link came back");
 }
 
 #[tokio::test]
@@ -72,6 +81,8 @@ async fn logouts_while_nats_hangs_answer_at_once_and_reach_the_gateway_once_it_i
     }
     eprintln!("NATS hung: slowest of {} logouts took {slowest:?}", browsers.len());
     assert!(slowest < Duration::from_secs(2), "a logout waited {slowest:?} for NATS");
+    // Long enough for the relay to back off and the client to give the link up.
+    tokio::time::sleep(Duration::from_secs(20)).await;
 
     relay.set(Link::Pass);
     let back = Instant::now();
@@ -80,7 +91,7 @@ async fn logouts_while_nats_hangs_answer_at_once_and_reach_the_gateway_once_it_i
             .await
             .expect("a logout made while NATS hung never reached the gateway");
     }
-    eprintln!("NATS hung: every logout reached the gateway {:?} after the link passed again", back.elapsed());
+    eprintln!("NATS hung 20 s: every logout reached the gateway {:?} after the link passed again", back.elapsed());
 }
 
 #[tokio::test]
