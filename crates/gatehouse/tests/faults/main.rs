@@ -155,15 +155,6 @@ async fn pump(
     }
 }
 
-/// A plain upstream answering 200 "ok" to everything.
-async fn echo_upstream() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = axum::Router::new().fallback(|| async { "ok" });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 /// Polls `check` every 20 ms until it holds; how long that took, or `None`
 /// after `limit`.
 async fn within<F: std::future::Future<Output = bool>>(

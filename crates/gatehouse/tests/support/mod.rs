@@ -202,3 +202,12 @@ impl OwnNats {
         self.child.kill().await.unwrap();
     }
 }
+
+/// A plain upstream answering 200 "ok" to everything.
+pub(crate) async fn echo_upstream() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
