@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
-use tokio::sync::OnceCell;
 
 use crate::CloudEvent;
 use crate::publish::{NatsError, STREAM};
@@ -64,8 +63,9 @@ impl ConsumerSettings {
 
 pub struct Consumer {
     jetstream: jetstream::Context,
-    /// Made when NATS first answers.
-    consumer: OnceCell<jetstream::consumer::Consumer<pull::Config>>,
+    /// Made when NATS first answers; made again after a failed fetch (NATS
+    /// may have lost it).
+    consumer: std::sync::Mutex<Option<jetstream::consumer::Consumer<pull::Config>>>,
     url: String,
     settings: ConsumerSettings,
     handler: Arc<dyn EventHandler>,
@@ -81,15 +81,24 @@ impl Consumer {
         handler: Arc<dyn EventHandler>,
     ) -> Result<Self, NatsError> {
         let jetstream = jetstream::new(crate::publish::connect(url, true).await?);
-        let consumer = Self { jetstream, consumer: OnceCell::new(), url: url.into(), settings, handler };
+        let consumer = Self { jetstream, consumer: Default::default(), url: url.into(), settings, handler };
         if let Err(error) = crate::publish::within_start_wait(consumer.consumer()).await {
             tracing::warn!(%error, durable = %consumer.settings.durable, "events will be consumed once NATS answers");
         }
         Ok(consumer)
     }
 
-    async fn consumer(&self) -> Result<&jetstream::consumer::Consumer<pull::Config>, NatsError> {
-        self.consumer.get_or_try_init(|| self.create()).await
+    async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
+        if let Some(consumer) = self.consumer.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok(consumer);
+        }
+        let consumer = self.create().await?;
+        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.clone());
+        Ok(consumer)
+    }
+
+    fn forget(&self) {
+        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     async fn create(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
@@ -126,7 +135,11 @@ impl Consumer {
     /// returns how many were handled (acknowledged).
     pub async fn try_consume_batch(&self, max: usize, wait: Duration) -> Result<usize, String> {
         let consumer = self.consumer().await.map_err(|e| e.to_string())?;
-        let mut batch = consumer.fetch().max_messages(max).expires(wait).messages().await.map_err(|e| e.to_string())?;
+        let fetched = consumer.fetch().max_messages(max).expires(wait).messages().await;
+        let mut batch = fetched.map_err(|e| {
+            self.forget();
+            e.to_string()
+        })?;
         let mut handled = 0;
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| e.to_string())?;

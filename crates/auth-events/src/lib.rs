@@ -16,6 +16,7 @@
 pub mod cloudevent;
 pub mod consumer;
 pub mod handover;
+pub mod nats_feed;
 pub mod nats_revocation;
 pub mod publish;
 pub mod relay;
@@ -23,7 +24,8 @@ pub mod revocation;
 
 pub use cloudevent::CloudEvent;
 pub use consumer::{Consumer, ConsumerSettings, EventHandler};
-pub use nats_revocation::{NatsRevocationFeed, NatsRevocationSink};
+pub use nats_feed::NatsRevocationFeed;
+pub use nats_revocation::NatsRevocationSink;
 pub use publish::{InProcessBus, NatsPublisher};
 pub use relay::OutboxRelay;
 pub use revocation::{FanOut, InProcessFeed, RevocationFeed, RevocationSet};

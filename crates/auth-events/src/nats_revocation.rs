@@ -3,7 +3,7 @@
 //! entries expiring with the longest token they could match.
 //!
 //! The auth-service writes ([`NatsRevocationSink`]); every gateway watches
-//! ([`NatsRevocationFeed`]). A gateway vouches for its set only on evidence:
+//! ([`crate::nats_feed::NatsRevocationFeed`]). A gateway vouches for its set only on evidence:
 //! it asks the server for the bucket's last sequence and counts itself
 //! current as of that moment once its watch has applied that sequence. With
 //! no such evidence for `max_staleness` (NATS down, a link that hangs, a
@@ -12,36 +12,32 @@
 //! Neither side needs NATS to start: the bucket is opened when the server
 //! first answers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use async_trait::async_trait;
 use auth_core::{DomainEvent, EventKind, RevocationSink, SessionId, UserId};
-use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::OnceCell;
 
 use crate::publish::NatsError;
-use crate::{RevocationFeed, RevocationSet};
 
 pub const BUCKET: &str = "gatehouse_revocations";
 
 #[derive(Debug, Serialize, Deserialize)]
-struct Entry {
+pub(crate) struct Entry {
     /// Tokens issued at or before this instant are revoked (users only).
     #[serde(default)]
-    not_before: Option<i64>,
+    pub(crate) not_before: Option<i64>,
     /// After this the entry can match no live token.
-    until: i64,
+    pub(crate) until: i64,
 }
 
 /// Opens the bucket, creating its stream on first use. The stream is made
 /// directly, as a KV bucket's stream is laid out, because this client cannot
 /// read NATS 2.9's answer to its own bucket-creation request.
-async fn bucket(jetstream: &jetstream::Context, url: &str, reach: Duration) -> Result<kv::Store, NatsError> {
+pub(crate) async fn bucket(jetstream: &jetstream::Context, url: &str, reach: Duration) -> Result<kv::Store, NatsError> {
     use jetstream::stream;
     let fail = |e: &dyn std::fmt::Display| NatsError::stream(&format!("KV_{BUCKET}"), url, e);
     jetstream
@@ -73,7 +69,9 @@ pub const FAST_PATH_LIMIT: Duration = Duration::from_millis(300);
 #[derive(Clone)]
 pub struct NatsRevocationSink {
     jetstream: jetstream::Context,
-    kv: Arc<OnceCell<kv::Store>>,
+    /// The bucket, once opened; forgotten after a failed write (NATS may
+    /// have lost it), so the next write opens (and makes) it again.
+    kv: Arc<Mutex<Option<kv::Store>>>,
     url: Arc<str>,
     reach: Duration,
 }
@@ -96,8 +94,21 @@ impl NatsRevocationSink {
         Ok(sink)
     }
 
-    async fn store(&self) -> Result<&kv::Store, NatsError> {
-        self.kv.get_or_try_init(|| bucket(&self.jetstream, &self.url, self.reach)).await
+    fn opened(&self) -> Option<kv::Store> {
+        self.kv.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn forget(&self) {
+        *self.kv.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    async fn store(&self) -> Result<kv::Store, NatsError> {
+        if let Some(kv) = self.opened() {
+            return Ok(kv);
+        }
+        let kv = bucket(&self.jetstream, &self.url, self.reach).await?;
+        *self.kv.lock().unwrap_or_else(|e| e.into_inner()) = Some(kv.clone());
+        Ok(kv)
     }
 
     /// The revocation an outbox event implies, if any: the relay writes these
@@ -120,22 +131,37 @@ impl NatsRevocationSink {
     }
 
     async fn try_put(&self, key: &str, entry: &Entry) -> Result<(), String> {
-        let value = serde_json::to_vec(entry).unwrap_or_default();
         let kv = self.store().await.map_err(|e| e.to_string())?;
-        kv.put(key, value.into()).await.map(|_| ()).map_err(|e| e.to_string())
+        self.put_into(&kv, key, entry).await
+    }
+
+    async fn put_into(&self, kv: &kv::Store, key: &str, entry: &Entry) -> Result<(), String> {
+        let value = serde_json::to_vec(entry).unwrap_or_default();
+        kv.put(key, value.into()).await.map(|_| ()).map_err(|e| {
+            self.forget();
+            e.to_string()
+        })
     }
 
     /// The fast path: one try, bounded by [`FAST_PATH_LIMIT`], on a task of
-    /// its own so the request that revoked never waits for NATS.
+    /// its own so the request that revoked never waits for NATS; skipped
+    /// while the bucket is not open (the relay opens it).
     fn put_soon(&self, key: String, entry: Entry) {
+        let Some(kv) = self.opened() else {
+            tracing::debug!(%key, "revocation fast path skipped: NATS not ready; the outbox relay will deliver it");
+            return;
+        };
         let sink = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(FAST_PATH_LIMIT, sink.try_put(&key, &entry)).await {
+            match tokio::time::timeout(FAST_PATH_LIMIT, sink.put_into(&kv, &key, &entry)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
                     tracing::warn!(%error, %key, "revocation fast path failed; the outbox relay will deliver it")
                 }
-                Err(_) => tracing::warn!(%key, "revocation fast path timed out; the outbox relay will deliver it"),
+                Err(_) => {
+                    sink.forget();
+                    tracing::warn!(%key, "revocation fast path timed out; the outbox relay will deliver it")
+                }
             }
         });
     }
@@ -150,159 +176,5 @@ impl RevocationSink for NatsRevocationSink {
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
         let entry = Entry { not_before: Some(not_before.unix_timestamp()), until: until.unix_timestamp() };
         self.put_soon(format!("user.{user}"), entry);
-    }
-}
-
-/// A gateway's view of the bucket.
-#[derive(Debug)]
-pub struct NatsRevocationFeed {
-    set: RevocationSet,
-    /// The highest stream sequence the watch has applied.
-    applied: AtomicU64,
-    /// The newest probe the watch has not caught up with: when it was sent
-    /// (as `healthy_at` counts) and the bucket's last sequence then.
-    waiting: Mutex<Option<(u64, u64)>>,
-    /// Milliseconds from `started` to the newest moment the set is known to
-    /// have held every revocation, plus one (0: never): an atomic, because
-    /// every authenticated request reads it.
-    healthy_at: AtomicU64,
-    started: Instant,
-    max_staleness: Duration,
-}
-
-impl NatsRevocationFeed {
-    /// Starts watching in the background and returns at once: the feed is
-    /// not current until NATS has answered and the watch has caught up.
-    pub async fn start(url: &str, reach: Duration, max_staleness: Duration) -> Result<Arc<Self>, NatsError> {
-        let client = crate::publish::connect(url, true).await?;
-        let js = jetstream::new(client);
-        let feed = Arc::new(Self {
-            set: RevocationSet::new(),
-            applied: AtomicU64::new(0),
-            waiting: Mutex::new(None),
-            healthy_at: AtomicU64::new(0),
-            started: Instant::now(),
-            max_staleness,
-        });
-        tokio::spawn(Arc::clone(&feed).watch(js.clone(), url.to_owned(), reach));
-        tokio::spawn(Arc::clone(&feed).probe(js, url.to_owned()));
-        Ok(feed)
-    }
-
-    fn now_mark(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
-    }
-
-    /// The set held every revocation as of `mark` (a [`Self::now_mark`]).
-    fn current_as_of(&self, mark: u64) {
-        self.healthy_at.fetch_max(mark, Ordering::AcqRel);
-    }
-
-    fn apply(&self, entry: &kv::Entry) {
-        if matches!(entry.operation, kv::Operation::Put) {
-            match serde_json::from_slice::<Entry>(&entry.value) {
-                Ok(value) => match (entry.key.split_once('.'), value.not_before) {
-                    (Some(("session", sid)), _) => self.set.revoke_session(sid, value.until),
-                    (Some(("user", uid)), Some(not_before)) => self.set.revoke_user(uid, not_before, value.until),
-                    _ => tracing::warn!(key = %entry.key, "ignoring an unknown revocation key"),
-                },
-                Err(_) => tracing::warn!(key = %entry.key, "ignoring a malformed revocation entry"),
-            }
-        }
-        self.applied.fetch_max(entry.revision, Ordering::AcqRel);
-        self.settle();
-    }
-
-    /// Turns the waiting probe into evidence once the watch has caught up.
-    fn settle(&self) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((sent, last)) = *waiting
-            && self.applied.load(Ordering::Acquire) >= last
-        {
-            self.current_as_of(sent);
-            *waiting = None;
-        }
-    }
-
-    /// Opens the bucket, replays it, then follows it; again after any break.
-    async fn watch(self: Arc<Self>, js: jetstream::Context, url: String, reach: Duration) {
-        let mut kv = None;
-        loop {
-            let followed = match &kv {
-                Some(kv) => self.follow(kv).await,
-                None => match bucket(&js, &url, reach).await {
-                    Ok(opened) => {
-                        kv = Some(opened);
-                        continue;
-                    }
-                    Err(error) => Err(error.to_string()),
-                },
-            };
-            match followed {
-                Ok(()) => tracing::warn!("the revocation watch ended; watching again"),
-                Err(error) => tracing::warn!(%error, "the revocation watch failed; watching again"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn follow(&self, kv: &kv::Store) -> Result<(), String> {
-        let mut watch = kv.watch_with_history(">").await.map_err(|e| e.to_string())?;
-        while let Some(entry) = watch.next().await {
-            self.apply(&entry.map_err(|e| e.to_string())?);
-        }
-        Ok(())
-    }
-
-    /// Asks the server for the bucket's last sequence several times per
-    /// `max_staleness`. An empty bucket is evidence at once; otherwise the
-    /// answer becomes evidence when the watch has applied that sequence. A
-    /// connection the client still calls open proves nothing: a link that
-    /// hangs looks just like that.
-    async fn probe(self: Arc<Self>, js: jetstream::Context, url: String) {
-        let every = (self.max_staleness / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        loop {
-            tick.tick().await;
-            let sent = self.now_mark();
-            let answer = tokio::time::timeout(self.max_staleness, js.get_stream(format!("KV_{BUCKET}"))).await;
-            let state = match answer {
-                Ok(Ok(stream)) => stream.cached_info().state.clone(),
-                Ok(Err(error)) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(%error, %url, "cannot read the revocation bucket; failing closed after max_staleness");
-                    }
-                    continue;
-                }
-                Err(_) => {
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(%url, "NATS did not answer within max_staleness; failing closed");
-                    }
-                    continue;
-                }
-            };
-            if std::mem::replace(&mut failing, false) {
-                tracing::info!(%url, "NATS answers again");
-            }
-            if state.messages == 0 {
-                self.current_as_of(sent);
-            } else {
-                *self.waiting.lock().unwrap_or_else(|e| e.into_inner()) = Some((sent, state.last_sequence));
-                self.settle();
-            }
-        }
-    }
-}
-
-impl RevocationFeed for NatsRevocationFeed {
-    fn set(&self) -> &RevocationSet {
-        &self.set
-    }
-
-    fn is_current(&self) -> bool {
-        let healthy_at = self.healthy_at.load(Ordering::Acquire);
-        healthy_at > 0 && self.started.elapsed() <= Duration::from_millis(healthy_at - 1) + self.max_staleness
     }
 }

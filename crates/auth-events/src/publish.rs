@@ -2,12 +2,13 @@
 //! `gatehouse up`. Both are [`EventSink`]s for the outbox relay.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
 use async_trait::async_trait;
 use auth_core::{DomainEvent, EventSink};
-use tokio::sync::{OnceCell, broadcast};
+use tokio::sync::broadcast;
 
 use std::sync::Arc;
 
@@ -136,8 +137,9 @@ pub(crate) async fn connect(url: &str, retry_initial_connect: bool) -> Result<as
 #[derive(Clone)]
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
-    /// Set once the stream is known to exist.
-    stream: Arc<OnceCell<()>>,
+    /// Set once the stream is known to exist; cleared when a publish fails
+    /// (NATS may have lost it), so the next batch makes it again.
+    stream: Arc<AtomicBool>,
     url: Arc<str>,
     revocations: Option<NatsRevocationSink>,
 }
@@ -162,22 +164,23 @@ impl NatsPublisher {
     }
 
     async fn ensure_stream(&self) -> Result<(), NatsError> {
-        let create = || async {
-            self.jetstream
-                .create_or_update_stream(stream::Config {
-                    name: STREAM.into(),
-                    subjects: vec![SUBJECTS.into()],
-                    storage: stream::StorageType::File,
-                    duplicate_window: Duration::from_secs(120),
-                    // Consumers catch up within a week or rebuild from their own data.
-                    max_age: Duration::from_secs(7 * 24 * 3600),
-                    ..Default::default()
-                })
-                .await
-                .map(|_| ())
-                .map_err(|e| NatsError::stream(STREAM, &self.url, &e))
-        };
-        self.stream.get_or_try_init(create).await.map(|_| ())
+        if self.stream.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.jetstream
+            .create_or_update_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![SUBJECTS.into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                // Consumers catch up within a week or rebuild from their own data.
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| NatsError::stream(STREAM, &self.url, &e))?;
+        self.stream.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Also writes the revocation each logout or deletion event implies, before
@@ -223,6 +226,7 @@ impl EventSink for NatsPublisher {
                 Ok(ack) => pending.push(ack),
                 Err(error) => {
                     tracing::warn!(%error, event_id = %cloud.id, "publishing to NATS failed");
+                    self.stream.store(false, Ordering::Release);
                     break;
                 }
             }
@@ -233,6 +237,7 @@ impl EventSink for NatsPublisher {
                 Ok(_) => accepted += 1,
                 Err(error) => {
                     tracing::warn!(%error, "NATS did not acknowledge an event");
+                    self.stream.store(false, Ordering::Release);
                     break;
                 }
             }

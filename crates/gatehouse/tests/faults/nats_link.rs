@@ -173,3 +173,41 @@ async fn the_gateway_that_carries_a_logout_or_deletion_enforces_it_on_the_very_n
     assert_eq!(deleted.status(), 204);
     assert_eq!(api(&client, gw, &other).await.0, 401, "another session of a deleted account was accepted");
 }
+
+#[tokio::test]
+async fn a_revocation_bucket_made_anew_is_replayed_before_the_gateway_vouches_again() {
+    let store = TempDir::new();
+    let port = free_port();
+    let _nats = OwnNats::start(port, &store.0).await;
+    let url = format!("nats://127.0.0.1:{port}");
+    let d = deploy(&url, &url, "2").await;
+    let client = reqwest::Client::new();
+    let gw = &d.gateway.url;
+    within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
+    // Many entries, so the gateway's watch is far along the old stream.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let bucket = js.get_key_value("gatehouse_revocations").await.unwrap();
+    let until = auth_core::Clock::now(&auth_core::SystemClock).unix_timestamp() + 600;
+    for _ in 0..100 {
+        let value = format!("{{\"until\":{until}}}");
+        bucket.put(format!("session.{}", uuid::Uuid::new_v4()), value.into()).await.unwrap();
+    }
+    let browser = sign_in(&client, gw).await;
+    within(Duration::from_secs(30), || async { api(&client, gw, &browser).await.0 == 200 }).await.unwrap();
+
+    // NATS loses the bucket (a store wiped, `nats kv rm`); the next write makes it anew.
+    js.delete_stream("KV_gatehouse_revocations").await.unwrap();
+    logout_at_auth(&client, &d.auth.url, &browser).await;
+    let closed = std::cell::Cell::new(false);
+    let refused = within(Duration::from_secs(60), || async {
+        let status = api(&client, gw, &browser).await.0;
+        assert!(
+            !(closed.get() && status == 200),
+            "the gateway vouched again without the logout made on the new bucket"
+        );
+        closed.set(closed.get() || status == 503);
+        status == 401
+    });
+    let took = refused.await.expect("the logout on the new bucket never reached the gateway");
+    eprintln!("bucket made anew: the logout on it was enforced {took:?} after it");
+}
