@@ -245,8 +245,11 @@ impl Gateway {
         let started = Instant::now();
         let mut response = forward::send(route, request, target, upgrade).await?;
         route.stats.upstream_latency(started.elapsed());
-        if let Some(revoked) = response.headers_mut().remove(handover::HEADER) {
-            self.take_revocations(route, revoked.as_bytes());
+        if response.headers().contains_key(handover::HEADER) {
+            for revoked in response.headers().get_all(handover::HEADER) {
+                self.take_revocations(route, revoked.as_bytes());
+            }
+            response.headers_mut().remove(handover::HEADER);
         }
         Ok(response)
     }
@@ -257,7 +260,12 @@ impl Gateway {
     pub(crate) fn take_revocations(&self, route: &Route, value: &[u8]) {
         if route.forward_credentials {
             handover::apply(value, self.0.revocations.set());
-        } else {
+            return;
+        }
+        // Once a second at most: a hostile upstream is no flood of log lines.
+        static LOGGED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let second = self.now();
+        if LOGGED.swap(second, std::sync::atomic::Ordering::Relaxed) != second {
             tracing::warn!(prefix = %route.prefix, "ignoring Gatehouse-Revoked from an upstream that is not the auth-service");
         }
     }

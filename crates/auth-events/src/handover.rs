@@ -121,11 +121,30 @@ mod tests {
         assert!(!set.is_revoked("other", &user.to_string(), 101));
     }
 
+    /// Counts what it is told.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl RevocationSink for Counting {
+        async fn session_revoked(&self, _: SessionId, _: OffsetDateTime) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[tokio::test]
-    async fn an_answer_that_revokes_nothing_carries_no_header_and_outside_an_answer_nothing_is_noted() {
+    async fn an_answer_that_revokes_nothing_carries_no_header_and_outside_an_answer_the_sink_is_still_told() {
         let ((), value) = recording(async {}).await;
         assert_eq!(value, None);
-        Recording(Arc::new(Nothing)).session_revoked(SessionId::new(), OffsetDateTime::UNIX_EPOCH).await;
+        let counting = Arc::new(Counting::default());
+        Recording(counting.clone()).session_revoked(SessionId::new(), OffsetDateTime::UNIX_EPOCH).await;
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Nor does a revocation made outside one leak into the next answer.
+        let ((), value) = recording(async {}).await;
+        assert_eq!(value, None);
     }
 
     #[test]

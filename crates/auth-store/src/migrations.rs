@@ -70,7 +70,9 @@ runner!(
     POSTGRES,
     setup: "CREATE TABLE IF NOT EXISTS gatehouse_migrations \
             (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    lock: Some("SELECT pg_advisory_xact_lock(7449354444734264691)"),
+    // A migration may take longer than the sessions' statement timeout, and
+    // so may waiting for another process's.
+    lock: Some("SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)"),
     select: "SELECT version FROM gatehouse_migrations WHERE version = $1",
     insert: "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)"
 );

@@ -22,15 +22,22 @@ pub struct PgStore {
 impl PgStore {
     /// Every statement is bounded (`statement_timeout` 5 s) and so is a
     /// transaction left idle (10 s): a stuck query or a lost client answers
-    /// 503 instead of holding a request, a connection and its locks.
+    /// 503 instead of holding a request, a connection and its locks. Set
+    /// per session after connecting (a pooler such as PgBouncer refuses
+    /// them as startup options); migrations lift the bound for themselves.
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
-        let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
-            .map_err(|e| OpenError::Connect(e.to_string()))?
-            .options([("statement_timeout", "5s"), ("idle_in_transaction_session_timeout", "10s")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(options)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET statement_timeout = '5s'; SET idle_in_transaction_session_timeout = '10s'")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect(url)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         Ok(Self { pool })
@@ -347,13 +354,25 @@ impl Outbox for PgStore {
         Ok(())
     }
 
+    /// In batches, each well within the statement timeout, however many
+    /// events a long outage left.
     async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+        const BATCH: u64 = 5_000;
+        let mut pruned = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM outbox WHERE id IN \
+                 (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT 5000)",
+            )
             .bind(before)
             .execute(&self.pool)
             .await
             .map_err(store_error)?;
-        Ok(done.rows_affected())
+            pruned += done.rows_affected();
+            if done.rows_affected() < BATCH {
+                return Ok(pruned);
+            }
+        }
     }
 
     async fn relay_batch(&self, limit: u32, sink: &dyn EventSink, now: OffsetDateTime) -> Result<usize, StoreError> {

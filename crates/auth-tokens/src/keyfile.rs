@@ -17,7 +17,7 @@ pub enum KeyFileError {
     #[error("{path} is not a valid Gatehouse key file: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error(
-        "{path} holds the signing keys but others may read it (mode {mode:03o}); make it private: chmod 600 {path}"
+        "{path} holds the signing keys but others may read or write it (mode {mode:03o}); make it private: chmod 600 {path}"
     )]
     Exposed { path: PathBuf, mode: u32 },
 }
@@ -60,15 +60,18 @@ pub fn load_or_create(path: &Path, now: i64) -> Result<Secrets, KeyFileError> {
 pub fn load(path: &Path) -> Result<Secrets, KeyFileError> {
     let io = |source| KeyFileError::Io { path: path.to_owned(), source };
     let invalid = |reason: &str| KeyFileError::Invalid { path: path.to_owned(), reason: reason.into() };
+    // The mode of the file read, not of whatever the path names a moment later.
+    let mut file = std::fs::File::open(path).map_err(io)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             return Err(KeyFileError::Exposed { path: path.to_owned(), mode });
         }
     }
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(io)?;
     let stored: Stored = serde_json::from_str(&text).map_err(|e| invalid(&e.to_string()))?;
     let mut keys = Vec::with_capacity(stored.signing_keys.len());
     for k in stored.signing_keys {

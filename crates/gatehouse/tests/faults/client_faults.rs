@@ -30,6 +30,7 @@ async fn a_malformed_or_oversized_body_through_the_gateway_is_the_clients_error(
     )
     .await;
     assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+    assert!(malformed.contains("\"invalid_body\""), "{malformed}");
 
     let client = reqwest::Client::new();
     let large = format!("{{\"email\":\"a@example.com\",\"password\":\"{}\"}}", "x".repeat(4 * 1024 * 1024));

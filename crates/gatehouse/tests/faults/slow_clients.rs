@@ -47,10 +47,15 @@ async fn half_sent_heads_and_bodies_are_cut_off_and_health_stays_reachable_under
     let server = start(cmd).await;
     let address = server.url.trim_start_matches("http://").to_owned();
 
+    // A third send nothing at all, a third half a head, a third half a body.
     let mut held = Vec::new();
     for i in 0..300 {
         let mut stream = TcpStream::connect(&address).await.unwrap();
-        let _ = stream.write_all(if i % 2 == 0 { HALF_HEAD } else { HALF_BODY }).await;
+        let _ = match i % 3 {
+            0 => Ok(()),
+            1 => stream.write_all(HALF_HEAD).await,
+            _ => stream.write_all(HALF_BODY).await,
+        };
         held.push(stream);
     }
     // Beyond the limit a client gets an answer, never silence.
@@ -62,7 +67,15 @@ async fn half_sent_heads_and_bodies_are_cut_off_and_health_stays_reachable_under
     for stream in &mut held {
         match closed_within(stream, Duration::from_secs(10).saturating_sub(since.elapsed())).await {
             None => open += 1,
-            Some(answer) => refused += usize::from(answer.starts_with(b"HTTP/1.1 503")),
+            Some(answer) if answer.starts_with(b"HTTP/1.1 503") => {
+                let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let (head, body) = (String::from_utf8_lossy(&answer[..split]), &answer[split..]);
+                assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+                let body: serde_json::Value = serde_json::from_slice(body).expect("a JSON 503");
+                assert_eq!(body["error"]["code"], "too_many_connections");
+                refused += 1;
+            }
+            Some(_) => {}
         }
     }
     let all_closed = since.elapsed();
@@ -76,5 +89,36 @@ async fn half_sent_heads_and_bodies_are_cut_off_and_health_stays_reachable_under
     assert!(refused > 0, "no connection beyond the limit was answered 503");
     assert_eq!(healthz(&server.url).await, 200);
     drop(held);
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_request_the_service_works_on_longer_than_the_idle_timeout_is_still_answered() {
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    // One hashing slot and slow hashes: the last of 30 logins waits seconds.
+    cmd.env("GATEHOUSE_AUTH_SERVICE__CLIENT_HEADER_TIMEOUT_SECS", "1")
+        .env("GATEHOUSE_AUTH_SERVICE__CLIENT_IDLE_TIMEOUT_SECS", "1")
+        .env("GATEHOUSE_PASSWORDS__HASHING__PERMITS", "1")
+        .env("GATEHOUSE_PASSWORDS__HASHING__ITERATIONS", "12")
+        .env("GATEHOUSE_PASSWORDS__HASHING__MAX_WAIT_MS", "60000")
+        .arg("auth-service");
+    let server = start(cmd).await;
+    let client = reqwest::Client::new();
+    let since = Instant::now();
+    let logins = (0..30).map(|i| {
+        let (client, url) = (client.clone(), server.url.clone());
+        tokio::spawn(async move {
+            let creds = serde_json::json!({"email": format!("nobody{i}@example.com"), "password": PASSWORD});
+            client.post(format!("{url}/auth/login")).json(&creds).send().await.map(|r| r.status().as_u16())
+        })
+    });
+    let answers = futures_util::future::join_all(logins).await;
+    let took = since.elapsed();
+    eprintln!("slow service: 30 logins through one hashing slot took {took:?} with a 1 s idle timeout");
+    for answer in answers {
+        assert_eq!(answer.unwrap().expect("a connection was cut while the service worked"), 401);
+    }
+    assert!(took > Duration::from_secs(2), "the logins did not outlast the idle timeout ({took:?}); make them slower");
     assert!(server.stop().await.success());
 }
