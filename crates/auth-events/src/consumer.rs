@@ -140,12 +140,21 @@ impl Consumer {
             self.forget();
             e.to_string()
         })?;
-        let mut handled = 0;
+        let (mut handled, mut received) = (0, 0);
         while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| e.to_string())?;
+            let message = message.map_err(|e| {
+                self.forget();
+                e.to_string()
+            })?;
+            received += 1;
             if self.process(&message).await {
                 handled += 1;
             }
+        }
+        // A consumer NATS lost answers nothing at all: ask after a quiet batch.
+        if received == 0 && consumer.clone().info().await.is_err() {
+            self.forget();
+            return Err(format!("the consumer {} is gone; making it again", self.settings.durable));
         }
         Ok(handled)
     }
