@@ -61,16 +61,17 @@ pub async fn send(
         return exchange(route, request, target, upgrade).await;
     }
     let fault = Arc::new(OnceLock::new());
-    let watched = ClientBody { fault: fault.clone(), limit: route.max_body_bytes, seen: 0 };
-    let request = request.map(|body| Body::new(WatchedBody { body, watch: watched }));
-    match exchange(route, request, target, upgrade).await {
-        Err(GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout) if fault.get().is_some() => {
-            Err(match fault.get() {
-                Some(BodyFault::TooLarge) => GatewayError::BodyTooLarge,
-                _ => GatewayError::InvalidBody,
-            })
+    let (limit, watching) = (route.max_body_bytes, fault.clone());
+    let request = request.map(|body| Body::new(WatchedBody { body, fault: watching, limit, seen: 0 }));
+    let exchanged = exchange(route, request, target, upgrade).await;
+    match (exchanged, fault.get()) {
+        (Err(GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout), Some(BodyFault::TooLarge)) => {
+            Err(GatewayError::BodyTooLarge)
         }
-        other => other,
+        (Err(GatewayError::UpstreamUnavailable | GatewayError::UpstreamTimeout), Some(BodyFault::Broken)) => {
+            Err(GatewayError::InvalidBody)
+        }
+        (exchanged, _) => exchanged,
     }
 }
 
@@ -83,17 +84,13 @@ enum BodyFault {
     TooLarge,
 }
 
-/// What a [`WatchedBody`] counts and notes.
-struct ClientBody {
+/// A client's request body, passed on as it comes and counted against
+/// `limit`; its first fault is noted in `fault`.
+struct WatchedBody {
+    body: Body,
     fault: Arc<OnceLock<BodyFault>>,
     limit: Option<u64>,
     seen: u64,
-}
-
-/// A client's request body, passed on as it comes; its first fault is noted.
-struct WatchedBody {
-    body: Body,
-    watch: ClientBody,
 }
 
 impl hyper::body::Body for WatchedBody {
@@ -108,17 +105,16 @@ impl hyper::body::Body for WatchedBody {
         let this = &mut *self;
         match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let watch = &mut this.watch;
-                watch.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-                if watch.limit.is_some_and(|limit| watch.seen > limit) {
-                    let _ = watch.fault.set(BodyFault::TooLarge);
+                this.seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if this.limit.is_some_and(|limit| this.seen > limit) {
+                    let _ = this.fault.set(BodyFault::TooLarge);
                     linger(std::mem::replace(&mut this.body, Body::empty()));
                     return Poll::Ready(Some(Err(axum::Error::new("the request body is over the route's limit"))));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                let _ = this.watch.fault.set(BodyFault::Broken);
+                let _ = this.fault.set(BodyFault::Broken);
                 Poll::Ready(Some(Err(error)))
             }
             other => other,

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 
 use crate::CloudEvent;
-use crate::publish::{NatsError, STREAM};
+use crate::publish::{NatsError, Remembered, STREAM};
 
 /// The stream keeping events no handler could take.
 pub const DEAD_LETTER_STREAM: &str = "GATEHOUSE_DEAD_LETTERS";
@@ -65,7 +65,7 @@ pub struct Consumer {
     jetstream: jetstream::Context,
     /// Made when NATS first answers; made again after a failed fetch (NATS
     /// may have lost it).
-    consumer: std::sync::Mutex<Option<jetstream::consumer::Consumer<pull::Config>>>,
+    consumer: Remembered<jetstream::consumer::Consumer<pull::Config>>,
     url: String,
     settings: ConsumerSettings,
     handler: Arc<dyn EventHandler>,
@@ -89,16 +89,7 @@ impl Consumer {
     }
 
     async fn consumer(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
-        if let Some(consumer) = self.consumer.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            return Ok(consumer);
-        }
-        let consumer = self.create().await?;
-        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some(consumer.clone());
-        Ok(consumer)
-    }
-
-    fn forget(&self) {
-        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.consumer.get_or_make(|| self.create()).await
     }
 
     async fn create(&self) -> Result<jetstream::consumer::Consumer<pull::Config>, NatsError> {
@@ -137,13 +128,13 @@ impl Consumer {
         let consumer = self.consumer().await.map_err(|e| e.to_string())?;
         let fetched = consumer.fetch().max_messages(max).expires(wait).messages().await;
         let mut batch = fetched.map_err(|e| {
-            self.forget();
+            self.consumer.forget();
             e.to_string()
         })?;
         let (mut handled, mut received) = (0, 0);
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| {
-                self.forget();
+                self.consumer.forget();
                 e.to_string()
             })?;
             received += 1;
@@ -153,7 +144,7 @@ impl Consumer {
         }
         // A consumer NATS lost answers nothing at all: ask after a quiet batch.
         if received == 0 && consumer.clone().info().await.is_err() {
-            self.forget();
+            self.consumer.forget();
             return Err(format!("the consumer {} is gone; making it again", self.settings.durable));
         }
         Ok(handled)

@@ -3,16 +3,11 @@
 //! entries expiring with the longest token they could match.
 //!
 //! The auth-service writes ([`NatsRevocationSink`]); every gateway watches
-//! ([`crate::nats_feed::NatsRevocationFeed`]). A gateway vouches for its set only on evidence:
-//! it asks the server for the bucket's last sequence and counts itself
-//! current as of that moment once its watch has applied that sequence. With
-//! no such evidence for `max_staleness` (NATS down, a link that hangs, a
-//! watch that stalled) authenticated requests fail closed.
-//!
+//! ([`crate::nats_feed::NatsRevocationFeed`], which says when it vouches).
 //! Neither side needs NATS to start: the bucket is opened when the server
 //! first answers.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
@@ -21,7 +16,7 @@ use auth_core::{DomainEvent, EventKind, RevocationSink, SessionId, UserId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::publish::NatsError;
+use crate::publish::{NatsError, Remembered};
 
 pub const BUCKET: &str = "gatehouse_revocations";
 
@@ -69,9 +64,7 @@ pub const FAST_PATH_LIMIT: Duration = Duration::from_millis(300);
 #[derive(Clone)]
 pub struct NatsRevocationSink {
     jetstream: jetstream::Context,
-    /// The bucket, once opened; forgotten after a failed write (NATS may
-    /// have lost it), so the next write opens (and makes) it again.
-    kv: Arc<Mutex<Option<kv::Store>>>,
+    kv: Arc<Remembered<kv::Store>>,
     url: Arc<str>,
     reach: Duration,
 }
@@ -94,21 +87,8 @@ impl NatsRevocationSink {
         Ok(sink)
     }
 
-    fn opened(&self) -> Option<kv::Store> {
-        self.kv.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn forget(&self) {
-        *self.kv.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
-
     async fn store(&self) -> Result<kv::Store, NatsError> {
-        if let Some(kv) = self.opened() {
-            return Ok(kv);
-        }
-        let kv = bucket(&self.jetstream, &self.url, self.reach).await?;
-        *self.kv.lock().unwrap_or_else(|e| e.into_inner()) = Some(kv.clone());
-        Ok(kv)
+        self.kv.get_or_make(|| bucket(&self.jetstream, &self.url, self.reach)).await
     }
 
     /// The revocation an outbox event implies, if any: the relay writes these
@@ -138,7 +118,7 @@ impl NatsRevocationSink {
     async fn put_into(&self, kv: &kv::Store, key: &str, entry: &Entry) -> Result<(), String> {
         let value = serde_json::to_vec(entry).unwrap_or_default();
         kv.put(key, value.into()).await.map(|_| ()).map_err(|e| {
-            self.forget();
+            self.kv.forget();
             e.to_string()
         })
     }
@@ -147,7 +127,7 @@ impl NatsRevocationSink {
     /// its own so the request that revoked never waits for NATS; skipped
     /// while the bucket is not open (the relay opens it).
     fn put_soon(&self, key: String, entry: Entry) {
-        let Some(kv) = self.opened() else {
+        let Some(kv) = self.kv.get() else {
             tracing::debug!(%key, "revocation fast path skipped: NATS not ready; the outbox relay will deliver it");
             return;
         };
@@ -159,7 +139,7 @@ impl NatsRevocationSink {
                     tracing::warn!(%error, %key, "revocation fast path failed; the outbox relay will deliver it")
                 }
                 Err(_) => {
-                    sink.forget();
+                    sink.kv.forget();
                     tracing::warn!(%key, "revocation fast path timed out; the outbox relay will deliver it")
                 }
             }

@@ -2,7 +2,6 @@
 //! `gatehouse up`. Both are [`EventSink`]s for the outbox relay.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, stream};
@@ -118,6 +117,40 @@ pub(crate) async fn within_start_wait<T>(
     }
 }
 
+/// Something made on NATS (a stream, a bucket, a consumer): remembered once
+/// made, forgotten after a failure that may mean NATS lost it, so the next
+/// use makes it again.
+pub(crate) struct Remembered<T>(Mutex<Option<T>>);
+
+impl<T> Default for Remembered<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: Clone> Remembered<T> {
+    pub(crate) fn get(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The remembered one, or a new one from `make`, remembered.
+    pub(crate) async fn get_or_make<F>(&self, make: impl FnOnce() -> F) -> Result<T, NatsError>
+    where
+        F: std::future::Future<Output = Result<T, NatsError>>,
+    {
+        if let Some(made) = self.get() {
+            return Ok(made);
+        }
+        let made = make().await?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(made.clone());
+        Ok(made)
+    }
+}
+
 /// A NATS client as every part of Gatehouse makes one. With
 /// `retry_initial_connect` the client keeps trying in the background when
 /// the server is not there yet; without, that is an error at once. Pings
@@ -137,9 +170,8 @@ pub(crate) async fn connect(url: &str, retry_initial_connect: bool) -> Result<as
 #[derive(Clone)]
 pub struct NatsPublisher {
     jetstream: jetstream::Context,
-    /// Set once the stream is known to exist; cleared when a publish fails
-    /// (NATS may have lost it), so the next batch makes it again.
-    stream: Arc<AtomicBool>,
+    /// Whether the stream is known to exist.
+    stream: Arc<Remembered<()>>,
     url: Arc<str>,
     revocations: Option<NatsRevocationSink>,
 }
@@ -164,23 +196,22 @@ impl NatsPublisher {
     }
 
     async fn ensure_stream(&self) -> Result<(), NatsError> {
-        if self.stream.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.jetstream
-            .create_or_update_stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![SUBJECTS.into()],
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(120),
-                // Consumers catch up within a week or rebuild from their own data.
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| NatsError::stream(STREAM, &self.url, &e))?;
-        self.stream.store(true, Ordering::Release);
-        Ok(())
+        let create = || async {
+            self.jetstream
+                .create_or_update_stream(stream::Config {
+                    name: STREAM.into(),
+                    subjects: vec![SUBJECTS.into()],
+                    storage: stream::StorageType::File,
+                    duplicate_window: Duration::from_secs(120),
+                    // Consumers catch up within a week or rebuild from their own data.
+                    max_age: Duration::from_secs(7 * 24 * 3600),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+                .map_err(|e| NatsError::stream(STREAM, &self.url, &e))
+        };
+        self.stream.get_or_make(create).await
     }
 
     /// Also writes the revocation each logout or deletion event implies, before
@@ -226,7 +257,7 @@ impl EventSink for NatsPublisher {
                 Ok(ack) => pending.push(ack),
                 Err(error) => {
                     tracing::warn!(%error, event_id = %cloud.id, "publishing to NATS failed");
-                    self.stream.store(false, Ordering::Release);
+                    self.stream.forget();
                     break;
                 }
             }
@@ -237,7 +268,7 @@ impl EventSink for NatsPublisher {
                 Ok(_) => accepted += 1,
                 Err(error) => {
                     tracing::warn!(%error, "NATS did not acknowledge an event");
-                    self.stream.store(false, Ordering::Release);
+                    self.stream.forget();
                     break;
                 }
             }

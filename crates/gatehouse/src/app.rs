@@ -168,28 +168,24 @@ fn token_reach(config: &Config) -> Duration {
     Duration::from_secs(config.token_settings().key_overlap().max(1) as u64)
 }
 
-/// NATS JetStream at `nats`' URL (the relay writing revocations to its
-/// bucket too), with what tells `/readyz` whether it is connected; else the
-/// in-process bus.
-async fn event_sink(nats: Option<(&str, NatsRevocationSink)>) -> anyhow::Result<(Arc<dyn EventSink>, EventsVia)> {
+/// Where the outbox relay sends events: NATS JetStream at `nats`' URL (the
+/// relay writing revocations to its bucket too), with what tells `/readyz`
+/// whether it is connected; else the in-process bus, returned too.
+async fn event_sink(
+    nats: Option<(&str, NatsRevocationSink)>,
+) -> anyhow::Result<(Arc<dyn EventSink>, Option<InProcessBus>, Option<BrokerReport>)> {
     match nats {
         Some((url, revocations)) => {
             let nats = NatsPublisher::connect(url).await?.with_revocations(revocations);
             tracing::info!(%url, "publishing events to NATS JetStream");
             let connected = nats.clone();
-            Ok((Arc::new(nats), EventsVia::Nats(Arc::new(move || connected.is_connected()))))
+            Ok((Arc::new(nats), None, Some(Arc::new(move || connected.is_connected()))))
         }
         None => {
             let bus = InProcessBus::default();
-            Ok((Arc::new(bus.clone()), EventsVia::Bus(bus)))
+            Ok((Arc::new(bus.clone()), Some(bus), None))
         }
     }
-}
-
-/// Where the outbox relay sends events.
-enum EventsVia {
-    Nats(BrokerReport),
-    Bus(InProcessBus),
 }
 
 async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
@@ -219,11 +215,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     }
     // Recorded too, for the gateway relaying the answer (`Gatehouse-Revoked`).
     accounts = accounts.with_revocations(Arc::new(Recording(Arc::new(FanOut(sinks)))));
-    let (sink, via) = event_sink(nats).await?;
-    let (bus, publisher) = match via {
-        EventsVia::Bus(bus) => (Some(bus), None),
-        EventsVia::Nats(publisher) => (None, Some(publisher)),
-    };
+    let (sink, bus, broker) = event_sink(nats).await?;
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     // The deletion ledger hears downstream services' confirmations.
     let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
@@ -239,7 +231,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         (None, None) => None,
     };
     let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), stores.ledger.clone(), settings);
-    if let Some(connected) = publisher {
+    if let Some(connected) = broker {
         state.report_broker(connected);
     }
     Ok(AuthParts {
