@@ -21,7 +21,7 @@ async fn register(client: &reqwest::Client, url: &str) -> String {
 
 /// Adds a note as the page would (cookies and CSRF header).
 async fn add_note(client: &reqwest::Client, url: &str, b: &Browser, body: &str) -> reqwest::Response {
-    let request = client.post(format!("{url}/api/notes")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf);
+    let request = b.unsafe_request(client.post(format!("{url}/api/notes")));
     request.json(&json!({"body": body})).send().await.unwrap()
 }
 
@@ -34,8 +34,7 @@ async fn user_id(client: &reqwest::Client, url: &str, b: &Browser) -> String {
 
 /// Deletes the signed-in user's account, with its password.
 async fn delete_account(client: &reqwest::Client, url: &str, b: &Browser) -> reqwest::Response {
-    let request =
-        client.delete(format!("{url}/auth/delete")).header("cookie", &b.cookie).header("x-csrf-token", &b.csrf);
+    let request = b.unsafe_request(client.delete(format!("{url}/auth/delete")));
     request.json(&json!({"password": PASSWORD})).send().await.unwrap()
 }
 
@@ -59,10 +58,8 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
     let email = register(&client, &url).await;
     let b = log_in(&client, &url, &email).await;
 
-    let created = client
-        .post(format!("{url}/api/notes"))
-        .header("cookie", &b.cookie)
-        .header("x-csrf-token", &b.csrf)
+    let created = b
+        .unsafe_request(client.post(format!("{url}/api/notes")))
         .header("x-user-id", "someone-else")
         .json(&json!({"body": "buy milk"}))
         .send()
@@ -85,13 +82,7 @@ async fn notes_live_behind_the_gateway_and_a_logout_is_refused_at_once() {
     let theirs: Value = notes(&client, &url, &other).await.json().await.unwrap();
     assert_eq!(theirs["notes"], json!([]), "one user's notes leaked to another");
 
-    let logout = client
-        .delete(format!("{url}/auth/logout"))
-        .header("cookie", &b.cookie)
-        .header("x-csrf-token", &b.csrf)
-        .send()
-        .await
-        .unwrap();
+    let logout = b.unsafe_request(client.delete(format!("{url}/auth/logout"))).send().await.unwrap();
     assert_eq!(logout.status(), 204);
     let refused = notes(&client, &url, &b).await;
     assert_eq!(refused.status(), 401);

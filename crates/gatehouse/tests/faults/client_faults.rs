@@ -16,10 +16,8 @@ async fn raw(address: &str, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_malformed_or_oversized_body_through_the_gateway_is_the_clients_error() {
-    let store = TempDir::new();
-    let port = free_port();
-    let _nats = OwnNats::start(port, &store.0).await;
-    let url = format!("nats://127.0.0.1:{port}");
+    let nats = OwnNats::fresh().await;
+    let url = nats.url();
     let d = deploy(&url, &url, "5").await;
     let address = d.gateway.url.trim_start_matches("http://").to_owned();
 

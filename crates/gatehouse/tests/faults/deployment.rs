@@ -63,13 +63,7 @@ pub(crate) async fn api(client: &reqwest::Client, gateway: &str, browser: &Brows
 /// would apply the revocation locally); returns how long the answer took.
 pub(crate) async fn logout_at_auth(client: &reqwest::Client, auth: &str, browser: &Browser) -> Duration {
     let sent = Instant::now();
-    let answer = client
-        .delete(format!("{auth}/auth/logout"))
-        .header("cookie", &browser.cookie)
-        .header("x-csrf-token", &browser.csrf)
-        .send()
-        .await
-        .unwrap();
+    let answer = browser.unsafe_request(client.delete(format!("{auth}/auth/logout"))).send().await.unwrap();
     assert_eq!(answer.status(), 204);
     sent.elapsed()
 }

@@ -12,12 +12,10 @@ use crate::deployment::*;
 
 #[tokio::test]
 async fn a_gateway_whose_nats_link_hangs_fails_closed_within_max_staleness_and_recovers() {
-    let store = TempDir::new();
-    let port = free_port();
-    let _nats = OwnNats::start(port, &store.0).await;
-    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    let nats = OwnNats::fresh().await;
+    let relay = Relay::start(([127, 0, 0, 1], nats.port()).into()).await;
     let max_staleness = Duration::from_secs(1);
-    let d = deploy(&format!("nats://127.0.0.1:{port}"), &relay.nats_url(), "1").await;
+    let d = deploy(&nats.url(), &relay.nats_url(), "1").await;
     let client = reqwest::Client::new();
     let gw = &d.gateway.url;
     within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
@@ -59,11 +57,9 @@ async fn a_gateway_whose_nats_link_hangs_fails_closed_within_max_staleness_and_r
 
 #[tokio::test]
 async fn logouts_while_nats_hangs_answer_at_once_and_reach_the_gateway_once_it_is_back() {
-    let store = TempDir::new();
-    let port = free_port();
-    let _nats = OwnNats::start(port, &store.0).await;
-    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
-    let d = deploy(&relay.nats_url(), &format!("nats://127.0.0.1:{port}"), "5").await;
+    let nats = OwnNats::fresh().await;
+    let relay = Relay::start(([127, 0, 0, 1], nats.port()).into()).await;
+    let d = deploy(&relay.nats_url(), &nats.url(), "5").await;
     let client = reqwest::Client::new();
     let gw = &d.gateway.url;
     within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
@@ -128,13 +124,11 @@ async fn both_services_start_while_nats_is_down_and_catch_up_when_it_comes() {
 
 #[tokio::test]
 async fn the_gateway_that_carries_a_logout_or_deletion_enforces_it_on_the_very_next_request() {
-    let store = TempDir::new();
-    let port = free_port();
-    let _nats = OwnNats::start(port, &store.0).await;
-    let relay = Relay::start(([127, 0, 0, 1], port).into()).await;
+    let nats = OwnNats::fresh().await;
+    let relay = Relay::start(([127, 0, 0, 1], nats.port()).into()).await;
     // A long staleness and a hung link: nothing can come through the
     // bucket, so whatever is refused was learnt from the answer itself.
-    let d = deploy(&format!("nats://127.0.0.1:{port}"), &relay.nats_url(), "600").await;
+    let d = deploy(&nats.url(), &relay.nats_url(), "600").await;
     let client = reqwest::Client::new();
     let gw = &d.gateway.url;
     within(Duration::from_secs(30), || ready(&client, gw)).await.expect("the gateway never became ready");
@@ -143,13 +137,7 @@ async fn the_gateway_that_carries_a_logout_or_deletion_enforces_it_on_the_very_n
     for _ in 0..20 {
         let browser = sign_in(&client, gw).await;
         assert_eq!(api(&client, gw, &browser).await.0, 200);
-        let logout = client
-            .delete(format!("{gw}/auth/logout"))
-            .header("cookie", &browser.cookie)
-            .header("x-csrf-token", &browser.csrf)
-            .send()
-            .await
-            .unwrap();
+        let logout = browser.unsafe_request(client.delete(format!("{gw}/auth/logout"))).send().await.unwrap();
         assert_eq!(logout.status(), 204);
         assert!(logout.headers().get("gatehouse-revoked").is_none(), "the hand-over reached the client");
         assert_eq!(api(&client, gw, &browser).await.0, 401, "the next request after a logout was accepted");
@@ -162,24 +150,16 @@ async fn the_gateway_that_carries_a_logout_or_deletion_enforces_it_on_the_very_n
         || async { Browser::from_login(&client.post(format!("{gw}/auth/login")).json(&creds).send().await.unwrap()) };
     let (deleting, other) = (login().await, login().await);
     assert_eq!(api(&client, gw, &other).await.0, 200);
-    let deleted = client
-        .delete(format!("{gw}/auth/delete"))
-        .header("cookie", &deleting.cookie)
-        .header("x-csrf-token", &deleting.csrf)
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let request = deleting.unsafe_request(client.delete(format!("{gw}/auth/delete")));
+    let deleted = request.json(&json!({"password": PASSWORD})).send().await.unwrap();
     assert_eq!(deleted.status(), 204);
     assert_eq!(api(&client, gw, &other).await.0, 401, "another session of a deleted account was accepted");
 }
 
 #[tokio::test]
 async fn a_lost_revocation_bucket_is_made_again_and_replayed_before_the_gateway_vouches_again() {
-    let store = TempDir::new();
-    let port = free_port();
-    let _nats = OwnNats::start(port, &store.0).await;
-    let url = format!("nats://127.0.0.1:{port}");
+    let nats = OwnNats::fresh().await;
+    let url = nats.url();
     let d = deploy(&url, &url, "2").await;
     let client = reqwest::Client::new();
     let gw = &d.gateway.url;

@@ -133,6 +133,11 @@ impl Browser {
         let csrf = pairs.iter().find_map(|p| p.strip_prefix("__Host-csrf_token=")).unwrap().to_owned();
         Self { cookie: pairs.join("; "), csrf }
     }
+
+    /// `request` as the page sends an unsafe one: the cookies and the CSRF header.
+    pub(crate) fn unsafe_request(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.header("cookie", &self.cookie).header("x-csrf-token", &self.csrf)
+    }
 }
 
 /// How many times each event id of `subject` appears in the stream of the
@@ -177,9 +182,27 @@ pub(crate) fn free_port() -> u16 {
 /// it can be killed and restarted without touching the machine's shared one.
 pub(crate) struct OwnNats {
     child: Child,
+    port: u16,
+    /// The storage folder, when this server made its own.
+    _store: Option<TempDir>,
 }
 
 impl OwnNats {
+    /// A server on a free port with a storage folder of its own.
+    pub(crate) async fn fresh() -> Self {
+        let store = TempDir::new();
+        let nats = Self::start(free_port(), &store.0).await;
+        Self { _store: Some(store), ..nats }
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
     pub(crate) async fn start(port: u16, store: &Path) -> Self {
         let binary = if Path::new("/usr/sbin/nats-server").exists() { "/usr/sbin/nats-server" } else { "nats-server" };
         let child = Command::new(binary)
@@ -195,7 +218,7 @@ impl OwnNats {
             assert!(std::time::Instant::now() < deadline, "our nats-server did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Self { child }
+        Self { child, port, _store: None }
     }
 
     pub(crate) async fn kill(mut self) {
