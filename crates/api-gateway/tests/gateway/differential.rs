@@ -69,6 +69,10 @@ struct Rig {
     scripts: Arc<Mutex<HashMap<String, Script>>>,
     /// Request heads the upstreams received, by case id.
     heads: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    /// Told, by case id, when an upstream has played the case's script to
+    /// the end (and closed, if it says so), so that the next case never
+    /// races the bytes or the close of this one.
+    played: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
     runtime: tokio::runtime::Runtime,
     next: AtomicUsize,
 }
@@ -77,10 +81,11 @@ static RIG: LazyLock<Rig> = LazyLock::new(|| {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let scripts: Arc<Mutex<HashMap<String, Script>>> = Arc::default();
     let heads: Arc<Mutex<HashMap<String, Vec<u8>>>> = Arc::default();
+    let played: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>> = Arc::default();
     let (own, hyper) = runtime.block_on(async {
         let mut urls = Vec::new();
         for fast_path in BOTH_PATHS {
-            let upstream = playing(scripts.clone(), heads.clone()).await;
+            let upstream = playing(scripts.clone(), heads.clone(), played.clone()).await;
             let routes = vec![route("/d", &upstream, AuthMode::Public)];
             let h = harness_with_settings(routes, upstream, on_path(fast_path)).await;
             urls.push(h.url.trim_start_matches("http://").to_owned());
@@ -89,44 +94,62 @@ static RIG: LazyLock<Rig> = LazyLock::new(|| {
         }
         (urls.remove(0), urls.remove(0))
     });
-    Rig { own, hyper, scripts, heads, runtime, next: AtomicUsize::new(0) }
+    Rig { own, hyper, scripts, heads, played, runtime, next: AtomicUsize::new(0) }
 });
 
 /// A raw upstream: reads a request head, records it under the case id (the
-/// path's second segment), sends that case's script, closes if it says so.
-async fn playing(scripts: Arc<Mutex<HashMap<String, Script>>>, heads: Arc<Mutex<HashMap<String, Vec<u8>>>>) -> String {
+/// path's second segment), sends that case's script, closes if it says so,
+/// and then says it has played.
+async fn playing(
+    scripts: Arc<Mutex<HashMap<String, Script>>>,
+    heads: Arc<Mutex<HashMap<String, Vec<u8>>>>,
+    played: Arc<Mutex<HashMap<String, tokio::sync::oneshot::Sender<()>>>>,
+) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let (scripts, heads) = (scripts.clone(), heads.clone());
+            let (stream, _) = listener.accept().await.unwrap();
+            let (scripts, heads, played) = (scripts.clone(), heads.clone(), played.clone());
             tokio::spawn(async move {
-                while let Some(head) = read_head(&mut stream).await {
+                let mut kept = Some(stream);
+                while let Some(mut stream) = kept.take() {
+                    let Some(head) = read_head(&mut stream).await else { return };
                     let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
                     let path = line.split(' ').nth(1).unwrap_or_default().split('?').next().unwrap_or_default();
                     let id = path.split('/').nth(2).unwrap_or_default().to_owned();
                     heads.lock().unwrap().insert(id.clone(), head);
-                    let Some((response, cuts, close)) = scripts.lock().unwrap().get(&id).cloned() else {
-                        return;
+                    let script = scripts.lock().unwrap().get(&id).cloned();
+                    let keep_going = match script {
+                        Some(script) => play(&mut stream, script).await,
+                        None => false,
                     };
-                    let mut from = 0;
-                    for cut in cuts.into_iter().chain([response.len()]) {
-                        let cut = cut.clamp(from, response.len());
-                        if stream.write_all(&response[from..cut]).await.is_err() {
-                            return;
-                        }
-                        from = cut;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    if close {
-                        return;
+                    let done = played.lock().unwrap().remove(&id);
+                    // Dropped here, unless kept: closed before it is told.
+                    kept = keep_going.then_some(stream);
+                    if let Some(done) = done {
+                        let _ = done.send(());
                     }
                 }
             });
         }
     });
     url
+}
+
+/// Writes a script's bytes in its pieces, a pause after each; whether the
+/// connection is to be kept for another request.
+async fn play(stream: &mut TcpStream, (response, cuts, close): Script) -> bool {
+    let mut from = 0;
+    for cut in cuts.into_iter().chain([response.len()]) {
+        let cut = cut.clamp(from, response.len());
+        if stream.write_all(&response[from..cut]).await.is_err() {
+            return false;
+        }
+        from = cut;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    !close
 }
 
 impl Rig {
@@ -138,8 +161,19 @@ impl Rig {
             let id = format!("c{n}{side}");
             let script = (case.response.clone().into_bytes(), case.cuts.clone(), case.close);
             self.scripts.lock().unwrap().insert(id.clone(), script);
+            let (done, played) = tokio::sync::oneshot::channel();
+            self.played.lock().unwrap().insert(id.clone(), done);
             let seen = self.runtime.block_on(exchange(gateway, &id, case));
             let received = self.heads.lock().unwrap().remove(&id).map(|head| normalised_request(&head, &id));
+            if received.is_some() {
+                // The upstream may still be sending bytes past the end, or
+                // about to close: the next case starts once it is done.
+                self.runtime
+                    .block_on(async { tokio::time::timeout(Duration::from_secs(10), played).await })
+                    .unwrap_or_else(|_| panic!("the upstream never finished playing {id}"))
+                    .ok();
+            }
+            self.played.lock().unwrap().remove(&id);
             (seen, received)
         })
     }
