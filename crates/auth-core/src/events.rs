@@ -12,22 +12,38 @@ pub enum EventKind {
     Registered,
     LoggedIn,
     LoggedOut,
+    PasswordReset,
+    PasswordChanged,
+    EmailVerified,
     Deleted,
 }
 
 impl EventKind {
+    pub const ALL: [Self; 7] = [
+        Self::Registered,
+        Self::LoggedIn,
+        Self::LoggedOut,
+        Self::PasswordReset,
+        Self::PasswordChanged,
+        Self::EmailVerified,
+        Self::Deleted,
+    ];
+
     /// The NATS subject and CloudEvents `type`.
     pub fn subject(self) -> &'static str {
         match self {
             Self::Registered => "user.registered",
             Self::LoggedIn => "user.logged_in",
             Self::LoggedOut => "user.logged_out",
+            Self::PasswordReset => "user.password_reset",
+            Self::PasswordChanged => "user.password_changed",
+            Self::EmailVerified => "user.email_verified",
             Self::Deleted => "user.deleted",
         }
     }
 
     pub fn from_subject(subject: &str) -> Option<Self> {
-        [Self::Registered, Self::LoggedIn, Self::LoggedOut, Self::Deleted].into_iter().find(|k| k.subject() == subject)
+        Self::ALL.into_iter().find(|k| k.subject() == subject)
     }
 }
 
@@ -58,6 +74,18 @@ impl DomainEvent {
     pub fn logged_out(user_id: UserId, session_id: SessionId, now: OffsetDateTime) -> Self {
         let data = json!({"user_id": user_id, "session_id": session_id});
         Self::new(EventKind::LoggedOut, user_id, data, now)
+    }
+
+    pub fn password_reset(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::PasswordReset, user_id, json!({"user_id": user_id}), now)
+    }
+
+    pub fn password_changed(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::PasswordChanged, user_id, json!({"user_id": user_id}), now)
+    }
+
+    pub fn email_verified(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::EmailVerified, user_id, json!({"user_id": user_id}), now)
     }
 
     /// Carries the id only: the event outlives the account and must hold no PII.

@@ -11,6 +11,8 @@
 //! - [`events`]: the domain events written to the outbox with each change.
 //! - [`ports`]: the storage traits the use cases need ([`UserStore`], [`SessionStore`], [`Outbox`]).
 //! - [`accounts`]: the use cases (register, login, refresh, logout, delete, sessions).
+//! - [`recovery`]: password reset and change, email verification, their rate limits.
+//! - [`mail`]: messages, the [`Mailer`] port, and the templates.
 //!
 //! Nothing here speaks HTTP, SQL or NATS.
 
@@ -20,8 +22,10 @@ pub mod email;
 pub mod events;
 pub mod hashing;
 pub mod ids;
+pub mod mail;
 pub mod password;
 pub mod ports;
+pub mod recovery;
 pub mod secret;
 pub mod session;
 pub mod user;
@@ -32,11 +36,13 @@ pub use email::Email;
 pub use events::{DomainEvent, EventKind};
 pub use hashing::{Argon2Hasher, HashError, PasswordHasher};
 pub use ids::{SessionId, UserId};
+pub use mail::{Mail, MailError, Mailer, Templates};
 pub use password::{Password, PasswordError, PasswordPolicy};
 pub use ports::{
-    DeletionLedger, DeletionRecord, EventSink, NoRevocationSink, Outbox, RevocationSink, SessionStore, StoreError,
-    UserStore,
+    DeletionLedger, DeletionRecord, EmailToken, EventSink, Hits, MailQueue, NoRevocationSink, Outbox, RecoveryStore,
+    RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose, UserStore,
 };
+pub use recovery::{Recovery, RecoverySettings};
 pub use secret::{OpaqueSecret, SecretHash};
 pub use session::Session;
 pub use user::User;

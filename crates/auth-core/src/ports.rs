@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::events::StoredEvent;
+use crate::mail::{Mail, QueuedMail};
 use crate::session::RefreshRecord;
 use crate::{DomainEvent, Email, SecretHash, Session, SessionId, User, UserId};
 
@@ -129,4 +130,118 @@ pub trait DeletionLedger: Send + Sync + 'static {
     /// Confirmations for users this database never deleted are ignored.
     async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError>;
     async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError>;
+}
+
+/// What an emailed single-use token is for; a token of one purpose is
+/// worthless for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    PasswordReset,
+    VerifyEmail,
+}
+
+impl TokenPurpose {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PasswordReset => "password_reset",
+            Self::VerifyEmail => "verify_email",
+        }
+    }
+}
+
+/// An emailed token as stored: only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailToken {
+    pub hash: SecretHash,
+    pub user_id: UserId,
+    pub purpose: TokenPurpose,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Password reset, password change and email verification: each change and
+/// the mail it sends are one transaction.
+#[async_trait]
+pub trait RecoveryStore: Send + Sync + 'static {
+    /// Stores `token`, voiding the user's unused tokens of the same purpose,
+    /// and queues `mail` (which carries it) until `token.expires_at`.
+    async fn issue_token(&self, token: &EmailToken, mail: &Mail) -> Result<(), StoreError>;
+    /// The owner of a token of `purpose` that is unused and unexpired at `now`.
+    async fn token_owner(
+        &self,
+        hash: &SecretHash,
+        purpose: TokenPurpose,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserId>, StoreError>;
+    /// Uses up `user`'s reset token and, in the same transaction, sets the
+    /// password (the link proved the address: it is marked verified),
+    /// revokes every session (one `user.logged_out` each), writes `event`
+    /// and queues `notice`. `None` when the token was no longer valid.
+    async fn reset_password(
+        &self,
+        hash: &SecretHash,
+        user: UserId,
+        phc: &str,
+        event: &DomainEvent,
+        notice: &Mail,
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
+    /// Sets the password, revokes every session but `keep`, writes `event`
+    /// and queues `notice`; returns the revoked sessions.
+    async fn change_password(
+        &self,
+        user: UserId,
+        phc: &str,
+        keep: SessionId,
+        event: &DomainEvent,
+        notice: &Mail,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// Uses up `user`'s verification token and marks the address verified,
+    /// writing `event`; `false` when the token was no longer valid.
+    async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError>;
+}
+
+/// The queue of mail not yet accepted by the mail server.
+#[async_trait]
+pub trait MailQueue: Send + Sync + 'static {
+    /// Queues a message on its own, to be dropped unsent after `discard_after`.
+    async fn queue_mail(
+        &self,
+        mail: &Mail,
+        now: OffsetDateTime,
+        discard_after: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` messages due at `now`, each counted as attempted and
+    /// not offered again before `now + lease`: a relay that dies while
+    /// sending leaves its messages to another.
+    async fn claim_mail(
+        &self,
+        now: OffsetDateTime,
+        lease: time::Duration,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError>;
+    /// The message was accepted: it leaves the queue (with the link in it).
+    async fn mail_sent(&self, id: Uuid) -> Result<(), StoreError>;
+    /// Try again at `retry_at`.
+    async fn mail_failed(&self, id: Uuid, retry_at: OffsetDateTime) -> Result<(), StoreError>;
+    /// Drops messages past their `discard_after`, tokens expired a day ago
+    /// and throttle windows over a day old; returns the messages dropped.
+    async fn tidy(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+}
+
+/// How many times a key was hit in its current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hits {
+    pub count: u32,
+    pub window_ends: OffsetDateTime,
+}
+
+/// Fixed-window counters shared by every process on the database: the
+/// count and the check are one atomic statement, so parallel requests
+/// cannot slip past a limit.
+#[async_trait]
+pub trait Throttle: Send + Sync + 'static {
+    /// Counts one hit on `key` in a window of `window` (a new one starts
+    /// when the last has ended) and returns the count so far.
+    async fn hit(&self, key: &str, window: time::Duration, now: OffsetDateTime) -> Result<Hits, StoreError>;
 }

@@ -4,18 +4,22 @@
 //! - [`migrations`]: the embedded schema for each backend and the runner that applies it.
 //! - [`postgres`]: [`PgStore`], the PostgreSQL backend.
 //! - [`sqlite`]: [`SqliteStore`], the SQLite backend (WAL, foreign keys on).
+//! - `sqlite_recovery`, `postgres_recovery`: reset and verification tokens,
+//!   the mail queue and throttle windows, for each backend.
 //! - [`open`]: picks the backend from the URL once, at start-up.
 //!
 //! Both backends pass the same contract suite (`tests/contract`).
 
 pub mod migrations;
 pub mod postgres;
+mod postgres_recovery;
 pub mod sqlite;
+mod sqlite_recovery;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use auth_core::{DeletionLedger, Outbox, SessionStore, StoreError, UserStore};
+use auth_core::{DeletionLedger, MailQueue, Outbox, RecoveryStore, SessionStore, StoreError, Throttle, UserStore};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -33,18 +37,27 @@ pub struct Stores {
     pub sessions: Arc<dyn SessionStore>,
     pub outbox: Arc<dyn Outbox>,
     pub ledger: Arc<dyn DeletionLedger>,
+    pub recovery: Arc<dyn RecoveryStore>,
+    pub mail: Arc<dyn MailQueue>,
+    pub throttle: Arc<dyn Throttle>,
     pub health: Arc<dyn Health>,
     pub backend: &'static str,
 }
 
 impl Stores {
-    fn of<S: UserStore + SessionStore + Outbox + DeletionLedger + Health>(store: S, backend: &'static str) -> Self {
+    fn of<S>(store: S, backend: &'static str) -> Self
+    where
+        S: UserStore + SessionStore + Outbox + DeletionLedger + RecoveryStore + MailQueue + Throttle + Health,
+    {
         let store = Arc::new(store);
         Self {
             users: store.clone(),
             sessions: store.clone(),
             outbox: store.clone(),
             ledger: store.clone(),
+            recovery: store.clone(),
+            mail: store.clone(),
+            throttle: store.clone(),
             health: store,
             backend,
         }

@@ -19,6 +19,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "deletion_ledger",
         sql: include_str!("../migrations/postgres/0002_deletion_ledger.sql"),
     },
+    Migration { version: 3, name: "recovery", sql: include_str!("../migrations/postgres/0003_recovery.sql") },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -28,6 +29,7 @@ pub const SQLITE: &[Migration] = &[
         name: "deletion_ledger",
         sql: include_str!("../migrations/sqlite/0002_deletion_ledger.sql"),
     },
+    Migration { version: 3, name: "recovery", sql: include_str!("../migrations/sqlite/0003_recovery.sql") },
 ];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {

@@ -51,12 +51,12 @@ impl PgStore {
         crate::migrations::run_postgres(&self.pool).await
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
 }
 
-async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &DomainEvent) -> Result<(), StoreError> {
+pub(crate) async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &DomainEvent) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(e.id)
         .bind(e.kind.subject())
@@ -311,23 +311,35 @@ impl SessionStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL \
-             AND ($2::uuid IS NULL OR id <> $2) RETURNING id",
-        )
-        .bind(user.as_uuid())
-        .bind(keep.map(|k| k.as_uuid()))
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let ids: Vec<SessionId> = ids.into_iter().map(SessionId::from_uuid).collect();
-        for id in &ids {
-            insert_event(&mut tx, &DomainEvent::logged_out(user, *id, now)).await?;
-        }
+        let ids = revoke_sessions_in(&mut tx, user, keep, now).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(ids)
     }
+}
+
+/// Revokes every active session of `user` but `keep` inside `tx`, writing
+/// one `user.logged_out` each.
+pub(crate) async fn revoke_sessions_in(
+    tx: &mut Transaction<'_, Postgres>,
+    user: UserId,
+    keep: Option<SessionId>,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL \
+         AND ($2::uuid IS NULL OR id <> $2) RETURNING id",
+    )
+    .bind(user.as_uuid())
+    .bind(keep.map(|k| k.as_uuid()))
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let ids: Vec<SessionId> = ids.into_iter().map(SessionId::from_uuid).collect();
+    for id in &ids {
+        insert_event(tx, &DomainEvent::logged_out(user, *id, now)).await?;
+    }
+    Ok(ids)
 }
 
 #[async_trait]

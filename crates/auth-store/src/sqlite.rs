@@ -55,7 +55,7 @@ impl SqliteStore {
         crate::migrations::run_sqlite(&self.pool).await
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
 }
@@ -78,21 +78,21 @@ async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
     Ok(clean)
 }
 
-fn ms(t: OffsetDateTime) -> i64 {
+pub(crate) fn ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime, StoreError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .map_err(|e| StoreError::Unavailable(format!("stored time out of range: {e}")))
 }
 
-fn uuid_of(row: &SqliteRow, column: &str) -> Result<Uuid, StoreError> {
+pub(crate) fn uuid_of(row: &SqliteRow, column: &str) -> Result<Uuid, StoreError> {
     let text: String = row.try_get(column).map_err(store_error)?;
     Uuid::parse_str(&text).map_err(|e| StoreError::Unavailable(format!("stored id is not a UUID: {e}")))
 }
 
-fn time_of(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
+pub(crate) fn time_of(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, StoreError> {
     from_ms(row.try_get(column).map_err(store_error)?)
 }
 
@@ -101,7 +101,7 @@ fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, 
     value.map(from_ms).transpose()
 }
 
-async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEvent) -> Result<(), StoreError> {
+pub(crate) async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEvent) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES (?, ?, ?, ?, ?)")
         .bind(e.id.to_string())
         .bind(e.kind.subject())
@@ -357,25 +357,37 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.begin().await?;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE sessions SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL \
-             AND (?3 IS NULL OR id <> ?3) RETURNING id",
-        )
-        .bind(ms(now))
-        .bind(user.to_string())
-        .bind(keep.map(|k| k.to_string()))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        let mut revoked = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id = SessionId::from_str(&id).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
-            revoked.push(id);
-        }
+        let revoked = revoke_sessions_in(&mut tx, user, keep, now).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(revoked)
     }
+}
+
+/// Revokes every active session of `user` but `keep` inside `tx`, writing
+/// one `user.logged_out` each.
+pub(crate) async fn revoke_sessions_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    user: UserId,
+    keep: Option<SessionId>,
+    now: OffsetDateTime,
+) -> Result<Vec<SessionId>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "UPDATE sessions SET revoked_at = ?1 WHERE user_id = ?2 AND revoked_at IS NULL \
+         AND (?3 IS NULL OR id <> ?3) RETURNING id",
+    )
+    .bind(ms(now))
+    .bind(user.to_string())
+    .bind(keep.map(|k| k.to_string()))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let mut revoked = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = SessionId::from_str(&id).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        insert_event(tx, &DomainEvent::logged_out(user, id, now)).await?;
+        revoked.push(id);
+    }
+    Ok(revoked)
 }
 
 #[async_trait]

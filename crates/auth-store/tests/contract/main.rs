@@ -2,6 +2,8 @@
 //! `GATEHOUSE_TEST_POSTGRES_URL` is set, PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod recovery;
+
 use auth_core::events::StoredEvent;
 use std::sync::Mutex;
 

@@ -1,0 +1,288 @@
+//! Recovery tokens, the mail queue and throttle windows on PostgreSQL.
+
+use async_trait::async_trait;
+use auth_core::mail::{Mail, QueuedMail};
+use auth_core::{
+    DomainEvent, Email, EmailToken, Hits, MailQueue, RecoveryStore, SecretHash, SessionId, StoreError, Throttle,
+    TokenPurpose, UserId,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::postgres::{insert_event, revoke_sessions_in};
+use crate::{PgStore, store_error};
+
+/// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
+async fn enqueue(
+    tx: &mut Transaction<'_, Postgres>,
+    mail: &Mail,
+    user: Option<UserId>,
+    token: Option<&SecretHash>,
+    now: OffsetDateTime,
+    discard_after: OffsetDateTime,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO mail_queue (id, user_id, token_hash, recipient, subject, text_body, html_body, created_at, \
+         next_attempt_at, discard_after) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(user.map(|u| u.as_uuid()))
+    .bind(token.map(SecretHash::as_str))
+    .bind(mail.to.as_str())
+    .bind(&mail.subject)
+    .bind(&mail.text)
+    .bind(&mail.html)
+    .bind(now)
+    .bind(discard_after)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+async fn set_password(
+    tx: &mut Transaction<'_, Postgres>,
+    user: UserId,
+    phc: &str,
+    verified: bool,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $1, email_verified = (email_verified OR $2) WHERE id = $3")
+        .bind(phc)
+        .bind(verified)
+        .bind(user.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
+/// Marks `user`'s token of `purpose` used, if still valid at `now`.
+async fn use_token(
+    tx: &mut Transaction<'_, Postgres>,
+    hash: &SecretHash,
+    user: UserId,
+    purpose: TokenPurpose,
+    now: OffsetDateTime,
+) -> Result<bool, StoreError> {
+    let used = sqlx::query(
+        "UPDATE email_tokens SET used_at = $1 WHERE token_hash = $2 AND user_id = $3 AND purpose = $4 \
+         AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(hash.as_str())
+    .bind(user.as_uuid())
+    .bind(purpose.as_str())
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(used.rows_affected() == 1)
+}
+
+#[async_trait]
+impl RecoveryStore for PgStore {
+    async fn issue_token(&self, token: &EmailToken, mail: &Mail) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
+            .bind(token.user_id.as_uuid())
+            .bind(token.purpose.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO email_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.hash.as_str())
+        .bind(token.user_id.as_uuid())
+        .bind(token.purpose.as_str())
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        enqueue(&mut tx, mail, Some(token.user_id), Some(&token.hash), token.created_at, token.expires_at).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn token_owner(
+        &self,
+        hash: &SecretHash,
+        purpose: TokenPurpose,
+        now: OffsetDateTime,
+    ) -> Result<Option<UserId>, StoreError> {
+        let row = sqlx::query(
+            "SELECT user_id FROM email_tokens WHERE token_hash = $1 AND purpose = $2 AND used_at IS NULL \
+             AND expires_at > $3",
+        )
+        .bind(hash.as_str())
+        .bind(purpose.as_str())
+        .bind(now)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(store_error)?;
+        row.map(|r| Ok(UserId::from_uuid(r.try_get("user_id").map_err(store_error)?))).transpose()
+    }
+
+    async fn reset_password(
+        &self,
+        hash: &SecretHash,
+        user: UserId,
+        phc: &str,
+        event: &DomainEvent,
+        notice: &Mail,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let now = event.occurred_at;
+        let mut tx = self.begin().await?;
+        if !use_token(&mut tx, hash, user, TokenPurpose::PasswordReset, now).await? {
+            return Ok(None);
+        }
+        set_password(&mut tx, user, phc, true).await?;
+        let revoked = revoke_sessions_in(&mut tx, user, None, now).await?;
+        insert_event(&mut tx, event).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(revoked))
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        phc: &str,
+        keep: SessionId,
+        event: &DomainEvent,
+        notice: &Mail,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let now = event.occurred_at;
+        let mut tx = self.begin().await?;
+        set_password(&mut tx, user, phc, false).await?;
+        let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
+        insert_event(&mut tx, event).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(revoked)
+    }
+
+    async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        if !use_token(&mut tx, hash, user, TokenPurpose::VerifyEmail, event.occurred_at).await? {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE users SET email_verified = TRUE WHERE id = $1")
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
+    }
+}
+
+fn queued_from(row: &PgRow) -> Result<QueuedMail, StoreError> {
+    let to: String = row.try_get("recipient").map_err(store_error)?;
+    let attempts: i32 = row.try_get("attempts").map_err(store_error)?;
+    Ok(QueuedMail {
+        id: row.try_get("id").map_err(store_error)?,
+        mail: Mail {
+            to: Email::parse(&to).map_err(|_| StoreError::Unavailable("stored recipient is invalid".into()))?,
+            subject: row.try_get("subject").map_err(store_error)?,
+            text: row.try_get("text_body").map_err(store_error)?,
+            html: row.try_get("html_body").map_err(store_error)?,
+        },
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        discard_after: row.try_get("discard_after").map_err(store_error)?,
+    })
+}
+
+#[async_trait]
+impl MailQueue for PgStore {
+    async fn queue_mail(
+        &self,
+        mail: &Mail,
+        now: OffsetDateTime,
+        discard_after: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        enqueue(&mut tx, mail, None, None, now, discard_after).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn claim_mail(
+        &self,
+        now: OffsetDateTime,
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE mail_queue SET attempts = attempts + 1, next_attempt_at = $1 WHERE id IN \
+             (SELECT id FROM mail_queue WHERE next_attempt_at <= $2 AND discard_after > $2 \
+              ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, recipient, subject, text_body, html_body, attempts, discard_after",
+        )
+        .bind(now + lease)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(queued_from).collect()
+    }
+
+    async fn mail_sent(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM mail_queue WHERE id = $1").bind(id).execute(self.pool()).await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn mail_failed(&self, id: Uuid, retry_at: OffsetDateTime) -> Result<(), StoreError> {
+        sqlx::query("UPDATE mail_queue SET next_attempt_at = $1 WHERE id = $2")
+            .bind(retry_at)
+            .bind(id)
+            .execute(self.pool())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn tidy(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let dropped = sqlx::query("DELETE FROM mail_queue WHERE discard_after <= $1")
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        let day_ago = now - Duration::days(1);
+        sqlx::query("DELETE FROM email_tokens WHERE expires_at < $1")
+            .bind(day_ago)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("DELETE FROM throttle WHERE window_start < $1")
+            .bind(day_ago)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(dropped)
+    }
+}
+
+#[async_trait]
+impl Throttle for PgStore {
+    async fn hit(&self, key: &str, window: Duration, now: OffsetDateTime) -> Result<Hits, StoreError> {
+        let (start, count): (OffsetDateTime, i32) = sqlx::query_as(
+            "INSERT INTO throttle (key, window_start, hits) VALUES ($1, $2, 1) ON CONFLICT (key) DO UPDATE SET \
+             hits = CASE WHEN throttle.window_start <= $3 THEN 1 ELSE throttle.hits + 1 END, \
+             window_start = CASE WHEN throttle.window_start <= $3 THEN $2 ELSE throttle.window_start END \
+             RETURNING window_start, hits",
+        )
+        .bind(key)
+        .bind(now)
+        .bind(now - window)
+        .fetch_one(self.pool())
+        .await
+        .map_err(store_error)?;
+        Ok(Hits { count: u32::try_from(count).unwrap_or(u32::MAX), window_ends: start + window })
+    }
+}

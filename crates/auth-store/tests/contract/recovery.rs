@@ -1,0 +1,155 @@
+//! Reset and verification tokens, the mail queue and throttle windows.
+
+use auth_core::mail::Mail;
+use auth_core::{DomainEvent, Email, EmailToken, EventKind, OpaqueSecret, TokenPurpose, User};
+use auth_store::Stores;
+use time::{Duration, OffsetDateTime};
+
+use crate::{each_backend, kinds, logged_in, now, registered};
+
+fn mail_to(user: &User, subject: &str) -> Mail {
+    Mail { to: user.email.clone(), subject: subject.into(), text: "text".into(), html: "<p>html</p>".into() }
+}
+
+async fn issue(stores: &Stores, user: &User, purpose: TokenPurpose, at: OffsetDateTime) -> OpaqueSecret {
+    let secret = OpaqueSecret::generate();
+    let token = EmailToken {
+        hash: secret.hash(),
+        user_id: user.id,
+        purpose,
+        created_at: at,
+        expires_at: at + Duration::minutes(15),
+    };
+    stores.recovery.issue_token(&token, &mail_to(user, purpose.as_str())).await.unwrap();
+    secret
+}
+
+#[tokio::test]
+async fn a_reset_token_works_once_for_its_owner_and_purpose_before_it_expires() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let alice = registered(&stores, "alice@example.com").await;
+        let bob = registered(&stores, "bob@example.com").await;
+        let (s1, _) = logged_in(&stores, alice.id, t0).await;
+        let (s2, _) = logged_in(&stores, alice.id, t0).await;
+        let token = issue(&stores, &alice, TokenPurpose::PasswordReset, t0).await;
+        let owner = |purpose, at| {
+            let stores = stores.clone();
+            let hash = token.hash();
+            async move { stores.recovery.token_owner(&hash, purpose, at).await.unwrap() }
+        };
+        assert_eq!(owner(TokenPurpose::PasswordReset, t0).await, Some(alice.id));
+        assert_eq!(owner(TokenPurpose::VerifyEmail, t0).await, None, "another purpose");
+        assert_eq!(owner(TokenPurpose::PasswordReset, t0 + Duration::minutes(15)).await, None, "expired");
+        let event = DomainEvent::password_reset(alice.id, t0);
+        let notice = mail_to(&alice, "changed");
+        let wrong_user = stores.recovery.reset_password(&token.hash(), bob.id, "phc-b", &event, &notice).await.unwrap();
+        assert_eq!(wrong_user, None, "a token resets only its owner");
+        let revoked =
+            stores.recovery.reset_password(&token.hash(), alice.id, "phc-new", &event, &notice).await.unwrap();
+        let mut revoked = revoked.expect("the token was valid");
+        revoked.sort();
+        let mut both = vec![s1.id, s2.id];
+        both.sort();
+        assert_eq!(revoked, both, "every session ends");
+        let again = stores.recovery.reset_password(&token.hash(), alice.id, "phc-x", &event, &notice).await.unwrap();
+        assert_eq!(again, None, "single use");
+        let stored = stores.users.user_by_id(alice.id).await.unwrap().unwrap();
+        assert_eq!(stored.password_hash.as_deref(), Some("phc-new"));
+        assert!(stored.email_verified, "the link proved the address");
+        let events = stores.outbox.events_of(alice.id).await.unwrap();
+        assert_eq!(kinds(&events).iter().filter(|k| **k == EventKind::PasswordReset).count(), 1);
+        assert_eq!(kinds(&events).iter().filter(|k| **k == EventKind::LoggedOut).count(), 2);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_newer_token_voids_the_older_one_and_its_unsent_mail() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let alice = registered(&stores, "alice@example.com").await;
+        let verify = issue(&stores, &alice, TokenPurpose::VerifyEmail, t0).await;
+        let first = issue(&stores, &alice, TokenPurpose::PasswordReset, t0).await;
+        let second = issue(&stores, &alice, TokenPurpose::PasswordReset, t0).await;
+        let reset = TokenPurpose::PasswordReset;
+        assert_eq!(stores.recovery.token_owner(&first.hash(), reset, t0).await.unwrap(), None);
+        assert_eq!(stores.recovery.token_owner(&second.hash(), reset, t0).await.unwrap(), Some(alice.id));
+        let other = TokenPurpose::VerifyEmail;
+        assert_eq!(
+            stores.recovery.token_owner(&verify.hash(), other, t0).await.unwrap(),
+            Some(alice.id),
+            "other purposes stay"
+        );
+        let queued = stores.mail.claim_mail(t0, Duration::minutes(1), 10).await.unwrap();
+        let subjects: Vec<&str> = queued.iter().map(|q| q.mail.subject.as_str()).collect();
+        assert_eq!(subjects.len(), 2, "the voided token's mail is gone: {subjects:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn claimed_mail_is_not_offered_again_until_its_lease_ends_and_leaves_once_sent() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let alice = registered(&stores, "alice@example.com").await;
+        stores.mail.queue_mail(&mail_to(&alice, "one"), t0, t0 + Duration::hours(1)).await.unwrap();
+        let lease = Duration::minutes(1);
+        let claimed = stores.mail.claim_mail(t0, lease, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempts, 1);
+        assert_eq!(claimed[0].mail.to, Email::parse("alice@example.com").unwrap());
+        assert!(stores.mail.claim_mail(t0, lease, 10).await.unwrap().is_empty(), "leased");
+        let retried = stores.mail.claim_mail(t0 + lease, lease, 10).await.unwrap();
+        assert_eq!(retried.len(), 1, "a relay that died leaves it to another");
+        assert_eq!(retried[0].attempts, 2);
+        stores.mail.mail_failed(retried[0].id, t0 + Duration::minutes(5)).await.unwrap();
+        assert!(stores.mail.claim_mail(t0 + Duration::minutes(4), lease, 10).await.unwrap().is_empty());
+        let due = stores.mail.claim_mail(t0 + Duration::minutes(5), lease, 10).await.unwrap();
+        stores.mail.mail_sent(due[0].id).await.unwrap();
+        assert!(stores.mail.claim_mail(t0 + Duration::minutes(30), lease, 10).await.unwrap().is_empty());
+        stores.mail.queue_mail(&mail_to(&alice, "late"), t0, t0 + Duration::hours(1)).await.unwrap();
+        assert_eq!(stores.mail.tidy(t0 + Duration::hours(1)).await.unwrap(), 1, "past its time, dropped unsent");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_verification_token_marks_the_address_verified_once() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let alice = registered(&stores, "alice@example.com").await;
+        let token = issue(&stores, &alice, TokenPurpose::VerifyEmail, t0).await;
+        let event = DomainEvent::email_verified(alice.id, t0);
+        assert!(stores.recovery.verify_email(&token.hash(), alice.id, &event).await.unwrap());
+        assert!(!stores.recovery.verify_email(&token.hash(), alice.id, &event).await.unwrap(), "single use");
+        assert!(stores.users.user_by_id(alice.id).await.unwrap().unwrap().email_verified);
+        stores.users.delete_user(alice.id, &DomainEvent::deleted(alice.id, t0)).await.unwrap();
+        assert_eq!(stores.recovery.token_owner(&token.hash(), TokenPurpose::VerifyEmail, t0).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn parallel_hits_on_one_key_are_each_counted_and_a_window_ends() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let window = Duration::minutes(15);
+        let hits = (0..40).map(|_| {
+            let stores = stores.clone();
+            tokio::spawn(async move { stores.throttle.hit("forgot:ip:192.0.2.1", window, t0).await.unwrap().count })
+        });
+        let mut counts = Vec::new();
+        for hit in hits {
+            counts.push(hit.await.unwrap());
+        }
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=40).collect::<Vec<u32>>(), "no two requests saw the same count");
+        let last = stores.throttle.hit("forgot:ip:192.0.2.1", window, t0 + Duration::minutes(14)).await.unwrap();
+        assert_eq!((last.count, last.window_ends), (41, t0 + window));
+        let fresh = stores.throttle.hit("forgot:ip:192.0.2.1", window, t0 + window).await.unwrap();
+        assert_eq!((fresh.count, fresh.window_ends), (1, t0 + window + window));
+        assert_eq!(stores.throttle.hit("other", window, t0).await.unwrap().count, 1);
+    })
+    .await;
+}
