@@ -28,6 +28,9 @@ pub struct AccountsSettings {
     /// How long an access token can outlive its issue: lifetime plus clock
     /// skew (660 s). Revocations need remembering only this long.
     pub access_token_reach: Duration,
+    /// Whether login waits until the address is verified; otherwise tokens
+    /// say `email_verified: false` and routes decide.
+    pub require_verified_email: bool,
 }
 
 impl Default for AccountsSettings {
@@ -38,6 +41,7 @@ impl Default for AccountsSettings {
             session_idle: Duration::days(7),
             refresh_grace: Duration::seconds(5),
             access_token_reach: Duration::seconds(660),
+            require_verified_email: false,
         }
     }
 }
@@ -68,6 +72,9 @@ pub enum LoginError {
     /// Unknown email, wrong password, or no password set: one answer for all.
     #[error("invalid email or password")]
     InvalidCredentials,
+    /// The password was right, but the address must be verified first.
+    #[error("confirm your email address first")]
+    EmailNotVerified,
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
@@ -211,6 +218,9 @@ impl Accounts {
             Verification::Match { needs_rehash } => {
                 if needs_rehash {
                     self.rehash(&user, &password).await;
+                }
+                if self.settings.require_verified_email && !user.email_verified {
+                    return Err(LoginError::EmailNotVerified);
                 }
                 self.open_session(user, client).await
             }

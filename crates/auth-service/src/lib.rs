@@ -10,6 +10,7 @@
 //! - [`cookies`]: the three `__Host-` cookies.
 //! - [`keys`]: the live signing keys, reloaded when the key file changes.
 //! - [`ledger`]: the deletion ledger's intake of `user.deletion_completed`.
+//! - [`mail`]: the SMTP and file mailers and the relay draining the mail queue.
 //! - [`error`]: [`error::ApiError`], the one error body.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: the listener of the standalone auth-service, with its limits.
@@ -21,11 +22,14 @@ pub mod error;
 pub mod guard;
 pub mod keys;
 pub mod ledger;
+pub mod mail;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
-use crate::routes::{accounts, admin, ops, sessions, wellknown};
+use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -9,6 +9,7 @@ use crate::routes::{accounts, admin, ops, sessions, wellknown};
         accounts::register, accounts::login, accounts::refresh, accounts::logout,
         accounts::delete_account, accounts::me,
         sessions::list, sessions::revoke_one, sessions::revoke_others,
+        recovery::forgot, recovery::reset, recovery::change, recovery::verify, recovery::resend,
         wellknown::jwks,
         admin::deletion,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
@@ -16,6 +17,7 @@ use crate::routes::{accounts, admin, ops, sessions, wellknown};
     tags(
         (name = "accounts", description = "Registration, login, refresh, logout, deletion"),
         (name = "sessions", description = "The caller's login sessions"),
+        (name = "recovery", description = "Password reset and change, email verification"),
         (name = "keys", description = "Public signing keys"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
         (name = "admin", description = "Operator endpoints (bearer operator token)"),

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use auth_core::{Accounts, AccountsSettings, Clock, DeletionLedger};
+use auth_core::{Accounts, AccountsSettings, Clock, DeletionLedger, Recovery};
 use auth_store::Health;
 use auth_tokens::TokenSettings;
 use auth_tokens::proxies::TrustedProxies;
@@ -32,6 +32,9 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     accounts: Accounts,
+    recovery: Recovery,
+    /// Wakes the mail relay when mail was queued.
+    mail_waker: Arc<tokio::sync::Notify>,
     keys: Arc<KeyHandle>,
     clock: Arc<dyn Clock>,
     health: Arc<dyn Health>,
@@ -47,8 +50,10 @@ struct Inner {
 pub type BrokerReport = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         accounts: Accounts,
+        recovery: Recovery,
         keys: Arc<KeyHandle>,
         clock: Arc<dyn Clock>,
         health: Arc<dyn Health>,
@@ -59,6 +64,8 @@ impl AppState {
             auth_tokens::csrf::allowed_origins(std::iter::once(&settings.public_url).chain(&settings.trusted_origins));
         Self(Arc::new(Inner {
             accounts,
+            recovery,
+            mail_waker: Arc::default(),
             keys,
             clock,
             health,
@@ -72,6 +79,15 @@ impl AppState {
 
     pub fn accounts(&self) -> &Accounts {
         &self.0.accounts
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.0.recovery
+    }
+
+    /// Notified whenever a handler queued mail; give it to the mail relay.
+    pub fn mail_waker(&self) -> &Arc<tokio::sync::Notify> {
+        &self.0.mail_waker
     }
 
     pub fn keys(&self) -> &Arc<KeyHandle> {

@@ -19,6 +19,8 @@ pub struct AccessClaims {
     pub sid: String,
     pub roles: Vec<String>,
     pub permissions: Vec<String>,
+    /// Whether the user has proved the address, so that a route can require it.
+    pub email_verified: bool,
 }
 
 impl AccessClaims {

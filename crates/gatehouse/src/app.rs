@@ -25,6 +25,7 @@ use auth_events::{
 };
 use auth_service::keys::KeyHandle;
 use auth_service::ledger::LedgerHandler;
+use auth_service::mail::MailRelay;
 use auth_service::state::BrokerReport;
 use auth_service::{AppState, AuthSettings};
 use auth_tokens::proxies::TrustedProxies;
@@ -147,10 +148,12 @@ struct AuthParts {
     /// Set when events stay in this process (no NATS configured).
     bus: Option<InProcessBus>,
     ledger_consumer: Option<Arc<Consumer>>,
+    /// Taken by the first start of the background tasks.
+    mail_relay: Arc<std::sync::Mutex<Option<MailRelay>>>,
 }
 
 impl AuthParts {
-    /// The key-file watcher and the outbox relay.
+    /// The key-file watcher, the outbox relay and the mail relay.
     fn background(&self) -> Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>> {
         let (keys, reload) = (self.keys.clone(), self.reload);
         let (relay, interval) = (self.relay.clone(), self.relay_interval);
@@ -159,6 +162,15 @@ impl AuthParts {
         if let Some(consumer) = self.ledger_consumer.clone() {
             tasks.push(Box::new(move || consumer.spawn()));
         }
+        let mail = self.mail_relay.clone();
+        tasks.push(Box::new(move || {
+            let relay = mail.lock().ok().and_then(|mut relay| relay.take());
+            tokio::spawn(async move {
+                if let Some(relay) = relay {
+                    relay.run(std::future::pending()).await;
+                }
+            })
+        }));
         tasks
     }
 }
@@ -198,8 +210,13 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
             .context("load the signing keys")?,
     );
     let hasher = Arc::new(Argon2Hasher::new(&config.passwords.hashing)?);
-    let mut accounts =
-        Accounts::new(stores.users.clone(), stores.sessions.clone(), hasher, clock.clone(), settings.accounts.clone());
+    let mut accounts = Accounts::new(
+        stores.users.clone(),
+        stores.sessions.clone(),
+        hasher.clone(),
+        clock.clone(),
+        settings.accounts.clone(),
+    );
     let mut sinks: Vec<Arc<dyn RevocationSink>> = Vec::new();
     if let Some(feed) = feed {
         sinks.push(feed);
@@ -214,7 +231,10 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         sinks.push(Arc::new(revocations.clone()));
     }
     // Recorded too, for the gateway relaying the answer (`Gatehouse-Revoked`).
-    accounts = accounts.with_revocations(Arc::new(Recording(Arc::new(FanOut(sinks)))));
+    let revocations: Arc<dyn RevocationSink> = Arc::new(Recording(Arc::new(FanOut(sinks))));
+    accounts = accounts.with_revocations(revocations.clone());
+    let recovery = crate::mail::recovery(config, &settings, &stores, hasher, clock.clone(), revocations)?;
+    let mailer = crate::mail::mailer(config)?;
     let (sink, bus, broker) = event_sink(nats).await?;
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     // The deletion ledger hears downstream services' confirmations.
@@ -230,11 +250,21 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         }
         (None, None) => None,
     };
-    let state = AppState::new(accounts, keys.clone(), clock, stores.health.clone(), stores.ledger.clone(), settings);
+    let state = AppState::new(
+        accounts,
+        recovery,
+        keys.clone(),
+        clock.clone(),
+        stores.health.clone(),
+        stores.ledger.clone(),
+        settings,
+    );
+    let mail_relay = MailRelay::new(stores.mail.clone(), mailer, clock, state.mail_waker().clone());
     if let Some(connected) = broker {
         state.report_broker(connected);
     }
     Ok(AuthParts {
+        mail_relay: Arc::new(std::sync::Mutex::new(Some(mail_relay))),
         ledger_consumer,
         state,
         keys,
@@ -563,6 +593,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
             session_idle: time::Duration::days(config.sessions.idle_days),
             refresh_grace: time::Duration::seconds(config.sessions.refresh_grace_secs),
             access_token_reach: time::Duration::seconds(tokens.key_overlap()),
+            require_verified_email: config.registration.require_verified_email,
         },
         tokens,
         trusted_origins: config.csrf.trusted_origins.clone(),

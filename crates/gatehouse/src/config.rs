@@ -37,8 +37,61 @@ pub struct Config {
     pub nats: NatsConfig,
     pub events: EventsConfig,
     pub admin: AdminConfig,
+    pub mail: MailConfig,
+    pub recovery: RecoveryConfig,
+    pub registration: RegistrationConfig,
     pub notes: NotesConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtp://` (no TLS), `smtps://` (TLS) or `smtp+starttls://` (STARTTLS,
+    /// required), with `user:password@` if the server wants them; unset =
+    /// each message is written as an `.eml` file under `<data_dir>/mail/`.
+    pub smtp_url: Option<String>,
+    /// The sender, `Name <address>`.
+    pub from: String,
+    /// Seconds any one step of talking to the mail server may take.
+    pub timeout_secs: u64,
+    /// A directory whose `password_reset`, `password_changed` and
+    /// `verify_email` `.txt`/`.html` files replace the built-in templates.
+    pub templates_dir: Option<PathBuf>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self { smtp_url: None, from: "Gatehouse <no-reply@localhost>".into(), timeout_secs: 10, templates_dir: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// How long a password reset link works.
+    pub reset_link_minutes: i64,
+    /// How long an email verification link works.
+    pub verify_link_hours: i64,
+    /// Reset and verification requests per address per hour (known or not).
+    pub per_address_per_hour: u32,
+    /// Requests per client address per 15 minutes, on each of forgot,
+    /// reset, verify and resend.
+    pub per_client_per_15_minutes: u32,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self { reset_link_minutes: 15, verify_link_hours: 24, per_address_per_hour: 5, per_client_per_15_minutes: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Whether login waits until the address is verified (403
+    /// `email_not_verified`); otherwise tokens carry `email_verified`.
+    pub require_verified_email: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +313,9 @@ impl Default for Config {
             nats: NatsConfig::default(),
             events: EventsConfig::default(),
             admin: AdminConfig::default(),
+            mail: MailConfig::default(),
+            recovery: RecoveryConfig::default(),
+            registration: RegistrationConfig::default(),
             notes: NotesConfig::default(),
             log: LogConfig::default(),
         }
@@ -352,6 +408,22 @@ impl Config {
         }
         if self.passwords.min_chars < 8 || self.passwords.max_chars < 64 || self.passwords.max_chars > 1024 {
             return bad("passwords need min_chars ≥ 8 and 64 ≤ max_chars ≤ 1024");
+        }
+        let r = &self.recovery;
+        if !(5..=60).contains(&r.reset_link_minutes) {
+            return bad("recovery.reset_link_minutes must be between 5 and 60");
+        }
+        if !(1..=72).contains(&r.verify_link_hours) {
+            return bad("recovery.verify_link_hours must be between 1 and 72");
+        }
+        if r.per_address_per_hour == 0 || r.per_client_per_15_minutes == 0 {
+            return bad("recovery limits must be at least 1");
+        }
+        if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return bad("mail.from must be an address, optionally with a name: `Name <address>`");
+        }
+        if !(1..=300).contains(&self.mail.timeout_secs) {
+            return bad("mail.timeout_secs must be between 1 and 300");
         }
         let (g, a) = (&self.gateway, &self.auth_service);
         for (section, idle, header, send, max) in [

@@ -11,6 +11,7 @@ mod app;
 mod cli;
 mod config;
 mod keys;
+mod mail;
 mod telemetry;
 
 use std::process::ExitCode;

@@ -241,6 +241,7 @@ impl Harness {
             sid: uuid::Uuid::new_v4().to_string(),
             roles: vec!["viewer".into()],
             permissions: vec![],
+            email_verified: true,
         }
     }
 

@@ -100,6 +100,9 @@ async fn every_event_published_on_the_bus_matches_its_schema() {
         DomainEvent::registered(&u, "password", now),
         DomainEvent::logged_in(u.id, session, now),
         DomainEvent::logged_out(u.id, session, now),
+        DomainEvent::password_reset(u.id, now),
+        DomainEvent::password_changed(u.id, now),
+        DomainEvent::email_verified(u.id, now),
         DomainEvent::deleted(u.id, now),
     ];
     assert_eq!(bus.deliver(&events).await, events.len());

@@ -93,7 +93,7 @@ pub struct DeleteAccount {
 /// Create an account.
 #[utoipa::path(post, path = "/auth/register", tag = "accounts", request_body = Credentials,
     responses(
-        (status = 201, description = "Account created; `user.registered` is in the outbox", body = RegisteredUser),
+        (status = 201, description = "Account created; `user.registered` is in the outbox; a verification link (24 hours) is mailed", body = RegisteredUser),
         (status = 400, description = "`invalid_email`, `password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
         (status = 409, description = "`email_taken`", body = ErrorBody),
@@ -114,6 +114,11 @@ pub async fn register(
         RegisterError::Store(e) => e.into(),
     })?;
     tracing::info!(user_id = %user.id, "account registered");
+    // The account stands either way; a lost link can be sent again.
+    match state.recovery().send_verification(&user).await {
+        Ok(()) => state.mail_waker().notify_one(),
+        Err(error) => tracing::error!(user_id = %user.id, %error, "cannot issue the verification link"),
+    }
     let body = RegisteredUser { id: user.id.as_uuid(), email: user.email.to_string(), created_at: user.created_at };
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -121,7 +126,7 @@ pub async fn register(
 /// The client's address: the TCP peer (or, in `gatehouse up`, the peer the
 /// gateway in front passed in), unless that is a trusted proxy, whose
 /// `X-Forwarded-For` then says (see [`auth_tokens::proxies::client_address`]).
-pub struct ClientAddress(Option<IpAddr>);
+pub struct ClientAddress(pub Option<IpAddr>);
 
 impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
@@ -148,7 +153,7 @@ fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> Cl
     responses(
         (status = 200, description = "Logged in; `__Host-access_token`, `__Host-refresh_token` and `__Host-csrf_token` are set", body = LoginResponse),
         (status = 401, description = "`invalid_credentials`, identical for unknown email and wrong password", body = ErrorBody),
-        (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`: cross-site request; `email_not_verified` (right password, address not yet confirmed, when the deployment requires it)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 503, description = "`busy`", body = ErrorBody),
     ))]
@@ -170,6 +175,15 @@ pub async fn login(
             state.metrics().login(false);
             tracing::info!(%ip, reason = "invalid_credentials", "login failed");
             Err(ApiError::invalid_credentials())
+        }
+        Err(LoginError::EmailNotVerified) => {
+            state.metrics().login(false);
+            tracing::info!(%ip, reason = "email_not_verified", "login refused");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "email_not_verified",
+                "confirm your email address first; POST /auth/email/resend sends the link again",
+            ))
         }
         Err(LoginError::Hash(e)) => Err(e.into()),
         Err(LoginError::Store(e)) => Err(e.into()),
@@ -224,6 +238,7 @@ fn session_response(
         sid: session.id.to_string(),
         roles: user.roles.clone(),
         permissions: user.permissions.clone(),
+        email_verified: user.email_verified,
     };
     let access = state.keys().current().signer.sign(&claims).map_err(ApiError::internal)?;
     let session_left = (session.expires_at - now).whole_seconds().max(0);
@@ -248,7 +263,7 @@ fn append_cookies(headers: &mut HeaderMap, values: impl IntoIterator<Item = Head
     }
 }
 
-fn cleared(status: StatusCode) -> Response {
+pub(crate) fn cleared(status: StatusCode) -> Response {
     let mut response = status.into_response();
     append_cookies(response.headers_mut(), cookies::clear_all());
     response

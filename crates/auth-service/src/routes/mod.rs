@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod admin;
 pub mod ops;
+pub mod recovery;
 pub mod sessions;
 pub mod wellknown;
 
@@ -16,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .merge(accounts::router())
         .merge(admin::router())
         .merge(sessions::router())
+        .merge(recovery::router())
         .merge(wellknown::router())
         .merge(ops::router())
 }

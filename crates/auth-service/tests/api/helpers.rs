@@ -2,11 +2,17 @@
 //! manual clock; and `Browser`, a minimal cookie jar that sends what a browser would.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use auth_core::hashing::HashingSettings;
-use auth_core::{Accounts, AccountsSettings, Argon2Hasher, ManualClock, PasswordHasher};
+use auth_core::{
+    Accounts, AccountsSettings, Argon2Hasher, ManualClock, NoRevocationSink, PasswordHasher, Recovery,
+    RecoverySettings, Templates,
+};
 use auth_service::keys::KeyHandle;
+use auth_service::mail::{MailRelay, SmtpMailer};
+use auth_service::testing::{Received, SmtpSink};
 use auth_service::{AppState, AuthSettings};
 use auth_store::Stores;
 use auth_store::testing::{Backend, TestDatabase};
@@ -17,6 +23,10 @@ use serde_json::{Value, json};
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const ISSUER: &str = "http://127.0.0.1:8080";
 pub const OPERATOR_TOKEN: &str = "operator-secret-for-tests";
+
+/// One real SMTP server for the whole suite; tests tell their mail apart
+/// by recipient (every test's addresses are unique).
+pub static SMTP: LazyLock<SmtpSink> = LazyLock::new(SmtpSink::start);
 
 pub struct TestApp {
     pub address: String,
@@ -35,6 +45,8 @@ pub struct Options {
     pub hashing: HashingSettings,
     /// `trusted_proxies` of the auth-service.
     pub trusted_proxies: Vec<String>,
+    pub recovery: Option<RecoverySettings>,
+    pub require_verified_email: bool,
 }
 
 /// Runs `scenario` against a fresh app on every available backend.
@@ -60,24 +72,48 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let key_file = std::env::temp_dir().join(format!("gatehouse-keys-{}.json", uuid::Uuid::new_v4()));
     let keys = Arc::new(KeyHandle::from_file(key_file.clone(), token_settings(), clock.clone()).unwrap());
     let hasher = Arc::new(Argon2Hasher::new(&options.hashing).unwrap());
+    let account_settings =
+        AccountsSettings { require_verified_email: options.require_verified_email, ..AccountsSettings::default() };
     let accounts = Accounts::new(
         stores.users.clone(),
         stores.sessions.clone(),
         hasher.clone(),
         clock.clone(),
-        AccountsSettings::default(),
+        account_settings.clone(),
+    );
+    let recovery_settings = RecoverySettings { public_url: ISSUER.into(), ..options.recovery.unwrap_or_default() };
+    let recovery = Recovery::new(
+        stores.users.clone(),
+        stores.recovery.clone(),
+        stores.throttle.clone(),
+        hasher.clone(),
+        clock.clone(),
+        Arc::new(NoRevocationSink),
+        Templates::builtin(),
+        recovery_settings,
     );
     let settings = AuthSettings {
         public_url: ISSUER.into(),
         tokens: token_settings(),
-        accounts: AccountsSettings::default(),
+        accounts: account_settings,
         trusted_origins: vec!["https://app.example.com".into()],
         operator_token: Some(OPERATOR_TOKEN.into()),
         deletion_services: vec!["notes".into(), "billing".into()],
         trusted_proxies: auth_tokens::proxies::TrustedProxies::parse(&options.trusted_proxies).unwrap(),
     };
-    let state =
-        AppState::new(accounts, keys.clone(), clock.clone(), stores.health.clone(), stores.ledger.clone(), settings);
+    let state = AppState::new(
+        accounts,
+        recovery,
+        keys.clone(),
+        clock.clone(),
+        stores.health.clone(),
+        stores.ledger.clone(),
+        settings,
+    );
+    let from = "Gatehouse <no-reply@example.com>".parse().unwrap();
+    let mailer = Arc::new(SmtpMailer::new(&SMTP.url(), from, Duration::from_secs(10)).unwrap());
+    let relay = MailRelay::new(stores.mail.clone(), mailer, clock.clone(), state.mail_waker().clone());
+    tokio::spawn(relay.run(std::future::pending()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -186,7 +222,11 @@ impl TestApp {
 
     /// Logs `email` in with [`PASSWORD`] in a new browser.
     pub async fn log_in(&self, email: &str) -> Browser {
-        let response = self.login(email, PASSWORD).await;
+        self.log_in_with(email, PASSWORD).await
+    }
+
+    pub async fn log_in_with(&self, email: &str, password: &str) -> Browser {
+        let response = self.login(email, password).await;
         assert_eq!(response.status(), 200);
         let mut browser = Browser::default();
         browser.absorb(&response);
@@ -208,6 +248,18 @@ impl TestApp {
     pub fn hash_operations(&self) -> u64 {
         self.hasher.operations()
     }
+}
+
+/// Waits for the `count`-th message to `to` and returns it.
+pub async fn mail(to: &str, count: usize) -> Received {
+    let mut all = SMTP.wait_for(to, count, Duration::from_secs(20)).await;
+    all.swap_remove(count - 1)
+}
+
+/// The token in the link of `message` (after `#token=`).
+pub fn token_in(message: &Received) -> String {
+    let link = message.link(&format!("{ISSUER}/")).expect("a link to the public URL");
+    link.split_once("#token=").expect("the token in the fragment").1.to_owned()
 }
 
 pub async fn body(response: Response) -> Value {

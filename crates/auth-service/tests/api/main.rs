@@ -10,6 +10,7 @@ mod keys;
 mod login;
 mod logout_delete;
 mod ops;
+mod recovery;
 mod refresh;
 mod register;
 mod sessions;

@@ -25,6 +25,7 @@ fn claims() -> AccessClaims {
         sid: "session-1".into(),
         roles: vec![],
         permissions: vec![],
+        email_verified: true,
     }
 }
 
