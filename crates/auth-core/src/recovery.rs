@@ -63,6 +63,7 @@ impl Default for RecoverySettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Forgot,
+    Change,
     Reset,
     Resend,
     Verify,
@@ -72,6 +73,7 @@ impl Action {
     fn name(self) -> &'static str {
         match self {
             Self::Forgot => "forgot",
+            Self::Change => "change",
             Self::Reset => "reset",
             Self::Resend => "resend",
             Self::Verify => "verify",

@@ -84,6 +84,13 @@ async fn use_token(
 impl RecoveryStore for PgStore {
     async fn issue_token(&self, token: &EmailToken, mail: &Mail) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        // Two requests at once take turns, so only the newer token stays
+        // (SQLite serialises writers by itself).
+        sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+            .bind(token.user_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
             .bind(token.user_id.as_uuid())
             .bind(token.purpose.as_str())
@@ -156,6 +163,13 @@ impl RecoveryStore for PgStore {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
         set_password(&mut tx, user, phc, false).await?;
+        // A reset link asked for before the change must not undo it.
+        sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
+            .bind(user.as_uuid())
+            .bind(TokenPurpose::PasswordReset.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;

@@ -157,6 +157,13 @@ impl RecoveryStore for SqliteStore {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
         set_password(&mut tx, user, phc, false).await?;
+        // A reset link asked for before the change must not undo it.
+        sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
+            .bind(user.to_string())
+            .bind(TokenPurpose::PasswordReset.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;

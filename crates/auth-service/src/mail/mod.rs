@@ -21,10 +21,11 @@ use tokio::sync::Notify;
 pub use file::FileMailer;
 pub use smtp::{SmtpError, SmtpMailer};
 
-/// How long a claimed message is left to one relay before another may try.
-const LEASE: time::Duration = time::Duration::minutes(2);
+/// How long a claimed message is left to one relay before another may try:
+/// longer than a batch can take with every step at its timeout.
+const LEASE: time::Duration = time::Duration::minutes(30);
 /// Messages per claim.
-const BATCH: u32 = 20;
+const BATCH: u32 = 4;
 /// How often the queue is looked at when nobody said there is mail.
 const POLL: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts at one message.

@@ -38,8 +38,9 @@ struct SmtpUrl {
 
 /// Parses the URL without ever echoing its password in an error.
 fn parse(url: &str) -> Result<SmtpUrl, SmtpError> {
-    let shown = || match url.split_once('@') {
-        Some((before, after)) => format!("{}://…@{after}", before.split("://").next().unwrap_or_default()),
+    // Everything up to the last `@` may be a password: never shown.
+    let shown = || match url.rsplit_once('@') {
+        Some((_, after)) => format!("…@{after}"),
         None => url.to_owned(),
     };
     let bad = || SmtpError::Url(shown());
@@ -136,7 +137,12 @@ impl Mailer for SmtpMailer {
         let message = super::message(&self.from, mail)?;
         match self.transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(e) if e.is_permanent() => Err(MailError::Permanent(e.to_string())),
+            // Only a refused mailbox is final; a refused login, a required
+            // STARTTLS or a denied relay is the deployment's to fix, and the
+            // mail waits for it.
+            Err(e) if e.status().is_some_and(|code| matches!(code.to_string().as_str(), "550" | "551" | "553")) => {
+                Err(MailError::Permanent(e.to_string()))
+            }
             Err(e) => Err(MailError::Transient(e.to_string())),
         }
     }
@@ -167,6 +173,8 @@ mod tests {
             "http://mail.example.com",
             "smtp://",
             "smtp://u:secret@host:notaport",
+            "smtp://u:p@secret@host:bad",
+            "smtp:/u:secret@host",
             "smtp://host/path",
             "mail.example.com",
         ] {

@@ -151,12 +151,16 @@ pub async fn reset(
         (status = 400, description = "`password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`wrong_password` or `csrf_failed`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`: too many attempts for this account", body = ErrorBody),
     ))]
 pub async fn change(
     State(state): State<AppState>,
     caller: Caller,
     AppJson(body): AppJson<ChangePassword>,
 ) -> Result<Response, ApiError> {
+    // Counted per account: a stolen session cannot guess the password freely.
+    let account = caller.user.id.to_string();
+    state.recovery().check_limits(Action::Change, None, &account).await.map_err(throttled)?;
     let changed =
         state.recovery().change_password(&caller.user, caller.session.id, &body.current_password, &body.password).await;
     changed.map_err(|e| match e {

@@ -151,6 +151,8 @@ async fn changing_the_password_needs_the_current_one_and_ends_the_other_sessions
     each_backend(async |app: TestApp| {
         let (email, here) = app.signed_in().await;
         let elsewhere = app.log_in(&email).await;
+        app.forgot(&email).await;
+        let pending_reset = token_in(&mail(&email, 2).await);
         let change = |browser: &Browser, current: &str, csrf: bool| {
             let builder = if csrf {
                 app.as_page(Method::POST, "/auth/password/change", browser)
@@ -170,7 +172,9 @@ async fn changing_the_password_needs_the_current_one_and_ends_the_other_sessions
         assert_eq!(app.me(&here).await.status(), StatusCode::OK, "this session stays");
         assert_eq!(app.me(&elsewhere).await.status(), StatusCode::UNAUTHORIZED, "the others end");
         assert_eq!(app.login(&email, NEW_PASSWORD).await.status(), StatusCode::OK);
-        assert_eq!(mail(&email, 2).await.subject, "Your password was changed");
+        assert_eq!(mail(&email, 3).await.subject, "Your password was changed");
+        let stale = app.reset(&pending_reset, "an attacker's new passphrase").await;
+        assert_eq!(code(stale).await, "invalid_token", "a reset asked for before the change cannot undo it");
         let id: UserId = body(app.me(&here).await).await["id"].as_str().unwrap().parse().unwrap();
         let kinds = kinds_of(&app.stores.outbox.events_of(id).await.unwrap());
         assert!(kinds.contains(&EventKind::PasswordChanged));
