@@ -216,29 +216,44 @@ impl Accounts {
         match self.hasher.verify(&password, &phc).await? {
             Verification::Mismatch => Err(LoginError::InvalidCredentials),
             Verification::Match { needs_rehash } => {
-                if needs_rehash {
-                    self.rehash(&user, &password).await;
-                }
                 if self.settings.require_verified_email && !user.email_verified {
                     return Err(LoginError::EmailNotVerified);
                 }
-                self.open_session(user, client).await
+                // Opened only while the verified hash stands: a reset or
+                // change committed meanwhile makes this login fail.
+                let verified = match needs_rehash {
+                    true => self.rehash(&user, &password, &phc).await,
+                    false => phc,
+                };
+                self.open_session(user, client, Some(&verified)).await
             }
         }
     }
 
-    /// Upgrades a hash made with weaker parameters. Failure only costs the upgrade.
-    async fn rehash(&self, user: &User, password: &Password) {
+    /// Upgrades `verified`, a hash made with weaker parameters, unless it
+    /// was replaced meanwhile; returns the user's hash as it now stands, as
+    /// far as this login knows. Failure only costs the upgrade.
+    async fn rehash(&self, user: &User, password: &Password, verified: &str) -> String {
         let stored = match self.hasher.hash(password).await {
-            Ok(phc) => self.users.set_password_hash(user.id, &phc).await.map_err(|e| e.to_string()),
+            Ok(phc) => match self.users.replace_password_hash(user.id, verified, &phc).await {
+                Ok(true) => return phc,
+                Ok(false) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         if let Err(error) = stored {
             tracing::warn!(user_id = %user.id, %error, "could not upgrade the password hash");
         }
+        verified.to_owned()
     }
 
-    async fn open_session(&self, user: User, client: ClientInfo) -> Result<LoggedIn, LoginError> {
+    async fn open_session(
+        &self,
+        user: User,
+        client: ClientInfo,
+        verified: Option<&str>,
+    ) -> Result<LoggedIn, LoginError> {
         let now = self.clock.now();
         let expires_at = now + self.settings.session_lifetime;
         let session = Session {
@@ -254,7 +269,9 @@ impl Accounts {
         };
         let refresh = OpaqueSecret::generate();
         let event = DomainEvent::logged_in(user.id, session.id, now);
-        self.sessions.create_session(&session, &refresh.hash(), &event).await?;
+        if !self.sessions.create_session(&session, &refresh.hash(), &event, verified).await? {
+            return Err(LoginError::InvalidCredentials);
+        }
         Ok(LoggedIn { user, session, refresh })
     }
 

@@ -27,6 +27,9 @@ pub trait UserStore: Send + Sync + 'static {
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError>;
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
     async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError>;
+    /// Replaces `verified` by `phc` only if `verified` is still the user's
+    /// hash (a rehash must never undo a reset); `false` otherwise.
+    async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError>;
     /// Removes the user and every row it owns (sessions, refresh tokens);
     /// [`StoreError::NotFound`] when there is no such user.
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError>;
@@ -34,12 +37,17 @@ pub trait UserStore: Send + Sync + 'static {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
+    /// Opens `session`. With `verified` (the password hash the login
+    /// checked), only while it is still the user's: a login racing a reset
+    /// or a change either comes first, and its session is revoked by it, or
+    /// opens nothing (`false`).
     async fn create_session(
         &self,
         session: &Session,
         refresh: &SecretHash,
         event: &DomainEvent,
-    ) -> Result<(), StoreError>;
+        verified: Option<&str>,
+    ) -> Result<bool, StoreError>;
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
     /// Sessions of `user` that are neither revoked nor expired at `now`, newest first.
     async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError>;
@@ -186,16 +194,19 @@ pub trait RecoveryStore: Send + Sync + 'static {
         event: &DomainEvent,
         notice: &Mail,
     ) -> Result<Option<Vec<SessionId>>, StoreError>;
-    /// Sets the password, revokes every session but `keep`, writes `event`
-    /// and queues `notice`; returns the revoked sessions.
+    /// Replaces the `verified` password hash by `phc`, revokes every session
+    /// but `keep`, voids pending reset links, writes `event` and queues
+    /// `notice`; returns the revoked sessions, or `None` when the hash is no
+    /// longer `verified` (a reset got there first).
     async fn change_password(
         &self,
         user: UserId,
+        verified: &str,
         phc: &str,
         keep: SessionId,
         event: &DomainEvent,
         notice: &Mail,
-    ) -> Result<Vec<SessionId>, StoreError>;
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
     /// Uses up `user`'s verification token and marks the address verified,
     /// writing `event`; `false` when the token was no longer valid.
     async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError>;

@@ -251,23 +251,29 @@ impl Recovery {
         password: &str,
     ) -> Result<(), ChangeError> {
         let given = Password::for_login(current);
-        match &user.password_hash {
+        let verified = match &user.password_hash {
             Some(phc) => {
                 if self.hasher.verify(&given, phc).await? == Verification::Mismatch {
                     return Err(ChangeError::WrongPassword);
                 }
+                phc
             }
             None => {
                 // Same work either way; no password means no match.
                 self.hasher.verify_dummy(&given).await?;
                 return Err(ChangeError::WrongPassword);
             }
-        }
+        };
         let password = Password::new_checked(password, &self.settings.password)?;
         let phc = self.hasher.hash(&password).await?;
         let now = self.clock.now();
         let event = DomainEvent::password_changed(user.id, now);
-        let revoked = self.store.change_password(user.id, &phc, keep, &event, &self.notice(user)).await?;
+        // A reset committed since the check wins: this change is refused.
+        let revoked = self
+            .store
+            .change_password(user.id, verified, &phc, keep, &event, &self.notice(user))
+            .await?
+            .ok_or(ChangeError::WrongPassword)?;
         self.revoked(&revoked, now).await;
         Ok(())
     }

@@ -153,6 +153,17 @@ impl UserStore for PgStore {
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
+    async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+            .bind(id.as_uuid())
+            .bind(verified)
+            .bind(phc)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let gone = sqlx::query("DELETE FROM users WHERE id = $1")
@@ -187,8 +198,29 @@ impl UserStore for PgStore {
 
 #[async_trait]
 impl SessionStore for PgStore {
-    async fn create_session(&self, s: &Session, refresh: &SecretHash, event: &DomainEvent) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        s: &Session,
+        refresh: &SecretHash,
+        event: &DomainEvent,
+        verified: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        if let Some(verified) = verified {
+            // Shares the user row until commit: a reset or change waits for
+            // this session and then revokes it, or goes first and this
+            // finds the hash changed.
+            let still: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE")
+                    .bind(s.user_id.as_uuid())
+                    .bind(verified)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            if still.is_none() {
+                return Ok(false);
+            }
+        }
         sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
              revoked_at, user_agent, ip) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -213,7 +245,8 @@ impl SessionStore for PgStore {
             .await
             .map_err(store_error)?;
         insert_event(&mut tx, event).await?;
-        tx.commit().await.map_err(store_error)
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {

@@ -42,15 +42,10 @@ async fn enqueue(
     Ok(())
 }
 
-async fn set_password(
-    tx: &mut Transaction<'_, Postgres>,
-    user: UserId,
-    phc: &str,
-    verified: bool,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET password_hash = $1, email_verified = (email_verified OR $2) WHERE id = $3")
+/// The password a reset link set; the link proved the address.
+async fn set_reset_password(tx: &mut Transaction<'_, Postgres>, user: UserId, phc: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = $1, email_verified = TRUE WHERE id = $2")
         .bind(phc)
-        .bind(verified)
         .bind(user.as_uuid())
         .execute(&mut **tx)
         .await
@@ -144,7 +139,7 @@ impl RecoveryStore for PgStore {
         if !use_token(&mut tx, hash, user, TokenPurpose::PasswordReset, now).await? {
             return Ok(None);
         }
-        set_password(&mut tx, user, phc, true).await?;
+        set_reset_password(&mut tx, user, phc).await?;
         let revoked = revoke_sessions_in(&mut tx, user, None, now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
@@ -155,14 +150,24 @@ impl RecoveryStore for PgStore {
     async fn change_password(
         &self,
         user: UserId,
+        verified: &str,
         phc: &str,
         keep: SessionId,
         event: &DomainEvent,
         notice: &Mail,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
-        set_password(&mut tx, user, phc, false).await?;
+        let replaced = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
+            .bind(phc)
+            .bind(user.as_uuid())
+            .bind(verified)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if replaced.rows_affected() == 0 {
+            return Ok(None);
+        }
         // A reset link asked for before the change must not undo it.
         sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
             .bind(user.as_uuid())
@@ -174,7 +179,7 @@ impl RecoveryStore for PgStore {
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
         tx.commit().await.map_err(store_error)?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError> {

@@ -197,6 +197,17 @@ impl UserStore for SqliteStore {
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
+    async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+            .bind(phc)
+            .bind(id.to_string())
+            .bind(verified)
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         let gone = sqlx::query("DELETE FROM users WHERE id = ?")
@@ -231,11 +242,19 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn create_session(&self, s: &Session, refresh: &SecretHash, event: &DomainEvent) -> Result<(), StoreError> {
+    async fn create_session(
+        &self,
+        s: &Session,
+        refresh: &SecretHash,
+        event: &DomainEvent,
+        verified: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
+        // One writing statement: it sees the latest committed hash.
+        let opened = sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
-             revoked_at, user_agent, ip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             revoked_at, user_agent, ip) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+             WHERE ?10 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash = ?10)",
         )
         .bind(s.id.to_string())
         .bind(s.user_id.to_string())
@@ -246,9 +265,13 @@ impl SessionStore for SqliteStore {
         .bind(s.revoked_at.map(ms))
         .bind(&s.user_agent)
         .bind(&s.ip)
+        .bind(verified)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        if opened.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)")
             .bind(refresh.as_str())
             .bind(s.id.to_string())
@@ -257,7 +280,8 @@ impl SessionStore for SqliteStore {
             .await
             .map_err(store_error)?;
         insert_event(&mut tx, event).await?;
-        tx.commit().await.map_err(store_error)
+        tx.commit().await.map_err(store_error)?;
+        Ok(true)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {

@@ -43,15 +43,10 @@ async fn enqueue(
     Ok(())
 }
 
-async fn set_password(
-    tx: &mut Transaction<'_, Sqlite>,
-    user: UserId,
-    phc: &str,
-    verified: bool,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE users SET password_hash = ?, email_verified = (email_verified OR ?) WHERE id = ?")
+/// The password a reset link set; the link proved the address.
+async fn set_reset_password(tx: &mut Transaction<'_, Sqlite>, user: UserId, phc: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE users SET password_hash = ?, email_verified = 1 WHERE id = ?")
         .bind(phc)
-        .bind(verified)
         .bind(user.to_string())
         .execute(&mut **tx)
         .await
@@ -138,7 +133,7 @@ impl RecoveryStore for SqliteStore {
         if !use_token(&mut tx, hash, user, TokenPurpose::PasswordReset, now).await? {
             return Ok(None);
         }
-        set_password(&mut tx, user, phc, true).await?;
+        set_reset_password(&mut tx, user, phc).await?;
         let revoked = revoke_sessions_in(&mut tx, user, None, now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
@@ -149,14 +144,24 @@ impl RecoveryStore for SqliteStore {
     async fn change_password(
         &self,
         user: UserId,
+        verified: &str,
         phc: &str,
         keep: SessionId,
         event: &DomainEvent,
         notice: &Mail,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
-        set_password(&mut tx, user, phc, false).await?;
+        let replaced = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+            .bind(phc)
+            .bind(user.to_string())
+            .bind(verified)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if replaced.rows_affected() == 0 {
+            return Ok(None);
+        }
         // A reset link asked for before the change must not undo it.
         sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
             .bind(user.to_string())
@@ -168,7 +173,7 @@ impl RecoveryStore for SqliteStore {
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
         tx.commit().await.map_err(store_error)?;
-        Ok(revoked)
+        Ok(Some(revoked))
     }
 
     async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError> {

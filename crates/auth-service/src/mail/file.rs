@@ -23,6 +23,9 @@ impl FileMailer {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(dir)?;
+        // Also when it was there already: the files hold live links.
+        #[cfg(unix)]
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         Ok(Self { dir: dir.to_owned(), from })
     }
 

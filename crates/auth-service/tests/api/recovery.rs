@@ -271,3 +271,31 @@ async fn futures_statuses(app: &TestApp, n: usize) -> Vec<StatusCode> {
     }
     statuses
 }
+
+#[tokio::test]
+async fn no_login_racing_a_reset_keeps_a_session_afterwards() {
+    each_backend(async |app: TestApp| {
+        let (email, _) = app.signed_in().await;
+        app.forgot(&email).await;
+        let token = token_in(&mail(&email, 2).await);
+        let logins: Vec<_> = (0..12)
+            .map(|_| {
+                let request =
+                    app.request(Method::POST, "/auth/login").json(&json!({"email": email, "password": PASSWORD}));
+                tokio::spawn(async move { request.send().await.unwrap() })
+            })
+            .collect();
+        assert_eq!(app.reset(&token, NEW_PASSWORD).await.status(), StatusCode::NO_CONTENT);
+        for login in logins {
+            let login = login.await.unwrap();
+            if login.status() == StatusCode::OK {
+                let mut browser = Browser::default();
+                browser.absorb(&login);
+                assert_eq!(app.me(&browser).await.status(), StatusCode::UNAUTHORIZED, "a session outlived the reset");
+            } else {
+                assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
+            }
+        }
+    })
+    .await;
+}

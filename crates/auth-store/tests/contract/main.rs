@@ -74,7 +74,8 @@ fn session(user: UserId, at: OffsetDateTime) -> Session {
 async fn logged_in(stores: &Stores, user: UserId, at: OffsetDateTime) -> (Session, OpaqueSecret) {
     let s = session(user, at);
     let refresh = OpaqueSecret::generate();
-    stores.sessions.create_session(&s, &refresh.hash(), &DomainEvent::logged_in(user, s.id, at)).await.unwrap();
+    let event = DomainEvent::logged_in(user, s.id, at);
+    assert!(stores.sessions.create_session(&s, &refresh.hash(), &event, None).await.unwrap());
     (s, refresh)
 }
 

@@ -153,3 +153,50 @@ async fn parallel_hits_on_one_key_are_each_counted_and_a_window_ends() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_login_racing_a_reset_opens_no_session_and_a_rehash_cannot_undo_it() {
+    each_backend(async |stores: Stores| {
+        let t0 = now();
+        let alice = registered(&stores, "alice@example.com").await;
+        let old = alice.password_hash.clone().unwrap();
+        let token = issue(&stores, &alice, TokenPurpose::PasswordReset, t0).await;
+        let event = DomainEvent::password_reset(alice.id, t0);
+        stores
+            .recovery
+            .reset_password(&token.hash(), alice.id, "phc-new", &event, &mail_to(&alice, "n"))
+            .await
+            .unwrap();
+        // A login that checked the old hash before the reset committed:
+        let late = crate::session(alice.id, t0);
+        let logged_in = DomainEvent::logged_in(alice.id, late.id, t0);
+        let refresh = OpaqueSecret::generate().hash();
+        assert!(!stores.sessions.create_session(&late, &refresh, &logged_in, Some(&old)).await.unwrap());
+        assert_eq!(stores.sessions.session(late.id).await.unwrap(), None);
+        assert!(!stores.users.replace_password_hash(alice.id, &old, "phc-rehashed-old").await.unwrap());
+        assert_eq!(stores.users.user_by_id(alice.id).await.unwrap().unwrap().password_hash.as_deref(), Some("phc-new"));
+        let current = crate::session(alice.id, t0);
+        let logged_in = DomainEvent::logged_in(alice.id, current.id, t0);
+        assert!(stores.sessions.create_session(&current, &refresh, &logged_in, Some("phc-new")).await.unwrap());
+        let (keep, _) = logged_in_pair(&stores, &alice).await;
+        let changed = stores
+            .recovery
+            .change_password(
+                alice.id,
+                &old,
+                "phc-x",
+                keep,
+                &DomainEvent::password_changed(alice.id, t0),
+                &mail_to(&alice, "c"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(changed, None, "a change checked against the old hash loses to the reset");
+    })
+    .await;
+}
+
+async fn logged_in_pair(stores: &Stores, user: &User) -> (auth_core::SessionId, OpaqueSecret) {
+    let (session, refresh) = logged_in(stores, user.id, now()).await;
+    (session.id, refresh)
+}
