@@ -29,6 +29,10 @@ pub struct RouteConfig {
     /// Any of these roles lets the request through; empty means any user.
     #[serde(default)]
     pub require_roles: Vec<String>,
+    /// Only users who have verified their email address (the token's
+    /// `email_verified`); others get 403 `email_not_verified`.
+    #[serde(default)]
+    pub require_verified_email: bool,
     /// Remove the prefix from the path before forwarding.
     #[serde(default)]
     pub strip_prefix: bool,
@@ -53,6 +57,7 @@ impl RouteConfig {
             upstream: upstream.into(),
             auth,
             require_roles: Vec::new(),
+            require_verified_email: false,
             strip_prefix: false,
             timeout: default_timeout(),
             http2: false,

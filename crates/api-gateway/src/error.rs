@@ -36,6 +36,8 @@ pub enum GatewayError {
     Unauthenticated { presented: bool },
     #[error("forbidden")]
     Forbidden,
+    #[error("email not verified")]
+    EmailNotVerified,
     #[error("csrf: {0}")]
     Csrf(String),
     #[error("signing keys not yet obtained")]
@@ -86,6 +88,9 @@ impl GatewayError {
                 (StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required".into())
             }
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "your roles do not allow this".into()),
+            Self::EmailNotVerified => {
+                (StatusCode::FORBIDDEN, "email_not_verified", "confirm your email address first".into())
+            }
             Self::Csrf(why) => (StatusCode::FORBIDDEN, "csrf_failed", why.clone()),
             Self::KeysUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable", "token keys are not available yet".into())

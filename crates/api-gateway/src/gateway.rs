@@ -445,6 +445,9 @@ fn check_roles(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
     if !route.require_roles.is_empty() && !roles.iter().any(|r| route.require_roles.contains(r)) {
         return Err(GatewayError::Forbidden);
     }
+    if route.require_verified_email && !verified.claims.email_verified {
+        return Err(GatewayError::EmailNotVerified);
+    }
     Ok(())
 }
 

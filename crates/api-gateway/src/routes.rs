@@ -57,6 +57,7 @@ pub struct Route {
     pub upstream: Upstream,
     pub auth: AuthMode,
     pub require_roles: Vec<String>,
+    pub require_verified_email: bool,
     pub strip_prefix: bool,
     pub timeout: Duration,
     /// The largest request body passed on.
@@ -168,6 +169,7 @@ impl RouteTable {
                 upstream: upstream(c, locals)?,
                 auth: c.auth,
                 require_roles: c.require_roles.clone(),
+                require_verified_email: c.require_verified_email,
                 strip_prefix: c.strip_prefix,
                 timeout: Duration::from_secs(c.timeout),
                 max_body_bytes: c.max_body_bytes,

@@ -231,6 +231,23 @@ async fn required_roles_are_any_of_and_403_when_missing() {
 }
 
 #[tokio::test]
+async fn a_route_may_require_a_verified_email_whichever_path_serves_it() {
+    let upstream = serve(echo_upstream()).await;
+    let mut verified_only = route("/verified", &upstream, AuthMode::Required);
+    verified_only.require_verified_email = true;
+    let h = harness_with(vec![verified_only, route("/api", &upstream, AuthMode::Required)], upstream).await;
+    let unverified = h.sign(&AccessClaims { email_verified: false, ..h.claims() });
+    let verified = h.sign(&h.claims());
+    for request in [|h: &Harness| h.get("/verified/x"), |h: &Harness| h.post("/verified/x")] {
+        let refused = request(&h).bearer_auth(&unverified).send().await.unwrap();
+        assert_eq!(refused.status(), 403);
+        assert_eq!(json(refused).await["error"]["code"], "email_not_verified");
+        assert_eq!(request(&h).bearer_auth(&verified).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(h.get("/api/x").bearer_auth(&unverified).send().await.unwrap().status(), 200, "other routes do not ask");
+}
+
+#[tokio::test]
 async fn metrics_show_failures_by_reason_revocations_and_jwks_age() {
     let h = harness().await;
     let (token, claims) = h.token();
