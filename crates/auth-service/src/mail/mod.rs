@@ -15,7 +15,8 @@ use std::time::Duration;
 use auth_core::mail::QueuedMail;
 use auth_core::{Clock, Mail, MailError, MailQueue, Mailer};
 use lettre::Message;
-use lettre::message::{Mailbox, MultiPart};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use tokio::sync::Notify;
 
 pub use file::FileMailer;
@@ -38,12 +39,31 @@ const TIDY_EVERY: Duration = Duration::from_secs(600);
 pub(crate) fn message(from: &Mailbox, mail: &Mail) -> Result<Message, MailError> {
     let to: Mailbox =
         mail.to.as_str().parse().map_err(|e| MailError::Permanent(format!("the recipient is not deliverable: {e}")))?;
+    let part = |kind: ContentType, content: &str| SinglePart::builder().header(kind).body(readable(content));
     Message::builder()
         .from(from.clone())
         .to(to)
         .subject(mail.subject.clone())
-        .multipart(MultiPart::alternative_plain_html(mail.text.clone(), mail.html.clone()))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(part(ContentType::TEXT_PLAIN, &mail.text))
+                .singlepart(part(ContentType::TEXT_HTML, &mail.html)),
+        )
         .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))
+}
+
+/// ASCII text whose lines fit SMTP's 998 characters goes as it is (7bit),
+/// so a link stays whole and readable in the raw message or `.eml` file;
+/// other text is encoded as lettre chooses.
+fn readable(content: &str) -> Body {
+    let crlf = content.replace("\r\n", "\n").replace('\n', "\r\n");
+    let plain = crlf.is_ascii()
+        && !crlf.contains('\0')
+        && crlf.split("\r\n").all(|line| line.len() <= 998 && !line.contains('\r'));
+    match plain {
+        true => Body::dangerous_pre_encoded(crlf.into_bytes(), ContentTransferEncoding::SevenBit),
+        false => Body::new(content.to_owned()),
+    }
 }
 
 /// Sends queued mail until shut down.
@@ -120,5 +140,32 @@ impl MailRelay {
             // The lease runs out and the message is tried again: at least once.
             tracing::warn!(mail_id = %queued.id, %error, "cannot record the outcome of a mail");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mail(text: &str) -> Mail {
+        let to = auth_core::Email::parse("a@example.com").unwrap();
+        Mail { to, subject: "Hi".into(), text: text.into(), html: format!("<p>{text}</p>") }
+    }
+
+    #[test]
+    fn a_long_link_stays_whole_on_one_line_of_the_raw_message() {
+        let link = format!("http://127.0.0.1:8080/reset-password#token={}", "x".repeat(43));
+        let from: Mailbox = "Gatehouse <no-reply@example.com>".parse().unwrap();
+        let raw = String::from_utf8(message(&from, &mail(&format!("Open:\n\n{link}\n"))).unwrap().formatted()).unwrap();
+        assert!(raw.lines().any(|line| line == link), "{raw}");
+        assert!(raw.contains("Content-Transfer-Encoding: 7bit"), "{raw}");
+    }
+
+    #[test]
+    fn text_that_is_not_plain_ascii_is_encoded() {
+        let from: Mailbox = "Gatehouse <no-reply@example.com>".parse().unwrap();
+        let raw = String::from_utf8(message(&from, &mail("Grüße\r bare")).unwrap().formatted()).unwrap();
+        assert!(!raw.contains("Content-Transfer-Encoding: 7bit"), "{raw}");
+        assert!(!raw.contains("Grüße"), "{raw}");
     }
 }
