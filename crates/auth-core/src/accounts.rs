@@ -142,6 +142,22 @@ pub enum Refreshed {
     WithinGrace { user: User, session: Session },
 }
 
+/// After a write conditional on a verified hash found it replaced: the
+/// user's hash as it now stands if `password` still matches it (another
+/// login upgraded it), else `None` (a reset or change replaced it).
+pub(crate) async fn rematch(
+    users: &dyn UserStore,
+    hasher: &dyn PasswordHasher,
+    user: UserId,
+    password: &Password,
+) -> Result<Option<String>, LoginError> {
+    let Some(current) = users.user_by_id(user).await?.and_then(|u| u.password_hash) else { return Ok(None) };
+    match hasher.verify(password, &current).await? {
+        Verification::Match { .. } => Ok(Some(current)),
+        Verification::Mismatch => Ok(None),
+    }
+}
+
 /// The account use cases over their ports.
 pub struct Accounts {
     users: Arc<dyn UserStore>,
@@ -219,13 +235,24 @@ impl Accounts {
                 if self.settings.require_verified_email && !user.email_verified {
                     return Err(LoginError::EmailNotVerified);
                 }
-                // Opened only while the verified hash stands: a reset or
-                // change committed meanwhile makes this login fail.
-                let verified = match needs_rehash {
+                let mut verified = match needs_rehash {
                     true => self.rehash(&user, &password, &phc).await,
                     false => phc,
                 };
-                self.open_session(user, client, Some(&verified)).await
+                // Opened only while the verified hash stands. If it was
+                // replaced meanwhile, by another login's upgrade the
+                // password still matches and this goes on, once; by a reset
+                // or change it does not, and the login fails.
+                for _ in 0..2 {
+                    if let Some(done) = self.open_session(&user, &client, Some(&verified)).await? {
+                        return Ok(done);
+                    }
+                    match rematch(self.users.as_ref(), self.hasher.as_ref(), user.id, &password).await? {
+                        Some(current) if current != verified => verified = current,
+                        _ => break,
+                    }
+                }
+                Err(LoginError::InvalidCredentials)
             }
         }
     }
@@ -248,12 +275,13 @@ impl Accounts {
         verified.to_owned()
     }
 
+    /// A new session, unless `verified` is no longer the user's hash.
     async fn open_session(
         &self,
-        user: User,
-        client: ClientInfo,
+        user: &User,
+        client: &ClientInfo,
         verified: Option<&str>,
-    ) -> Result<LoggedIn, LoginError> {
+    ) -> Result<Option<LoggedIn>, LoginError> {
         let now = self.clock.now();
         let expires_at = now + self.settings.session_lifetime;
         let session = Session {
@@ -264,15 +292,15 @@ impl Accounts {
             expires_at,
             idle_expires_at: (now + self.settings.session_idle).min(expires_at),
             revoked_at: None,
-            user_agent: client.user_agent,
-            ip: client.ip,
+            user_agent: client.user_agent.clone(),
+            ip: client.ip.clone(),
         };
         let refresh = OpaqueSecret::generate();
         let event = DomainEvent::logged_in(user.id, session.id, now);
         if !self.sessions.create_session(&session, &refresh.hash(), &event, verified).await? {
-            return Err(LoginError::InvalidCredentials);
+            return Ok(None);
         }
-        Ok(LoggedIn { user, session, refresh })
+        Ok(Some(LoggedIn { user: user.clone(), session, refresh }))
     }
 
     pub async fn refresh(&self, presented: &str) -> Result<Refreshed, RefreshError> {

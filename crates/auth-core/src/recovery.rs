@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use time::{Duration, OffsetDateTime};
 
+use crate::accounts::{LoginError, rematch};
 use crate::hashing::Verification;
 use crate::mail::{Template, Values, say_duration};
 use crate::password::PasswordError;
@@ -268,14 +269,28 @@ impl Recovery {
         let phc = self.hasher.hash(&password).await?;
         let now = self.clock.now();
         let event = DomainEvent::password_changed(user.id, now);
-        // A reset committed since the check wins: this change is refused.
-        let revoked = self
-            .store
-            .change_password(user.id, verified, &phc, keep, &event, &self.notice(user))
-            .await?
-            .ok_or(ChangeError::WrongPassword)?;
-        self.revoked(&revoked, now).await;
-        Ok(())
+        let notice = self.notice(user);
+        // Conditional on the verified hash: a reset committed since the
+        // check wins and this change is refused; a login's upgrade of the
+        // hash (same password) is checked again, once.
+        let mut verified = verified.clone();
+        for _ in 0..2 {
+            if let Some(revoked) = self.store.change_password(user.id, &verified, &phc, keep, &event, &notice).await? {
+                self.revoked(&revoked, now).await;
+                return Ok(());
+            }
+            let again =
+                rematch(self.users.as_ref(), self.hasher.as_ref(), user.id, &given).await.map_err(|e| match e {
+                    LoginError::Hash(e) => ChangeError::Hash(e),
+                    LoginError::Store(e) => ChangeError::Store(e),
+                    LoginError::InvalidCredentials | LoginError::EmailNotVerified => ChangeError::WrongPassword,
+                })?;
+            match again {
+                Some(current) if current != verified => verified = current,
+                _ => break,
+            }
+        }
+        Err(ChangeError::WrongPassword)
     }
 
     /// Marks the address of the token's owner verified.

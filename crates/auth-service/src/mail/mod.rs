@@ -52,14 +52,15 @@ pub(crate) fn message(from: &Mailbox, mail: &Mail) -> Result<Message, MailError>
         .map_err(|e| MailError::Permanent(format!("cannot build the message: {e}")))
 }
 
-/// ASCII text whose lines fit SMTP's 998 characters goes as it is (7bit),
+/// ASCII text whose lines fit SMTP's 998 characters (one spare for the
+/// dot a leading `.` gets on the wire) goes as it is (7bit),
 /// so a link stays whole and readable in the raw message or `.eml` file;
 /// other text is encoded as lettre chooses.
 fn readable(content: &str) -> Body {
     let crlf = content.replace("\r\n", "\n").replace('\n', "\r\n");
     let plain = crlf.is_ascii()
         && !crlf.contains('\0')
-        && crlf.split("\r\n").all(|line| line.len() <= 998 && !line.contains('\r'));
+        && crlf.split("\r\n").all(|line| line.len() < 998 && !line.contains('\r'));
     match plain {
         true => Body::dangerous_pre_encoded(crlf.into_bytes(), ContentTransferEncoding::SevenBit),
         false => Body::new(content.to_owned()),

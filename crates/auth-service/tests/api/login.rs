@@ -116,7 +116,18 @@ async fn a_hash_with_weaker_parameters_is_upgraded_at_login() {
         let weak_hash =
             auth_core::PasswordHasher::hash(&weak, &auth_core::Password::for_login(PASSWORD)).await.unwrap();
         app.stores.users.set_password_hash(id, &weak_hash).await.unwrap();
-        assert_eq!(app.login(&email, PASSWORD).await.status(), 200);
+        // Logins at once, each upgrading the same old hash: every one that
+        // loses the upgrade to another still signs in.
+        let logins: Vec<_> = (0..6)
+            .map(|_| {
+                let request =
+                    app.request(Method::POST, "/auth/login").json(&json!({"email": email, "password": PASSWORD}));
+                tokio::spawn(async move { request.send().await.unwrap().status() })
+            })
+            .collect();
+        for login in logins {
+            assert_eq!(login.await.unwrap(), 200);
+        }
         let stored = app.stores.users.user_by_id(id).await.unwrap().unwrap().password_hash.unwrap();
         assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
         assert_eq!(app.login(&email, PASSWORD).await.status(), 200);
