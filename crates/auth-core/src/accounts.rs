@@ -8,8 +8,9 @@ use time::Duration;
 use crate::hashing::Verification;
 use crate::password::PasswordError;
 use crate::{
-    Clock, DomainEvent, Email, HashError, NoRevocationSink, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
-    RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User, UserId, UserStore,
+    Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
+    PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User,
+    UserId, UserStore,
 };
 
 /// How long after login an account without a password may delete itself.
@@ -77,6 +78,31 @@ pub enum LoginError {
     EmailNotVerified,
     #[error(transparent)]
     Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a provider vouched for, once every check of its answer passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderClaims {
+    /// The configured provider's name.
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    pub email: Option<String>,
+    /// Whether the provider asserts the user controls `email`.
+    pub email_verified: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalLoginError {
+    /// An account has this email, but it cannot be linked automatically:
+    /// the user logs in with the password and links from the account.
+    #[error("an account with this email exists; log in with it and link the provider")]
+    LinkRequired,
+    /// The provider told no (valid) email for a new account.
+    #[error("the provider did not share a usable email address")]
+    NoEmail,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -162,6 +188,7 @@ pub(crate) async fn rematch(
 pub struct Accounts {
     users: Arc<dyn UserStore>,
     sessions: Arc<dyn SessionStore>,
+    identities: Arc<dyn IdentityStore>,
     hasher: Arc<dyn PasswordHasher>,
     clock: Arc<dyn Clock>,
     settings: AccountsSettings,
@@ -172,11 +199,12 @@ impl Accounts {
     pub fn new(
         users: Arc<dyn UserStore>,
         sessions: Arc<dyn SessionStore>,
+        identities: Arc<dyn IdentityStore>,
         hasher: Arc<dyn PasswordHasher>,
         clock: Arc<dyn Clock>,
         settings: AccountsSettings,
     ) -> Self {
-        Self { users, sessions, hasher, clock, settings, revocations: Arc::new(NoRevocationSink) }
+        Self { users, sessions, identities, hasher, clock, settings, revocations: Arc::new(NoRevocationSink) }
     }
 
     /// Tells `sink` of every revocation once it is committed.
@@ -253,6 +281,72 @@ impl Accounts {
                     }
                 }
                 Err(LoginError::InvalidCredentials)
+            }
+        }
+    }
+
+    /// Signs in through a provider, exactly as a password login does. A
+    /// known (issuer, subject) is its account; an unknown one with a new
+    /// email creates an account without a password (`user.registered`,
+    /// method `oauth:{provider}`); with an existing account's email it is
+    /// linked only when the provider asserts the email verified and the
+    /// account's email is verified too.
+    pub async fn external_login(
+        &self,
+        claims: &ProviderClaims,
+        client: ClientInfo,
+    ) -> Result<LoggedIn, ExternalLoginError> {
+        let opened = |user: User| async move {
+            match self.open_session(&user, &client, None).await {
+                Ok(Some(done)) => Ok(done),
+                Ok(None) => Err(ExternalLoginError::Store(StoreError::Conflict)),
+                Err(LoginError::Store(e)) => Err(ExternalLoginError::Store(e)),
+                Err(other) => Err(ExternalLoginError::Store(StoreError::Unavailable(other.to_string()))),
+            }
+        };
+        if let Some(known) = self.identities.identity(&claims.issuer, &claims.subject).await? {
+            let user = self.users.user_by_id(known.user_id).await?.ok_or(StoreError::NotFound)?;
+            return opened(user).await;
+        }
+        let email = claims.email.as_deref().and_then(|e| Email::parse(e).ok()).ok_or(ExternalLoginError::NoEmail)?;
+        let now = self.clock.now();
+        let identity = |user_id| ExternalIdentity {
+            id: uuid::Uuid::now_v7(),
+            user_id,
+            provider: claims.provider.clone(),
+            issuer: claims.issuer.clone(),
+            subject: claims.subject.clone(),
+            email: claims.email.clone(),
+            created_at: now,
+        };
+        match self.users.user_by_email(&email).await? {
+            Some(user) if claims.email_verified && user.email_verified => {
+                match self.identities.link_identity(&identity(user.id)).await {
+                    // The same identity linked by a login at the same moment.
+                    Ok(()) | Err(StoreError::Conflict) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                tracing::info!(user_id = %user.id, provider = %claims.provider, "provider identity linked");
+                opened(user).await
+            }
+            Some(_) => Err(ExternalLoginError::LinkRequired),
+            None => {
+                let user = User {
+                    id: UserId::new(),
+                    email,
+                    password_hash: None,
+                    email_verified: claims.email_verified,
+                    created_at: now,
+                    roles: Vec::new(),
+                    permissions: Vec::new(),
+                };
+                let event = DomainEvent::registered(&user, &format!("oauth:{}", claims.provider), now);
+                match self.identities.create_user_with_identity(&user, &identity(user.id), &event).await {
+                    Ok(()) => opened(user).await,
+                    // An account with this email appeared meanwhile.
+                    Err(StoreError::Conflict) => Err(ExternalLoginError::LinkRequired),
+                    Err(e) => Err(e.into()),
+                }
             }
         }
     }

@@ -39,8 +39,9 @@ pub use ids::{SessionId, UserId};
 pub use mail::{Mail, MailError, Mailer, Templates};
 pub use password::{Password, PasswordError, PasswordPolicy};
 pub use ports::{
-    DeletionLedger, DeletionRecord, EmailToken, EventSink, Hits, MailQueue, NoRevocationSink, Outbox, RecoveryStore,
-    RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose, UserStore,
+    DeletionLedger, DeletionRecord, EmailToken, EventSink, ExternalIdentity, Hits, IdentityStore, MailQueue,
+    NoRevocationSink, Outbox, RecoveryStore, RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose,
+    UserStore,
 };
 pub use recovery::{Recovery, RecoverySettings};
 pub use secret::{OpaqueSecret, SecretHash};

@@ -256,3 +256,36 @@ pub trait Throttle: Send + Sync + 'static {
     /// when the last has ended) and returns the count so far.
     async fn hit(&self, key: &str, window: time::Duration, now: OffsetDateTime) -> Result<Hits, StoreError>;
 }
+
+/// A login at an OAuth or OpenID provider, tied to one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalIdentity {
+    pub id: Uuid,
+    pub user_id: UserId,
+    /// The configured provider's name (`google`, `corp-sso`).
+    pub provider: String,
+    pub issuer: String,
+    pub subject: String,
+    /// As the provider said it at the last login; informational only.
+    pub email: Option<String>,
+    pub created_at: OffsetDateTime,
+}
+
+#[async_trait]
+pub trait IdentityStore: Send + Sync + 'static {
+    /// The identity known by (`issuer`, `subject`).
+    async fn identity(&self, issuer: &str, subject: &str) -> Result<Option<ExternalIdentity>, StoreError>;
+    /// Creates `user` (who has no password) with its first `identity` and
+    /// `event`, in one transaction; [`StoreError::Conflict`] when the email
+    /// or the identity is taken.
+    async fn create_user_with_identity(
+        &self,
+        user: &User,
+        identity: &ExternalIdentity,
+        event: &DomainEvent,
+    ) -> Result<(), StoreError>;
+    /// Ties `identity` to its (existing) user; [`StoreError::Conflict`] when
+    /// it is tied already.
+    async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError>;
+    async fn identities_of(&self, user: UserId) -> Result<Vec<ExternalIdentity>, StoreError>;
+}

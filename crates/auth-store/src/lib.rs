@@ -6,20 +6,25 @@
 //! - [`sqlite`]: [`SqliteStore`], the SQLite backend (WAL, foreign keys on).
 //! - `sqlite_recovery`, `postgres_recovery`: reset and verification tokens,
 //!   the mail queue and throttle windows, for each backend.
+//! - `sqlite_identities`, `postgres_identities`: OAuth/OpenID identities.
 //! - [`open`]: picks the backend from the URL once, at start-up.
 //!
 //! Both backends pass the same contract suite (`tests/contract`).
 
 pub mod migrations;
 pub mod postgres;
+mod postgres_identities;
 mod postgres_recovery;
 pub mod sqlite;
+mod sqlite_identities;
 mod sqlite_recovery;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use auth_core::{DeletionLedger, MailQueue, Outbox, RecoveryStore, SessionStore, StoreError, Throttle, UserStore};
+use auth_core::{
+    DeletionLedger, IdentityStore, MailQueue, Outbox, RecoveryStore, SessionStore, StoreError, Throttle, UserStore,
+};
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -40,6 +45,7 @@ pub struct Stores {
     pub recovery: Arc<dyn RecoveryStore>,
     pub mail: Arc<dyn MailQueue>,
     pub throttle: Arc<dyn Throttle>,
+    pub identities: Arc<dyn IdentityStore>,
     pub health: Arc<dyn Health>,
     pub backend: &'static str,
 }
@@ -47,7 +53,15 @@ pub struct Stores {
 impl Stores {
     fn of<S>(store: S, backend: &'static str) -> Self
     where
-        S: UserStore + SessionStore + Outbox + DeletionLedger + RecoveryStore + MailQueue + Throttle + Health,
+        S: UserStore
+            + SessionStore
+            + Outbox
+            + DeletionLedger
+            + RecoveryStore
+            + MailQueue
+            + Throttle
+            + IdentityStore
+            + Health,
     {
         let store = Arc::new(store);
         Self {
@@ -58,6 +72,7 @@ impl Stores {
             recovery: store.clone(),
             mail: store.clone(),
             throttle: store.clone(),
+            identities: store.clone(),
             health: store,
             backend,
         }
@@ -126,7 +141,12 @@ macro_rules! event_columns {
         "id, event_type, user_id, data, occurred_at, published_at"
     };
 }
-pub(crate) use {event_columns, session_columns, user_columns};
+macro_rules! identity_columns {
+    () => {
+        "id, user_id, provider, issuer, subject, email, created_at"
+    };
+}
+pub(crate) use {event_columns, identity_columns, session_columns, user_columns};
 
 #[cfg(feature = "testing")]
 pub mod testing;

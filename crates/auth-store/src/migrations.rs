@@ -20,6 +20,11 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../migrations/postgres/0002_deletion_ledger.sql"),
     },
     Migration { version: 3, name: "recovery", sql: include_str!("../migrations/postgres/0003_recovery.sql") },
+    Migration {
+        version: 4,
+        name: "external_identities",
+        sql: include_str!("../migrations/postgres/0004_external_identities.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -30,6 +35,11 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0002_deletion_ledger.sql"),
     },
     Migration { version: 3, name: "recovery", sql: include_str!("../migrations/sqlite/0003_recovery.sql") },
+    Migration {
+        version: 4,
+        name: "external_identities",
+        sql: include_str!("../migrations/sqlite/0004_external_identities.sql"),
+    },
 ];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {

@@ -213,6 +213,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let mut accounts = Accounts::new(
         stores.users.clone(),
         stores.sessions.clone(),
+        stores.identities.clone(),
         hasher.clone(),
         clock.clone(),
         settings.accounts.clone(),

@@ -77,6 +77,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let accounts = Accounts::new(
         stores.users.clone(),
         stores.sessions.clone(),
+        stores.identities.clone(),
         hasher.clone(),
         clock.clone(),
         account_settings.clone(),

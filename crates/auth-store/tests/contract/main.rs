@@ -2,6 +2,7 @@
 //! `GATEHOUSE_TEST_POSTGRES_URL` is set, PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod identities;
 mod recovery;
 
 use auth_core::events::StoredEvent;

@@ -1,0 +1,88 @@
+//! External (OAuth/OpenID) identities on PostgreSQL.
+
+use async_trait::async_trait;
+use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, User, UserId};
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::postgres::insert_event;
+use crate::{PgStore, identity_columns, store_error};
+
+fn identity_from(row: &PgRow) -> Result<ExternalIdentity, StoreError> {
+    Ok(ExternalIdentity {
+        id: row.try_get("id").map_err(store_error)?,
+        user_id: UserId::from_uuid(row.try_get("user_id").map_err(store_error)?),
+        provider: row.try_get("provider").map_err(store_error)?,
+        issuer: row.try_get("issuer").map_err(store_error)?,
+        subject: row.try_get("subject").map_err(store_error)?,
+        email: row.try_get("email").map_err(store_error)?,
+        created_at: row.try_get("created_at").map_err(store_error)?,
+    })
+}
+
+async fn insert_identity(tx: &mut Transaction<'_, Postgres>, i: &ExternalIdentity) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO external_identities (id, user_id, provider, issuer, subject, email, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(i.id)
+    .bind(i.user_id.as_uuid())
+    .bind(&i.provider)
+    .bind(&i.issuer)
+    .bind(&i.subject)
+    .bind(&i.email)
+    .bind(i.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl IdentityStore for PgStore {
+    async fn identity(&self, issuer: &str, subject: &str) -> Result<Option<ExternalIdentity>, StoreError> {
+        let sql =
+            concat!("SELECT ", identity_columns!(), " FROM external_identities WHERE issuer = $1 AND subject = $2");
+        let row = sqlx::query(sql).bind(issuer).bind(subject).fetch_optional(self.pool()).await.map_err(store_error)?;
+        row.as_ref().map(identity_from).transpose()
+    }
+
+    async fn create_user_with_identity(
+        &self,
+        user: &User,
+        identity: &ExternalIdentity,
+        event: &DomainEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(user.email_verified)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_identity(&mut tx, identity).await?;
+        insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        insert_identity(&mut tx, identity).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn identities_of(&self, user: UserId) -> Result<Vec<ExternalIdentity>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            identity_columns!(),
+            " FROM external_identities WHERE user_id = $1 ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(sql).bind(user.as_uuid()).fetch_all(self.pool()).await.map_err(store_error)?;
+        rows.iter().map(identity_from).collect()
+    }
+}

@@ -1,0 +1,59 @@
+//! OAuth/OpenID identities: keyed by (issuer, subject), gone with the account.
+
+use auth_core::{DomainEvent, Email, ExternalIdentity, StoreError, User, UserId};
+use auth_store::Stores;
+
+use crate::{each_backend, now, registered};
+
+fn identity(user: UserId, subject: &str) -> ExternalIdentity {
+    ExternalIdentity {
+        id: uuid::Uuid::now_v7(),
+        user_id: user,
+        provider: "corp".into(),
+        issuer: "https://id.example.com".into(),
+        subject: subject.into(),
+        email: Some("x@example.com".into()),
+        created_at: now(),
+    }
+}
+
+#[tokio::test]
+async fn an_account_made_by_a_provider_has_no_password_and_its_identity_is_unique() {
+    each_backend(async |stores: Stores| {
+        let user = User {
+            id: UserId::new(),
+            email: Email::parse("sso@example.com").unwrap(),
+            password_hash: None,
+            email_verified: true,
+            created_at: now(),
+            roles: vec![],
+            permissions: vec![],
+        };
+        let first = identity(user.id, "sub-1");
+        let event = DomainEvent::registered(&user, "oauth:corp", now());
+        stores.identities.create_user_with_identity(&user, &first, &event).await.unwrap();
+        let found = stores.identities.identity("https://id.example.com", "sub-1").await.unwrap().unwrap();
+        assert_eq!(found, first);
+        assert_eq!(stores.users.user_by_id(user.id).await.unwrap().unwrap().password_hash, None);
+        assert_eq!(stores.identities.identity("https://other.example.com", "sub-1").await.unwrap(), None);
+
+        let other = registered(&stores, "other@example.com").await;
+        let taken = stores.identities.link_identity(&identity(other.id, "sub-1")).await;
+        assert!(matches!(taken, Err(StoreError::Conflict)), "one identity, one account");
+        stores.identities.link_identity(&identity(other.id, "sub-2")).await.unwrap();
+        assert_eq!(stores.identities.identities_of(other.id).await.unwrap().len(), 1);
+
+        let clash = User { id: UserId::new(), ..user.clone() };
+        let again = stores.identities.create_user_with_identity(&clash, &identity(clash.id, "sub-3"), &event).await;
+        assert!(matches!(again, Err(StoreError::Conflict)), "the email is taken");
+        assert_eq!(
+            stores.identities.identity("https://id.example.com", "sub-3").await.unwrap(),
+            None,
+            "nothing half-written"
+        );
+
+        stores.users.delete_user(user.id, &DomainEvent::deleted(user.id, now())).await.unwrap();
+        assert_eq!(stores.identities.identity("https://id.example.com", "sub-1").await.unwrap(), None);
+    })
+    .await;
+}
