@@ -11,6 +11,7 @@
 //! - [`keys`]: the live signing keys, reloaded when the key file changes.
 //! - [`ledger`]: the deletion ledger's intake of `user.deletion_completed`.
 //! - [`mail`]: the SMTP and file mailers and the relay draining the mail queue.
+//! - [`oauth`]: login through OpenID Connect providers (PKCE, state, nonce).
 //! - [`error`]: [`error::ApiError`], the one error body.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: the listener of the standalone auth-service, with its limits.
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod ledger;
 pub mod mail;
 pub mod metrics;
+pub mod oauth;
 pub mod openapi;
 pub mod routes;
 pub mod serve;

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
+use crate::oauth::routes as oauth;
 use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
 
 #[derive(utoipa::OpenApi)]
@@ -10,6 +11,7 @@ use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
         accounts::delete_account, accounts::me,
         sessions::list, sessions::revoke_one, sessions::revoke_others,
         recovery::forgot, recovery::reset, recovery::change, recovery::verify, recovery::resend,
+        oauth::start, oauth::callback,
         wellknown::jwks,
         admin::deletion,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
@@ -18,6 +20,7 @@ use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
         (name = "accounts", description = "Registration, login, refresh, logout, deletion"),
         (name = "sessions", description = "The caller's login sessions"),
         (name = "recovery", description = "Password reset and change, email verification"),
+        (name = "oauth", description = "Login through OpenID Connect providers"),
         (name = "keys", description = "Public signing keys"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
         (name = "admin", description = "Operator endpoints (bearer operator token)"),

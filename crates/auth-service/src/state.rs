@@ -44,6 +44,8 @@ struct Inner {
     allowed_origins: Vec<String>,
     /// Whether the event broker is connected, when there is one (`/readyz`).
     broker: std::sync::OnceLock<BrokerReport>,
+    /// The login providers; none unless set at wiring.
+    oauth: std::sync::OnceLock<crate::oauth::OAuth>,
 }
 
 /// Says whether the event broker is connected.
@@ -74,6 +76,7 @@ impl AppState {
             settings,
             allowed_origins,
             broker: std::sync::OnceLock::new(),
+            oauth: std::sync::OnceLock::new(),
         }))
     }
 
@@ -112,6 +115,15 @@ impl AppState {
 
     pub fn settings(&self) -> &AuthSettings {
         &self.0.settings
+    }
+
+    /// Sets the login providers; once, at wiring.
+    pub fn set_oauth(&self, oauth: crate::oauth::OAuth) {
+        let _ = self.0.oauth.set(oauth);
+    }
+
+    pub fn oauth(&self) -> &crate::oauth::OAuth {
+        self.0.oauth.get_or_init(crate::oauth::OAuth::default)
     }
 
     /// Lets `/readyz` report the event broker (NATS); set once, at wiring.

@@ -1,6 +1,7 @@
-//! A real SMTP server for the test suites: `aiosmtpd`, installed on first
-//! use under `target/test-tools/` (pip, from PyPI) and run on a free port,
-//! keeping each message it receives in a Maildir that tests read.
+//! Real peers for the test suites: an SMTP server (`aiosmtpd`, installed on
+//! first use under `target/test-tools/` with pip, run on a free port,
+//! keeping each message it receives in a Maildir that tests read) and an
+//! OpenID provider (`oidc-provider` from npm, `tests/oidc-provider/`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -271,4 +272,63 @@ fn parse(raw: &str) -> Received {
         }
     }
     received
+}
+
+/// panva's `oidc-provider` (`tests/oidc-provider/provider.mjs`), its npm
+/// packages installed with `npm ci` on first use; stopped when dropped.
+pub struct OidcProvider {
+    child: Child,
+    pub issuer: String,
+}
+
+fn provider_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/oidc-provider")
+}
+
+impl OidcProvider {
+    /// Starts a provider whose one client may return to `redirect_uri`.
+    pub fn start(redirect_uri: &str) -> Self {
+        static INSTALLING: Mutex<()> = Mutex::new(());
+        let dir = provider_dir();
+        {
+            let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+            if !dir.join("node_modules/oidc-provider").is_dir() {
+                let status = Command::new("npm")
+                    .args(["ci", "--silent", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("the OpenID provider of the tests needs node and npm");
+                assert!(status.success(), "npm ci failed in {}", dir.display());
+            }
+        }
+        let mut child = Command::new("node")
+            .arg("provider.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .env("REDIRECT_URI", redirect_uri)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start node provider.mjs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(issuer) = line.strip_prefix("ready ") {
+                    let _ = tx.send(issuer.to_owned());
+                }
+            }
+        });
+        let issuer = rx.recv_timeout(Duration::from_secs(30)).expect("the OpenID provider did not start within 30 s");
+        Self { child, issuer }
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -260,6 +260,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         stores.ledger.clone(),
         settings,
     );
+    state.set_oauth(crate::mail::oauth(config)?);
     let mail_relay = MailRelay::new(stores.mail.clone(), mailer, clock, state.mail_waker().clone());
     if let Some(connected) = broker {
         state.report_broker(connected);

@@ -40,8 +40,98 @@ pub struct Config {
     pub mail: MailConfig,
     pub recovery: RecoveryConfig,
     pub registration: RegistrationConfig,
+    pub oauth: OAuthConfig,
     pub notes: NotesConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthConfig {
+    /// Where a failed provider login is sent, with `?error=CODE`: a path
+    /// here or a URL on a trusted origin.
+    pub error_url: String,
+    /// `[oauth.providers.<name>]`, one table each.
+    pub providers: std::collections::BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for OAuthConfig {
+    fn default() -> Self {
+        Self { error_url: "/login".into(), providers: Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenID Connect provider, by its issuer URL.
+    Oidc,
+    /// Google (OpenID Connect at `https://accounts.google.com`).
+    Google,
+    /// Not OpenID providers; their user-info mapping is not built yet.
+    Facebook,
+    Github,
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub client_id: String,
+    /// Better set as `GATEHOUSE_OAUTH__PROVIDERS__<NAME>__CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// For `oidc`: the issuer, exactly as its discovery document says it.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Default `["openid", "email"]`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The client secret never reaches a log.
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("issuer", &self.issuer)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ProviderConfig {
+    /// The issuer to discover, after the preset and the checks: `https`,
+    /// or `http` on a loopback host (development and tests).
+    pub fn checked_issuer(&self, name: &str) -> Result<String, String> {
+        let issuer = match (self.kind, &self.issuer) {
+            (ProviderKind::Google, None) => "https://accounts.google.com".to_owned(),
+            (ProviderKind::Google, Some(issuer)) if issuer == "https://accounts.google.com" => issuer.clone(),
+            (ProviderKind::Google, Some(_)) => return Err(format!("oauth.providers.{name}: google's issuer is fixed")),
+            (ProviderKind::Oidc, Some(issuer)) => issuer.clone(),
+            (ProviderKind::Oidc, None) => return Err(format!("oauth.providers.{name}: kind = \"oidc\" needs issuer")),
+            (ProviderKind::Facebook | ProviderKind::Github, _) => {
+                return Err(format!(
+                    "oauth.providers.{name}: facebook and github are not supported yet; \
+                     use an OpenID Connect provider (kind = \"oidc\" or \"google\")"
+                ));
+            }
+        };
+        let loopback = issuer.strip_prefix("http://").is_some_and(|rest| {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or_default(),
+                None => authority.split(':').next().unwrap_or_default(),
+            };
+            matches!(host, "127.0.0.1" | "localhost" | "::1")
+        });
+        if issuer.starts_with("https://") || loopback {
+            Ok(issuer)
+        } else {
+            Err(format!("oauth.providers.{name}.issuer must be https:// (http:// only on localhost or 127.0.0.1)"))
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,6 +406,7 @@ impl Default for Config {
             mail: MailConfig::default(),
             recovery: RecoveryConfig::default(),
             registration: RegistrationConfig::default(),
+            oauth: OAuthConfig::default(),
             notes: NotesConfig::default(),
             log: LogConfig::default(),
         }
@@ -424,6 +515,23 @@ impl Config {
         }
         if !(1..=300).contains(&self.mail.timeout_secs) {
             return bad("mail.timeout_secs must be between 1 and 300");
+        }
+        for (name, provider) in &self.oauth.providers {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+                return bad("oauth provider names are lower-case letters, digits and `-`");
+            }
+            provider.checked_issuer(name).map_err(ConfigError::Invalid)?;
+            if provider.client_id.is_empty() || provider.client_secret.as_deref().is_none_or(str::is_empty) {
+                return bad(&format!("oauth.providers.{name} needs client_id and client_secret"));
+            }
+            if !provider.scopes.is_empty() && !provider.scopes.iter().any(|s| s == "openid") {
+                return bad(&format!("oauth.providers.{name}.scopes must include \"openid\""));
+            }
+        }
+        let error_url = &self.oauth.error_url;
+        let local = error_url.starts_with('/') && !error_url.starts_with("//");
+        if !(local || error_url.starts_with("https://") || error_url.starts_with("http://")) {
+            return bad("oauth.error_url must be a path (/login) or an http(s) URL");
         }
         let (g, a) = (&self.gateway, &self.auth_service);
         for (section, idle, header, send, max) in [
@@ -605,6 +713,42 @@ mod tests {
         assert!(err.to_string().contains("access_ttl_secs"), "{err}");
         let err = Config::load(Some(Path::new("/nonexistent/g.toml")), env(&[]), &Overrides::default()).unwrap_err();
         assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn providers_need_a_safe_issuer_a_secret_and_openid() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_ID", "gatehouse")];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all), &Overrides::default())
+        };
+        let oidc = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__KIND", "oidc");
+        let secret = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_SECRET", "s3cret");
+        let issuer = |url| ("GATEHOUSE_OAUTH__PROVIDERS__CORP__ISSUER", url);
+        let ok = with(&[oidc, secret, issuer("http://127.0.0.1:9000")]).unwrap();
+        assert_eq!(ok.oauth.providers["corp"].client_secret.as_deref(), Some("s3cret"));
+        assert!(!format!("{ok:?}").contains("s3cret"), "the secret never reaches a log");
+        assert!(with(&[oidc, secret, issuer("https://login.example.com")]).is_ok());
+        assert!(with(&[oidc, secret, issuer("http://[::1]:9000")]).is_ok());
+        for (refused, why) in [
+            (with(&[oidc, secret, issuer("http://login.example.com")]), "https"),
+            (with(&[oidc, secret, issuer("http://127.0.0.1.evil.example")]), "https"),
+            (with(&[oidc, secret]), "needs issuer"),
+            (with(&[oidc, issuer("https://login.example.com")]), "client_secret"),
+            (with(&[("GATEHOUSE_OAUTH__PROVIDERS__CORP__KIND", "github"), secret]), "not supported yet"),
+            (
+                with(&[
+                    oidc,
+                    secret,
+                    issuer("https://x.example"),
+                    ("GATEHOUSE_OAUTH__PROVIDERS__CORP__SCOPES", "[\"email\"]"),
+                ]),
+                "openid",
+            ),
+        ] {
+            let err = refused.unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[test]

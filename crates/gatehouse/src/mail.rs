@@ -1,4 +1,5 @@
-//! Wiring of mail and recovery: which mailer, the templates, the limits.
+//! Wiring of mail, recovery and login providers: which mailer, the
+//! templates, the limits, the OpenID providers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,29 @@ pub fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
             Ok(Arc::new(mailer))
         }
     }
+}
+
+/// The configured login providers, each discovered when first used.
+pub fn oauth(config: &Config) -> anyhow::Result<auth_service::oauth::OAuth> {
+    use auth_service::oauth::{OidcProvider, ProviderSettings};
+    let mut providers = std::collections::BTreeMap::new();
+    for (name, provider) in &config.oauth.providers {
+        let issuer = provider.checked_issuer(name).map_err(anyhow::Error::msg)?;
+        let scopes = match provider.scopes.is_empty() {
+            true => vec!["openid".to_owned(), "email".to_owned()],
+            false => provider.scopes.clone(),
+        };
+        let settings = ProviderSettings {
+            name: name.clone(),
+            issuer,
+            client_id: provider.client_id.clone(),
+            client_secret: provider.client_secret.clone().unwrap_or_default(),
+            scopes,
+        };
+        providers.insert(name.clone(), std::sync::Arc::new(OidcProvider::new(settings)?));
+        tracing::info!(provider = %name, "login through the provider is on");
+    }
+    Ok(auth_service::oauth::OAuth { providers, error_url: config.oauth.error_url.clone() })
 }
 
 pub fn recovery(

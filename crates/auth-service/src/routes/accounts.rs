@@ -142,7 +142,7 @@ impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> ClientInfo {
+pub(crate) fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> ClientInfo {
     let user_agent =
         headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect());
     ClientInfo { user_agent, ip: address.map(|ip| ip.to_string()) }
@@ -224,6 +224,24 @@ fn session_response(
     session: &Session,
     refresh: Option<&OpaqueSecret>,
 ) -> Result<Response, ApiError> {
+    let set = session_cookies(state, user, session, refresh)?;
+    let body = LoginResponse {
+        user: UserView::from(user),
+        session: SessionRef { id: session.id.as_uuid(), expires_at: session.expires_at },
+    };
+    let mut response = Json(body).into_response();
+    append_cookies(response.headers_mut(), set);
+    Ok(response)
+}
+
+/// The session's cookies: a fresh access token, and with `refresh` the
+/// refresh token and a CSRF token for the session.
+pub(crate) fn session_cookies(
+    state: &AppState,
+    user: &User,
+    session: &Session,
+    refresh: Option<&OpaqueSecret>,
+) -> Result<Vec<HeaderValue>, ApiError> {
     let tokens = &state.settings().tokens;
     let now = state.clock().now();
     let iat = now.unix_timestamp();
@@ -248,13 +266,7 @@ fn session_response(
         let csrf = state.keys().csrf().mint(&session.id.to_string());
         set.push(cookies::set(cookies::CSRF, &csrf, session_left, false));
     }
-    let body = LoginResponse {
-        user: UserView::from(user),
-        session: SessionRef { id: session.id.as_uuid(), expires_at: session.expires_at },
-    };
-    let mut response = Json(body).into_response();
-    append_cookies(response.headers_mut(), set);
-    Ok(response)
+    Ok(set)
 }
 
 fn append_cookies(headers: &mut HeaderMap, values: impl IntoIterator<Item = HeaderValue>) {

@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
         .merge(admin::router())
         .merge(sessions::router())
         .merge(recovery::router())
+        .merge(crate::oauth::routes::router())
         .merge(wellknown::router())
         .merge(ops::router())
 }

@@ -47,6 +47,9 @@ pub struct Options {
     pub trusted_proxies: Vec<String>,
     pub recovery: Option<RecoverySettings>,
     pub require_verified_email: bool,
+    /// The issuer of an OpenID provider configured as `test` (a provider
+    /// `down`, at a closed port, is always there too).
+    pub oauth_issuer: Option<String>,
 }
 
 /// Runs `scenario` against a fresh app on every available backend.
@@ -111,6 +114,21 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         stores.ledger.clone(),
         settings,
     );
+    let provider = |name: &str, issuer: &str| {
+        let settings = auth_service::oauth::ProviderSettings {
+            name: name.into(),
+            issuer: issuer.into(),
+            client_id: "gatehouse".into(),
+            client_secret: "test-secret".into(),
+            scopes: vec!["openid".into(), "email".into()],
+        };
+        (name.to_owned(), Arc::new(auth_service::oauth::OidcProvider::new(settings).unwrap()))
+    };
+    let mut providers = std::collections::BTreeMap::from([provider("down", "http://127.0.0.1:9")]);
+    if let Some(issuer) = &options.oauth_issuer {
+        providers.extend([provider("test", issuer)]);
+    }
+    state.set_oauth(auth_service::oauth::OAuth { providers, error_url: "/login".into() });
     let from = "Gatehouse <no-reply@example.com>".parse().unwrap();
     let mailer = Arc::new(SmtpMailer::new(&SMTP.url(), from, Duration::from_secs(10)).unwrap());
     let relay = MailRelay::new(stores.mail.clone(), mailer, clock.clone(), state.mail_waker().clone());

@@ -9,6 +9,7 @@ mod csrf;
 mod keys;
 mod login;
 mod logout_delete;
+mod oauth;
 mod ops;
 mod recovery;
 mod refresh;

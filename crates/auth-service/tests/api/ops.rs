@@ -62,6 +62,8 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
             ("/auth/password/change", "post"),
             ("/auth/email/verify", "post"),
             ("/auth/email/resend", "post"),
+            ("/auth/oauth/{provider}/start", "get"),
+            ("/auth/oauth/{provider}/callback", "get"),
             ("/.well-known/jwks.json", "get"),
             ("/auth/admin/deletions/{user_id}", "get"),
             ("/healthz", "get"),

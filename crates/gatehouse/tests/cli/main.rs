@@ -205,6 +205,7 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
 
 mod cluster;
 mod mail;
+mod oauth;
 mod up;
 
 /// The README's first command, `cargo run --release`, must pick this binary

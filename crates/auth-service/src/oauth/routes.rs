@@ -1,0 +1,150 @@
+//! `start` and `callback`.
+
+use std::collections::HashMap;
+
+use auth_core::accounts::ExternalLoginError;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use subtle::ConstantTimeEq;
+
+use super::{Attempt, STATE_COOKIE, STATE_LIFETIME, challenge, safe_return};
+use crate::routes::accounts::{ClientAddress, client_info, session_cookies};
+use crate::{AppState, cookies};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/oauth/{provider}/start", get(start))
+        .route("/auth/oauth/{provider}/callback", get(callback))
+}
+
+fn redirect_uri(state: &AppState, provider: &str) -> String {
+    format!("{}/auth/oauth/{provider}/callback", state.settings().public_url.trim_end_matches('/'))
+}
+
+/// 303 to `location`, with `cookies` set.
+fn see_other(location: &str, cookies: impl IntoIterator<Item = HeaderValue>) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/")));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in cookies {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// To the error page with `code`; the attempt's cookie is cleared.
+fn failed(state: &AppState, code: &str) -> Response {
+    let page = &state.oauth().error_url;
+    let separator = if page.contains('?') { '&' } else { '?' };
+    see_other(&format!("{page}{separator}error={code}"), [cookies::clear(STATE_COOKIE, true)])
+}
+
+/// Send the browser to the provider.
+#[utoipa::path(get, path = "/auth/oauth/{provider}/start", tag = "oauth",
+    params(
+        ("provider" = String, Path, description = "a configured provider's name"),
+        ("return_to" = Option<String>, Query, description = "a path here, or a URL on a trusted origin; anything else is `/`"),
+        ("login_hint" = Option<String>, Query, description = "passed on to the provider"),
+    ),
+    responses(
+        (status = 303, description = "To the provider, with `__Host-oauth_state` set (10 minutes); or to the error page with `error=unknown_provider` or `provider_unavailable`"),
+    ))]
+pub async fn start(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return failed(&state, "unknown_provider") };
+    let attempt = Attempt {
+        p: name.clone(),
+        s: auth_tokens::b64url(&auth_tokens::random_bytes::<16>()),
+        n: auth_tokens::b64url(&auth_tokens::random_bytes::<16>()),
+        v: auth_tokens::b64url(&auth_tokens::random_bytes::<32>()),
+        r: safe_return(query.get("return_to").map(String::as_str), state.allowed_origins()),
+        e: state.clock().unix() + STATE_LIFETIME,
+    };
+    let hint = query.get("login_hint").map(String::as_str).filter(|h| !h.is_empty() && h.len() <= 254);
+    let url = provider
+        .authorization_url(&redirect_uri(&state, &name), &attempt.s, &attempt.n, &challenge(&attempt.v), hint)
+        .await;
+    match url {
+        Ok(url) => {
+            let sealed = attempt.seal(state.keys().csrf());
+            see_other(&url, [cookies::set(STATE_COOKIE, &sealed, STATE_LIFETIME, true)])
+        }
+        Err(error) => {
+            tracing::warn!(provider = %name, %error, "cannot start a login through the provider");
+            failed(&state, error.code())
+        }
+    }
+}
+
+/// Where the provider sends the browser back.
+#[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "oauth",
+    params(("provider" = String, Path, description = "a configured provider's name")),
+    responses(
+        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`"),
+    ))]
+pub async fn callback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    peer: ClientAddress,
+    headers: HeaderMap,
+) -> Response {
+    let now = state.clock().unix();
+    let attempt = cookies::get(&headers, STATE_COOKIE).and_then(|c| Attempt::open(c, state.keys().csrf(), now));
+    let given = query.get("state").map(String::as_str).unwrap_or_default();
+    let Some(attempt) = attempt.filter(|a| a.p == name && bool::from(a.s.as_bytes().ct_eq(given.as_bytes()))) else {
+        tracing::info!(provider = %name, "OAuth callback without a matching state; refused");
+        return failed(&state, "invalid_state");
+    };
+    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return failed(&state, "unknown_provider") };
+    if let Some(error) = query.get("error") {
+        // The provider's code, if it is one (RFC 6749 §4.1.2.1), else generic.
+        let code = if error.len() <= 64 && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            error.as_str()
+        } else {
+            "provider_error"
+        };
+        tracing::info!(provider = %name, error = code, "the provider refused the login");
+        return failed(&state, code);
+    }
+    // RFC 9207: a provider that says who it is must be the one asked.
+    if query.get("iss").is_some_and(|iss| *iss != provider.settings.issuer) {
+        return failed(&state, "invalid_state");
+    }
+    let Some(code) = query.get("code") else { return failed(&state, "invalid_request") };
+    let claims = match provider.finish(code, &attempt.v, &redirect_uri(&state, &name), &attempt.n).await {
+        Ok(claims) => claims,
+        Err(error) => {
+            tracing::warn!(provider = %name, %error, "login through the provider failed");
+            return failed(&state, error.code());
+        }
+    };
+    let done = match state.accounts().external_login(&claims, client_info(&headers, peer)).await {
+        Ok(done) => done,
+        Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
+        Err(ExternalLoginError::NoEmail) => return failed(&state, "email_required"),
+        Err(ExternalLoginError::Store(error)) => {
+            tracing::error!(provider = %name, %error, "cannot sign in through the provider");
+            return failed(&state, "unavailable");
+        }
+    };
+    state.metrics().login(true);
+    tracing::info!(user_id = %done.user.id, session_id = %done.session.id, provider = %name, "login succeeded");
+    match session_cookies(&state, &done.user, &done.session, Some(&done.refresh)) {
+        Ok(mut set) => {
+            set.push(cookies::clear(STATE_COOKIE, true));
+            see_other(&attempt.r, set)
+        }
+        Err(error) => {
+            tracing::error!(?error, "cannot sign the session's token");
+            failed(&state, "unavailable")
+        }
+    }
+}
