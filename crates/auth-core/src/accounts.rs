@@ -103,6 +103,11 @@ pub enum ExternalLoginError {
     /// The provider told no (valid) email for a new account.
     #[error("the provider did not share a usable email address")]
     NoEmail,
+    /// The provider does not vouch for the email of a new account: making
+    /// one would let whoever typed the address at the provider hold it
+    /// before its owner signs up.
+    #[error("the provider does not vouch for this email address")]
+    EmailNotVerified,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -287,8 +292,9 @@ impl Accounts {
 
     /// Signs in through a provider, exactly as a password login does. A
     /// known (issuer, subject) is its account; an unknown one with a new
-    /// email creates an account without a password (`user.registered`,
-    /// method `oauth:{provider}`); with an existing account's email it is
+    /// email the provider verified creates an account without a password
+    /// (`user.registered`, method `oauth:{provider}`); with an existing
+    /// account's email it is
     /// linked only when the provider asserts the email verified and the
     /// account's email is verified too.
     pub async fn external_login(
@@ -330,12 +336,13 @@ impl Accounts {
                 opened(user).await
             }
             Some(_) => Err(ExternalLoginError::LinkRequired),
+            None if !claims.email_verified => Err(ExternalLoginError::EmailNotVerified),
             None => {
                 let user = User {
                     id: UserId::new(),
                     email,
                     password_hash: None,
-                    email_verified: claims.email_verified,
+                    email_verified: true,
                     created_at: now,
                     roles: Vec::new(),
                     permissions: Vec::new(),

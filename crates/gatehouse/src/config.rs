@@ -118,15 +118,7 @@ impl ProviderConfig {
                 ));
             }
         };
-        let loopback = issuer.strip_prefix("http://").is_some_and(|rest| {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let host = match authority.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or_default(),
-                None => authority.split(':').next().unwrap_or_default(),
-            };
-            matches!(host, "127.0.0.1" | "localhost" | "::1")
-        });
-        if issuer.starts_with("https://") || loopback {
+        if auth_service::oauth::secure_url(&issuer) {
             Ok(issuer)
         } else {
             Err(format!("oauth.providers.{name}.issuer must be https:// (http:// only on localhost or 127.0.0.1)"))
@@ -529,9 +521,12 @@ impl Config {
             }
         }
         let error_url = &self.oauth.error_url;
+        let trusted = std::iter::once(&self.public_url).chain(&self.csrf.trusted_origins);
+        let on_trusted =
+            trusted.into_iter().any(|origin| error_url.starts_with(&format!("{}/", origin.trim_end_matches('/'))));
         let local = error_url.starts_with('/') && !error_url.starts_with("//");
-        if !(local || error_url.starts_with("https://") || error_url.starts_with("http://")) {
-            return bad("oauth.error_url must be a path (/login) or an http(s) URL");
+        if error_url.chars().any(|c| c.is_control() || c == '\\') || !(local || on_trusted) {
+            return bad("oauth.error_url must be a path (/login) or a URL on public_url or a trusted origin");
         }
         let (g, a) = (&self.gateway, &self.auth_service);
         for (section, idle, header, send, max) in [

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use provider::{OidcProvider, ProviderError, ProviderSettings};
+pub use provider::{OidcProvider, ProviderError, ProviderSettings, secure_url};
 
 /// The cookie holding one login attempt's secrets.
 pub const STATE_COOKIE: &str = "__Host-oauth_state";

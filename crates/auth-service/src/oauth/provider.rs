@@ -28,7 +28,7 @@ impl ProviderError {
 }
 
 /// What a provider is configured as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ProviderSettings {
     /// The name in URLs: `/auth/oauth/{name}/start`.
     pub name: String,
@@ -39,6 +39,55 @@ pub struct ProviderSettings {
     pub scopes: Vec<String>,
 }
 
+/// The client secret never reaches a log.
+impl std::fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("name", &self.name)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `url` may carry a login's secrets: `https`, or plain `http` only
+/// to a loopback host (development and tests).
+pub fn secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    url.strip_prefix("http://").is_some_and(|rest| {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.split(':').next().unwrap_or_default(),
+        };
+        matches!(host, "127.0.0.1" | "localhost" | "::1")
+    })
+}
+
+/// The most a provider's answer may weigh.
+const MAX_ANSWER: usize = 256 * 1024;
+
+/// Reads a body of at most [`MAX_ANSWER`] bytes.
+async fn bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(ProviderError::Invalid("the answer is too large".into()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ProviderError::Unavailable(e.to_string()))? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER {
+            return Err(ProviderError::Invalid("the answer is too large".into()));
+        }
+    }
+    Ok(body)
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| ProviderError::Invalid(format!("{what}: {e}")))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 struct Metadata {
     issuer: String,
@@ -46,6 +95,10 @@ struct Metadata {
     token_endpoint: String,
     jwks_uri: String,
     userinfo_endpoint: Option<String>,
+    #[serde(default)]
+    code_challenge_methods_supported: Option<Vec<String>>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +111,7 @@ struct TokenResponse {
 struct IdClaims {
     sub: String,
     nonce: Option<String>,
+    azp: Option<String>,
     email: Option<String>,
     email_verified: Option<bool>,
 }
@@ -111,7 +165,12 @@ impl OidcProvider {
         if !response.status().is_success() {
             return Err(ProviderError::Unavailable(format!("{url} answered {}", response.status())));
         }
-        response.json().await.map_err(|e| ProviderError::Unavailable(format!("{url}: {e}")))
+        json(&bounded(response).await?, url)
+    }
+
+    /// Whether the provider promised an `iss` in its answers (RFC 9207).
+    pub async fn promises_iss(&self) -> bool {
+        self.metadata().await.is_ok_and(|m| m.authorization_response_iss_parameter_supported)
     }
 
     async fn metadata(&self) -> Result<Metadata, ProviderError> {
@@ -122,6 +181,13 @@ impl OidcProvider {
         let metadata: Metadata = self.get_json(&url).await?;
         if metadata.issuer != self.settings.issuer {
             return Err(ProviderError::Invalid(format!("the discovery document names issuer {}", metadata.issuer)));
+        }
+        let endpoints = [&metadata.authorization_endpoint, &metadata.token_endpoint, &metadata.jwks_uri];
+        if let Some(bad) = endpoints.into_iter().chain(&metadata.userinfo_endpoint).find(|url| !secure_url(url)) {
+            return Err(ProviderError::Invalid(format!("the discovery document names a plain-http endpoint {bad}")));
+        }
+        if metadata.code_challenge_methods_supported.as_ref().is_some_and(|m| !m.iter().any(|m| m == "S256")) {
+            return Err(ProviderError::Invalid("the provider does not support PKCE with S256".into()));
         }
         *self.metadata.write().await = Some(metadata.clone());
         Ok(metadata)
@@ -182,13 +248,13 @@ impl OidcProvider {
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let detail = response.text().await.unwrap_or_default();
-            let detail: String = detail.chars().take(200).collect();
+        let status = response.status();
+        let body = bounded(response).await?;
+        if !status.is_success() {
+            let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
             return Err(ProviderError::Invalid(format!("the token endpoint answered {status}: {detail}")));
         }
-        let tokens: TokenResponse = response.json().await.map_err(|e| ProviderError::Invalid(e.to_string()))?;
+        let tokens: TokenResponse = json(&body, "the token endpoint")?;
         let id_token = tokens.id_token.ok_or_else(|| ProviderError::Invalid("no id_token".into()))?;
         let claims = self.check_id_token(&metadata, &id_token).await?;
         if claims.nonce.as_deref() != Some(nonce) {
@@ -199,7 +265,7 @@ impl OidcProvider {
             let info: UserInfo = {
                 let response = self.http.get(endpoint).bearer_auth(access).send().await;
                 let response = response.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-                response.json().await.map_err(|e| ProviderError::Invalid(format!("userinfo: {e}")))?
+                json(&bounded(response).await?, "userinfo")?
             };
             if info.sub != claims.sub {
                 return Err(ProviderError::Invalid("userinfo is about another subject".into()));
@@ -238,10 +304,16 @@ impl OidcProvider {
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.client_id]);
         validation.set_required_spec_claims(&["iss", "aud", "exp", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = 60;
-        jsonwebtoken::decode::<IdClaims>(token, &key, &validation)
+        let claims = jsonwebtoken::decode::<IdClaims>(token, &key, &validation)
             .map(|data| data.claims)
-            .map_err(|e| ProviderError::Invalid(format!("id_token: {e}")))
+            .map_err(|e| ProviderError::Invalid(format!("id_token: {e}")))?;
+        // OIDC Core §3.1.3.7: an authorized party, if named, is this client.
+        if claims.azp.as_ref().is_some_and(|azp| *azp != self.settings.client_id) {
+            return Err(ProviderError::Invalid("the id_token was issued to another party (azp)".into()));
+        }
+        Ok(claims)
     }
 
     /// The provider's key `kid`, fetching the key set again once when it

@@ -87,7 +87,7 @@ pub async fn start(
 #[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "oauth",
     params(("provider" = String, Path, description = "a configured provider's name")),
     responses(
-        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`"),
+        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`, `email_not_verified`"),
     ))]
 pub async fn callback(
     State(state): State<AppState>,
@@ -114,9 +114,12 @@ pub async fn callback(
         tracing::info!(provider = %name, error = code, "the provider refused the login");
         return failed(&state, code);
     }
-    // RFC 9207: a provider that says who it is must be the one asked.
-    if query.get("iss").is_some_and(|iss| *iss != provider.settings.issuer) {
-        return failed(&state, "invalid_state");
+    // RFC 9207: a provider that says who it is must be the one asked, and
+    // one that promises to say it must.
+    match query.get("iss") {
+        Some(iss) if *iss != provider.settings.issuer => return failed(&state, "invalid_state"),
+        None if provider.promises_iss().await => return failed(&state, "invalid_state"),
+        _ => {}
     }
     let Some(code) = query.get("code") else { return failed(&state, "invalid_request") };
     let claims = match provider.finish(code, &attempt.v, &redirect_uri(&state, &name), &attempt.n).await {
@@ -130,6 +133,7 @@ pub async fn callback(
         Ok(done) => done,
         Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
         Err(ExternalLoginError::NoEmail) => return failed(&state, "email_required"),
+        Err(ExternalLoginError::EmailNotVerified) => return failed(&state, "email_not_verified"),
         Err(ExternalLoginError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot sign in through the provider");
             return failed(&state, "unavailable");

@@ -209,9 +209,12 @@ async fn an_existing_account_is_linked_only_when_both_sides_verified_the_email()
         let id = body(app.me(&browser).await).await["id"].clone();
         assert_eq!(body(app.me(&through_provider).await).await["id"], id);
 
-        // The provider does not vouch for the address: no link.
+        // The provider does not vouch for the address: no link, and no new
+        // account either (whoever typed it at the provider would hold it).
         let (answer, _) = sign_in(&app, &format!("unverified%2B{}", verified_local.replace('@', "%40")), "%2F").await;
         assert_eq!(error_of(&answer), "link_required");
+        let (answer, _) = sign_in(&app, &format!("unverified%2B{}", email().replace('@', "%40")), "%2F").await;
+        assert_eq!(error_of(&answer), "email_not_verified");
     })
     .await;
 }

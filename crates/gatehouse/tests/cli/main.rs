@@ -152,10 +152,17 @@ async fn a_half_sent_head_keeps_the_process_no_longer_than_its_shutdown_grace() 
     use tokio::io::AsyncWriteExt as _;
     let dir = TempDir::new();
     let mut cmd = gatehouse(&dir.data());
-    cmd.env("GATEHOUSE_SHUTDOWN_GRACE_SECS", "1").env("GATEHOUSE_GATEWAY__CLIENT_HEADER_TIMEOUT_SECS", "600");
+    // One serving thread: connections are accepted in the order they came.
+    cmd.env("GATEHOUSE_SHUTDOWN_GRACE_SECS", "1")
+        .env("GATEHOUSE_GATEWAY__CLIENT_HEADER_TIMEOUT_SECS", "600")
+        .env("GATEHOUSE_WORKERS", "1");
     let mut server = start(cmd).await;
     let mut half = tokio::net::TcpStream::connect(server.url.trim_start_matches("http://")).await.unwrap();
     half.write_all(b"GET /api/notes HTTP/1.1\r\nhost: gw\r\n").await.unwrap();
+    // A later connection answered: the half one was accepted before
+    // SIGTERM (else it would only sit in the backlog, holding nothing).
+    let healthz = reqwest::get(format!("{}/healthz", server.url)).await.unwrap();
+    assert_eq!(healthz.status(), 200);
     // Without the grace the head would hold the process for 600 s.
     let pid = server.child.id().unwrap().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
