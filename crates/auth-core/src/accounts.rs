@@ -358,6 +358,16 @@ impl Accounts {
         }
     }
 
+    /// The provider identities of `user`, oldest first.
+    pub async fn identities(&self, user: UserId) -> Result<Vec<ExternalIdentity>, StoreError> {
+        self.identities.identities_of(user).await
+    }
+
+    /// Removes one of `user`'s identities, never the last way to log in.
+    pub async fn unlink_identity(&self, user: UserId, id: uuid::Uuid) -> Result<crate::Unlinked, StoreError> {
+        self.identities.unlink_identity(user, id).await
+    }
+
     /// Upgrades `verified`, a hash made with weaker parameters, unless it
     /// was replaced meanwhile; returns the user's hash as it now stands, as
     /// far as this login knows. Failure only costs the upgrade.

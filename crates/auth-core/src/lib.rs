@@ -41,7 +41,7 @@ pub use password::{Password, PasswordError, PasswordPolicy};
 pub use ports::{
     DeletionLedger, DeletionRecord, EmailToken, EventSink, ExternalIdentity, Hits, IdentityStore, MailQueue,
     NoRevocationSink, Outbox, RecoveryStore, RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose,
-    UserStore,
+    Unlinked, UserStore,
 };
 pub use recovery::{Recovery, RecoverySettings};
 pub use secret::{OpaqueSecret, SecretHash};

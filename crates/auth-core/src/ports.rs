@@ -288,4 +288,16 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// it is tied already.
     async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError>;
     async fn identities_of(&self, user: UserId) -> Result<Vec<ExternalIdentity>, StoreError>;
+    /// Removes `user`'s identity `id`, unless it is the last way to log in
+    /// (no password, no other identity); atomic against a parallel unlink.
+    async fn unlink_identity(&self, user: UserId, id: Uuid) -> Result<Unlinked, StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlinked {
+    Done,
+    /// No such identity of this user.
+    NotFound,
+    /// It is the account's last way to log in.
+    LastWay,
 }

@@ -1,5 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations.
 
+use crate::oauth::identities;
 use crate::oauth::routes as oauth;
 use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
 
@@ -11,7 +12,7 @@ use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
         accounts::delete_account, accounts::me,
         sessions::list, sessions::revoke_one, sessions::revoke_others,
         recovery::forgot, recovery::reset, recovery::change, recovery::verify, recovery::resend,
-        oauth::start, oauth::callback,
+        oauth::start, oauth::callback, identities::list, identities::unlink,
         wellknown::jwks,
         admin::deletion,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,

@@ -1,7 +1,7 @@
 //! External (OAuth/OpenID) identities on PostgreSQL.
 
 use async_trait::async_trait;
-use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, User, UserId};
+use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlinked, User, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
@@ -84,5 +84,37 @@ impl IdentityStore for PgStore {
         );
         let rows = sqlx::query(sql).bind(user.as_uuid()).fetch_all(self.pool()).await.map_err(store_error)?;
         rows.iter().map(identity_from).collect()
+    }
+
+    async fn unlink_identity(&self, user: UserId, id: uuid::Uuid) -> Result<Unlinked, StoreError> {
+        let mut tx = self.begin().await?;
+        // The user row is held until commit: two unlinks at once take
+        // turns, and the second counts what the first left.
+        let has_password: Option<bool> =
+            sqlx::query_scalar("SELECT password_hash IS NOT NULL FROM users WHERE id = $1 FOR UPDATE")
+                .bind(user.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        let Some(has_password) = has_password else { return Ok(Unlinked::NotFound) };
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM external_identities WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if !ids.contains(&id) {
+            return Ok(Unlinked::NotFound);
+        }
+        if !has_password && ids.len() == 1 {
+            return Ok(Unlinked::LastWay);
+        }
+        sqlx::query("DELETE FROM external_identities WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Unlinked::Done)
     }
 }

@@ -1,7 +1,7 @@
 //! External (OAuth/OpenID) identities on SQLite.
 
 use async_trait::async_trait;
-use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, User, UserId};
+use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlinked, User, UserId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
@@ -81,5 +81,32 @@ impl IdentityStore for SqliteStore {
         );
         let rows = sqlx::query(sql).bind(user.to_string()).fetch_all(self.pool()).await.map_err(store_error)?;
         rows.iter().map(identity_from).collect()
+    }
+
+    async fn unlink_identity(&self, user: UserId, id: uuid::Uuid) -> Result<Unlinked, StoreError> {
+        let mut tx = self.begin().await?;
+        // One writing statement: SQLite runs it alone, so two unlinks at
+        // once cannot both see the other identity still there.
+        let gone = sqlx::query(
+            "DELETE FROM external_identities WHERE id = ?1 AND user_id = ?2 AND (\
+             EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash IS NOT NULL) \
+             OR (SELECT COUNT(*) FROM external_identities WHERE user_id = ?2) > 1)",
+        )
+        .bind(id.to_string())
+        .bind(user.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if gone.rows_affected() == 1 {
+            tx.commit().await.map_err(store_error)?;
+            return Ok(Unlinked::Done);
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM external_identities WHERE id = ? AND user_id = ?")
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        Ok(if exists.is_some() { Unlinked::LastWay } else { Unlinked::NotFound })
     }
 }

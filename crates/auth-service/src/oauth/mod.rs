@@ -8,6 +8,7 @@
 //! sends the browser to `return_to`. Every failure goes to the configured
 //! error page with a code, never to a 500.
 
+pub mod identities;
 mod provider;
 pub mod routes;
 

@@ -18,6 +18,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/auth/oauth/{provider}/start", get(start))
         .route("/auth/oauth/{provider}/callback", get(callback))
+        .merge(super::identities::router())
 }
 
 fn redirect_uri(state: &AppState, provider: &str) -> String {

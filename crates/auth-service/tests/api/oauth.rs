@@ -218,3 +218,43 @@ async fn an_existing_account_is_linked_only_when_both_sides_verified_the_email()
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_provider_account_lists_its_identity_keeps_its_last_one_and_deletes_itself_after_a_fresh_login() {
+    each_backend_with(options(), async |app: TestApp| {
+        let (_, browser) = sign_in(&app, &email(), "%2F").await;
+        let listed = body(app.me_identities(&browser).await).await;
+        assert_eq!(listed["has_password"], false);
+        let identity = listed["identities"][0]["id"].as_str().unwrap().to_owned();
+        assert_eq!(listed["identities"][0]["provider"], "test");
+        let unlink = |id: &str| app.as_page(Method::DELETE, &format!("/auth/me/identities/{id}"), &browser).send();
+        let last = unlink(&identity).await.unwrap();
+        assert_eq!((last.status(), code(last).await.as_str()), (StatusCode::CONFLICT, "last_login_method"));
+        let unknown = unlink(&uuid::Uuid::new_v4().to_string()).await.unwrap();
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        let no_csrf = app.with_cookies(Method::DELETE, &format!("/auth/me/identities/{identity}"), &browser).send();
+        assert_eq!(no_csrf.await.unwrap().status(), StatusCode::FORBIDDEN);
+
+        // No password: deleting needs a login within five minutes.
+        app.clock.advance(time::Duration::minutes(6));
+        let (_, fresh_tokens) = {
+            let refreshed = app.refresh(&browser).await;
+            let mut b = browser.clone();
+            b.absorb(&refreshed);
+            (refreshed, b)
+        };
+        let stale = app.as_page(Method::DELETE, "/auth/delete", &fresh_tokens).json(&json!({})).send().await.unwrap();
+        assert_eq!(code(stale).await, "reauthentication_required");
+        let email = body(app.me(&fresh_tokens).await).await["email"].as_str().unwrap().to_owned();
+        let (_, again) = sign_in(&app, &email, "%2F").await;
+        let deleted = app.as_page(Method::DELETE, "/auth/delete", &again).json(&json!({})).send().await.unwrap();
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    })
+    .await;
+}
+
+impl TestApp {
+    async fn me_identities(&self, browser: &Browser) -> Response {
+        self.with_cookies(Method::GET, "/auth/me/identities", browser).send().await.unwrap()
+    }
+}

@@ -64,6 +64,8 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
             ("/auth/email/resend", "post"),
             ("/auth/oauth/{provider}/start", "get"),
             ("/auth/oauth/{provider}/callback", "get"),
+            ("/auth/me/identities", "get"),
+            ("/auth/me/identities/{id}", "delete"),
             ("/.well-known/jwks.json", "get"),
             ("/auth/admin/deletions/{user_id}", "get"),
             ("/healthz", "get"),

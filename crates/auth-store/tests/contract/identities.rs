@@ -1,6 +1,6 @@
 //! OAuth/OpenID identities: keyed by (issuer, subject), gone with the account.
 
-use auth_core::{DomainEvent, Email, ExternalIdentity, StoreError, User, UserId};
+use auth_core::{DomainEvent, Email, ExternalIdentity, StoreError, Unlinked, User, UserId};
 use auth_store::Stores;
 
 use crate::{each_backend, now, registered};
@@ -54,6 +54,45 @@ async fn an_account_made_by_a_provider_has_no_password_and_its_identity_is_uniqu
 
         stores.users.delete_user(user.id, &DomainEvent::deleted(user.id, now())).await.unwrap();
         assert_eq!(stores.identities.identity("https://id.example.com", "sub-1").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_last_way_to_log_in_cannot_be_unlinked_even_by_two_requests_at_once() {
+    each_backend(async |stores: Stores| {
+        let stranger = registered(&stores, "stranger@example.com").await;
+        for round in 0..12 {
+            let user = User {
+                id: UserId::new(),
+                email: Email::parse(&format!("two-{round}@example.com")).unwrap(),
+                password_hash: None,
+                email_verified: true,
+                created_at: now(),
+                roles: vec![],
+                permissions: vec![],
+            };
+            let (a, b) = (identity(user.id, &format!("a{round}")), identity(user.id, &format!("b{round}")));
+            let event = DomainEvent::registered(&user, "oauth:corp", now());
+            stores.identities.create_user_with_identity(&user, &a, &event).await.unwrap();
+            stores.identities.link_identity(&b).await.unwrap();
+            if round == 0 {
+                let theirs = stores.identities.unlink_identity(stranger.id, a.id).await.unwrap();
+                assert_eq!(theirs, Unlinked::NotFound, "not theirs");
+            }
+            let (s1, s2) = (stores.clone(), stores.clone());
+            let one = tokio::spawn(async move { s1.identities.unlink_identity(user.id, a.id).await.unwrap() });
+            let two = tokio::spawn(async move { s2.identities.unlink_identity(user.id, b.id).await.unwrap() });
+            let mut outcomes = [one.await.unwrap(), two.await.unwrap()];
+            outcomes.sort_by_key(|o| *o == Unlinked::Done);
+            assert_eq!(outcomes, [Unlinked::LastWay, Unlinked::Done], "exactly one goes (round {round})");
+            assert_eq!(stores.identities.identities_of(user.id).await.unwrap().len(), 1);
+        }
+        // With a password, the last identity may go.
+        let with_password = registered(&stores, "pw@example.com").await;
+        let c = identity(with_password.id, "c");
+        stores.identities.link_identity(&c).await.unwrap();
+        assert_eq!(stores.identities.unlink_identity(with_password.id, c.id).await.unwrap(), Unlinked::Done);
     })
     .await;
 }
