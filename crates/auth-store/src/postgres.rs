@@ -69,6 +69,19 @@ pub(crate) async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &DomainE
     Ok(())
 }
 
+pub(crate) async fn insert_user(tx: &mut Transaction<'_, Postgres>, user: &User) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(user.email_verified)
+        .bind(user.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 fn user_from(row: &PgRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
@@ -116,17 +129,7 @@ fn event_from(row: &PgRow) -> Result<StoredEvent, StoreError> {
 impl UserStore for PgStore {
     async fn create_user(&self, user: &User, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(user.id.as_uuid())
-        .bind(user.email.as_str())
-        .bind(&user.password_hash)
-        .bind(user.email_verified)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        insert_user(&mut tx, user).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }

@@ -5,7 +5,7 @@ use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlink
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::postgres::insert_event;
+use crate::postgres::{insert_event, insert_user};
 use crate::{PgStore, identity_columns, store_error};
 
 fn identity_from(row: &PgRow) -> Result<ExternalIdentity, StoreError> {
@@ -54,17 +54,7 @@ impl IdentityStore for PgStore {
         event: &DomainEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(user.id.as_uuid())
-        .bind(user.email.as_str())
-        .bind(&user.password_hash)
-        .bind(user.email_verified)
-        .bind(user.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        insert_user(&mut tx, user).await?;
         insert_identity(&mut tx, identity).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)

@@ -114,6 +114,19 @@ pub(crate) async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEve
     Ok(())
 }
 
+pub(crate) async fn insert_user(tx: &mut Transaction<'_, Sqlite>, user: &User) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(user.id.to_string())
+        .bind(user.email.as_str())
+        .bind(&user.password_hash)
+        .bind(user.email_verified)
+        .bind(ms(user.created_at))
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
@@ -162,15 +175,7 @@ fn event_from(row: &SqliteRow) -> Result<StoredEvent, StoreError> {
 impl UserStore for SqliteStore {
     async fn create_user(&self, user: &User, event: &DomainEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(user.id.to_string())
-            .bind(user.email.as_str())
-            .bind(&user.password_hash)
-            .bind(user.email_verified)
-            .bind(ms(user.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        insert_user(&mut tx, user).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
     }

@@ -5,7 +5,7 @@ use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlink
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::sqlite::{insert_event, ms, time_of, uuid_of};
+use crate::sqlite::{insert_event, insert_user, ms, time_of, uuid_of};
 use crate::{SqliteStore, identity_columns, store_error};
 
 fn identity_from(row: &SqliteRow) -> Result<ExternalIdentity, StoreError> {
@@ -53,15 +53,7 @@ impl IdentityStore for SqliteStore {
         event: &DomainEvent,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(user.id.to_string())
-            .bind(user.email.as_str())
-            .bind(&user.password_hash)
-            .bind(user.email_verified)
-            .bind(ms(user.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        insert_user(&mut tx, user).await?;
         insert_identity(&mut tx, identity).await?;
         insert_event(&mut tx, event).await?;
         tx.commit().await.map_err(store_error)
