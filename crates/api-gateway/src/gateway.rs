@@ -305,7 +305,7 @@ impl Gateway {
             // open; it cannot carry a CSRF header, but it always has Origin.
             self.check_site(headers)?;
         }
-        check_roles(route, &verified)?;
+        check_route_requirements(route, &verified)?;
         Ok(verified)
     }
 
@@ -322,7 +322,7 @@ impl Gateway {
     ) -> Result<Arc<Verified>, GatewayError> {
         let (token, _) = presented(authorization, cookie_lines)?;
         let verified = self.verified(token, now).await?;
-        check_roles(route, &verified)?;
+        check_route_requirements(route, &verified)?;
         Ok(verified)
     }
 
@@ -440,7 +440,8 @@ fn csrf_refused(refusal: auth_tokens::csrf::CsrfRefusal) -> GatewayError {
     GatewayError::Csrf(refusal.to_string())
 }
 
-fn check_roles(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
+/// The route's `require_roles` (any of) and `require_verified_email`.
+fn check_route_requirements(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
     let roles = &verified.claims.roles;
     if !route.require_roles.is_empty() && !roles.iter().any(|r| route.require_roles.contains(r)) {
         return Err(GatewayError::Forbidden);

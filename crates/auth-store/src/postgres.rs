@@ -69,6 +69,23 @@ pub(crate) async fn insert_event(tx: &mut Transaction<'_, Postgres>, e: &DomainE
     Ok(())
 }
 
+/// Replaces `verified` by `phc` only if `verified` is still `user`'s hash.
+pub(crate) async fn replace_hash<'e>(
+    db: impl sqlx::Executor<'e, Database = Postgres>,
+    user: UserId,
+    verified: &str,
+    phc: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
+        .bind(user.as_uuid())
+        .bind(verified)
+        .bind(phc)
+        .execute(db)
+        .await
+        .map_err(store_error)?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub(crate) async fn insert_user(tx: &mut Transaction<'_, Postgres>, user: &User) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(user.id.as_uuid())
@@ -157,14 +174,7 @@ impl UserStore for PgStore {
     }
 
     async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2")
-            .bind(id.as_uuid())
-            .bind(verified)
-            .bind(phc)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected() == 1)
+        replace_hash(&self.pool, id, verified, phc).await
     }
 
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {

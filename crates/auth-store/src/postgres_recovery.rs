@@ -11,7 +11,7 @@ use sqlx::{Postgres, Row, Transaction};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::postgres::{insert_event, revoke_sessions_in};
+use crate::postgres::{insert_event, replace_hash, revoke_sessions_in};
 use crate::{PgStore, store_error};
 
 /// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
@@ -53,6 +53,21 @@ async fn set_reset_password(tx: &mut Transaction<'_, Postgres>, user: UserId, ph
     Ok(())
 }
 
+/// Deletes `user`'s unused tokens of `purpose` (their unsent mail goes too).
+async fn void_unused(
+    tx: &mut Transaction<'_, Postgres>,
+    user: UserId,
+    purpose: TokenPurpose,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
+        .bind(user.as_uuid())
+        .bind(purpose.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 /// Marks `user`'s token of `purpose` used, if still valid at `now`.
 async fn use_token(
     tx: &mut Transaction<'_, Postgres>,
@@ -86,12 +101,7 @@ impl RecoveryStore for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
-            .bind(token.user_id.as_uuid())
-            .bind(token.purpose.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        void_unused(&mut tx, token.user_id, token.purpose).await?;
         sqlx::query(
             "INSERT INTO email_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -158,23 +168,11 @@ impl RecoveryStore for PgStore {
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
-        let replaced = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2 AND password_hash = $3")
-            .bind(phc)
-            .bind(user.as_uuid())
-            .bind(verified)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if replaced.rows_affected() == 0 {
+        if !replace_hash(&mut *tx, user, verified, phc).await? {
             return Ok(None);
         }
         // A reset link asked for before the change must not undo it.
-        sqlx::query("DELETE FROM email_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL")
-            .bind(user.as_uuid())
-            .bind(TokenPurpose::PasswordReset.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        void_unused(&mut tx, user, TokenPurpose::PasswordReset).await?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;

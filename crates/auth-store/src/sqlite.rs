@@ -114,6 +114,23 @@ pub(crate) async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEve
     Ok(())
 }
 
+/// Replaces `verified` by `phc` only if `verified` is still `user`'s hash.
+pub(crate) async fn replace_hash<'e>(
+    db: impl sqlx::Executor<'e, Database = Sqlite>,
+    user: UserId,
+    verified: &str,
+    phc: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
+        .bind(phc)
+        .bind(user.to_string())
+        .bind(verified)
+        .execute(db)
+        .await
+        .map_err(store_error)?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub(crate) async fn insert_user(tx: &mut Transaction<'_, Sqlite>, user: &User) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
         .bind(user.id.to_string())
@@ -203,14 +220,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
-            .bind(phc)
-            .bind(id.to_string())
-            .bind(verified)
-            .execute(&self.pool)
-            .await
-            .map_err(store_error)?;
-        Ok(done.rows_affected() == 1)
+        replace_hash(&self.pool, id, verified, phc).await
     }
 
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {

@@ -11,7 +11,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::sqlite::{from_ms, insert_event, ms, revoke_sessions_in, time_of, uuid_of};
+use crate::sqlite::{from_ms, insert_event, ms, replace_hash, revoke_sessions_in, time_of, uuid_of};
 use crate::{SqliteStore, store_error};
 
 /// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
@@ -54,6 +54,17 @@ async fn set_reset_password(tx: &mut Transaction<'_, Sqlite>, user: UserId, phc:
     Ok(())
 }
 
+/// Deletes `user`'s unused tokens of `purpose` (their unsent mail goes too).
+async fn void_unused(tx: &mut Transaction<'_, Sqlite>, user: UserId, purpose: TokenPurpose) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
+        .bind(user.to_string())
+        .bind(purpose.as_str())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    Ok(())
+}
+
 /// Marks `user`'s token of `purpose` used, if still valid at `now`.
 async fn use_token(
     tx: &mut Transaction<'_, Sqlite>,
@@ -80,12 +91,7 @@ async fn use_token(
 impl RecoveryStore for SqliteStore {
     async fn issue_token(&self, token: &EmailToken, mail: &Mail) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
-            .bind(token.user_id.to_string())
-            .bind(token.purpose.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        void_unused(&mut tx, token.user_id, token.purpose).await?;
         sqlx::query(
             "INSERT INTO email_tokens (token_hash, user_id, purpose, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
         )
@@ -152,23 +158,11 @@ impl RecoveryStore for SqliteStore {
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
-        let replaced = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?")
-            .bind(phc)
-            .bind(user.to_string())
-            .bind(verified)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if replaced.rows_affected() == 0 {
+        if !replace_hash(&mut *tx, user, verified, phc).await? {
             return Ok(None);
         }
         // A reset link asked for before the change must not undo it.
-        sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
-            .bind(user.to_string())
-            .bind(TokenPurpose::PasswordReset.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        void_unused(&mut tx, user, TokenPurpose::PasswordReset).await?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
         enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
