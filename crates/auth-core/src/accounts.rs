@@ -92,6 +92,9 @@ pub struct ProviderClaims {
     pub email: Option<String>,
     /// Whether the provider asserts the user controls `email`.
     pub email_verified: bool,
+    /// Whether the operator lets this provider's verified email link an
+    /// existing (verified) account at login without asking.
+    pub link_by_email: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +111,18 @@ pub enum ExternalLoginError {
     /// before its owner signs up.
     #[error("the provider does not vouch for this email address")]
     EmailNotVerified,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The session that asked for the link has ended.
+    #[error("not authenticated")]
+    NotAuthenticated,
+    /// The provider identity signs in to another account.
+    #[error("this provider identity belongs to another account")]
+    Taken,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -326,7 +341,7 @@ impl Accounts {
             created_at: now,
         };
         match self.users.user_by_email(&email).await? {
-            Some(user) if claims.email_verified && user.email_verified => {
+            Some(user) if claims.link_by_email && claims.email_verified && user.email_verified => {
                 match self.identities.link_identity(&identity(user.id)).await {
                     // The same identity linked by a login at the same moment.
                     Ok(()) | Err(StoreError::Conflict) => {}
@@ -356,6 +371,43 @@ impl Accounts {
                 }
             }
         }
+    }
+
+    /// Ties the identity in `claims` to the account signed in with
+    /// `session`, which proved it controls both; no email rule applies.
+    /// Linking an identity the account has already is done.
+    pub async fn link_external(
+        &self,
+        user: UserId,
+        session: SessionId,
+        claims: &ProviderClaims,
+    ) -> Result<ExternalIdentity, LinkError> {
+        let (user, _) = self.authenticate(user, session).await.map_err(|e| match e {
+            AuthError::NotAuthenticated => LinkError::NotAuthenticated,
+            AuthError::Store(e) => LinkError::Store(e),
+        })?;
+        let identity = ExternalIdentity {
+            id: uuid::Uuid::now_v7(),
+            user_id: user.id,
+            provider: claims.provider.clone(),
+            issuer: claims.issuer.clone(),
+            subject: claims.subject.clone(),
+            email: claims.email.clone(),
+            created_at: self.clock.now(),
+        };
+        // A second try sees the identity a parallel link stored.
+        for _ in 0..2 {
+            match self.identities.identity(&claims.issuer, &claims.subject).await? {
+                Some(known) if known.user_id == user.id => return Ok(known),
+                Some(_) => return Err(LinkError::Taken),
+                None => match self.identities.link_identity(&identity).await {
+                    Ok(()) => return Ok(identity),
+                    Err(StoreError::Conflict) => continue,
+                    Err(e) => return Err(e.into()),
+                },
+            }
+        }
+        Err(LinkError::Store(StoreError::Conflict))
     }
 
     /// The provider identities of `user`, oldest first.

@@ -1,8 +1,12 @@
 //! Real peers for the test suites: an SMTP server (`aiosmtpd`, installed on
 //! first use under `target/test-tools/` with pip, run on a free port,
-//! keeping each message it receives in a Maildir that tests read) and an
-//! OpenID provider (`oidc-provider` from npm, `tests/oidc-provider/`).
+//! keeping each message it receives in a Maildir that tests read), an
+//! OpenID provider (`oidc-provider` from npm, `tests/oidc-provider/`), and
+//! a stub of GitHub's, Facebook's and a misbehaving OpenID provider's APIs
+//! ([`provider_stub`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod provider_stub;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

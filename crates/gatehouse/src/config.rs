@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use api_gateway::{AuthMode, RouteConfig};
 use auth_core::hashing::HashingSettings;
+use auth_service::oauth::Protocol;
 use auth_tokens::TokenSettings;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -68,8 +69,9 @@ pub enum ProviderKind {
     Oidc,
     /// Google (OpenID Connect at `https://accounts.google.com`).
     Google,
-    /// Not OpenID providers; their user-info mapping is not built yet.
+    /// Facebook Login and the Graph API.
     Facebook,
+    /// A GitHub OAuth app, on github.com or (`issuer`) a GitHub Enterprise Server.
     Github,
 }
 
@@ -82,11 +84,22 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub client_secret: Option<String>,
     /// For `oidc`: the issuer, exactly as its discovery document says it.
+    /// For `github`: a GitHub Enterprise Server's URL (default github.com).
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Default `["openid", "email"]`.
+    /// Default `["openid", "email"]`; GitHub `["read:user", "user:email"]`;
+    /// Facebook `["email", "public_profile"]`.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// Whether a login through this provider may join an existing account
+    /// with the same email when both sides verified it (default true);
+    /// false: the account's owner links it from `/auth/me/identities`.
+    #[serde(default = "yes")]
+    pub link_by_email: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The client secret never reaches a log.
@@ -97,32 +110,52 @@ impl std::fmt::Debug for ProviderConfig {
             .field("client_id", &self.client_id)
             .field("issuer", &self.issuer)
             .field("scopes", &self.scopes)
+            .field("link_by_email", &self.link_by_email)
             .finish_non_exhaustive()
     }
 }
 
 impl ProviderConfig {
-    /// The issuer to discover, after the preset and the checks: `https`,
-    /// or `http` on a loopback host (development and tests).
-    pub fn checked_issuer(&self, name: &str) -> Result<String, String> {
-        let issuer = match (self.kind, &self.issuer) {
-            (ProviderKind::Google, None) => "https://accounts.google.com".to_owned(),
-            (ProviderKind::Google, Some(issuer)) if issuer == "https://accounts.google.com" => issuer.clone(),
-            (ProviderKind::Google, Some(_)) => return Err(format!("oauth.providers.{name}: google's issuer is fixed")),
-            (ProviderKind::Oidc, Some(issuer)) => issuer.clone(),
-            (ProviderKind::Oidc, None) => return Err(format!("oauth.providers.{name}: kind = \"oidc\" needs issuer")),
-            (ProviderKind::Facebook | ProviderKind::Github, _) => {
-                return Err(format!(
-                    "oauth.providers.{name}: facebook and github are not supported yet; \
-                     use an OpenID Connect provider (kind = \"oidc\" or \"google\")"
-                ));
+    /// The issuer (what identities are keyed by), the protocol and the
+    /// scopes, after the preset and the checks: endpoints are `https`, or
+    /// `http` on a loopback host (development and tests).
+    pub fn protocol(&self, name: &str) -> Result<(String, Protocol, Vec<String>), String> {
+        use auth_service::oauth::{Endpoints, FACEBOOK, FACEBOOK_GRAPH, GITHUB, GOOGLE};
+        let fixed = |preset: &str| match &self.issuer {
+            Some(given) if given != preset => Err(format!("oauth.providers.{name}: {:?}'s issuer is fixed", self.kind)),
+            _ => Ok(preset.to_owned()),
+        };
+        let openid = ["openid", "email"];
+        let (issuer, protocol, defaults, needed) = match self.kind {
+            ProviderKind::Google => (fixed(GOOGLE)?, Protocol::Oidc, &openid[..], "openid"),
+            ProviderKind::Oidc => {
+                let issuer =
+                    self.issuer.clone().ok_or(format!("oauth.providers.{name}: kind = \"oidc\" needs issuer"))?;
+                (issuer, Protocol::Oidc, &openid[..], "openid")
+            }
+            ProviderKind::Github => {
+                let base = self.issuer.clone().unwrap_or(GITHUB.to_owned()).trim_end_matches('/').to_owned();
+                let endpoints = Endpoints::github(&base);
+                (base, Protocol::GitHub(endpoints), &["read:user", "user:email"][..], "user:email")
+            }
+            ProviderKind::Facebook => {
+                let endpoints = Endpoints::facebook(FACEBOOK, FACEBOOK_GRAPH);
+                (fixed(FACEBOOK)?, Protocol::Facebook(endpoints), &["email", "public_profile"][..], "email")
             }
         };
-        if auth_service::oauth::secure_url(&issuer) {
-            Ok(issuer)
-        } else {
-            Err(format!("oauth.providers.{name}.issuer must be https:// (http:// only on localhost or 127.0.0.1)"))
+        if !auth_service::oauth::secure_url(&issuer) {
+            return Err(format!(
+                "oauth.providers.{name}.issuer must be https:// (http:// only on localhost or 127.0.0.1)"
+            ));
         }
+        let scopes = match self.scopes.is_empty() {
+            true => defaults.iter().map(|s| (*s).to_owned()).collect(),
+            false => self.scopes.clone(),
+        };
+        if !scopes.iter().any(|s| s == needed || (needed == "user:email" && s == "user")) {
+            return Err(format!("oauth.providers.{name}.scopes must include \"{needed}\""));
+        }
+        Ok((issuer, protocol, scopes))
     }
 }
 
@@ -512,12 +545,9 @@ impl Config {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
                 return bad("oauth provider names are lower-case letters, digits and `-`");
             }
-            provider.checked_issuer(name).map_err(ConfigError::Invalid)?;
+            provider.protocol(name).map_err(ConfigError::Invalid)?;
             if provider.client_id.is_empty() || provider.client_secret.as_deref().is_none_or(str::is_empty) {
                 return bad(&format!("oauth.providers.{name} needs client_id and client_secret"));
-            }
-            if !provider.scopes.is_empty() && !provider.scopes.iter().any(|s| s == "openid") {
-                return bad(&format!("oauth.providers.{name}.scopes must include \"openid\""));
             }
         }
         let error_url = &self.oauth.error_url;
@@ -711,7 +741,7 @@ mod tests {
     }
 
     #[test]
-    fn providers_need_a_safe_issuer_a_secret_and_openid() {
+    fn providers_need_a_safe_issuer_a_secret_and_the_scopes_their_preset_reads() {
         let with = |pairs: &[(&str, &str)]| {
             let mut all = vec![("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_ID", "gatehouse")];
             all.extend_from_slice(pairs);
@@ -720,26 +750,45 @@ mod tests {
         let oidc = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__KIND", "oidc");
         let secret = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_SECRET", "s3cret");
         let issuer = |url| ("GATEHOUSE_OAUTH__PROVIDERS__CORP__ISSUER", url);
+        let scopes = |list| ("GATEHOUSE_OAUTH__PROVIDERS__CORP__SCOPES", list);
+        let kind = |k| ("GATEHOUSE_OAUTH__PROVIDERS__CORP__KIND", k);
+        let (github, facebook, google) = (kind("github"), kind("facebook"), kind("google"));
         let ok = with(&[oidc, secret, issuer("http://127.0.0.1:9000")]).unwrap();
         assert_eq!(ok.oauth.providers["corp"].client_secret.as_deref(), Some("s3cret"));
         assert!(!format!("{ok:?}").contains("s3cret"), "the secret never reaches a log");
         assert!(with(&[oidc, secret, issuer("https://login.example.com")]).is_ok());
         assert!(with(&[oidc, secret, issuer("http://[::1]:9000")]).is_ok());
+        let presets = |pairs: &[(&str, &str)]| {
+            let config = with(pairs).unwrap();
+            let (issuer, protocol, scopes) = config.oauth.providers["corp"].protocol("corp").unwrap();
+            (issuer, protocol, scopes.join(" "), config.oauth.providers["corp"].link_by_email)
+        };
+        let (at, protocol, list, links) = presets(&[github, secret]);
+        assert_eq!((at.as_str(), list.as_str(), links), ("https://github.com", "read:user user:email", true));
+        assert!(matches!(protocol, Protocol::GitHub(e) if e.api == "https://api.github.com"));
+        let (at, protocol, _, _) = presets(&[github, secret, issuer("https://git.corp.example/")]);
+        assert_eq!(at, "https://git.corp.example");
+        assert!(matches!(protocol, Protocol::GitHub(e) if e.api == "https://git.corp.example/api/v3"));
+        let no_link = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__LINK_BY_EMAIL", "false");
+        let (at, protocol, list, links) = presets(&[facebook, secret, no_link]);
+        assert_eq!((at.as_str(), list.as_str(), links), ("https://www.facebook.com", "email public_profile", false));
+        assert!(matches!(protocol, Protocol::Facebook(_)));
+        let (at, protocol, list, _) = presets(&[google, secret]);
+        assert_eq!(
+            (at.as_str(), protocol, list.as_str()),
+            ("https://accounts.google.com", Protocol::Oidc, "openid email")
+        );
         for (refused, why) in [
             (with(&[oidc, secret, issuer("http://login.example.com")]), "https"),
             (with(&[oidc, secret, issuer("http://127.0.0.1.evil.example")]), "https"),
             (with(&[oidc, secret]), "needs issuer"),
             (with(&[oidc, issuer("https://login.example.com")]), "client_secret"),
-            (with(&[("GATEHOUSE_OAUTH__PROVIDERS__CORP__KIND", "github"), secret]), "not supported yet"),
-            (
-                with(&[
-                    oidc,
-                    secret,
-                    issuer("https://x.example"),
-                    ("GATEHOUSE_OAUTH__PROVIDERS__CORP__SCOPES", "[\"email\"]"),
-                ]),
-                "openid",
-            ),
+            (with(&[github, secret, issuer("http://git.corp.example")]), "https"),
+            (with(&[facebook, secret, issuer("https://facebook.evil.example")]), "fixed"),
+            (with(&[google, secret, issuer("https://accounts.google.com.evil.example")]), "fixed"),
+            (with(&[github, secret, scopes("[\"read:user\"]")]), "user:email"),
+            (with(&[facebook, secret, scopes("[\"public_profile\"]")]), "\"email\""),
+            (with(&[oidc, secret, issuer("https://x.example"), scopes("[\"email\"]")]), "openid"),
         ] {
             let err = refused.unwrap_err().to_string();
             assert!(err.contains(why), "{err}");

@@ -34,22 +34,20 @@ pub fn mailer(config: &Config) -> anyhow::Result<Arc<dyn Mailer>> {
 
 /// The configured login providers, each discovered when first used.
 pub fn oauth(config: &Config) -> anyhow::Result<auth_service::oauth::OAuth> {
-    use auth_service::oauth::{OidcProvider, ProviderSettings};
+    use auth_service::oauth::{Provider, ProviderSettings};
     let mut providers = std::collections::BTreeMap::new();
     for (name, provider) in &config.oauth.providers {
-        let issuer = provider.checked_issuer(name).map_err(anyhow::Error::msg)?;
-        let scopes = match provider.scopes.is_empty() {
-            true => vec!["openid".to_owned(), "email".to_owned()],
-            false => provider.scopes.clone(),
-        };
+        let (issuer, protocol, scopes) = provider.protocol(name).map_err(anyhow::Error::msg)?;
         let settings = ProviderSettings {
             name: name.clone(),
             issuer,
+            protocol,
             client_id: provider.client_id.clone(),
             client_secret: provider.client_secret.clone().unwrap_or_default(),
             scopes,
+            link_by_email: provider.link_by_email,
         };
-        providers.insert(name.clone(), std::sync::Arc::new(OidcProvider::new(settings)?));
+        providers.insert(name.clone(), std::sync::Arc::new(Provider::new(settings)?));
         tracing::info!(provider = %name, "login through the provider is on");
     }
     Ok(auth_service::oauth::OAuth { providers, error_url: config.oauth.error_url.clone() })

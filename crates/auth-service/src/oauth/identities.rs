@@ -1,10 +1,12 @@
-//! The signed-in user's provider identities: list and unlink.
+//! The signed-in user's provider identities: list, link and unlink.
 
 use auth_core::Unlinked;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -16,7 +18,10 @@ use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/auth/me/identities", get(list)).route("/auth/me/identities/{id}", delete(unlink))
+    Router::new()
+        .route("/auth/me/identities", get(list))
+        .route("/auth/me/identities/{id}", delete(unlink))
+        .route("/auth/me/identities/{provider}/link", post(link))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -52,6 +57,52 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
             .collect(),
         has_password: caller.user.password_hash.is_some(),
     }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkStart {
+    /// Where to send the browser: the provider's login.
+    pub location: String,
+}
+
+/// Start adding a provider identity to the caller's account.
+///
+/// Answers with the provider URL to send the browser to (a `POST` so that
+/// another site cannot start it: the CSRF token is needed), and sets the
+/// attempt's `__Host-oauth_state` cookie, bound to the caller's session.
+/// The provider then returns the browser to the usual callback, which adds
+/// the identity and sends the browser to `return_to`.
+#[utoipa::path(post, path = "/auth/me/identities/{provider}/link", tag = "oauth",
+    params(
+        ("provider" = String, Path, description = "a configured provider's name"),
+        ("return_to" = Option<String>, Query, description = "a path here, or a URL on a trusted origin; anything else is `/`"),
+        ("X-CSRF-Token" = Option<String>, Header, description = "required with cookie authentication"),
+    ),
+    responses(
+        (status = 200, description = "Go to `location`; `__Host-oauth_state` set (10 minutes)", body = LinkStart),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`", body = ErrorBody),
+        (status = 404, description = "`unknown_provider`", body = ErrorBody),
+        (status = 503, description = "`provider_unavailable`: its discovery document cannot be had", body = ErrorBody),
+    ))]
+pub async fn link(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(provider): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let bound = Some((caller.user.id.to_string(), caller.session.id.to_string()));
+    let return_to = query.get("return_to").map(String::as_str);
+    match super::routes::begin(&state, &provider, return_to, None, bound).await {
+        Ok((location, cookie)) => {
+            let mut response = Json(LinkStart { location }).into_response();
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+            response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+            Ok(response)
+        }
+        Err("unknown_provider") => Err(ApiError::not_found("unknown_provider", "no provider of that name")),
+        Err(code) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, "the provider cannot be reached")),
+    }
 }
 
 /// Unlink one of the caller's provider identities.

@@ -1,23 +1,32 @@
-//! Login through OpenID Connect providers (RFC 9700, OIDC Core): the
-//! authorization code flow with PKCE (S256), `state` and `nonce` bound to
-//! the browser by a signed, short-lived `__Host-oauth_state` cookie.
+//! Login through OpenID Connect providers and through GitHub and Facebook
+//! (RFC 9700, OIDC Core): the authorization code flow with PKCE (S256),
+//! `state` and (OpenID) `nonce` bound to the browser by a signed,
+//! short-lived `__Host-oauth_state` cookie.
 //!
 //! `GET /auth/oauth/{provider}/start?return_to=…&login_hint=…` sends the
 //! browser to the provider; `GET /auth/oauth/{provider}/callback` checks
 //! what comes back, signs the user in exactly as a password login does and
-//! sends the browser to `return_to`. Every failure goes to the configured
+//! sends the browser to `return_to`. `POST /auth/me/identities/{provider}/link`
+//! starts the same flow for a signed-in user, whose callback adds the
+//! identity to that account instead. Every failure goes to the configured
 //! error page with a code, never to a 500.
 
 pub mod identities;
+mod oidc;
 mod provider;
 pub mod routes;
+mod user_api;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use provider::{OidcProvider, ProviderError, ProviderSettings, secure_url};
+pub(crate) use provider::encode;
+pub use provider::{
+    Endpoints, FACEBOOK, FACEBOOK_GRAPH, GITHUB, GOOGLE, GRAPH_VERSION, Protocol, Provider, ProviderError,
+    ProviderSettings, secure_url,
+};
 
 /// The cookie holding one login attempt's secrets.
 pub const STATE_COOKIE: &str = "__Host-oauth_state";
@@ -28,7 +37,7 @@ const SEAL_LABEL: &str = "gatehouse-oauth-state";
 /// The providers and where failures go.
 #[derive(Default, Clone)]
 pub struct OAuth {
-    pub providers: BTreeMap<String, Arc<OidcProvider>>,
+    pub providers: BTreeMap<String, Arc<Provider>>,
     /// A path (or configured origin) failures are sent to, with `?error=CODE`.
     pub error_url: String,
 }
@@ -52,6 +61,9 @@ pub(crate) struct Attempt {
     pub r: String,
     /// Unix time after which the attempt is void.
     pub e: i64,
+    /// For a link from a signed-in account: its user and session ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l: Option<(String, String)>,
 }
 
 impl Attempt {
@@ -126,8 +138,15 @@ mod tests {
     #[test]
     fn an_attempt_opens_only_with_its_key_untouched_and_in_time() {
         let key = auth_tokens::CsrfKey::generate();
-        let attempt =
-            Attempt { p: "corp".into(), s: "st".into(), n: "nn".into(), v: "vv".into(), r: "/".into(), e: 100 };
+        let attempt = Attempt {
+            p: "corp".into(),
+            s: "st".into(),
+            n: "nn".into(),
+            v: "vv".into(),
+            r: "/".into(),
+            e: 100,
+            l: None,
+        };
         let sealed = attempt.seal(&key);
         assert_eq!(Attempt::open(&sealed, &key, 99), Some(attempt.clone()));
         assert_eq!(Attempt::open(&sealed, &key, 100), None, "expired");

@@ -1,13 +1,16 @@
-//! One OpenID Connect provider: discovery, the authorization URL, the code
-//! exchange and the `id_token` checks (OIDC Core §3.1.3.7).
+//! One login provider: the authorization URL, the code exchange, and who
+//! the user is, by the provider's protocol: OpenID Connect (discovery, an
+//! `id_token` checked as OIDC Core §3.1.3.7 says, `oidc.rs`) or a plain
+//! OAuth 2.0 provider with a user API (GitHub, Facebook, `user_api.rs`).
 
 use std::time::Duration;
 
 use auth_core::accounts::ProviderClaims;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::RwLock;
+
+use super::oidc::Metadata;
 
 /// Why a login through a provider failed; `code` goes to the error page.
 #[derive(Debug, thiserror::Error)]
@@ -27,16 +30,78 @@ impl ProviderError {
     }
 }
 
+/// GitHub, where identities of `kind = "github"` come from by default.
+pub const GITHUB: &str = "https://github.com";
+/// Facebook Login's dialog and the Graph API, and the version asked for.
+pub const FACEBOOK: &str = "https://www.facebook.com";
+pub const FACEBOOK_GRAPH: &str = "https://graph.facebook.com";
+pub const GRAPH_VERSION: &str = "v23.0";
+/// Google's OpenID issuer.
+pub const GOOGLE: &str = "https://accounts.google.com";
+
+/// How a provider is spoken to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocol {
+    /// OpenID Connect: endpoints and keys from the issuer's discovery
+    /// document; who the user is from the signed `id_token`.
+    Oidc,
+    /// A GitHub OAuth app: the user from `/user`, the email from
+    /// `/user/emails` (the primary one, with GitHub's verified flag).
+    GitHub(Endpoints),
+    /// Facebook Login: the user from the Graph API's `/me?fields=id,email,name`.
+    Facebook(Endpoints),
+}
+
+/// Where a plain OAuth 2.0 provider's parts are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub authorization: String,
+    pub token: String,
+    /// The user API's base.
+    pub api: String,
+}
+
+impl Endpoints {
+    /// GitHub's, for `https://github.com` or a GitHub Enterprise Server at `base`.
+    pub fn github(base: &str) -> Self {
+        let base = base.trim_end_matches('/');
+        let api = match base == GITHUB {
+            true => "https://api.github.com".to_owned(),
+            false => format!("{base}/api/v3"),
+        };
+        Self {
+            authorization: format!("{base}/login/oauth/authorize"),
+            token: format!("{base}/login/oauth/access_token"),
+            api,
+        }
+    }
+
+    /// Facebook's: the login dialog on `www`, the Graph API on `graph`.
+    pub fn facebook(www: &str, graph: &str) -> Self {
+        let (www, graph) = (www.trim_end_matches('/'), graph.trim_end_matches('/'));
+        Self {
+            authorization: format!("{www}/{GRAPH_VERSION}/dialog/oauth"),
+            token: format!("{graph}/{GRAPH_VERSION}/oauth/access_token"),
+            api: format!("{graph}/{GRAPH_VERSION}"),
+        }
+    }
+}
+
 /// What a provider is configured as.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProviderSettings {
     /// The name in URLs: `/auth/oauth/{name}/start`.
     pub name: String,
-    /// Compared exactly with the discovery document's and the tokens' `iss`.
+    /// Identities are keyed by (issuer, subject). For OpenID providers it
+    /// is compared exactly with the discovery document's and the tokens' `iss`.
     pub issuer: String,
+    pub protocol: Protocol,
     pub client_id: String,
     pub client_secret: String,
     pub scopes: Vec<String>,
+    /// Whether an existing account with the same (verified) email may be
+    /// linked to this provider's identity at login without asking.
+    pub link_by_email: bool,
 }
 
 /// The client secret never reaches a log.
@@ -45,6 +110,7 @@ impl std::fmt::Debug for ProviderSettings {
         f.debug_struct("ProviderSettings")
             .field("name", &self.name)
             .field("issuer", &self.issuer)
+            .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
             .finish_non_exhaustive()
     }
@@ -84,53 +150,27 @@ async fn bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderErr
     Ok(body)
 }
 
-fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ProviderError> {
+pub(crate) fn json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ProviderError> {
     serde_json::from_slice(body).map_err(|e| ProviderError::Invalid(format!("{what}: {e}")))
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct Metadata {
-    issuer: String,
-    authorization_endpoint: String,
-    token_endpoint: String,
-    jwks_uri: String,
-    userinfo_endpoint: Option<String>,
-    #[serde(default)]
-    code_challenge_methods_supported: Option<Vec<String>>,
-    #[serde(default)]
-    authorization_response_iss_parameter_supported: bool,
-}
-
+/// A token endpoint's answer (RFC 6749 §5.1), or its error (§5.2; GitHub
+/// sends those with status 200).
 #[derive(Debug, Deserialize)]
-struct TokenResponse {
-    id_token: Option<String>,
-    access_token: Option<String>,
+pub(crate) struct TokenResponse {
+    pub id_token: Option<String>,
+    pub access_token: Option<String>,
+    pub error: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
-struct IdClaims {
-    sub: String,
-    nonce: Option<String>,
-    azp: Option<String>,
-    email: Option<String>,
-    email_verified: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-struct UserInfo {
-    sub: String,
-    email: Option<String>,
-    email_verified: Option<bool>,
-}
-
-/// A provider with its discovery document and keys, fetched when first
-/// needed (a provider down at start stops nobody) and again when a token
-/// names a key not yet seen.
-pub struct OidcProvider {
+/// A provider with what it published (OpenID discovery and keys), fetched
+/// when first needed (a provider down at start stops nobody) and the keys
+/// again when a token names one not yet seen.
+pub struct Provider {
     pub settings: ProviderSettings,
-    http: reqwest::Client,
-    metadata: RwLock<Option<Metadata>>,
-    keys: RwLock<Option<JwkSet>>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) metadata: RwLock<Option<Metadata>>,
+    pub(crate) keys: RwLock<Option<JwkSet>>,
 }
 
 /// Percent-encodes a query or form value (RFC 3986 unreserved kept).
@@ -146,84 +186,91 @@ pub(crate) fn encode(value: &str) -> String {
     out
 }
 
-fn form(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn form(pairs: &[(&str, &str)]) -> String {
     pairs.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
 }
 
-impl OidcProvider {
+/// The secrets of one login attempt, as the authorization request carries them.
+pub struct Secrets<'a> {
+    pub state: &'a str,
+    /// Sent to OpenID providers only.
+    pub nonce: &'a str,
+    pub challenge: &'a str,
+}
+
+impl Provider {
     pub fn new(settings: ProviderSettings) -> Result<Self, ProviderError> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
+            .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         Ok(Self { settings, http, metadata: RwLock::new(None), keys: RwLock::new(None) })
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, ProviderError> {
-        let response = self.http.get(url).send().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(ProviderError::Unavailable(format!("{url} answered {}", response.status())));
+    /// GETs `url` (with `bearer`, if given) and reads a JSON answer.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<T, ProviderError> {
+        let response = request.send().await.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(ProviderError::Unavailable(format!("{what} answered {status}")));
         }
-        json(&bounded(response).await?, url)
+        if !status.is_success() {
+            return Err(ProviderError::Invalid(format!("{what} answered {status}")));
+        }
+        json(&bounded(response).await?, what)
     }
 
     /// Whether the provider promised an `iss` in its answers (RFC 9207).
     pub async fn promises_iss(&self) -> bool {
-        self.metadata().await.is_ok_and(|m| m.authorization_response_iss_parameter_supported)
+        match self.settings.protocol {
+            Protocol::Oidc => self.metadata().await.is_ok_and(|m| m.authorization_response_iss_parameter_supported),
+            _ => false,
+        }
     }
 
-    async fn metadata(&self) -> Result<Metadata, ProviderError> {
-        if let Some(known) = self.metadata.read().await.clone() {
-            return Ok(known);
-        }
-        let url = format!("{}/.well-known/openid-configuration", self.settings.issuer.trim_end_matches('/'));
-        let metadata: Metadata = self.get_json(&url).await?;
-        if metadata.issuer != self.settings.issuer {
-            return Err(ProviderError::Invalid(format!("the discovery document names issuer {}", metadata.issuer)));
-        }
-        let endpoints = [&metadata.authorization_endpoint, &metadata.token_endpoint, &metadata.jwks_uri];
-        if let Some(bad) = endpoints.into_iter().chain(&metadata.userinfo_endpoint).find(|url| !secure_url(url)) {
-            return Err(ProviderError::Invalid(format!("the discovery document names a plain-http endpoint {bad}")));
-        }
-        if metadata.code_challenge_methods_supported.as_ref().is_some_and(|m| !m.iter().any(|m| m == "S256")) {
-            return Err(ProviderError::Invalid("the provider does not support PKCE with S256".into()));
-        }
-        *self.metadata.write().await = Some(metadata.clone());
-        Ok(metadata)
-    }
-
-    /// The URL the browser is sent to.
+    /// The URL the browser is sent to: the authorization code flow with
+    /// PKCE (S256) and `state`, and `nonce` where OpenID defines it.
     pub async fn authorization_url(
         &self,
         redirect_uri: &str,
-        state: &str,
-        nonce: &str,
-        challenge: &str,
+        secrets: Secrets<'_>,
         login_hint: Option<&str>,
     ) -> Result<String, ProviderError> {
-        let metadata = self.metadata().await?;
         let scope = self.settings.scopes.join(" ");
         let mut pairs = vec![
             ("response_type", "code"),
             ("client_id", self.settings.client_id.as_str()),
             ("redirect_uri", redirect_uri),
             ("scope", scope.as_str()),
-            ("state", state),
-            ("nonce", nonce),
-            ("code_challenge", challenge),
+            ("state", secrets.state),
+            ("code_challenge", secrets.challenge),
             ("code_challenge_method", "S256"),
         ];
-        if let Some(hint) = login_hint {
-            pairs.push(("login_hint", hint));
-        }
-        let separator = if metadata.authorization_endpoint.contains('?') { '&' } else { '?' };
-        Ok(format!("{}{separator}{}", metadata.authorization_endpoint, form(&pairs)))
+        let endpoint = match &self.settings.protocol {
+            Protocol::Oidc => {
+                pairs.push(("nonce", secrets.nonce));
+                pairs.extend(login_hint.map(|hint| ("login_hint", hint)));
+                self.metadata().await?.authorization_endpoint
+            }
+            // GitHub calls the hint `login`; Facebook takes none.
+            Protocol::GitHub(endpoints) => {
+                pairs.extend(login_hint.map(|hint| ("login", hint)));
+                endpoints.authorization.clone()
+            }
+            Protocol::Facebook(endpoints) => endpoints.authorization.clone(),
+        };
+        let separator = if endpoint.contains('?') { '&' } else { '?' };
+        Ok(format!("{endpoint}{separator}{}", form(&pairs)))
     }
 
-    /// Exchanges `code` (with the PKCE `verifier`) and checks the answer:
-    /// the `id_token`'s signature by the provider's keys, `iss`, `aud`,
-    /// `exp`, and `nonce`; the email from the token or the userinfo endpoint.
+    /// Exchanges `code` (with the PKCE `verifier`) and finds out who signed
+    /// in: from the checked `id_token` (OpenID) or the user API.
     pub async fn finish(
         &self,
         code: &str,
@@ -231,109 +278,109 @@ impl OidcProvider {
         redirect_uri: &str,
         nonce: &str,
     ) -> Result<ProviderClaims, ProviderError> {
-        let metadata = self.metadata().await?;
-        let body = form(&[
+        let grant = [
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", redirect_uri),
             ("code_verifier", verifier),
-        ]);
-        let response = self
-            .http
-            .post(&metadata.token_endpoint)
-            .basic_auth(encode(&self.settings.client_id), Some(encode(&self.settings.client_secret)))
+        ];
+        let user = match &self.settings.protocol {
+            Protocol::Oidc => {
+                let metadata = self.metadata().await?;
+                // client_secret_basic, the default of OIDC Core §9.
+                let request = self
+                    .http
+                    .post(&metadata.token_endpoint)
+                    .basic_auth(encode(&self.settings.client_id), Some(encode(&self.settings.client_secret)))
+                    .body(form(&grant));
+                let tokens = self.exchange(request).await?;
+                self.oidc_user(&metadata, tokens, nonce).await?
+            }
+            Protocol::GitHub(endpoints) | Protocol::Facebook(endpoints) => {
+                // Both document the credentials in the body.
+                let credentials =
+                    [("client_id", self.settings.client_id.as_str()), ("client_secret", &self.settings.client_secret)];
+                let body = form(&[&grant[..], &credentials[..]].concat());
+                let tokens = self.exchange(self.http.post(&endpoints.token).body(body)).await?;
+                let access = tokens.access_token.ok_or_else(|| ProviderError::Invalid("no access_token".into()))?;
+                match &self.settings.protocol {
+                    Protocol::GitHub(_) => self.github_user(endpoints, &access).await?,
+                    _ => self.facebook_user(endpoints, &access).await?,
+                }
+            }
+        };
+        Ok(ProviderClaims {
+            provider: self.settings.name.clone(),
+            issuer: self.settings.issuer.clone(),
+            subject: user.subject,
+            email: user.email,
+            email_verified: user.email_verified,
+            link_by_email: self.settings.link_by_email,
+        })
+    }
+
+    /// Sends a token request and reads the answer; an error answer, even
+    /// with status 200, is an error.
+    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<TokenResponse, ProviderError> {
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(reqwest::header::ACCEPT, "application/json")
-            .body(body)
             .send()
             .await
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
         let status = response.status();
         let body = bounded(response).await?;
+        let detail = || String::from_utf8_lossy(&body).chars().take(200).collect::<String>();
+        if status.is_server_error() {
+            return Err(ProviderError::Unavailable(format!("the token endpoint answered {status}: {}", detail())));
+        }
         if !status.is_success() {
-            let detail: String = String::from_utf8_lossy(&body).chars().take(200).collect();
-            return Err(ProviderError::Invalid(format!("the token endpoint answered {status}: {detail}")));
+            return Err(ProviderError::Invalid(format!("the token endpoint answered {status}: {}", detail())));
         }
         let tokens: TokenResponse = json(&body, "the token endpoint")?;
-        let id_token = tokens.id_token.ok_or_else(|| ProviderError::Invalid("no id_token".into()))?;
-        let claims = self.check_id_token(&metadata, &id_token).await?;
-        if claims.nonce.as_deref() != Some(nonce) {
-            return Err(ProviderError::Invalid("the id_token's nonce is not this login's".into()));
+        if tokens.error.is_some() {
+            return Err(ProviderError::Invalid(format!("the token endpoint refused: {}", detail())));
         }
-        let (mut email, mut verified) = (claims.email, claims.email_verified);
-        if let (None, Some(endpoint), Some(access)) = (&email, &metadata.userinfo_endpoint, &tokens.access_token) {
-            let info: UserInfo = {
-                let response = self.http.get(endpoint).bearer_auth(access).send().await;
-                let response = response.map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-                json(&bounded(response).await?, "userinfo")?
-            };
-            if info.sub != claims.sub {
-                return Err(ProviderError::Invalid("userinfo is about another subject".into()));
-            }
-            (email, verified) = (info.email, info.email_verified);
-        }
-        Ok(ProviderClaims {
-            provider: self.settings.name.clone(),
-            issuer: self.settings.issuer.clone(),
-            subject: claims.sub,
-            email,
-            email_verified: verified.unwrap_or(false),
-        })
+        Ok(tokens)
+    }
+}
+
+/// Who signed in, as the provider says.
+pub(crate) struct ProviderUser {
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_put_github_enterprise_and_facebook_where_their_documents_say() {
+        let github = Endpoints::github("https://github.com/");
+        assert_eq!(github.authorization, "https://github.com/login/oauth/authorize");
+        assert_eq!(github.token, "https://github.com/login/oauth/access_token");
+        assert_eq!(github.api, "https://api.github.com");
+        assert_eq!(Endpoints::github("https://git.corp.example").api, "https://git.corp.example/api/v3");
+        let facebook = Endpoints::facebook(FACEBOOK, FACEBOOK_GRAPH);
+        assert_eq!(facebook.authorization, format!("https://www.facebook.com/{GRAPH_VERSION}/dialog/oauth"));
+        assert_eq!(facebook.token, format!("https://graph.facebook.com/{GRAPH_VERSION}/oauth/access_token"));
     }
 
-    async fn check_id_token(&self, metadata: &Metadata, token: &str) -> Result<IdClaims, ProviderError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-        // Asymmetric signatures only: never `none`, never a MAC keyed by
-        // something the client knows.
-        let allowed = [
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-            Algorithm::ES256,
-            Algorithm::ES384,
-            Algorithm::EdDSA,
-        ];
-        if !allowed.contains(&header.alg) {
-            return Err(ProviderError::Invalid(format!("id_token signed with {:?}", header.alg)));
+    #[test]
+    fn only_https_or_loopback_http_may_carry_a_login() {
+        for (url, ok) in [
+            ("https://id.example.com", true),
+            ("http://127.0.0.1:9000", true),
+            ("http://localhost/x", true),
+            ("http://[::1]:80", true),
+            ("http://id.example.com", false),
+            ("http://127.0.0.1.evil.example", false),
+            ("http://localhost@evil.example", false),
+            ("ftp://127.0.0.1", false),
+        ] {
+            assert_eq!(secure_url(url), ok, "{url}");
         }
-        let key = self.key(metadata, header.kid.as_deref()).await?;
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.client_id]);
-        validation.set_required_spec_claims(&["iss", "aud", "exp", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = 60;
-        let claims = jsonwebtoken::decode::<IdClaims>(token, &key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| ProviderError::Invalid(format!("id_token: {e}")))?;
-        // OIDC Core §3.1.3.7: an authorized party, if named, is this client.
-        if claims.azp.as_ref().is_some_and(|azp| *azp != self.settings.client_id) {
-            return Err(ProviderError::Invalid("the id_token was issued to another party (azp)".into()));
-        }
-        Ok(claims)
-    }
-
-    /// The provider's key `kid`, fetching the key set again once when it
-    /// is not known (the provider rotated).
-    async fn key(&self, metadata: &Metadata, kid: Option<&str>) -> Result<DecodingKey, ProviderError> {
-        for fresh in [false, true] {
-            if fresh || self.keys.read().await.is_none() {
-                let set: JwkSet = self.get_json(&metadata.jwks_uri).await?;
-                *self.keys.write().await = Some(set);
-            }
-            let keys = self.keys.read().await;
-            let found = keys.as_ref().and_then(|set| match kid {
-                Some(kid) => set.find(kid),
-                None if set.keys.len() == 1 => set.keys.first(),
-                None => None,
-            });
-            if let Some(jwk) = found {
-                return DecodingKey::from_jwk(jwk).map_err(|e| ProviderError::Invalid(format!("provider key: {e}")));
-            }
-        }
-        Err(ProviderError::Invalid("the id_token names a key the provider does not publish".into()))
     }
 }

@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use auth_core::accounts::ExternalLoginError;
+use auth_core::accounts::{ExternalLoginError, LinkError, ProviderClaims};
+use auth_core::{SessionId, UserId};
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use subtle::ConstantTimeEq;
 
+use super::provider::Secrets;
 use super::{Attempt, STATE_COOKIE, STATE_LIFETIME, challenge, safe_return};
 use crate::routes::accounts::{ClientAddress, client_info, session_cookies};
 use crate::{AppState, cookies};
@@ -59,27 +61,39 @@ pub async fn start(
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return failed(&state, "unknown_provider") };
+    let hint = query.get("login_hint").map(String::as_str);
+    match begin(&state, &name, query.get("return_to").map(String::as_str), hint, None).await {
+        Ok((url, cookie)) => see_other(&url, [cookie]),
+        Err(code) => failed(&state, code),
+    }
+}
+
+/// A new attempt at provider `name`: the URL to send the browser to and
+/// the cookie that keeps its secrets; or the error page's code.
+pub(crate) async fn begin(
+    state: &AppState,
+    name: &str,
+    return_to: Option<&str>,
+    login_hint: Option<&str>,
+    link: Option<(String, String)>,
+) -> Result<(String, HeaderValue), &'static str> {
+    let Some(provider) = state.oauth().providers.get(name).cloned() else { return Err("unknown_provider") };
     let attempt = Attempt {
-        p: name.clone(),
+        p: name.to_owned(),
         s: auth_tokens::b64url(&auth_tokens::random_bytes::<16>()),
         n: auth_tokens::b64url(&auth_tokens::random_bytes::<16>()),
         v: auth_tokens::b64url(&auth_tokens::random_bytes::<32>()),
-        r: safe_return(query.get("return_to").map(String::as_str), state.allowed_origins()),
+        r: safe_return(return_to, state.allowed_origins()),
         e: state.clock().unix() + STATE_LIFETIME,
+        l: link,
     };
-    let hint = query.get("login_hint").map(String::as_str).filter(|h| !h.is_empty() && h.len() <= 254);
-    let url = provider
-        .authorization_url(&redirect_uri(&state, &name), &attempt.s, &attempt.n, &challenge(&attempt.v), hint)
-        .await;
-    match url {
-        Ok(url) => {
-            let sealed = attempt.seal(state.keys().csrf());
-            see_other(&url, [cookies::set(STATE_COOKIE, &sealed, STATE_LIFETIME, true)])
-        }
+    let hint = login_hint.filter(|h| !h.is_empty() && h.len() <= 254);
+    let secrets = Secrets { state: &attempt.s, nonce: &attempt.n, challenge: &challenge(&attempt.v) };
+    match provider.authorization_url(&redirect_uri(state, name), secrets, hint).await {
+        Ok(url) => Ok((url, cookies::set(STATE_COOKIE, &attempt.seal(state.keys().csrf()), STATE_LIFETIME, true))),
         Err(error) => {
             tracing::warn!(provider = %name, %error, "cannot start a login through the provider");
-            failed(&state, error.code())
+            Err(error.code())
         }
     }
 }
@@ -88,7 +102,7 @@ pub async fn start(
 #[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "oauth",
     params(("provider" = String, Path, description = "a configured provider's name")),
     responses(
-        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`, `email_not_verified`"),
+        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`, `email_not_verified`; after a link started at `/auth/me/identities/{provider}/link`: the identity added and sent to `return_to`, or `identity_taken` (it signs in to another account) or `unauthenticated` (the session that asked has ended)"),
     ))]
 pub async fn callback(
     State(state): State<AppState>,
@@ -130,6 +144,9 @@ pub async fn callback(
             return failed(&state, error.code());
         }
     };
+    if let Some((user, session)) = &attempt.l {
+        return linked(&state, &name, &claims, (user, session), &attempt.r).await;
+    }
     let done = match state.accounts().external_login(&claims, client_info(&headers, peer)).await {
         Ok(done) => done,
         Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
@@ -150,6 +167,32 @@ pub async fn callback(
         Err(error) => {
             tracing::error!(?error, "cannot sign the session's token");
             failed(&state, "unavailable")
+        }
+    }
+}
+
+/// The end of a link started by a signed-in account: the identity joins
+/// that account (if its session still stands), and nobody is signed in anew.
+async fn linked(
+    state: &AppState,
+    name: &str,
+    claims: &ProviderClaims,
+    (user, session): (&String, &String),
+    return_to: &str,
+) -> Response {
+    let (Ok(user), Ok(session)) = (user.parse::<UserId>(), session.parse::<SessionId>()) else {
+        return failed(state, "invalid_state");
+    };
+    match state.accounts().link_external(user, session, claims).await {
+        Ok(identity) => {
+            tracing::info!(user_id = %user, provider = %name, identity = %identity.id, "provider identity linked");
+            see_other(return_to, [cookies::clear(STATE_COOKIE, true)])
+        }
+        Err(LinkError::NotAuthenticated) => failed(state, "unauthenticated"),
+        Err(LinkError::Taken) => failed(state, "identity_taken"),
+        Err(LinkError::Store(error)) => {
+            tracing::error!(provider = %name, %error, "cannot link the provider identity");
+            failed(state, "unavailable")
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct Options {
     /// The issuer of an OpenID provider configured as `test` (a provider
     /// `down`, at a closed port, is always there too).
     pub oauth_issuer: Option<String>,
+    /// The URL of a `ProviderStub`: providers `github`, `facebook` (which
+    /// may not link accounts by email) and `stub-oidc` on it.
+    pub oauth_stub: Option<String>,
 }
 
 /// Runs `scenario` against a fresh app on every available backend.
@@ -114,19 +117,31 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         stores.ledger.clone(),
         settings,
     );
-    let provider = |name: &str, issuer: &str| {
-        let settings = auth_service::oauth::ProviderSettings {
+    use auth_service::oauth::{Endpoints, Protocol, Provider, ProviderSettings};
+    let provider = |name: &str, issuer: &str, protocol: Protocol, scopes: &[&str], link_by_email: bool| {
+        let settings = ProviderSettings {
             name: name.into(),
             issuer: issuer.into(),
+            protocol,
             client_id: "gatehouse".into(),
             client_secret: "test-secret".into(),
-            scopes: vec!["openid".into(), "email".into()],
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            link_by_email,
         };
-        (name.to_owned(), Arc::new(auth_service::oauth::OidcProvider::new(settings).unwrap()))
+        (name.to_owned(), Arc::new(Provider::new(settings).unwrap()))
     };
-    let mut providers = std::collections::BTreeMap::from([provider("down", "http://127.0.0.1:9")]);
+    let openid = ["openid", "email"];
+    let mut providers = BTreeMap::from([provider("down", "http://127.0.0.1:9", Protocol::Oidc, &openid, true)]);
     if let Some(issuer) = &options.oauth_issuer {
-        providers.extend([provider("test", issuer)]);
+        providers.extend([provider("test", issuer, Protocol::Oidc, &openid, true)]);
+    }
+    if let Some(stub) = &options.oauth_stub {
+        let (github, facebook) = (Endpoints::github(stub), Endpoints::facebook(stub, stub));
+        providers.extend([
+            provider("github", stub, Protocol::GitHub(github), &["read:user", "user:email"], true),
+            provider("facebook", &format!("{stub}/facebook"), Protocol::Facebook(facebook), &["email"], false),
+            provider("stub-oidc", &format!("{stub}/oidc"), Protocol::Oidc, &openid, true),
+        ]);
     }
     state.set_oauth(auth_service::oauth::OAuth { providers, error_url: "/login".into() });
     let from = "Gatehouse <no-reply@example.com>".parse().unwrap();

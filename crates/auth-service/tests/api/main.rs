@@ -15,4 +15,5 @@ mod recovery;
 mod refresh;
 mod register;
 mod sessions;
+mod social;
 mod tokens;

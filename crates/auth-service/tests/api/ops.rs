@@ -66,6 +66,7 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
             ("/auth/oauth/{provider}/callback", "get"),
             ("/auth/me/identities", "get"),
             ("/auth/me/identities/{id}", "delete"),
+            ("/auth/me/identities/{provider}/link", "post"),
             ("/.well-known/jwks.json", "get"),
             ("/auth/admin/deletions/{user_id}", "get"),
             ("/healthz", "get"),
