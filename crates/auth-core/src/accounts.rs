@@ -6,6 +6,7 @@ use std::sync::Arc;
 use time::Duration;
 
 use crate::hashing::Verification;
+use crate::mail::Mail;
 use crate::password::PasswordError;
 use crate::{
     Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
@@ -13,7 +14,8 @@ use crate::{
     UserId, UserStore,
 };
 
-/// How long after login an account without a password may delete itself.
+/// How long after login an account without a password may delete itself,
+/// and any account may add a provider to sign in with.
 const RECENT_LOGIN: Duration = Duration::minutes(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +125,14 @@ pub enum LinkError {
     /// The provider identity signs in to another account.
     #[error("this provider identity belongs to another account")]
     Taken,
+    /// The account's email is not verified: its holder may not be its
+    /// owner, and a provider linked now would outlive a reset by the owner.
+    #[error("verify the account's email before linking a provider")]
+    EmailNotVerified,
+    /// Adding a way to sign in needs a login within the last five minutes,
+    /// so a stolen access token cannot buy a lasting one.
+    #[error("log in again, then link within five minutes")]
+    ReauthenticationRequired,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -312,10 +322,13 @@ impl Accounts {
     /// account's email it is
     /// linked only when the provider asserts the email verified and the
     /// account's email is verified too.
+    /// `notice` makes the mail telling an existing account that a provider
+    /// was linked to it.
     pub async fn external_login(
         &self,
         claims: &ProviderClaims,
         client: ClientInfo,
+        notice: &(dyn Fn(&User) -> Mail + Sync),
     ) -> Result<LoggedIn, ExternalLoginError> {
         let opened = |user: User| async move {
             match self.open_session(&user, &client, None).await {
@@ -342,7 +355,7 @@ impl Accounts {
         };
         match self.users.user_by_email(&email).await? {
             Some(user) if claims.link_by_email && claims.email_verified && user.email_verified => {
-                match self.identities.link_identity(&identity(user.id)).await {
+                match self.identities.link_identity(&identity(user.id), &notice(&user)).await {
                     // The same identity linked by a login at the same moment.
                     Ok(()) | Err(StoreError::Conflict) => {}
                     Err(e) => return Err(e.into()),
@@ -373,19 +386,36 @@ impl Accounts {
         }
     }
 
+    /// Whether the account signed in with `session` may start linking a
+    /// provider: its email verified, its login recent.
+    pub async fn may_link(&self, user: &User, session: &Session) -> Result<(), LinkError> {
+        if !user.email_verified {
+            return Err(LinkError::EmailNotVerified);
+        }
+        if self.clock.now() - session.created_at > RECENT_LOGIN {
+            return Err(LinkError::ReauthenticationRequired);
+        }
+        Ok(())
+    }
+
     /// Ties the identity in `claims` to the account signed in with
-    /// `session`, which proved it controls both; no email rule applies.
-    /// Linking an identity the account has already is done.
+    /// `session` (still standing, its email verified), which proved it
+    /// controls both; `notice` tells the account's owner. Linking an
+    /// identity the account has already is done.
     pub async fn link_external(
         &self,
         user: UserId,
         session: SessionId,
         claims: &ProviderClaims,
+        notice: &(dyn Fn(&User) -> Mail + Sync),
     ) -> Result<ExternalIdentity, LinkError> {
         let (user, _) = self.authenticate(user, session).await.map_err(|e| match e {
             AuthError::NotAuthenticated => LinkError::NotAuthenticated,
             AuthError::Store(e) => LinkError::Store(e),
         })?;
+        if !user.email_verified {
+            return Err(LinkError::EmailNotVerified);
+        }
         let identity = ExternalIdentity {
             id: uuid::Uuid::now_v7(),
             user_id: user.id,
@@ -400,7 +430,7 @@ impl Accounts {
             match self.identities.identity(&claims.issuer, &claims.subject).await? {
                 Some(known) if known.user_id == user.id => return Ok(known),
                 Some(_) => return Err(LinkError::Taken),
-                None => match self.identities.link_identity(&identity).await {
+                None => match self.identities.link_identity(&identity, &notice(&user)).await {
                     Ok(()) => return Ok(identity),
                     Err(StoreError::Conflict) => continue,
                     Err(e) => return Err(e.into()),

@@ -64,10 +64,12 @@ pub enum Template {
     PasswordReset,
     PasswordChanged,
     VerifyEmail,
+    /// A provider was linked to the account.
+    SignInAdded,
 }
 
 impl Template {
-    pub const ALL: [Self; 3] = [Self::PasswordReset, Self::PasswordChanged, Self::VerifyEmail];
+    pub const ALL: [Self; 4] = [Self::PasswordReset, Self::PasswordChanged, Self::VerifyEmail, Self::SignInAdded];
 
     /// The file name stem of its `.txt` and `.html` templates.
     pub fn name(self) -> &'static str {
@@ -75,6 +77,7 @@ impl Template {
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
             Self::VerifyEmail => "verify_email",
+            Self::SignInAdded => "sign_in_added",
         }
     }
 
@@ -91,6 +94,10 @@ impl Template {
             Self::VerifyEmail => (
                 include_str!("../templates/mail/verify_email.txt"),
                 include_str!("../templates/mail/verify_email.html"),
+            ),
+            Self::SignInAdded => (
+                include_str!("../templates/mail/sign_in_added.txt"),
+                include_str!("../templates/mail/sign_in_added.html"),
             ),
         }
     }
@@ -114,7 +121,8 @@ struct Parsed {
 /// The templates of every message: built in, each file replaceable by one
 /// of the same name in an operator's directory. The `.txt` template starts
 /// with `Subject: …` and a blank line. Placeholders: `{{link}}`,
-/// `{{public_url}}`, `{{valid_for}}`; in HTML their values are escaped.
+/// `{{public_url}}`, `{{valid_for}}`, `{{provider}}`; in HTML their values
+/// are escaped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Templates {
     parsed: Vec<(Template, Parsed)>,
@@ -177,6 +185,8 @@ pub struct Values<'a> {
     pub link: &'a str,
     pub public_url: &'a str,
     pub valid_for: &'a str,
+    /// The provider's name, in `sign_in_added`.
+    pub provider: &'a str,
 }
 
 fn parse(text: &str, html: &str) -> Option<Parsed> {
@@ -195,6 +205,7 @@ fn fill(template: &str, values: &Values<'_>, encode: impl Fn(&str) -> String) ->
         .replace("{{link}}", &encode(values.link))
         .replace("{{public_url}}", &encode(values.public_url))
         .replace("{{valid_for}}", &encode(values.valid_for))
+        .replace("{{provider}}", &encode(values.provider))
 }
 
 fn escape_html(value: &str) -> String {
@@ -229,6 +240,7 @@ mod tests {
             link: "https://id.example/reset-password#token=a<b&c",
             public_url: "https://id.example",
             valid_for: "15 minutes",
+            provider: "git<hub>",
         }
     }
 
@@ -246,6 +258,8 @@ mod tests {
         assert!(reset.text.contains("#token=a<b&c"));
         assert!(reset.html.contains("#token=a&lt;b&amp;c"), "values are escaped in HTML");
         assert!(reset.text.contains("15 minutes"));
+        let added = templates.render(Template::SignInAdded, &to, &values());
+        assert!(added.text.contains("through git<hub> was") && added.html.contains("through git&lt;hub&gt; was"));
     }
 
     #[test]

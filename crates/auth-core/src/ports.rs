@@ -284,9 +284,9 @@ pub trait IdentityStore: Send + Sync + 'static {
         identity: &ExternalIdentity,
         event: &DomainEvent,
     ) -> Result<(), StoreError>;
-    /// Ties `identity` to its (existing) user; [`StoreError::Conflict`] when
-    /// it is tied already.
-    async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError>;
+    /// Ties `identity` to its (existing) user and queues `notice` to them,
+    /// in one transaction; [`StoreError::Conflict`] when it is tied already.
+    async fn link_identity(&self, identity: &ExternalIdentity, notice: &crate::mail::Mail) -> Result<(), StoreError>;
     async fn identities_of(&self, user: UserId) -> Result<Vec<ExternalIdentity>, StoreError>;
     /// Removes `user`'s identity `id`, unless it is the last way to log in
     /// (no password, no other identity); atomic against a parallel unlink.

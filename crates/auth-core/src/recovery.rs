@@ -207,7 +207,7 @@ impl Recovery {
         let secret = OpaqueSecret::generate();
         let link = format!("{}/{page}#token={}", self.settings.public_url.trim_end_matches('/'), secret.expose());
         let valid_for = say_duration(lifetime);
-        let values = Values { link: &link, public_url: &self.settings.public_url, valid_for: &valid_for };
+        let values = Values { link: &link, public_url: &self.settings.public_url, valid_for: &valid_for, provider: "" };
         let mail = self.templates.render(template, &user.email, &values);
         let token =
             EmailToken { hash: secret.hash(), user_id: user.id, purpose, created_at: now, expires_at: now + lifetime };
@@ -215,8 +215,14 @@ impl Recovery {
     }
 
     fn notice(&self, user: &User) -> crate::Mail {
-        let values = Values { link: "", public_url: &self.settings.public_url, valid_for: "" };
+        let values = Values { link: "", public_url: &self.settings.public_url, valid_for: "", provider: "" };
         self.templates.render(Template::PasswordChanged, &user.email, &values)
+    }
+
+    /// The notice that `provider` now signs `user` in.
+    pub fn sign_in_added(&self, user: &User, provider: &str) -> crate::Mail {
+        let values = Values { link: "", public_url: &self.settings.public_url, valid_for: "", provider };
+        self.templates.render(Template::SignInAdded, &user.email, &values)
     }
 
     /// Sets a new password with a reset token: every session ends, the user

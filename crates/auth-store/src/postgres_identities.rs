@@ -1,11 +1,13 @@
 //! External (OAuth/OpenID) identities on PostgreSQL.
 
 use async_trait::async_trait;
+use auth_core::mail::Mail;
 use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlinked, User, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 
 use crate::postgres::{insert_event, insert_user};
+use crate::postgres_recovery::{NOTICE_LIFETIME, enqueue};
 use crate::{PgStore, identity_columns, store_error};
 
 fn identity_from(row: &PgRow) -> Result<ExternalIdentity, StoreError> {
@@ -60,9 +62,11 @@ impl IdentityStore for PgStore {
         tx.commit().await.map_err(store_error)
     }
 
-    async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError> {
+    async fn link_identity(&self, identity: &ExternalIdentity, notice: &Mail) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_identity(&mut tx, identity).await?;
+        let now = identity.created_at;
+        enqueue(&mut tx, notice, Some(identity.user_id), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)
     }
 

@@ -14,8 +14,11 @@ use uuid::Uuid;
 use crate::postgres::{insert_event, replace_hash, revoke_sessions_in};
 use crate::{PgStore, store_error};
 
+/// How long a notice may wait for the mail server before it is dropped.
+pub(crate) const NOTICE_LIFETIME: Duration = Duration::days(3);
+
 /// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
-async fn enqueue(
+pub(crate) async fn enqueue(
     tx: &mut Transaction<'_, Postgres>,
     mail: &Mail,
     user: Option<UserId>,
@@ -152,7 +155,7 @@ impl RecoveryStore for PgStore {
         set_reset_password(&mut tx, user, phc).await?;
         let revoked = revoke_sessions_in(&mut tx, user, None, now).await?;
         insert_event(&mut tx, event).await?;
-        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(revoked))
     }
@@ -175,7 +178,7 @@ impl RecoveryStore for PgStore {
         void_unused(&mut tx, user, TokenPurpose::PasswordReset).await?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
-        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(revoked))
     }

@@ -1,11 +1,13 @@
 //! External (OAuth/OpenID) identities on SQLite.
 
 use async_trait::async_trait;
+use auth_core::mail::Mail;
 use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlinked, User, UserId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 
 use crate::sqlite::{insert_event, insert_user, ms, time_of, uuid_of};
+use crate::sqlite_recovery::{NOTICE_LIFETIME, enqueue};
 use crate::{SqliteStore, identity_columns, store_error};
 
 fn identity_from(row: &SqliteRow) -> Result<ExternalIdentity, StoreError> {
@@ -59,9 +61,11 @@ impl IdentityStore for SqliteStore {
         tx.commit().await.map_err(store_error)
     }
 
-    async fn link_identity(&self, identity: &ExternalIdentity) -> Result<(), StoreError> {
+    async fn link_identity(&self, identity: &ExternalIdentity, notice: &Mail) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         insert_identity(&mut tx, identity).await?;
+        let now = identity.created_at;
+        enqueue(&mut tx, notice, Some(identity.user_id), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)
     }
 

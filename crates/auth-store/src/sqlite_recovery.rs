@@ -14,8 +14,11 @@ use uuid::Uuid;
 use crate::sqlite::{from_ms, insert_event, ms, replace_hash, revoke_sessions_in, time_of, uuid_of};
 use crate::{SqliteStore, store_error};
 
+/// How long a notice may wait for the mail server before it is dropped.
+pub(crate) const NOTICE_LIFETIME: Duration = Duration::days(3);
+
 /// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
-async fn enqueue(
+pub(crate) async fn enqueue(
     tx: &mut Transaction<'_, Sqlite>,
     mail: &Mail,
     user: Option<UserId>,
@@ -142,7 +145,7 @@ impl RecoveryStore for SqliteStore {
         set_reset_password(&mut tx, user, phc).await?;
         let revoked = revoke_sessions_in(&mut tx, user, None, now).await?;
         insert_event(&mut tx, event).await?;
-        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(revoked))
     }
@@ -165,7 +168,7 @@ impl RecoveryStore for SqliteStore {
         void_unused(&mut tx, user, TokenPurpose::PasswordReset).await?;
         let revoked = revoke_sessions_in(&mut tx, user, Some(keep), now).await?;
         insert_event(&mut tx, event).await?;
-        enqueue(&mut tx, notice, Some(user), None, now, now + Duration::days(3)).await?;
+        enqueue(&mut tx, notice, Some(user), None, now, now + NOTICE_LIFETIME).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(revoked))
     }

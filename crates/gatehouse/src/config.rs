@@ -92,14 +92,11 @@ pub struct ProviderConfig {
     #[serde(default)]
     pub scopes: Vec<String>,
     /// Whether a login through this provider may join an existing account
-    /// with the same email when both sides verified it (default true);
-    /// false: the account's owner links it from `/auth/me/identities`.
-    #[serde(default = "yes")]
-    pub link_by_email: bool,
-}
-
-fn yes() -> bool {
-    true
+    /// with the same email when both sides verified it (default: true,
+    /// except for Facebook, which has no verified flag); false: the
+    /// account's owner links it from `/auth/me/identities`.
+    #[serde(default)]
+    pub link_by_email: Option<bool>,
 }
 
 /// The client secret never reaches a log.
@@ -116,6 +113,10 @@ impl std::fmt::Debug for ProviderConfig {
 }
 
 impl ProviderConfig {
+    pub fn links_by_email(&self) -> bool {
+        self.link_by_email.unwrap_or(self.kind != ProviderKind::Facebook)
+    }
+
     /// The issuer (what identities are keyed by), the protocol and the
     /// scopes, after the preset and the checks: endpoints are `https`, or
     /// `http` on a loopback host (development and tests).
@@ -134,7 +135,7 @@ impl ProviderConfig {
                 (issuer, Protocol::Oidc, &openid[..], "openid")
             }
             ProviderKind::Github => {
-                let base = self.issuer.clone().unwrap_or(GITHUB.to_owned()).trim_end_matches('/').to_owned();
+                let base = self.issuer.as_deref().unwrap_or(GITHUB).trim_end_matches('/').to_lowercase();
                 let endpoints = Endpoints::github(&base);
                 (base, Protocol::GitHub(endpoints), &["read:user", "user:email"][..], "user:email")
             }
@@ -541,11 +542,17 @@ impl Config {
         if !(1..=300).contains(&self.mail.timeout_secs) {
             return bad("mail.timeout_secs must be between 1 and 300");
         }
+        // Identities are keyed by issuer: two providers on one issuer would
+        // sign each other's users in, each by its own rules.
+        let mut issuers = std::collections::BTreeMap::new();
         for (name, provider) in &self.oauth.providers {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
                 return bad("oauth provider names are lower-case letters, digits and `-`");
             }
-            provider.protocol(name).map_err(ConfigError::Invalid)?;
+            let (issuer, _, _) = provider.protocol(name).map_err(ConfigError::Invalid)?;
+            if let Some(other) = issuers.insert(issuer.trim_end_matches('/').to_lowercase(), name) {
+                return bad(&format!("oauth.providers.{other} and .{name} have the same issuer {issuer}"));
+            }
             if provider.client_id.is_empty() || provider.client_secret.as_deref().is_none_or(str::is_empty) {
                 return bad(&format!("oauth.providers.{name} needs client_id and client_secret"));
             }
@@ -761,7 +768,7 @@ mod tests {
         let presets = |pairs: &[(&str, &str)]| {
             let config = with(pairs).unwrap();
             let (issuer, protocol, scopes) = config.oauth.providers["corp"].protocol("corp").unwrap();
-            (issuer, protocol, scopes.join(" "), config.oauth.providers["corp"].link_by_email)
+            (issuer, protocol, scopes.join(" "), config.oauth.providers["corp"].links_by_email())
         };
         let (at, protocol, list, links) = presets(&[github, secret]);
         assert_eq!((at.as_str(), list.as_str(), links), ("https://github.com", "read:user user:email", true));
@@ -769,8 +776,10 @@ mod tests {
         let (at, protocol, _, _) = presets(&[github, secret, issuer("https://git.corp.example/")]);
         assert_eq!(at, "https://git.corp.example");
         assert!(matches!(protocol, Protocol::GitHub(e) if e.api == "https://git.corp.example/api/v3"));
-        let no_link = ("GATEHOUSE_OAUTH__PROVIDERS__CORP__LINK_BY_EMAIL", "false");
-        let (at, protocol, list, links) = presets(&[facebook, secret, no_link]);
+        let link = |on| ("GATEHOUSE_OAUTH__PROVIDERS__CORP__LINK_BY_EMAIL", on);
+        assert!(!presets(&[github, secret, link("false")]).3);
+        assert!(presets(&[facebook, secret, link("true")]).3);
+        let (at, protocol, list, links) = presets(&[facebook, secret]);
         assert_eq!((at.as_str(), list.as_str(), links), ("https://www.facebook.com", "email public_profile", false));
         assert!(matches!(protocol, Protocol::Facebook(_)));
         let (at, protocol, list, _) = presets(&[google, secret]);
@@ -784,6 +793,18 @@ mod tests {
             (with(&[oidc, secret]), "needs issuer"),
             (with(&[oidc, issuer("https://login.example.com")]), "client_secret"),
             (with(&[github, secret, issuer("http://git.corp.example")]), "https"),
+            (with(&[github, secret, issuer("http://localhost:1@evil.example")]), "https"),
+            (
+                with(&[
+                    oidc,
+                    secret,
+                    issuer("https://GitHub.com/"),
+                    ("GATEHOUSE_OAUTH__PROVIDERS__HUB__KIND", "github"),
+                    ("GATEHOUSE_OAUTH__PROVIDERS__HUB__CLIENT_ID", "x"),
+                    ("GATEHOUSE_OAUTH__PROVIDERS__HUB__CLIENT_SECRET", "y"),
+                ]),
+                "the same issuer",
+            ),
             (with(&[facebook, secret, issuer("https://facebook.evil.example")]), "fixed"),
             (with(&[google, secret, issuer("https://accounts.google.com.evil.example")]), "fixed"),
             (with(&[github, secret, scopes("[\"read:user\"]")]), "user:email"),

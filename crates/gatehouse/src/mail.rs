@@ -45,7 +45,7 @@ pub fn oauth(config: &Config) -> anyhow::Result<auth_service::oauth::OAuth> {
             client_id: provider.client_id.clone(),
             client_secret: provider.client_secret.clone().unwrap_or_default(),
             scopes,
-            link_by_email: provider.link_by_email,
+            link_by_email: provider.links_by_email(),
         };
         providers.insert(name.clone(), std::sync::Arc::new(Provider::new(settings)?));
         tracing::info!(provider = %name, "login through the provider is on");

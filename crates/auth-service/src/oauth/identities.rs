@@ -1,6 +1,7 @@
 //! The signed-in user's provider identities: list, link and unlink.
 
 use auth_core::Unlinked;
+use auth_core::accounts::LinkError;
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
@@ -70,6 +71,9 @@ pub struct LinkStart {
 /// Answers with the provider URL to send the browser to (a `POST` so that
 /// another site cannot start it: the CSRF token is needed), and sets the
 /// attempt's `__Host-oauth_state` cookie, bound to the caller's session.
+/// The account's email must be verified and its login recent (5 minutes):
+/// a new way in must not outlive an owner's password reset, nor be bought
+/// with a stolen access token. The owner is told by mail.
 /// The provider then returns the browser to the usual callback, which adds
 /// the identity and sends the browser to `return_to`.
 #[utoipa::path(post, path = "/auth/me/identities/{provider}/link", tag = "oauth",
@@ -81,7 +85,7 @@ pub struct LinkStart {
     responses(
         (status = 200, description = "Go to `location`; `__Host-oauth_state` set (10 minutes)", body = LinkStart),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
-        (status = 403, description = "`csrf_failed`", body = ErrorBody),
+        (status = 403, description = "`csrf_failed`; `email_not_verified` (verify the account's email first); `reauthentication_required` (a login within the last five minutes is needed)", body = ErrorBody),
         (status = 404, description = "`unknown_provider`", body = ErrorBody),
         (status = 503, description = "`provider_unavailable`: its discovery document cannot be had", body = ErrorBody),
     ))]
@@ -91,6 +95,17 @@ pub async fn link(
     Path(provider): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    state.accounts().may_link(&caller.user, &caller.session).await.map_err(|e| match e {
+        LinkError::EmailNotVerified => {
+            ApiError::new(StatusCode::FORBIDDEN, "email_not_verified", "verify your email before linking a provider")
+        }
+        LinkError::ReauthenticationRequired => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "reauthentication_required",
+            "log in again, then link the provider within five minutes",
+        ),
+        other => ApiError::internal(other),
+    })?;
     let bound = Some((caller.user.id.to_string(), caller.session.id.to_string()));
     let return_to = query.get("return_to").map(String::as_str);
     match super::routes::begin(&state, &provider, return_to, None, bound).await {

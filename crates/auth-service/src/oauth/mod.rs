@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "testing")]
 pub(crate) use provider::encode;
 pub use provider::{
     Endpoints, FACEBOOK, FACEBOOK_GRAPH, GITHUB, GOOGLE, GRAPH_VERSION, Protocol, Provider, ProviderError,

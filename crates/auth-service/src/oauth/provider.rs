@@ -3,7 +3,7 @@
 //! `id_token` checked as OIDC Core §3.1.3.7 says, `oidc.rs`) or a plain
 //! OAuth 2.0 provider with a user API (GitHub, Facebook, `user_api.rs`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use auth_core::accounts::ProviderClaims;
 use jsonwebtoken::jwk::JwkSet;
@@ -65,7 +65,7 @@ impl Endpoints {
     /// GitHub's, for `https://github.com` or a GitHub Enterprise Server at `base`.
     pub fn github(base: &str) -> Self {
         let base = base.trim_end_matches('/');
-        let api = match base == GITHUB {
+        let api = match base.eq_ignore_ascii_case(GITHUB) {
             true => "https://api.github.com".to_owned(),
             false => format!("{base}/api/v3"),
         };
@@ -124,11 +124,14 @@ pub fn secure_url(url: &str) -> bool {
     }
     url.strip_prefix("http://").is_some_and(|rest| {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = match authority.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or_default(),
-            None => authority.split(':').next().unwrap_or_default(),
+        // Nothing but a loopback host and a port: `http://localhost:1@evil.example`
+        // is evil.example.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => v6.split_once(']').unwrap_or((v6, "")),
+            None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
         };
-        matches!(host, "127.0.0.1" | "localhost" | "::1")
+        let port_ok = port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        port_ok && matches!(host, "127.0.0.1" | "localhost" | "::1")
     })
 }
 
@@ -169,8 +172,10 @@ pub(crate) struct TokenResponse {
 pub struct Provider {
     pub settings: ProviderSettings,
     pub(crate) http: reqwest::Client,
-    pub(crate) metadata: RwLock<Option<Metadata>>,
-    pub(crate) keys: RwLock<Option<JwkSet>>,
+    pub(crate) metadata: RwLock<Option<(Metadata, Instant)>>,
+    pub(crate) keys: RwLock<Option<(JwkSet, Instant)>>,
+    /// When discovery last failed.
+    pub(crate) discovery_failed: std::sync::Mutex<Option<Instant>>,
 }
 
 /// Percent-encodes a query or form value (RFC 3986 unreserved kept).
@@ -206,7 +211,8 @@ impl Provider {
             .user_agent(concat!("gatehouse/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
-        Ok(Self { settings, http, metadata: RwLock::new(None), keys: RwLock::new(None) })
+        let (metadata, keys, discovery_failed) = (RwLock::new(None), RwLock::new(None), Default::default());
+        Ok(Self { settings, http, metadata, keys, discovery_failed })
     }
 
     /// GETs `url` (with `bearer`, if given) and reads a JSON answer.
@@ -378,6 +384,11 @@ mod tests {
             ("http://id.example.com", false),
             ("http://127.0.0.1.evil.example", false),
             ("http://localhost@evil.example", false),
+            ("http://localhost:1@evil.example/", false),
+            ("http://127.0.0.1\\@evil.example/", false),
+            ("http://127.0.0.1:80.evil.example/", false),
+            ("http://127.0.0.1:8080/x", true),
+            ("http://[::1]@evil.example", false),
             ("ftp://127.0.0.1", false),
         ] {
             assert_eq!(secure_url(url), ok, "{url}");

@@ -147,8 +147,13 @@ pub async fn callback(
     if let Some((user, session)) = &attempt.l {
         return linked(&state, &name, &claims, (user, session), &attempt.r).await;
     }
-    let done = match state.accounts().external_login(&claims, client_info(&headers, peer)).await {
-        Ok(done) => done,
+    let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, &name);
+    let done = match state.accounts().external_login(&claims, client_info(&headers, peer), &notice).await {
+        Ok(done) => {
+            // An existing account may have been linked, and told so.
+            state.mail_waker().notify_one();
+            done
+        }
         Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
         Err(ExternalLoginError::NoEmail) => return failed(&state, "email_required"),
         Err(ExternalLoginError::EmailNotVerified) => return failed(&state, "email_not_verified"),
@@ -183,13 +188,18 @@ async fn linked(
     let (Ok(user), Ok(session)) = (user.parse::<UserId>(), session.parse::<SessionId>()) else {
         return failed(state, "invalid_state");
     };
-    match state.accounts().link_external(user, session, claims).await {
+    let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, name);
+    match state.accounts().link_external(user, session, claims, &notice).await {
         Ok(identity) => {
             tracing::info!(user_id = %user, provider = %name, identity = %identity.id, "provider identity linked");
+            state.mail_waker().notify_one();
             see_other(return_to, [cookies::clear(STATE_COOKIE, true)])
         }
         Err(LinkError::NotAuthenticated) => failed(state, "unauthenticated"),
         Err(LinkError::Taken) => failed(state, "identity_taken"),
+        Err(LinkError::EmailNotVerified) => failed(state, "email_not_verified"),
+        // Checked when the link started; the flow may take longer.
+        Err(LinkError::ReauthenticationRequired) => failed(state, "reauthentication_required"),
         Err(LinkError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot link the provider identity");
             failed(state, "unavailable")

@@ -41,7 +41,8 @@ impl Provider {
                 .header("X-GitHub-Api-Version", "2022-11-28")
         };
         let user: GitHubUser = self.get_json(get("/user"), "GitHub's /user").await?;
-        let emails: Vec<GitHubEmail> = self.get_json(get("/user/emails"), "GitHub's /user/emails").await?;
+        // 30 a page by default; the primary may be anywhere among them.
+        let emails: Vec<GitHubEmail> = self.get_json(get("/user/emails?per_page=100"), "GitHub's /user/emails").await?;
         let primary = emails.into_iter().find(|e| e.primary);
         Ok(ProviderUser {
             subject: user.id.to_string(),

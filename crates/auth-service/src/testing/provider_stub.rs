@@ -45,6 +45,13 @@ pub enum Spoil {
     Signature,
     /// `azp` names another client.
     AuthorizedParty,
+    /// `aud` is this client and another, with no `azp`.
+    ManyAudiences,
+    /// Signed by a key the provider publishes for encryption only.
+    KeyForEncryption,
+    /// Not a fault: `email_verified` as the string `"true"`, as Amazon
+    /// Cognito sends it.
+    VerifiedAsText,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +73,8 @@ struct Stub {
     requests: Vec<HashMap<String, String>>,
     key: Option<auth_tokens::SigningKey>,
     impostor: Option<auth_tokens::SigningKey>,
+    discovery_down: bool,
+    discoveries: usize,
 }
 
 type Shared = Arc<Mutex<Stub>>;
@@ -122,6 +131,16 @@ impl ProviderStub {
     /// The last authorization request's query.
     pub fn last_request(&self) -> HashMap<String, String> {
         self.stub().requests.last().cloned().unwrap_or_default()
+    }
+
+    /// Whether the OpenID discovery document answers 503.
+    pub fn discovery_down(&self, down: bool) {
+        self.stub().discovery_down = down;
+    }
+
+    /// How many times the discovery document was asked for.
+    pub fn discoveries(&self) -> usize {
+        self.stub().discoveries
     }
 
     /// The OpenID issuer under `/oidc`.
@@ -314,7 +333,12 @@ fn proof_of(token: &str) -> String {
 }
 
 async fn discovery(State(shared): State<Shared>) -> Response {
-    let issuer = format!("{}/oidc", shared.lock().unwrap_or_else(|e| e.into_inner()).url);
+    let mut stub = shared.lock().unwrap_or_else(|e| e.into_inner());
+    stub.discoveries += 1;
+    if stub.discovery_down {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let issuer = format!("{}/oidc", stub.url);
     axum::Json(json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),
@@ -328,7 +352,13 @@ async fn discovery(State(shared): State<Shared>) -> Response {
 
 async fn jwks(State(shared): State<Shared>) -> Response {
     let stub = shared.lock().unwrap_or_else(|e| e.into_inner());
-    axum::Json(json!({"keys": [stub.key.as_ref().map(auth_tokens::SigningKey::jwk)]})).into_response()
+    let mut keys = vec![json!(stub.key.as_ref().map(auth_tokens::SigningKey::jwk))];
+    if stub.spoil == Spoil::KeyForEncryption {
+        let mut for_encryption = json!(stub.impostor.as_ref().map(auth_tokens::SigningKey::jwk));
+        for_encryption["use"] = json!("enc");
+        keys.push(for_encryption);
+    }
+    axum::Json(json!({"keys": keys})).into_response()
 }
 
 /// The client authenticates with HTTP Basic (client_secret_basic).
@@ -358,7 +388,9 @@ async fn oidc_token(State(shared): State<Shared>, request: Request) -> Response 
         claims["email_verified"] = json!(verified);
     }
     match stub.spoil {
-        Spoil::Nothing | Spoil::Signature => {}
+        Spoil::Nothing | Spoil::Signature | Spoil::KeyForEncryption => {}
+        Spoil::ManyAudiences => claims["aud"] = json!([CLIENT_ID, "another-client"]),
+        Spoil::VerifiedAsText => claims["email_verified"] = json!(claims["email_verified"].to_string()),
         Spoil::Audience => claims["aud"] = json!("another-client"),
         Spoil::Issuer => claims["iss"] = json!("https://impostor.example"),
         Spoil::Expired => (claims["iat"], claims["exp"]) = (json!(now - 7200), json!(now - 3600)),
@@ -367,9 +399,13 @@ async fn oidc_token(State(shared): State<Shared>, request: Request) -> Response 
     let (Some(key), Some(impostor)) = (&stub.key, &stub.impostor) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
-    let signer = if stub.spoil == Spoil::Signature { impostor } else { key };
+    let (signer, kid) = match stub.spoil {
+        Spoil::Signature => (impostor, &key.kid),
+        Spoil::KeyForEncryption => (impostor, &impostor.kid),
+        _ => (key, &key.kid),
+    };
     let mut jwt_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
-    jwt_header.kid = Some(key.kid.clone());
+    jwt_header.kid = Some(kid.clone());
     let encoding = jsonwebtoken::EncodingKey::from_ed_der(&signer.pkcs8_der());
     let Ok(id_token) = jsonwebtoken::encode(&jwt_header, &claims, &encoding) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

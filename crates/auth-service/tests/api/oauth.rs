@@ -208,6 +208,7 @@ async fn an_existing_account_is_linked_only_when_both_sides_verified_the_email()
         assert_eq!(location(&answer), "/");
         let id = body(app.me(&browser).await).await["id"].clone();
         assert_eq!(body(app.me(&through_provider).await).await["id"], id);
+        assert_eq!(mail(&verified_local, 2).await.subject, "A new way to sign in to your account");
 
         // The provider does not vouch for the address: no link, and no new
         // account either (whoever typed it at the provider would hold it).

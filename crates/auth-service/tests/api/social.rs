@@ -170,7 +170,15 @@ async fn a_spent_code_or_a_spoiled_id_token_is_refused_and_signs_nobody_in() {
                 .all(|c| !c.to_str().unwrap().contains("__Host-access_token=ey"))
         );
 
-        for spoil in [Spoil::Audience, Spoil::Issuer, Spoil::Expired, Spoil::Signature, Spoil::AuthorizedParty] {
+        for spoil in [
+            Spoil::Audience,
+            Spoil::Issuer,
+            Spoil::Expired,
+            Spoil::Signature,
+            Spoil::AuthorizedParty,
+            Spoil::ManyAudiences,
+            Spoil::KeyForEncryption,
+        ] {
             stub.spoil(spoil);
             let (answer, browser) =
                 sign_in(&app, "stub-oidc", &format!("login_hint={}", email().replace('@', "%40"))).await;
@@ -180,6 +188,29 @@ async fn a_spent_code_or_a_spoiled_id_token_is_refused_and_signs_nobody_in() {
         stub.spoil(Spoil::Nothing);
         let (answer, _) = sign_in(&app, "stub-oidc", &format!("login_hint={}", email().replace('@', "%40"))).await;
         assert_eq!(location(&answer), "/", "the same provider, unspoiled");
+        // `"true"` for a verified email (Amazon Cognito) is understood.
+        stub.spoil(Spoil::VerifiedAsText);
+        let (answer, browser) =
+            sign_in(&app, "stub-oidc", &format!("login_hint={}", email().replace('@', "%40"))).await;
+        assert_eq!(location(&answer), "/");
+        assert!(user_of(&app, &browser).await.2, "verified");
+        stub.spoil(Spoil::Nothing);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_provider_whose_discovery_failed_is_not_asked_again_by_every_attempt() {
+    let stub = ProviderStub::start().await;
+    each_backend_with(options(&stub), async |app: TestApp| {
+        stub.discovery_down(true);
+        let before = stub.discoveries();
+        for _ in 0..3 {
+            let started = app.request(Method::GET, "/auth/oauth/stub-oidc/start").send().await.unwrap();
+            assert_eq!(error_of(&started), "provider_unavailable");
+        }
+        assert_eq!(stub.discoveries() - before, 1, "one request, its failure held for the next attempts");
+        stub.discovery_down(false);
     })
     .await;
 }
@@ -211,6 +242,10 @@ async fn a_provider_kept_from_linking_by_email_is_linked_by_the_signed_in_owner(
         let listed = body(app.with_cookies(Method::GET, "/auth/me/identities", &owner).send().await.unwrap()).await;
         assert_eq!(listed["identities"].as_array().unwrap().len(), 1);
         assert_eq!(listed["has_password"], true);
+        // The owner is told, once.
+        let notice = mail(&address, 2).await;
+        assert_eq!(notice.subject, "A new way to sign in to your account");
+        assert!(notice.text.contains("through facebook"), "{}", notice.text);
     })
     .await;
 }
@@ -219,8 +254,17 @@ async fn a_provider_kept_from_linking_by_email_is_linked_by_the_signed_in_owner(
 async fn linking_needs_csrf_and_a_live_session_and_never_takes_another_accounts_identity() {
     let stub = ProviderStub::start().await;
     each_backend_with(options(&stub), async |app: TestApp| {
-        let (_, owner) = app.signed_in().await;
+        // Not for an address nobody proved: the holder may not be its owner.
+        let (_, unverified) = app.signed_in().await;
         let path = "/auth/me/identities/github/link";
+        let refused = app.as_page(Method::POST, path, &unverified).send().await.unwrap();
+        assert_eq!((refused.status(), code(refused).await.as_str()), (StatusCode::FORBIDDEN, "email_not_verified"));
+        // Nor with a login older than five minutes (a stolen token's way in).
+        let (_, owner) = verified_account(&app).await;
+        app.clock.advance(time::Duration::minutes(6));
+        let stale = app.as_page(Method::POST, path, &owner).send().await.unwrap();
+        assert_eq!((stale.status(), code(stale).await.as_str()), (StatusCode::FORBIDDEN, "reauthentication_required"));
+        let (_, owner) = verified_account(&app).await;
         let no_csrf = app.with_cookies(Method::POST, path, &owner).send().await.unwrap();
         assert_eq!(
             (no_csrf.status(), no_csrf.headers().contains_key(header::SET_COOKIE)),

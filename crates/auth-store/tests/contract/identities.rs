@@ -1,9 +1,14 @@
 //! OAuth/OpenID identities: keyed by (issuer, subject), gone with the account.
 
+use auth_core::mail::Mail;
 use auth_core::{DomainEvent, Email, ExternalIdentity, StoreError, Unlinked, User, UserId};
 use auth_store::Stores;
 
 use crate::{each_backend, now, registered};
+
+fn notice(user: &User, subject: &str) -> Mail {
+    Mail { to: user.email.clone(), subject: subject.into(), text: "t".into(), html: "h".into() }
+}
 
 fn identity(user: UserId, subject: &str) -> ExternalIdentity {
     ExternalIdentity {
@@ -38,10 +43,13 @@ async fn an_account_made_by_a_provider_has_no_password_and_its_identity_is_uniqu
         assert_eq!(stores.identities.identity("https://other.example.com", "sub-1").await.unwrap(), None);
 
         let other = registered(&stores, "other@example.com").await;
-        let taken = stores.identities.link_identity(&identity(other.id, "sub-1")).await;
+        let taken = stores.identities.link_identity(&identity(other.id, "sub-1"), &notice(&other, "taken")).await;
         assert!(matches!(taken, Err(StoreError::Conflict)), "one identity, one account");
-        stores.identities.link_identity(&identity(other.id, "sub-2")).await.unwrap();
+        stores.identities.link_identity(&identity(other.id, "sub-2"), &notice(&other, "linked")).await.unwrap();
         assert_eq!(stores.identities.identities_of(other.id).await.unwrap().len(), 1);
+        let queued = stores.mail.claim_mail(now() + time::Duration::seconds(1), time::Duration::minutes(1), 100);
+        let subjects: Vec<String> = queued.await.unwrap().into_iter().map(|m| m.mail.subject).collect();
+        assert_eq!(subjects, ["linked"], "the notice with its link, and none for a link that failed");
 
         let clash = User { id: UserId::new(), ..user.clone() };
         let again = stores.identities.create_user_with_identity(&clash, &identity(clash.id, "sub-3"), &event).await;
@@ -75,7 +83,7 @@ async fn the_last_way_to_log_in_cannot_be_unlinked_even_by_two_requests_at_once(
             let (a, b) = (identity(user.id, &format!("a{round}")), identity(user.id, &format!("b{round}")));
             let event = DomainEvent::registered(&user, "oauth:corp", now());
             stores.identities.create_user_with_identity(&user, &a, &event).await.unwrap();
-            stores.identities.link_identity(&b).await.unwrap();
+            stores.identities.link_identity(&b, &notice(&user, "b")).await.unwrap();
             if round == 0 {
                 let theirs = stores.identities.unlink_identity(stranger.id, a.id).await.unwrap();
                 assert_eq!(theirs, Unlinked::NotFound, "not theirs");
@@ -91,7 +99,7 @@ async fn the_last_way_to_log_in_cannot_be_unlinked_even_by_two_requests_at_once(
         // With a password, the last identity may go.
         let with_password = registered(&stores, "pw@example.com").await;
         let c = identity(with_password.id, "c");
-        stores.identities.link_identity(&c).await.unwrap();
+        stores.identities.link_identity(&c, &notice(&with_password, "c")).await.unwrap();
         assert_eq!(stores.identities.unlink_identity(with_password.id, c.id).await.unwrap(), Unlinked::Done);
     })
     .await;
