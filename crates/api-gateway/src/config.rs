@@ -29,6 +29,9 @@ pub struct RouteConfig {
     /// Any of these roles lets the request through; empty means any user.
     #[serde(default)]
     pub require_roles: Vec<String>,
+    /// All of these permissions (`resource:action`) are needed; empty: none.
+    #[serde(default)]
+    pub require_permissions: Vec<String>,
     /// Only users who have verified their email address (the token's
     /// `email_verified`); others get 403 `email_not_verified`.
     #[serde(default)]
@@ -57,6 +60,7 @@ impl RouteConfig {
             upstream: upstream.into(),
             auth,
             require_roles: Vec::new(),
+            require_permissions: Vec::new(),
             require_verified_email: false,
             strip_prefix: false,
             timeout: default_timeout(),

@@ -34,6 +34,12 @@ pub enum GatewayError {
     /// `presented` says whether a token was sent at all (RFC 6750 §3.1).
     #[error("unauthenticated")]
     Unauthenticated { presented: bool },
+    /// A genuine token older than a change to its user (roles changed,
+    /// account disabled or deleted, password reset): refresh for a current
+    /// one, which fails when the session is gone. Only a token with a valid
+    /// signature can get this answer, so it tells a forger nothing.
+    #[error("token stale")]
+    Stale,
     #[error("forbidden")]
     Forbidden,
     #[error("email not verified")]
@@ -87,7 +93,12 @@ impl GatewayError {
             Self::Unauthenticated { .. } => {
                 (StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required".into())
             }
-            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "your roles do not allow this".into()),
+            Self::Stale => (
+                StatusCode::UNAUTHORIZED,
+                "token_stale",
+                "the account changed since this token was issued; refresh it".into(),
+            ),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "you are not allowed to do this".into()),
             Self::EmailNotVerified => {
                 (StatusCode::FORBIDDEN, "email_not_verified", "confirm your email address first".into())
             }
@@ -124,7 +135,7 @@ impl IntoResponse for GatewayError {
         let mut response = (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Unauthenticated { presented: true } => {
+            Self::Unauthenticated { presented: true } | Self::Stale => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
             }
             Self::Unauthenticated { presented: false } => {

@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use auth_core::Clock;
-use auth_events::{RevocationFeed, handover};
+use auth_events::{Revocation, RevocationFeed, handover};
 use auth_tokens::csrf::{check_pair, check_site};
 use auth_tokens::proxies::TrustedProxies;
 use auth_tokens::{Credential, CsrfKey, cookies};
@@ -344,11 +344,17 @@ impl Gateway {
         let generation = set.generation();
         let claims = &verified.claims;
         if !verified.unrevoked_at(generation) {
-            if set.is_revoked(&claims.sid, &claims.sub, claims.iat) {
-                self.0.metrics.auth_failure("revoked");
-                return Err(GatewayError::Unauthenticated { presented: true });
+            match set.revocation(&claims.sid, &claims.sub, claims.iat) {
+                Some(Revocation::Session) => {
+                    self.0.metrics.auth_failure("revoked");
+                    return Err(GatewayError::Unauthenticated { presented: true });
+                }
+                Some(Revocation::User) => {
+                    self.0.metrics.auth_failure("stale");
+                    return Err(GatewayError::Stale);
+                }
+                None => verified.mark_unrevoked_at(generation),
             }
-            verified.mark_unrevoked_at(generation);
         }
         Ok(verified)
     }
@@ -440,10 +446,14 @@ fn csrf_refused(refusal: auth_tokens::csrf::CsrfRefusal) -> GatewayError {
     GatewayError::Csrf(refusal.to_string())
 }
 
-/// The route's `require_roles` (any of) and `require_verified_email`.
+/// The route's `require_roles` (any of), `require_permissions` (all of)
+/// and `require_verified_email`.
 fn check_route_requirements(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
-    let roles = &verified.claims.roles;
+    let (roles, permissions) = (&verified.claims.roles, &verified.claims.permissions);
     if !route.require_roles.is_empty() && !roles.iter().any(|r| route.require_roles.contains(r)) {
+        return Err(GatewayError::Forbidden);
+    }
+    if !route.require_permissions.iter().all(|p| permissions.contains(p)) {
         return Err(GatewayError::Forbidden);
     }
     if route.require_verified_email && !verified.claims.email_verified {

@@ -8,6 +8,7 @@ use time::Duration;
 use crate::hashing::Verification;
 use crate::mail::Mail;
 use crate::password::PasswordError;
+use crate::roles::USER_ROLE;
 use crate::{
     Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
     PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User,
@@ -113,6 +114,9 @@ pub enum ExternalLoginError {
     /// before its owner signs up.
     #[error("the provider does not vouch for this email address")]
     EmailNotVerified,
+    /// The account is disabled.
+    #[error("the account is disabled")]
+    Disabled,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -264,8 +268,10 @@ impl Accounts {
             password_hash: Some(self.hasher.hash(&password).await?),
             email_verified: false,
             created_at: now,
-            roles: Vec::new(),
+            roles: vec![USER_ROLE.to_owned()],
             permissions: Vec::new(),
+            disabled: false,
+            tokens_not_before: None,
         };
         let event = DomainEvent::registered(&user, "password", now);
         match self.users.create_user(&user, &event).await {
@@ -288,7 +294,9 @@ impl Accounts {
             return Err(LoginError::InvalidCredentials);
         };
         match self.hasher.verify(&password, &phc).await? {
+            // A disabled account is refused as a wrong password is.
             Verification::Mismatch => Err(LoginError::InvalidCredentials),
+            Verification::Match { .. } if user.disabled => Err(LoginError::InvalidCredentials),
             Verification::Match { needs_rehash } => {
                 if self.settings.require_verified_email && !user.email_verified {
                     return Err(LoginError::EmailNotVerified);
@@ -331,9 +339,13 @@ impl Accounts {
         notice: &(dyn Fn(&User) -> Mail + Sync),
     ) -> Result<LoggedIn, ExternalLoginError> {
         let opened = |user: User| async move {
+            if user.disabled {
+                return Err(ExternalLoginError::Disabled);
+            }
             match self.open_session(&user, &client, None).await {
                 Ok(Some(done)) => Ok(done),
-                Ok(None) => Err(ExternalLoginError::Store(StoreError::Conflict)),
+                // Disabled meanwhile.
+                Ok(None) => Err(ExternalLoginError::Disabled),
                 Err(LoginError::Store(e)) => Err(ExternalLoginError::Store(e)),
                 Err(other) => Err(ExternalLoginError::Store(StoreError::Unavailable(other.to_string()))),
             }
@@ -372,12 +384,15 @@ impl Accounts {
                     password_hash: None,
                     email_verified: true,
                     created_at: now,
-                    roles: Vec::new(),
+                    roles: vec![USER_ROLE.to_owned()],
                     permissions: Vec::new(),
+                    disabled: false,
+                    tokens_not_before: None,
                 };
                 let event = DomainEvent::registered(&user, &format!("oauth:{}", claims.provider), now);
                 match self.identities.create_user_with_identity(&user, &identity(user.id), &event).await {
-                    Ok(()) => opened(user).await,
+                    // Read back: its roles' permissions come from the store.
+                    Ok(()) => opened(self.users.user_by_id(user.id).await?.ok_or(StoreError::NotFound)?).await,
                     // An account with this email appeared meanwhile.
                     Err(StoreError::Conflict) => Err(ExternalLoginError::LinkRequired),
                     Err(e) => Err(e.into()),
@@ -504,7 +519,8 @@ impl Accounts {
         if !session.is_active(now) {
             return Err(RefreshError::SessionEnded);
         }
-        let user = self.users.user_by_id(session.user_id).await?.ok_or(RefreshError::SessionEnded)?;
+        let user = self.users.user_by_id(session.user_id).await?;
+        let user = user.filter(|u| !u.disabled).ok_or(RefreshError::SessionEnded)?;
         if record.superseded_at.is_none() {
             let fresh = OpaqueSecret::generate();
             let idle = session.next_idle_deadline(now, self.settings.session_idle);
@@ -541,7 +557,7 @@ impl Accounts {
             .await?
             .filter(|s| s.user_id == user && s.revoked_at.is_none() && now < s.expires_at)
             .ok_or(AuthError::NotAuthenticated)?;
-        let user = self.users.user_by_id(user).await?.ok_or(AuthError::NotAuthenticated)?;
+        let user = self.users.user_by_id(user).await?.filter(|u| !u.disabled).ok_or(AuthError::NotAuthenticated)?;
         Ok((user, session))
     }
 
@@ -581,6 +597,20 @@ impl Accounts {
         let reach = now + self.settings.access_token_reach;
         self.revocations.user_revoked(user.id, now, reach).await;
         Ok(())
+    }
+
+    /// Deletes `user` as its own deletion does, for an administrator;
+    /// `false` when there is no such user.
+    pub async fn erase(&self, user: UserId) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        match self.users.delete_user(user, &DomainEvent::deleted(user, now)).await {
+            Ok(()) => {}
+            Err(StoreError::NotFound) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let reach = now + self.settings.access_token_reach;
+        self.revocations.user_revoked(user, now, reach).await;
+        Ok(true)
     }
 
     pub async fn sessions(&self, user: UserId) -> Result<Vec<Session>, StoreError> {

@@ -15,17 +15,23 @@ pub enum EventKind {
     PasswordReset,
     PasswordChanged,
     EmailVerified,
+    RolesChanged,
+    Disabled,
+    Enabled,
     Deleted,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::Registered,
         Self::LoggedIn,
         Self::LoggedOut,
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::EmailVerified,
+        Self::RolesChanged,
+        Self::Disabled,
+        Self::Enabled,
         Self::Deleted,
     ];
 
@@ -38,6 +44,9 @@ impl EventKind {
             Self::PasswordReset => "user.password_reset",
             Self::PasswordChanged => "user.password_changed",
             Self::EmailVerified => "user.email_verified",
+            Self::RolesChanged => "user.roles_changed",
+            Self::Disabled => "user.disabled",
+            Self::Enabled => "user.enabled",
             Self::Deleted => "user.deleted",
         }
     }
@@ -86,6 +95,20 @@ impl DomainEvent {
 
     pub fn email_verified(user_id: UserId, now: OffsetDateTime) -> Self {
         Self::new(EventKind::EmailVerified, user_id, json!({"user_id": user_id}), now)
+    }
+
+    /// `roles`: every role the user holds after the change; `now`: from
+    /// when its earlier tokens are stale (the event's time).
+    pub fn roles_changed(user_id: UserId, roles: &[String], now: OffsetDateTime) -> Self {
+        Self::new(EventKind::RolesChanged, user_id, json!({"user_id": user_id, "roles": roles}), now)
+    }
+
+    pub fn disabled(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::Disabled, user_id, json!({"user_id": user_id}), now)
+    }
+
+    pub fn enabled(user_id: UserId, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::Enabled, user_id, json!({"user_id": user_id}), now)
     }
 
     /// Carries the id only: the event outlives the account and must hold no PII.

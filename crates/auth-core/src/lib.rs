@@ -26,6 +26,7 @@ pub mod mail;
 pub mod password;
 pub mod ports;
 pub mod recovery;
+pub mod roles;
 pub mod secret;
 pub mod session;
 pub mod user;
@@ -44,6 +45,7 @@ pub use ports::{
     Unlinked, UserStore,
 };
 pub use recovery::{Recovery, RecoverySettings};
+pub use roles::{Actor, Admin, AuditEntry, Role, RoleChange, RoleStore};
 pub use secret::{OpaqueSecret, SecretHash};
 pub use session::Session;
 pub use user::User;

@@ -37,10 +37,11 @@ pub trait UserStore: Send + Sync + 'static {
 
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Opens `session`. With `verified` (the password hash the login
-    /// checked), only while it is still the user's: a login racing a reset
-    /// or a change either comes first, and its session is revoked by it, or
-    /// opens nothing (`false`).
+    /// Opens `session`, only while the account is not disabled and, with
+    /// `verified` (the password hash the login checked), only while that is
+    /// still the user's: a login racing a reset, a change or a disabling
+    /// either comes first, and its session is revoked by it, or opens
+    /// nothing (`false`).
     async fn create_session(
         &self,
         session: &Session,

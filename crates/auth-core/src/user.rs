@@ -12,6 +12,12 @@ pub struct User {
     pub password_hash: Option<String>,
     pub email_verified: bool,
     pub created_at: OffsetDateTime,
+    /// The roles held, sorted.
     pub roles: Vec<String>,
+    /// Every permission of those roles, sorted, once each.
     pub permissions: Vec<String>,
+    /// A disabled account cannot log in and has no live session.
+    pub disabled: bool,
+    /// Access tokens issued at or before this are stale (its roles changed).
+    pub tokens_not_before: Option<OffsetDateTime>,
 }

@@ -30,6 +30,8 @@ async fn main() {
                 created_at: SystemClock.now(),
                 roles: vec![],
                 permissions: vec![],
+                disabled: false,
+                tokens_not_before: None,
             };
             let event = DomainEvent::registered(&user, "password", SystemClock.now());
             stores.users.create_user(&user, &event).await.unwrap();

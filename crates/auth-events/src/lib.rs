@@ -28,4 +28,4 @@ pub use nats_feed::NatsRevocationFeed;
 pub use nats_revocation::NatsRevocationSink;
 pub use publish::{InProcessBus, NatsPublisher};
 pub use relay::OutboxRelay;
-pub use revocation::{FanOut, InProcessFeed, RevocationFeed, RevocationSet};
+pub use revocation::{FanOut, InProcessFeed, Revocation, RevocationFeed, RevocationSet, RevocationsFromEvents};

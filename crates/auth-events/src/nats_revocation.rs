@@ -101,7 +101,9 @@ impl NatsRevocationSink {
                 let Some(sid) = event.data["session_id"].as_str() else { return Ok(()) };
                 (format!("session.{sid}"), Entry { not_before: None, until })
             }
-            EventKind::Deleted => (
+            // Tokens of the user issued before: deleted, disabled, or
+            // holding roles it no longer has (stale).
+            EventKind::Deleted | EventKind::Disabled | EventKind::RolesChanged => (
                 format!("user.{}", event.user_id),
                 Entry { not_before: Some(event.occurred_at.unix_timestamp()), until },
             ),

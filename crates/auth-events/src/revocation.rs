@@ -56,8 +56,20 @@ impl RevocationSet {
 
     /// Whether a token of session `sid`, user `sub`, issued at `iat` is revoked.
     pub fn is_revoked(&self, sid: &str, sub: &str, iat: i64) -> bool {
+        self.revocation(sid, sub, iat).is_some()
+    }
+
+    /// What revoked a token of session `sid`, user `sub`, issued at `iat`:
+    /// its session, or a change to its user after `iat`.
+    pub fn revocation(&self, sid: &str, sub: &str, iat: i64) -> Option<Revocation> {
         let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        e.sessions.contains_key(sid) || e.users.get(sub).is_some_and(|(not_before, _)| iat <= *not_before)
+        if e.sessions.contains_key(sid) {
+            Some(Revocation::Session)
+        } else if e.users.get(sub).is_some_and(|(not_before, _)| iat <= *not_before) {
+            Some(Revocation::User)
+        } else {
+            None
+        }
     }
 
     /// Drops entries no live token can match any more.
@@ -75,6 +87,15 @@ impl RevocationSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Why a token is revoked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// Its session ended (logout, revoked, refresh token reused).
+    Session,
+    /// Its user changed after it was issued: stale.
+    User,
 }
 
 /// What keeps a gateway's set current.
@@ -116,6 +137,37 @@ impl RevocationSink for InProcessFeed {
 
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
         self.set.revoke_user(&user.to_string(), not_before.unix_timestamp(), until.unix_timestamp());
+    }
+}
+
+/// Applies the revocations that relayed events imply to an in-process
+/// feed: what another process (`gatehouse users …` on the same database)
+/// changed reaches the gateway of `gatehouse up` through the outbox.
+pub struct RevocationsFromEvents {
+    pub feed: Arc<InProcessFeed>,
+    /// How long an entry must stand: the longest token lifetime.
+    pub reach: i64,
+}
+
+#[async_trait]
+impl crate::EventHandler for RevocationsFromEvents {
+    async fn handle(&self, event: &crate::CloudEvent) -> Result<(), String> {
+        let Ok(at) = OffsetDateTime::parse(&event.time, &time::format_description::well_known::Rfc3339) else {
+            return Ok(());
+        };
+        let (at, until) = (at.unix_timestamp(), at.unix_timestamp() + self.reach);
+        match event.kind.as_str() {
+            "user.logged_out" => {
+                if let Some(sid) = event.data["session_id"].as_str() {
+                    self.feed.set.revoke_session(sid, until);
+                }
+            }
+            "user.deleted" | "user.disabled" | "user.roles_changed" => {
+                self.feed.set.revoke_user(&event.subject, at, until);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

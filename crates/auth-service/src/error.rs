@@ -43,6 +43,11 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "authentication is required")
     }
 
+    /// Signed in, but not allowed; says nothing of what was missing.
+    pub fn forbidden() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "you are not allowed to do this")
+    }
+
     pub fn invalid_credentials() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "invalid email or password")
     }

@@ -44,7 +44,7 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 /// The whole auth-service application. Middleware order, outermost first:
 pub fn router(state: AppState) -> Router {
-    routes::router()
+    routes::router(state.clone())
         // Per-route metrics: inside routing, so the matched path is known.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         // Cross-site and non-JSON unsafe requests never reach a handler.

@@ -2,7 +2,7 @@
 
 use crate::oauth::identities;
 use crate::oauth::routes as oauth;
-use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
+use crate::routes::{accounts, admin, admin_users, ops, recovery, sessions, wellknown};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -15,6 +15,9 @@ use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
         oauth::start, oauth::callback, identities::list, identities::link, identities::unlink,
         wellknown::jwks,
         admin::deletion,
+        admin_users::users, admin_users::user, admin_users::grant, admin_users::revoke,
+        admin_users::disable, admin_users::enable, admin_users::delete_user,
+        admin_users::roles, admin_users::put_role, admin_users::delete_role, admin_users::audit,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     tags(
@@ -24,7 +27,7 @@ use crate::routes::{accounts, admin, ops, recovery, sessions, wellknown};
         (name = "oauth", description = "Login through OpenID Connect providers, GitHub and Facebook"),
         (name = "keys", description = "Public signing keys"),
         (name = "ops", description = "Health, readiness, metrics, this document"),
-        (name = "admin", description = "Operator endpoints (bearer operator token)"),
+        (name = "admin", description = "Users, roles, the audit log and the deletion ledger: a user with `users:admin`, or the operator's bearer token"),
     )
 )]
 pub struct ApiDoc;

@@ -33,6 +33,7 @@ pub struct AppState(Arc<Inner>);
 struct Inner {
     accounts: Accounts,
     recovery: Recovery,
+    admin: auth_core::Admin,
     /// Wakes the mail relay when mail was queued.
     mail_waker: Arc<tokio::sync::Notify>,
     keys: Arc<KeyHandle>,
@@ -53,9 +54,11 @@ pub type BrokerReport = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl AppState {
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         accounts: Accounts,
         recovery: Recovery,
+        admin: auth_core::Admin,
         keys: Arc<KeyHandle>,
         clock: Arc<dyn Clock>,
         health: Arc<dyn Health>,
@@ -67,6 +70,7 @@ impl AppState {
         Self(Arc::new(Inner {
             accounts,
             recovery,
+            admin,
             mail_waker: Arc::default(),
             keys,
             clock,
@@ -82,6 +86,10 @@ impl AppState {
 
     pub fn accounts(&self) -> &Accounts {
         &self.0.accounts
+    }
+
+    pub fn admin(&self) -> &auth_core::Admin {
+        &self.0.admin
     }
 
     pub fn recovery(&self) -> &Recovery {

@@ -15,15 +15,18 @@ pub mod migrations;
 pub mod postgres;
 mod postgres_identities;
 mod postgres_recovery;
+mod postgres_roles;
 pub mod sqlite;
 mod sqlite_identities;
 mod sqlite_recovery;
+mod sqlite_roles;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use auth_core::{
-    DeletionLedger, IdentityStore, MailQueue, Outbox, RecoveryStore, SessionStore, StoreError, Throttle, UserStore,
+    DeletionLedger, IdentityStore, MailQueue, Outbox, RecoveryStore, RoleStore, SessionStore, StoreError, Throttle,
+    UserStore,
 };
 
 pub use postgres::PgStore;
@@ -46,6 +49,7 @@ pub struct Stores {
     pub mail: Arc<dyn MailQueue>,
     pub throttle: Arc<dyn Throttle>,
     pub identities: Arc<dyn IdentityStore>,
+    pub roles: Arc<dyn RoleStore>,
     pub health: Arc<dyn Health>,
     pub backend: &'static str,
 }
@@ -61,6 +65,7 @@ impl Stores {
             + MailQueue
             + Throttle
             + IdentityStore
+            + RoleStore
             + Health,
     {
         let store = Arc::new(store);
@@ -73,6 +78,7 @@ impl Stores {
             mail: store.clone(),
             throttle: store.clone(),
             identities: store.clone(),
+            roles: store.clone(),
             health: store,
             backend,
         }
@@ -115,6 +121,14 @@ pub async fn open(url: &str, migrate: bool) -> Result<Stores, OpenError> {
     }
 }
 
+/// A comma-joined list from an aggregate, sorted.
+pub(crate) fn listed(joined: Option<String>) -> Vec<String> {
+    let mut all: Vec<String> =
+        joined.iter().flat_map(|j| j.split(',')).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    all.sort();
+    all
+}
+
 /// Maps driver errors onto the ports' error kinds.
 pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
     match &e {
@@ -126,9 +140,19 @@ pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
 
 /// Column lists shared by the queries of both backends, as macros so that
 /// queries stay `&'static str` via `concat!`.
+/// A user's roles and permissions come along, comma-joined (neither may
+/// hold a comma), by `$agg` (`group_concat` on SQLite, `string_agg` on
+/// PostgreSQL).
 macro_rules! user_columns {
-    () => {
-        "id, email, password_hash, email_verified, created_at"
+    ($agg:literal) => {
+        concat!(
+            "id, email, password_hash, email_verified, created_at, disabled_at, tokens_not_before, (SELECT ",
+            $agg,
+            "(role, ',') FROM user_roles WHERE user_id = users.id) AS roles, (SELECT ",
+            $agg,
+            "(permission, ',') FROM (SELECT DISTINCT p.permission FROM role_permissions p \
+             JOIN user_roles r ON r.role = p.role WHERE r.user_id = users.id) AS d) AS permissions"
+        )
     };
 }
 macro_rules! session_columns {

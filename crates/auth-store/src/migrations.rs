@@ -25,6 +25,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "external_identities",
         sql: include_str!("../migrations/postgres/0004_external_identities.sql"),
     },
+    Migration { version: 5, name: "roles", sql: include_str!("../migrations/postgres/0005_roles.sql") },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -40,6 +41,7 @@ pub const SQLITE: &[Migration] = &[
         name: "external_identities",
         sql: include_str!("../migrations/sqlite/0004_external_identities.sql"),
     },
+    Migration { version: 5, name: "roles", sql: include_str!("../migrations/sqlite/0005_roles.sql") },
 ];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {

@@ -96,10 +96,19 @@ pub(crate) async fn insert_user(tx: &mut Transaction<'_, Postgres>, user: &User)
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;
+    for role in &user.roles {
+        sqlx::query("INSERT INTO user_roles (user_id, role, granted_at) VALUES ($1, $2, $3)")
+            .bind(user.id.as_uuid())
+            .bind(role)
+            .bind(user.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
     Ok(())
 }
 
-fn user_from(row: &PgRow) -> Result<User, StoreError> {
+pub(crate) fn user_from(row: &PgRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(row.try_get("id").map_err(store_error)?),
@@ -107,8 +116,10 @@ fn user_from(row: &PgRow) -> Result<User, StoreError> {
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: row.try_get("created_at").map_err(store_error)?,
-        roles: Vec::new(),
-        permissions: Vec::new(),
+        roles: crate::listed(row.try_get("roles").map_err(store_error)?),
+        permissions: crate::listed(row.try_get("permissions").map_err(store_error)?),
+        disabled: row.try_get::<Option<OffsetDateTime>, _>("disabled_at").map_err(store_error)?.is_some(),
+        tokens_not_before: row.try_get("tokens_not_before").map_err(store_error)?,
     })
 }
 
@@ -152,13 +163,13 @@ impl UserStore for PgStore {
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = $1");
+        let sql = concat!("SELECT ", user_columns!("string_agg"), " FROM users WHERE email = $1");
         let row = sqlx::query(sql).bind(email.as_str()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+        let sql = concat!("SELECT ", user_columns!("string_agg"), " FROM users WHERE id = $1");
         let row = sqlx::query(sql).bind(id.as_uuid()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
@@ -219,20 +230,20 @@ impl SessionStore for PgStore {
         verified: Option<&str>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        if let Some(verified) = verified {
-            // Shares the user row until commit: a reset or change waits for
-            // this session and then revokes it, or goes first and this
-            // finds the hash changed.
-            let still: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 AND password_hash = $2 FOR SHARE")
-                    .bind(s.user_id.as_uuid())
-                    .bind(verified)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            if still.is_none() {
-                return Ok(false);
-            }
+        // Shares the user row until commit: a reset, change or disabling
+        // waits for this session and then revokes it, or goes first and
+        // this finds the hash changed or the account disabled.
+        let still: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL \
+             AND ($2::text IS NULL OR password_hash = $2) FOR SHARE",
+        )
+        .bind(s.user_id.as_uuid())
+        .bind(verified)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if still.is_none() {
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \

@@ -58,6 +58,13 @@ impl SqliteStore {
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
+
+    /// A transaction that reads before it writes: it takes the write lock
+    /// at once (waiting its turn), so its reads are never made stale by
+    /// another writer and its first write never fails with `SQLITE_BUSY`.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
+    }
 }
 
 /// Whether a connection going back to the pool may serve again: only when
@@ -96,7 +103,7 @@ pub(crate) fn time_of(row: &SqliteRow, column: &str) -> Result<OffsetDateTime, S
     from_ms(row.try_get(column).map_err(store_error)?)
 }
 
-fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
+pub(crate) fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<OffsetDateTime>, StoreError> {
     let value: Option<i64> = row.try_get(column).map_err(store_error)?;
     value.map(from_ms).transpose()
 }
@@ -141,10 +148,19 @@ pub(crate) async fn insert_user(tx: &mut Transaction<'_, Sqlite>, user: &User) -
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;
+    for role in &user.roles {
+        sqlx::query("INSERT INTO user_roles (user_id, role, granted_at) VALUES (?, ?, ?)")
+            .bind(user.id.to_string())
+            .bind(role)
+            .bind(ms(user.created_at))
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
     Ok(())
 }
 
-fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
+pub(crate) fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(uuid_of(row, "id")?),
@@ -152,8 +168,10 @@ fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: time_of(row, "created_at")?,
-        roles: Vec::new(),
-        permissions: Vec::new(),
+        roles: crate::listed(row.try_get("roles").map_err(store_error)?),
+        permissions: crate::listed(row.try_get("permissions").map_err(store_error)?),
+        disabled: opt_time_of(row, "disabled_at")?.is_some(),
+        tokens_not_before: opt_time_of(row, "tokens_not_before")?,
     })
 }
 
@@ -198,13 +216,13 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE email = ?");
+        let sql = concat!("SELECT ", user_columns!("group_concat"), " FROM users WHERE email = ?");
         let row = sqlx::query(sql).bind(email.as_str()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        let sql = concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?");
+        let sql = concat!("SELECT ", user_columns!("group_concat"), " FROM users WHERE id = ?");
         let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
@@ -269,7 +287,8 @@ impl SessionStore for SqliteStore {
         let opened = sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
              revoked_at, user_agent, ip) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
-             WHERE ?10 IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = ?2 AND password_hash = ?10)",
+             WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND disabled_at IS NULL \
+             AND (?10 IS NULL OR password_hash = ?10))",
         )
         .bind(s.id.to_string())
         .bind(s.user_id.to_string())

@@ -16,12 +16,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use api_gateway::gateway::GatewayParts;
 use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
-use auth_core::{Accounts, AccountsSettings, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
+use auth_core::{Accounts, AccountsSettings, Admin, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
 use auth_core::{EventSink, RevocationSink};
 use auth_events::handover::Recording;
 use auth_events::{
     Consumer, ConsumerSettings, FanOut, InProcessBus, InProcessFeed, NatsPublisher, NatsRevocationFeed,
-    NatsRevocationSink, OutboxRelay, RevocationFeed,
+    NatsRevocationSink, OutboxRelay, RevocationFeed, RevocationsFromEvents,
 };
 use auth_service::keys::KeyHandle;
 use auth_service::ledger::LedgerHandler;
@@ -200,6 +200,26 @@ async fn event_sink(
     }
 }
 
+/// The roles of `[roles.<name>]`, created or brought to what the file
+/// says; an unchanged role is left alone (no event, no audit row).
+pub(crate) async fn seed_roles(config: &Config, admin: &Admin) -> anyhow::Result<()> {
+    for (name, role) in &config.roles {
+        let role = auth_core::Role {
+            name: name.clone(),
+            description: role.description.clone(),
+            permissions: role.permissions.clone(),
+        };
+        let holders = admin
+            .put_role(&auth_core::Actor::default(), role)
+            .await
+            .with_context(|| format!("roles.{name} cannot be set up"))?;
+        if !holders.is_empty() {
+            tracing::info!(role = %name, holders = holders.len(), "role redefined from the configuration");
+        }
+    }
+    Ok(())
+}
+
 async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let stores = auth_store::open(&config.database_url(), true).await?;
@@ -219,8 +239,8 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         settings.accounts.clone(),
     );
     let mut sinks: Vec<Arc<dyn RevocationSink>> = Vec::new();
-    if let Some(feed) = feed {
-        sinks.push(feed);
+    if let Some(feed) = &feed {
+        sinks.push(feed.clone());
     }
     // One bucket writer serves both paths: the use cases right after their
     // commit, and the relay from the events.
@@ -234,9 +254,24 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     // Recorded too, for the gateway relaying the answer (`Gatehouse-Revoked`).
     let revocations: Arc<dyn RevocationSink> = Arc::new(Recording(Arc::new(FanOut(sinks))));
     accounts = accounts.with_revocations(revocations.clone());
+    let admin = Admin::new(
+        stores.users.clone(),
+        stores.sessions.clone(),
+        stores.roles.clone(),
+        clock.clone(),
+        revocations.clone(),
+        settings.accounts.access_token_reach,
+    );
+    seed_roles(config, &admin).await?;
     let recovery = crate::mail::recovery(config, &settings, &stores, hasher, clock.clone(), revocations)?;
     let mailer = crate::mail::mailer(config)?;
     let (sink, bus, broker) = event_sink(nats).await?;
+    // What another process wrote (`gatehouse users …`) reaches this
+    // gateway through the outbox; with NATS the bucket carries it.
+    if let (Some(bus), Some(feed)) = (&bus, feed) {
+        let reach = settings.accounts.access_token_reach.whole_seconds();
+        bus.follow(Arc::new(RevocationsFromEvents { feed, reach }));
+    }
     let relay = Arc::new(OutboxRelay::new(stores.outbox.clone(), sink, clock.clone(), config.events.relay_batch));
     // The deletion ledger hears downstream services' confirmations.
     let intake = Arc::new(LedgerHandler { ledger: stores.ledger.clone(), clock: clock.clone() });
@@ -254,6 +289,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let state = AppState::new(
         accounts,
         recovery,
+        admin,
         keys.clone(),
         clock.clone(),
         stores.health.clone(),
@@ -606,7 +642,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
 }
 
 /// The data dir holds the key file: keep it private to the user.
-fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
+pub(crate) fn ensure_data_dir(config: &Config) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     if !dir.exists() {
         std::fs::create_dir_all(dir).with_context(|| format!("create the data directory {}", dir.display()))?;

@@ -38,6 +38,23 @@ enum Command {
     /// Signing-key rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Accounts and their roles, on the database (make the first admin).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Give the account of EMAIL a role (e.g. admin).
+    GrantRole { email: String, role: String },
+    /// Take a role from the account of EMAIL.
+    RevokeRole { email: String, role: String },
+    /// Accounts by email, with their roles.
+    List {
+        /// Only emails starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +92,13 @@ pub fn run() -> anyhow::Result<()> {
             Command::Migrate => crate::app::migrate(&config).await,
             Command::Keys(KeysCommand::Rotate) => crate::keys::rotate(&config),
             Command::Keys(KeysCommand::List) => crate::keys::list(&config),
+            Command::Users(UsersCommand::GrantRole { email, role }) => {
+                crate::users::change_role(&config, &email, &role, true).await
+            }
+            Command::Users(UsersCommand::RevokeRole { email, role }) => {
+                crate::users::change_role(&config, &email, &role, false).await
+            }
+            Command::Users(UsersCommand::List { prefix }) => crate::users::list(&config, &prefix).await,
         }
     })
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     pub registration: RegistrationConfig,
     pub oauth: OAuthConfig,
+    /// `[roles.<name>]`: roles created, or brought to these permissions, at
+    /// start (besides those made through the admin API).
+    pub roles: std::collections::BTreeMap<String, RoleConfig>,
     pub notes: NotesConfig,
     pub log: LogConfig,
 }
@@ -60,6 +63,25 @@ impl Default for OAuthConfig {
     fn default() -> Self {
         Self { error_url: "/login".into(), providers: Default::default() }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    #[serde(default)]
+    pub description: String,
+    /// `resource:action` each.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// The built-in `user` role may do what the example notes service asks.
+fn default_roles() -> std::collections::BTreeMap<String, RoleConfig> {
+    let user = RoleConfig {
+        description: "every account".into(),
+        permissions: vec!["notes:read".into(), "notes:write".into()],
+    };
+    std::collections::BTreeMap::from([("user".to_owned(), user)])
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,7 +311,10 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             auth_service_url: None,
-            routes: vec![RouteConfig::new("/api/notes", "inproc://notes", AuthMode::Required)],
+            routes: vec![RouteConfig {
+                require_permissions: vec!["notes:read".into(), "notes:write".into()],
+                ..RouteConfig::new("/api/notes", "inproc://notes", AuthMode::Required)
+            }],
             trusted_proxies: Vec::new(),
             jwks_refresh_secs: 60,
             token_cache_size: 10_000,
@@ -433,6 +458,7 @@ impl Default for Config {
             recovery: RecoveryConfig::default(),
             registration: RegistrationConfig::default(),
             oauth: OAuthConfig::default(),
+            roles: default_roles(),
             notes: NotesConfig::default(),
             log: LogConfig::default(),
         }
@@ -541,6 +567,17 @@ impl Config {
         }
         if !(1..=300).contains(&self.mail.timeout_secs) {
             return bad("mail.timeout_secs must be between 1 and 300");
+        }
+        for (name, role) in &self.roles {
+            if !auth_core::roles::valid_role_name(name) {
+                return bad("role names are 1-64 of a-z 0-9 _ -, starting with a letter");
+            }
+            if let Some(bad_one) = role.permissions.iter().find(|p| !auth_core::roles::valid_permission(p)) {
+                return bad(&format!("roles.{name}: {bad_one:?} is not resource:action (a-z 0-9 _ -)"));
+            }
+            if name == "admin" && !role.permissions.iter().any(|p| p == "users:admin") {
+                return bad("roles.admin must keep users:admin");
+            }
         }
         // Identities are keyed by issuer: two providers on one issuer would
         // sign each other's users in, each by its own rules.

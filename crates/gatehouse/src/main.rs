@@ -5,6 +5,7 @@
 //! - `config`: typed configuration from file, environment and flags.
 //! - `app`: wiring of the roles into a running [`app::Application`].
 //! - `keys`: `gatehouse keys rotate|list`.
+//! - `users`: `gatehouse users grant-role|revoke-role|list`.
 //! - `telemetry`: logging.
 
 mod app;
@@ -13,6 +14,7 @@ mod config;
 mod keys;
 mod mail;
 mod telemetry;
+mod users;
 
 use std::process::ExitCode;
 

@@ -90,7 +90,7 @@ async fn a_revoked_session_or_user_is_refused_on_the_very_next_request() {
     let (other, other_claims) = h.token();
     assert_eq!(h.get("/api/x").bearer_auth(&other).send().await.unwrap().status(), 200);
     h.feed.set().revoke_user(&other_claims.sub, h.clock.unix(), h.clock.unix() + 660);
-    assert_unauthenticated(h.get("/api/x").bearer_auth(&other).send().await.unwrap()).await;
+    assert_stale(h.get("/api/x").bearer_auth(&other).send().await.unwrap()).await;
     // A token issued after the cut-off stands.
     h.clock.advance(Duration::seconds(2));
     let fresh = h.sign(&AccessClaims {
@@ -228,6 +228,28 @@ async fn required_roles_are_any_of_and_403_when_missing() {
     let response = h.get("/admin/panel").bearer_auth(&admin).send().await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(seen(&json(response).await, "x-user-roles").as_deref(), Some("admin"));
+}
+
+#[tokio::test]
+async fn required_permissions_are_all_of_and_the_refusal_names_none() {
+    let upstream = serve(echo_upstream()).await;
+    let mut notes = route("/notes", &upstream, AuthMode::Required);
+    notes.require_permissions = vec!["notes:read".into(), "notes:write".into()];
+    let h = harness_with(vec![notes], upstream).await;
+    let with = |permissions: &[&str]| {
+        let permissions = permissions.iter().map(|p| (*p).to_owned()).collect();
+        h.sign(&AccessClaims { permissions, roles: vec!["notes-admin".into()], ..h.claims() })
+    };
+    for short in [with(&[]), with(&["notes:read"]), with(&["notes:write", "notes:readx"])] {
+        let response = h.get("/notes/1").bearer_auth(&short).send().await.unwrap();
+        assert_eq!(response.status(), 403);
+        let body = json(response).await;
+        assert_eq!(body["error"]["code"], "forbidden");
+        let said = body.to_string();
+        assert!(!said.contains("notes:") && !said.contains("notes-admin"), "names nothing: {said}");
+    }
+    let enough = with(&["billing:read", "notes:read", "notes:write"]);
+    assert_eq!(h.get("/notes/1").bearer_auth(&enough).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]

@@ -54,7 +54,7 @@ async fn a_revocation_the_auth_service_hands_over_is_enforced_on_the_next_reques
         bye(&h, "/auth/bye", &format!("session {} {}", session.sid, session.exp)).await;
         assert_unauthenticated(h.get("/api/x").bearer_auth(&session_token).send().await.unwrap()).await;
         bye(&h, "/auth/bye", &format!("user {} {} {}", user.sub, user.iat, user.exp)).await;
-        assert_unauthenticated(h.get("/api/x").bearer_auth(&user_token).send().await.unwrap()).await;
+        assert_stale(h.get("/api/x").bearer_auth(&user_token).send().await.unwrap()).await;
     }
 }
 

@@ -288,6 +288,13 @@ pub fn seen(echo: &Value, name: &str) -> Option<String> {
     values.pop()
 }
 
+/// A genuine token older than a change to its user: refresh it.
+pub async fn assert_stale(response: reqwest::Response) {
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
+    assert_eq!(json(response).await["error"]["code"], "token_stale");
+}
+
 /// The one 401 body, whatever the reason.
 pub async fn assert_unauthenticated(response: reqwest::Response) {
     assert_eq!(response.status(), 401);

@@ -29,6 +29,8 @@ pub fn user() -> User {
         created_at: SystemClock.now(),
         roles: vec![],
         permissions: vec![],
+        disabled: false,
+        tokens_not_before: None,
     }
 }
 

@@ -157,6 +157,7 @@ pub async fn callback(
         Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
         Err(ExternalLoginError::NoEmail) => return failed(&state, "email_required"),
         Err(ExternalLoginError::EmailNotVerified) => return failed(&state, "email_not_verified"),
+        Err(ExternalLoginError::Disabled) => return failed(&state, "access_denied"),
         Err(ExternalLoginError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot sign in through the provider");
             return failed(&state, "unavailable");

@@ -244,7 +244,11 @@ pub(crate) fn session_cookies(
 ) -> Result<Vec<HeaderValue>, ApiError> {
     let tokens = &state.settings().tokens;
     let now = state.clock().now();
-    let iat = now.unix_timestamp();
+    // After a role change in this very second, a token of this second
+    // would be stale at once (revocation compares whole seconds): it is
+    // issued one second on, well within every verifier's leeway.
+    let stale_until = user.tokens_not_before.map_or(i64::MIN, |t| t.unix_timestamp());
+    let iat = now.unix_timestamp().max(stale_until + 1);
     let claims = AccessClaims {
         iss: tokens.issuer.clone(),
         sub: user.id.to_string(),

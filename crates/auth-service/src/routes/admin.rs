@@ -1,9 +1,16 @@
-//! Operator endpoints, behind the operator bearer token (`admin.operator_token`).
+//! The admin API under `/auth/admin/`: every route behind one guard
+//! ([`require_admin`], a route layer, so a route added here cannot be
+//! unprotected): a user whose roles give `users:admin`, or the operator's
+//! bearer token (`admin.operator_token`). Users and roles are in
+//! `admin_users.rs`; the deletion ledger is here.
 
-use auth_core::UserId;
+use auth_core::roles::ADMIN_PERMISSION;
+use auth_core::{Actor, UserId};
 use auth_tokens::csrf::same_token;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
@@ -12,10 +19,53 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/auth/admin/deletions/{user_id}", get(deletion))
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/auth/admin/deletions/{user_id}", get(deletion))
+        .merge(super::admin_users::router())
+        .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+}
+
+/// Who passed the guard, for the audit log.
+#[derive(Debug, Clone)]
+pub struct AdminActor(pub Actor);
+
+/// The request id the gateway gave the request, if it looks like one.
+fn request_id(request: &Request) -> Option<String> {
+    let id = request.headers().get("x-request-id")?.to_str().ok()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())).then(|| id.to_owned())
+}
+
+/// Lets through the operator's token, or a signed-in user (CSRF checked
+/// for cookies) whose roles give `users:admin`; 401 otherwise, 403
+/// `forbidden` for a user without it.
+pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let request_id = request_id(&request);
+    let bearer =
+        request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
+    let operator = state.settings().operator_token.as_deref();
+    let actor = match (bearer, operator) {
+        (Some(presented), Some(expected)) if same_token(presented, expected) => Actor { user: None, request_id },
+        _ => {
+            let (mut parts, body) = request.into_parts();
+            let caller = match Caller::from_request_parts(&mut parts, &state).await {
+                Ok(caller) => caller,
+                Err(refused) => return refused.into_response(),
+            };
+            if !caller.user.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
+                return ApiError::forbidden().into_response();
+            }
+            let mut request = Request::from_parts(parts, body);
+            request.extensions_mut().insert(AdminActor(Actor { user: Some(caller.user.id), request_id }));
+            return next.run(request).await;
+        }
+    };
+    let mut request = request;
+    request.extensions_mut().insert(AdminActor(actor));
+    next.run(request).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,34 +87,20 @@ pub struct DeletionStatus {
     pub complete: bool,
 }
 
-fn operator(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.settings().operator_token.as_deref() else {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "operator_disabled", "no operator token is configured"));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(auth_tokens::bearer_token)
-        .ok_or_else(ApiError::unauthenticated)?;
-    if same_token(presented, expected) { Ok(()) } else { Err(ApiError::unauthenticated()) }
-}
-
 /// Which services have confirmed erasing a deleted user, and which are pending.
 #[utoipa::path(get, path = "/auth/admin/deletions/{user_id}", tag = "admin",
     params(("user_id" = Uuid, Path, description = "the deleted user's id")),
-    security(("operator" = [])),
+    security(("operator" = []), ("admin" = [])),
     responses(
         (status = 200, description = "The ledger entry", body = DeletionStatus),
-        (status = 401, description = "`unauthenticated`: missing or wrong operator token", body = ErrorBody),
-        (status = 403, description = "`operator_disabled`: no operator token configured", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no operator token, no valid access token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the user lacks `users:admin`", body = ErrorBody),
         (status = 404, description = "`deletion_not_found`: no deleted user with this id", body = ErrorBody),
     ))]
 pub async fn deletion(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Result<Json<DeletionStatus>, ApiError> {
-    operator(&state, &headers)?;
     let not_found = || ApiError::not_found("deletion_not_found", "no deleted user with this id");
     let user: UserId = user_id.parse().map_err(|_| not_found())?;
     let record = state.ledger().deletion(user).await?.ok_or_else(not_found)?;

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admin_users;
 pub mod ops;
 pub mod recovery;
 pub mod sessions;
@@ -12,10 +13,10 @@ use axum::Router;
 use crate::AppState;
 use crate::error::ApiError;
 
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(accounts::router())
-        .merge(admin::router())
+        .merge(admin::router(state))
         .merge(sessions::router())
         .merge(recovery::router())
         .merge(crate::oauth::routes::router())

@@ -68,7 +68,7 @@ async fn the_operator_endpoint_needs_the_operator_token() {
         assert_eq!(app.request(Method::GET, &path).bearer_auth("wrong").send().await.unwrap().status(), 401);
         let (_, browser) = app.signed_in().await;
         let as_user = app.request(Method::GET, &path).bearer_auth(browser.access()).send().await.unwrap();
-        assert_eq!(as_user.status(), 401, "a user's access token is not the operator's");
+        assert_eq!(as_user.status(), 403, "a user without users:admin is not the operator");
         let ok = app.request(Method::GET, &path).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
         assert_eq!(ok.status(), 404);
         assert_eq!(code(ok).await, "deletion_not_found");

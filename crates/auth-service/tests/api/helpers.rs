@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use auth_core::Clock as _;
 use auth_core::hashing::HashingSettings;
 use auth_core::{
     Accounts, AccountsSettings, Argon2Hasher, ManualClock, NoRevocationSink, PasswordHasher, Recovery,
@@ -99,6 +100,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         Templates::builtin(),
         recovery_settings,
     );
+    let reach = account_settings.access_token_reach;
     let settings = AuthSettings {
         public_url: ISSUER.into(),
         tokens: token_settings(),
@@ -108,9 +110,18 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         deletion_services: vec!["notes".into(), "billing".into()],
         trusted_proxies: auth_tokens::proxies::TrustedProxies::parse(&options.trusted_proxies).unwrap(),
     };
+    let admin = auth_core::Admin::new(
+        stores.users.clone(),
+        stores.sessions.clone(),
+        stores.roles.clone(),
+        clock.clone(),
+        Arc::new(NoRevocationSink),
+        reach,
+    );
     let state = AppState::new(
         accounts,
         recovery,
+        admin,
         keys.clone(),
         clock.clone(),
         stores.health.clone(),
@@ -251,6 +262,27 @@ impl TestApp {
     pub async fn signed_in(&self) -> (String, Browser) {
         let email = email();
         assert_eq!(self.register(&email, PASSWORD).await.status(), 201);
+        (email.clone(), self.log_in(&email).await)
+    }
+
+    /// A fresh user holding `admin`, signed in after the grant.
+    pub async fn signed_in_admin(&self) -> (String, Browser) {
+        let (email, _) = self.signed_in().await;
+        let user = self.stores.users.user_by_email(&auth_core::Email::parse(&email).unwrap()).await.unwrap().unwrap();
+        let now = self.clock.now();
+        let audit = auth_core::AuditEntry {
+            id: uuid::Uuid::now_v7(),
+            at: now,
+            actor: None,
+            action: "role.grant".into(),
+            target: Some(user.id.to_string()),
+            request_id: None,
+            detail: json!({"role": "admin"}),
+        };
+        let events = auth_core::DomainEvent::roles_changed;
+        let granted = self.stores.roles.change_role(user.id, "admin", true, now, &events, &audit).await.unwrap();
+        assert!(matches!(granted, auth_core::RoleChange::Changed(..)));
+        self.clock.advance(time::Duration::seconds(1));
         (email.clone(), self.log_in(&email).await)
     }
 

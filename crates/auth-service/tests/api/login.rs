@@ -186,7 +186,7 @@ async fn me_answers_with_cookie_or_bearer_and_401_without() {
         let me = body(by_cookie).await;
         assert_eq!(me["email"], email);
         assert_eq!(me["email_verified"], false);
-        assert_eq!(me["roles"], json!([]));
+        assert_eq!(me["roles"], json!(["user"]), "granted on registration");
         assert_eq!(me["permissions"], json!([]));
         assert!(me["id"].is_string() && me["created_at"].is_string());
         assert_eq!(body(app.me_bearer(browser.access()).await).await, me);

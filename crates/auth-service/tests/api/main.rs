@@ -11,6 +11,7 @@ mod login;
 mod logout_delete;
 mod oauth;
 mod ops;
+mod rbac;
 mod recovery;
 mod refresh;
 mod register;

@@ -33,6 +33,8 @@ async fn an_account_made_by_a_provider_has_no_password_and_its_identity_is_uniqu
             created_at: now(),
             roles: vec![],
             permissions: vec![],
+            disabled: false,
+            tokens_not_before: None,
         };
         let first = identity(user.id, "sub-1");
         let event = DomainEvent::registered(&user, "oauth:corp", now());
@@ -79,6 +81,8 @@ async fn the_last_way_to_log_in_cannot_be_unlinked_even_by_two_requests_at_once(
                 created_at: now(),
                 roles: vec![],
                 permissions: vec![],
+                disabled: false,
+                tokens_not_before: None,
             };
             let (a, b) = (identity(user.id, &format!("a{round}")), identity(user.id, &format!("b{round}")));
             let event = DomainEvent::registered(&user, "oauth:corp", now());

@@ -49,6 +49,8 @@ fn user(email: &str) -> User {
         created_at: now(),
         roles: vec![],
         permissions: vec![],
+        disabled: false,
+        tokens_not_before: None,
     }
 }
 

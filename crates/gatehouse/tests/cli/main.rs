@@ -213,6 +213,7 @@ async fn requests_in_flight_when_sigterm_arrives_still_get_their_answer() {
 mod cluster;
 mod mail;
 mod oauth;
+mod roles;
 mod up;
 
 /// The README's first command, `cargo run --release`, must pick this binary

@@ -174,6 +174,8 @@ mod in_process {
                 created_at: SystemClock.now(),
                 roles: vec![],
                 permissions: vec![],
+                disabled: false,
+                tokens_not_before: None,
             };
             stores
                 .users

@@ -1,0 +1,346 @@
+//! Roles and permissions (deny by default), and the operator's and
+//! administrators' use cases: grant and revoke roles, define roles,
+//! disable and enable accounts, list users, read the audit log.
+//!
+//! A permission is `resource:action` (`notes:read`, `users:admin`); a role
+//! is a named set of them; users hold roles. `user` is granted on
+//! registration; `admin` holds `users:admin`. Changing what a user holds
+//! makes its earlier access tokens stale at once (`tokens_not_before`,
+//! revocation sink) and emits `user.roles_changed`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::{Clock, DomainEvent, Email, RevocationSink, Session, SessionId, StoreError, User, UserId};
+
+/// Every account holds it from registration.
+pub const USER_ROLE: &str = "user";
+/// Holds [`ADMIN_PERMISSION`].
+pub const ADMIN_ROLE: &str = "admin";
+/// What the admin API requires.
+pub const ADMIN_PERMISSION: &str = "users:admin";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    /// Sorted, once each.
+    pub permissions: Vec<String>,
+}
+
+/// One administrative action: who (a user id; `None` for the operator on
+/// the server), what, to whom, when, under which request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    pub id: Uuid,
+    pub at: OffsetDateTime,
+    pub actor: Option<UserId>,
+    pub action: String,
+    pub target: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: Value,
+}
+
+/// Who acts, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// `None`: the operator on the server (`gatehouse users …`) or config.
+    pub user: Option<UserId>,
+    pub request_id: Option<String>,
+}
+
+/// A role name: 1–64 of `a-z 0-9 _ -`, starting with a letter.
+pub fn valid_role_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 64
+        && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A permission: `resource:action`, each part a valid role-like name.
+pub fn valid_permission(permission: &str) -> bool {
+    permission.len() <= 129
+        && permission
+            .split_once(':')
+            .is_some_and(|(resource, action)| valid_role_name(resource) && valid_role_name(action))
+}
+
+/// What changing a user's roles did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoleChange {
+    /// The roles the user holds now, and when its tokens went stale.
+    Changed(Vec<String>, OffsetDateTime),
+    /// It held (or lacked) the role already.
+    Unchanged,
+    NoSuchUser,
+    NoSuchRole,
+}
+
+/// Makes the event telling a user (by id) which roles it holds now, from
+/// when its earlier tokens are stale.
+pub type EventFor<'a> = &'a (dyn for<'r> Fn(UserId, &'r [String], OffsetDateTime) -> DomainEvent + Sync);
+
+/// A user whose tokens went stale, and from when: never earlier than the
+/// change, and always at least a second after the previous cut-off, so a
+/// token issued after one change (dated after that cut-off) cannot outlive
+/// a second change in the same second.
+pub type Staled = (UserId, OffsetDateTime);
+
+/// Storage of roles, grants, account state and the audit log.
+#[async_trait]
+pub trait RoleStore: Send + Sync + 'static {
+    /// Every role with its permissions, by name.
+    async fn roles(&self) -> Result<Vec<Role>, StoreError>;
+    /// Creates `role` or replaces its description and permissions; when
+    /// the permissions change, every holder's tokens become stale (see
+    /// [`Staled`]) and each gets `event_for`'s event, in one transaction
+    /// with `audit`. The holders.
+    async fn put_role(
+        &self,
+        role: &Role,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Staled>, StoreError>;
+    /// Deletes the role (the holders lose it, as [`Self::put_role`] tells
+    /// them); `None` when there is no such role.
+    async fn delete_role(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<Staled>>, StoreError>;
+    /// Grants (`grant`) or revokes `role`; on a change the user's tokens
+    /// become stale (see [`Staled`]) and `event_for(roles after)` is
+    /// written, with `audit`, in one transaction.
+    async fn change_role(
+        &self,
+        user: UserId,
+        role: &str,
+        grant: bool,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<RoleChange, StoreError>;
+    /// Disables (every session revoked, tokens stale) or enables the
+    /// account, with `event` and `audit`; the sessions revoked, or `None`
+    /// when there is no such user. Nothing is written when it is already so.
+    async fn set_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        now: OffsetDateTime,
+        event: &DomainEvent,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
+    /// Users by email, after `after`, starting with `prefix`, at most `limit`.
+    async fn users_page(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<User>, StoreError>;
+    async fn record(&self, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// The newest entries before (`at`, `id`), newest first.
+    async fn audit_page(
+        &self,
+        before: Option<(OffsetDateTime, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    #[error("no such user")]
+    NoSuchUser,
+    #[error("no such role")]
+    NoSuchRole,
+    /// A name or permission outside the allowed form.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// Built-in roles stay: `user` is every account's, `admin` the way in.
+    #[error("the built-in roles user and admin cannot be deleted, and admin keeps users:admin")]
+    BuiltIn,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The use cases of the admin API and the operator's command line.
+pub struct Admin {
+    users: Arc<dyn crate::UserStore>,
+    sessions: Arc<dyn crate::SessionStore>,
+    store: Arc<dyn RoleStore>,
+    clock: Arc<dyn Clock>,
+    revocations: Arc<dyn RevocationSink>,
+    /// How long a revocation must be remembered: the longest token life.
+    reach: Duration,
+}
+
+impl Admin {
+    pub fn new(
+        users: Arc<dyn crate::UserStore>,
+        sessions: Arc<dyn crate::SessionStore>,
+        store: Arc<dyn RoleStore>,
+        clock: Arc<dyn Clock>,
+        revocations: Arc<dyn RevocationSink>,
+        reach: Duration,
+    ) -> Self {
+        Self { users, sessions, store, clock, revocations, reach }
+    }
+
+    fn audit(&self, actor: &Actor, action: &str, target: Option<String>, detail: Value) -> AuditEntry {
+        AuditEntry {
+            id: Uuid::now_v7(),
+            at: self.clock.now(),
+            actor: actor.user,
+            action: action.to_owned(),
+            target,
+            request_id: actor.request_id.clone(),
+            detail,
+        }
+    }
+
+    async fn stale(&self, users: &[Staled]) {
+        for (user, not_before) in users {
+            self.revocations.user_revoked(*user, *not_before, *not_before + self.reach).await;
+        }
+    }
+
+    pub async fn roles(&self) -> Result<Vec<Role>, StoreError> {
+        self.store.roles().await
+    }
+
+    /// Creates or redefines a role; its holders' tokens go stale.
+    pub async fn put_role(&self, actor: &Actor, role: Role) -> Result<Vec<Staled>, RoleError> {
+        if !valid_role_name(&role.name) {
+            return Err(RoleError::Invalid("a role name is 1-64 of a-z 0-9 _ - and starts with a letter"));
+        }
+        if role.description.len() > 500 || role.description.chars().any(char::is_control) {
+            return Err(RoleError::Invalid("a description is at most 500 characters, without control characters"));
+        }
+        if role.permissions.len() > 100 || !role.permissions.iter().all(|p| valid_permission(p)) {
+            return Err(RoleError::Invalid("permissions are at most 100 of resource:action (a-z 0-9 _ -)"));
+        }
+        if role.name == ADMIN_ROLE && !role.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
+            return Err(RoleError::BuiltIn);
+        }
+        let mut role = role;
+        role.permissions.sort();
+        role.permissions.dedup();
+        let now = self.clock.now();
+        let detail = serde_json::json!({"permissions": role.permissions});
+        let audit = self.audit(actor, "role.put", Some(role.name.clone()), detail);
+        let holders = self.store.put_role(&role, now, &DomainEvent::roles_changed, &audit).await?;
+        self.stale(&holders).await;
+        Ok(holders)
+    }
+
+    pub async fn delete_role(&self, actor: &Actor, name: &str) -> Result<Vec<Staled>, RoleError> {
+        if name == USER_ROLE || name == ADMIN_ROLE {
+            return Err(RoleError::BuiltIn);
+        }
+        let now = self.clock.now();
+        let audit = self.audit(actor, "role.delete", Some(name.to_owned()), Value::Null);
+        let holders = self.store.delete_role(name, now, &DomainEvent::roles_changed, &audit).await?;
+        let holders = holders.ok_or(RoleError::NoSuchRole)?;
+        self.stale(&holders).await;
+        Ok(holders)
+    }
+
+    /// Grants (`grant`) or revokes `role`; `Ok(None)` when nothing changed,
+    /// else the roles held now.
+    pub async fn change_role(
+        &self,
+        actor: &Actor,
+        user: UserId,
+        role: &str,
+        grant: bool,
+    ) -> Result<Option<Vec<String>>, RoleError> {
+        let now = self.clock.now();
+        let action = if grant { "role.grant" } else { "role.revoke" };
+        let audit = self.audit(actor, action, Some(user.to_string()), serde_json::json!({"role": role}));
+        let change = self.store.change_role(user, role, grant, now, &DomainEvent::roles_changed, &audit).await?;
+        match change {
+            RoleChange::Changed(roles, not_before) => {
+                self.stale(&[(user, not_before)]).await;
+                Ok(Some(roles))
+            }
+            RoleChange::Unchanged => Ok(None),
+            RoleChange::NoSuchUser => Err(RoleError::NoSuchUser),
+            RoleChange::NoSuchRole => Err(RoleError::NoSuchRole),
+        }
+    }
+
+    /// The user of `email`, for the command line.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        match Email::parse(email) {
+            Ok(email) => self.users.user_by_email(&email).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub async fn user(&self, id: UserId) -> Result<Option<(User, Vec<Session>)>, StoreError> {
+        let Some(user) = self.users.user_by_id(id).await? else { return Ok(None) };
+        let sessions = self.sessions.active_sessions(id, self.clock.now()).await?;
+        Ok(Some((user, sessions)))
+    }
+
+    /// Disables (every session ends at once, login refused) or enables the
+    /// account; `false` when there is no such user.
+    pub async fn set_disabled(&self, actor: &Actor, user: UserId, disabled: bool) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        let (action, event) = match disabled {
+            true => ("user.disable", DomainEvent::disabled(user, now)),
+            false => ("user.enable", DomainEvent::enabled(user, now)),
+        };
+        let audit = self.audit(actor, action, Some(user.to_string()), Value::Null);
+        let Some(revoked) = self.store.set_disabled(user, disabled, now, &event, &audit).await? else {
+            return Ok(false);
+        };
+        if disabled {
+            for session in revoked {
+                self.revocations.session_revoked(session, now + self.reach).await;
+            }
+            self.stale(&[(user, now)]).await;
+        }
+        Ok(true)
+    }
+
+    pub async fn users_page(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<User>, StoreError> {
+        self.store.users_page(&prefix.to_lowercase(), after, limit.clamp(1, 200)).await
+    }
+
+    /// Records an action done elsewhere (a deletion through `Accounts`).
+    pub async fn record(&self, actor: &Actor, action: &str, target: Option<String>) -> Result<(), StoreError> {
+        self.store.record(&self.audit(actor, action, target, Value::Null)).await
+    }
+
+    pub async fn audit_page(
+        &self,
+        before: Option<(OffsetDateTime, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.store.audit_page(before, limit.clamp(1, 200)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_permissions_have_one_plain_form() {
+        for ok in ["user", "admin", "billing-ops", "a1_b"] {
+            assert!(valid_role_name(ok), "{ok}");
+        }
+        for bad in ["", "Admin", "1st", "a b", "a,b", "a:b", "ä", &"a".repeat(65)] {
+            assert!(!valid_role_name(bad), "{bad}");
+        }
+        for ok in ["notes:read", "users:admin", "billing-ops:export_csv"] {
+            assert!(valid_permission(ok), "{ok}");
+        }
+        for bad in ["notes", "notes:", ":read", "notes:read:all", "notes:*", "Notes:read", "notes: read"] {
+            assert!(!valid_permission(bad), "{bad}");
+        }
+    }
+}

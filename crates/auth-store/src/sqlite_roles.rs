@@ -1,0 +1,318 @@
+//! Roles, grants, account state and the audit log on SQLite.
+
+use async_trait::async_trait;
+use auth_core::roles::{AuditEntry, EventFor, Role, RoleChange, RoleStore, Staled};
+use auth_core::{DomainEvent, SessionId, StoreError, User, UserId};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::sqlite::{from_ms, insert_event, ms, revoke_sessions_in, user_from, uuid_of};
+use crate::{SqliteStore, listed, store_error, user_columns};
+
+async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, a: &AuditEntry) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(a.id.to_string())
+    .bind(ms(a.at))
+    .bind(a.actor.map(|u| u.to_string()))
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(&a.request_id)
+    .bind(a.detail.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+async fn roles_of(tx: &mut Transaction<'_, Sqlite>, user: UserId) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar("SELECT role FROM user_roles WHERE user_id = ? ORDER BY role")
+        .bind(user.to_string())
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)
+}
+
+/// Makes `users`' tokens stale from `now`, or a second after their last
+/// cut-off if that is later (see [`auth_core::roles::Staled`]), and tells
+/// each what it holds now.
+async fn stale(
+    tx: &mut Transaction<'_, Sqlite>,
+    users: &[UserId],
+    now: OffsetDateTime,
+    event_for: EventFor<'_>,
+) -> Result<Vec<Staled>, StoreError> {
+    let mut staled = Vec::with_capacity(users.len());
+    for user in users {
+        let cut: i64 = sqlx::query_scalar(
+            "UPDATE users SET tokens_not_before = MAX(?1, COALESCE(tokens_not_before + 1000, ?1)) \
+             WHERE id = ?2 RETURNING tokens_not_before",
+        )
+        .bind(ms(now))
+        .bind(user.to_string())
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        let cut = from_ms(cut)?;
+        let roles = roles_of(tx, *user).await?;
+        insert_event(tx, &event_for(*user, &roles, cut)).await?;
+        staled.push((*user, cut));
+    }
+    Ok(staled)
+}
+
+async fn holders(tx: &mut Transaction<'_, Sqlite>, role: &str) -> Result<Vec<UserId>, StoreError> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = ?")
+        .bind(role)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    ids.iter().map(|id| id.parse().map_err(|_| StoreError::Unavailable("stored user id is invalid".into()))).collect()
+}
+
+fn role_from(row: &SqliteRow) -> Result<Role, StoreError> {
+    Ok(Role {
+        name: row.try_get("name").map_err(store_error)?,
+        description: row.try_get("description").map_err(store_error)?,
+        permissions: listed(row.try_get("permissions").map_err(store_error)?),
+    })
+}
+
+fn audit_from(row: &SqliteRow) -> Result<AuditEntry, StoreError> {
+    let actor: Option<String> = row.try_get("actor").map_err(store_error)?;
+    let detail: String = row.try_get("detail").map_err(store_error)?;
+    Ok(AuditEntry {
+        id: uuid_of(row, "id")?,
+        at: from_ms(row.try_get("at").map_err(store_error)?)?,
+        actor: actor.map(|a| a.parse()).transpose().map_err(|_| StoreError::Unavailable("stored actor".into()))?,
+        action: row.try_get("action").map_err(store_error)?,
+        target: row.try_get("target").map_err(store_error)?,
+        request_id: row.try_get("request_id").map_err(store_error)?,
+        detail: serde_json::from_str(&detail).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+    })
+}
+
+/// `prefix` as a LIKE pattern matching itself literally, then anything.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern: String =
+        prefix.chars().flat_map(|c| if matches!(c, '%' | '_' | '\\') { vec!['\\', c] } else { vec![c] }).collect();
+    pattern.push('%');
+    pattern
+}
+
+#[async_trait]
+impl RoleStore for SqliteStore {
+    async fn roles(&self) -> Result<Vec<Role>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT name, description, (SELECT group_concat(permission, ',') FROM role_permissions \
+             WHERE role = roles.name) AS permissions FROM roles ORDER BY name",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(role_from).collect()
+    }
+
+    async fn put_role(
+        &self,
+        role: &Role,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<Vec<Staled>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let before = sqlx::query(
+            "SELECT name, description, (SELECT group_concat(permission, ',') FROM role_permissions \
+             WHERE role = roles.name) AS permissions FROM roles WHERE name = ?",
+        )
+        .bind(&role.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let before = before.as_ref().map(role_from).transpose()?;
+        if before.as_ref() == Some(role) {
+            return Ok(Vec::new());
+        }
+        sqlx::query(
+            "INSERT INTO roles (name, description, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET description = excluded.description",
+        )
+        .bind(&role.name)
+        .bind(&role.description)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query("DELETE FROM role_permissions WHERE role = ?")
+            .bind(&role.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        for permission in &role.permissions {
+            sqlx::query("INSERT INTO role_permissions (role, permission) VALUES (?, ?)")
+                .bind(&role.name)
+                .bind(permission)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        // Only a change of permissions changes what tokens say.
+        let moved = before.is_some_and(|b| b.permissions != role.permissions);
+        let holders = if moved { holders(&mut tx, &role.name).await? } else { Vec::new() };
+        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(staled)
+    }
+
+    async fn delete_role(
+        &self,
+        name: &str,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<Staled>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let holders = holders(&mut tx, name).await?;
+        let gone =
+            sqlx::query("DELETE FROM roles WHERE name = ?").bind(name).execute(&mut *tx).await.map_err(store_error)?;
+        if gone.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(staled))
+    }
+
+    async fn change_role(
+        &self,
+        user: UserId,
+        role: &str,
+        grant: bool,
+        now: OffsetDateTime,
+        event_for: EventFor<'_>,
+        audit: &AuditEntry,
+    ) -> Result<RoleChange, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let exists = |sql: &'static str, key: String| sqlx::query_scalar::<_, i64>(sql).bind(key);
+        if exists("SELECT 1 FROM users WHERE id = ?", user.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Ok(RoleChange::NoSuchUser);
+        }
+        if exists("SELECT 1 FROM roles WHERE name = ?", role.to_owned())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .is_none()
+        {
+            return Ok(RoleChange::NoSuchRole);
+        }
+        let changed = match grant {
+            true => sqlx::query(
+                "INSERT INTO user_roles (user_id, role, granted_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(user.to_string())
+            .bind(role)
+            .bind(ms(now)),
+            false => {
+                sqlx::query("DELETE FROM user_roles WHERE user_id = ? AND role = ?").bind(user.to_string()).bind(role)
+            }
+        };
+        if changed.execute(&mut *tx).await.map_err(store_error)?.rows_affected() == 0 {
+            return Ok(RoleChange::Unchanged);
+        }
+        let staled = stale(&mut tx, &[user], now, event_for).await?;
+        insert_audit(&mut tx, audit).await?;
+        let roles = roles_of(&mut tx, user).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(RoleChange::Changed(roles, staled.first().map_or(now, |(_, cut)| *cut)))
+    }
+
+    async fn set_disabled(
+        &self,
+        user: UserId,
+        disabled: bool,
+        now: OffsetDateTime,
+        event: &DomainEvent,
+        audit: &AuditEntry,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let state: Option<Option<i64>> = sqlx::query_scalar("SELECT disabled_at FROM users WHERE id = ?")
+            .bind(user.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let Some(state) = state else { return Ok(None) };
+        if state.is_some() == disabled {
+            return Ok(Some(Vec::new()));
+        }
+        let revoked = if disabled {
+            sqlx::query("UPDATE users SET disabled_at = ?1, tokens_not_before = ?1 WHERE id = ?2")
+                .bind(ms(now))
+                .bind(user.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            revoke_sessions_in(&mut tx, user, None, now).await?
+        } else {
+            sqlx::query("UPDATE users SET disabled_at = NULL WHERE id = ?")
+                .bind(user.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            Vec::new()
+        };
+        insert_event(&mut tx, event).await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(revoked))
+    }
+
+    async fn users_page(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<User>, StoreError> {
+        let sql = concat!(
+            "SELECT ",
+            user_columns!("group_concat"),
+            " FROM users WHERE lower(email) LIKE ? ESCAPE '\\' AND email > ? ORDER BY email LIMIT ?"
+        );
+        let rows = sqlx::query(sql)
+            .bind(like_prefix(prefix))
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(user_from).collect()
+    }
+
+    async fn record(&self, audit: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn audit_page(
+        &self,
+        before: Option<(OffsetDateTime, Uuid)>,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, target, request_id, detail FROM audit_log \
+             WHERE ?1 IS NULL OR at < ?1 OR (at = ?1 AND id < ?2) ORDER BY at DESC, id DESC LIMIT ?3",
+        )
+        .bind(before.map(|(at, _)| ms(at)))
+        .bind(before.map(|(_, id)| id.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(store_error)?;
+        rows.iter().map(audit_from).collect()
+    }
+}
