@@ -50,6 +50,9 @@ pub enum GatewayError {
     KeysUnavailable,
     #[error("revocation feed not current")]
     RevocationUnavailable,
+    /// A token carrying roles only, before the gateway has a role map.
+    #[error("role map not yet obtained")]
+    RolesUnavailable,
     #[error("upstream unavailable")]
     UpstreamUnavailable,
     #[error("upstream timeout")]
@@ -111,6 +114,9 @@ impl GatewayError {
                 "revocation_unavailable",
                 "revocations cannot be checked right now".into(),
             ),
+            Self::RolesUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "roles_unavailable", "permissions cannot be checked right now".into())
+            }
             Self::UpstreamUnavailable => {
                 (StatusCode::BAD_GATEWAY, "upstream_unavailable", "the service behind this route is unavailable".into())
             }
@@ -141,7 +147,7 @@ impl IntoResponse for GatewayError {
             Self::Unauthenticated { presented: false } => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::KeysUnavailable | Self::RevocationUnavailable | Self::TooManyConnections => {
+            Self::KeysUnavailable | Self::RevocationUnavailable | Self::RolesUnavailable | Self::TooManyConnections => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

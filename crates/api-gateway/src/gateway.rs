@@ -40,6 +40,7 @@ use crate::forward;
 use crate::identity::{self, Peer};
 use crate::local::PerThread;
 use crate::metrics::GatewayMetrics;
+use crate::role_map::RoleMap;
 use crate::routes::{Route, RouteTable, Upstream};
 
 /// What a gateway is built from.
@@ -50,6 +51,9 @@ pub struct GatewayParts {
     pub csrf: CsrfKey,
     pub clock: Arc<dyn Clock>,
     pub settings: GatewaySettings,
+    /// What each role allows, for tokens too large to carry permissions;
+    /// without it such tokens pass no route that requires permissions.
+    pub roles: Option<Arc<RoleMap>>,
     /// More Prometheus text appended to `/metrics` (the in-process auth-service's).
     pub extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
@@ -62,6 +66,7 @@ struct Inner {
     /// Each thread's copy of the table, remade after a reload (see [`Gateway::routes`]).
     route_copies: PerThread,
     auth: Arc<Authenticator>,
+    roles: Option<Arc<RoleMap>>,
     revocations: Arc<dyn RevocationFeed>,
     csrf: CsrfKey,
     clock: Arc<dyn Clock>,
@@ -85,6 +90,7 @@ impl Gateway {
             routes: RwLock::new(Arc::new(routes)),
             route_copies: PerThread::new(),
             auth: parts.authenticator,
+            roles: parts.roles,
             revocations: parts.revocations,
             csrf: parts.csrf,
             clock: parts.clock,
@@ -143,9 +149,13 @@ impl Gateway {
         &self.0.auth
     }
 
-    /// Refreshes the JWKS and prunes expired revocations periodically.
+    /// Refreshes the JWKS and the role map and prunes expired revocations
+    /// periodically.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let gateway = self.clone();
+        if let Some(roles) = &self.0.roles {
+            roles.spawn_refresher();
+        }
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(gateway.0.jwks_refresh);
             loop {
@@ -305,7 +315,7 @@ impl Gateway {
             // open; it cannot carry a CSRF header, but it always has Origin.
             self.check_site(headers)?;
         }
-        check_route_requirements(route, &verified)?;
+        check_route_requirements(route, &verified, self.0.roles.as_deref())?;
         Ok(verified)
     }
 
@@ -322,7 +332,7 @@ impl Gateway {
     ) -> Result<Arc<Verified>, GatewayError> {
         let (token, _) = presented(authorization, cookie_lines)?;
         let verified = self.verified(token, now).await?;
-        check_route_requirements(route, &verified)?;
+        check_route_requirements(route, &verified, self.0.roles.as_deref())?;
         Ok(verified)
     }
 
@@ -344,7 +354,7 @@ impl Gateway {
         let generation = set.generation();
         let claims = &verified.claims;
         if !verified.unrevoked_at(generation) {
-            match set.revocation(&claims.sid, &claims.sub, claims.iat) {
+            match set.revocation(&claims.sid, &claims.sub, claims.iat, claims.ver) {
                 Some(Revocation::Session) => {
                     self.0.metrics.auth_failure("revoked");
                     return Err(GatewayError::Unauthenticated { presented: true });
@@ -446,15 +456,26 @@ fn csrf_refused(refusal: auth_tokens::csrf::CsrfRefusal) -> GatewayError {
     GatewayError::Csrf(refusal.to_string())
 }
 
-/// The route's `require_roles` (any of), `require_permissions` (all of)
-/// and `require_verified_email`.
-fn check_route_requirements(route: &Route, verified: &Verified) -> Result<(), GatewayError> {
-    let (roles, permissions) = (&verified.claims.roles, &verified.claims.permissions);
-    if !route.require_roles.is_empty() && !roles.iter().any(|r| route.require_roles.contains(r)) {
+/// The route's `require_roles` (any of), `require_permissions` (all of;
+/// from the role map for a token that carries roles only) and
+/// `require_verified_email`.
+fn check_route_requirements(route: &Route, verified: &Verified, map: Option<&RoleMap>) -> Result<(), GatewayError> {
+    let claims = &verified.claims;
+    if !route.require_roles.is_empty() && !claims.roles.iter().any(|r| route.require_roles.contains(r)) {
         return Err(GatewayError::Forbidden);
     }
-    if !route.require_permissions.iter().all(|p| permissions.contains(p)) {
-        return Err(GatewayError::Forbidden);
+    if !route.require_permissions.is_empty() {
+        let held = match claims.permissions_by_role {
+            false => route.require_permissions.iter().all(|p| claims.permissions.contains(p)),
+            true => {
+                let resolved = map.and_then(|m| m.permissions_of(&claims.roles));
+                let resolved = resolved.ok_or(GatewayError::RolesUnavailable)?;
+                route.require_permissions.iter().all(|p| resolved.contains(p))
+            }
+        };
+        if !held {
+            return Err(GatewayError::Forbidden);
+        }
     }
     if route.require_verified_email && !verified.claims.email_verified {
         return Err(GatewayError::EmailNotVerified);

@@ -32,6 +32,7 @@ mod local;
 pub mod metrics;
 mod path;
 mod pool;
+pub mod role_map;
 pub mod routes;
 pub mod server;
 
@@ -39,6 +40,7 @@ pub use auth::{Authenticator, HttpJwks, JwksSource, LocalJwks};
 pub use config::{AuthMode, GatewaySettings, RouteConfig};
 pub use error::GatewayError;
 pub use gateway::Gateway;
+pub use role_map::{HttpRoleMap, LocalRoleMap, RoleMap, RoleMapSource};
 pub use routes::{RouteError, RouteTable};
 pub use server::serve;
 

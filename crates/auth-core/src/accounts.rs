@@ -271,7 +271,7 @@ impl Accounts {
             roles: vec![USER_ROLE.to_owned()],
             permissions: Vec::new(),
             disabled: false,
-            tokens_not_before: None,
+            tokens_version: 0,
         };
         let event = DomainEvent::registered(&user, "password", now);
         match self.users.create_user(&user, &event).await {
@@ -366,6 +366,8 @@ impl Accounts {
             created_at: now,
         };
         match self.users.user_by_email(&email).await? {
+            // Nothing is linked to a disabled account.
+            Some(user) if user.disabled => Err(ExternalLoginError::Disabled),
             Some(user) if claims.link_by_email && claims.email_verified && user.email_verified => {
                 match self.identities.link_identity(&identity(user.id), &notice(&user)).await {
                     // The same identity linked by a login at the same moment.
@@ -387,7 +389,7 @@ impl Accounts {
                     roles: vec![USER_ROLE.to_owned()],
                     permissions: Vec::new(),
                     disabled: false,
-                    tokens_not_before: None,
+                    tokens_version: 0,
                 };
                 let event = DomainEvent::registered(&user, &format!("oauth:{}", claims.provider), now);
                 match self.identities.create_user_with_identity(&user, &identity(user.id), &event).await {

@@ -97,10 +97,16 @@ impl DomainEvent {
         Self::new(EventKind::EmailVerified, user_id, json!({"user_id": user_id}), now)
     }
 
-    /// `roles`: every role the user holds after the change; `now`: from
-    /// when its earlier tokens are stale (the event's time).
-    pub fn roles_changed(user_id: UserId, roles: &[String], now: OffsetDateTime) -> Self {
-        Self::new(EventKind::RolesChanged, user_id, json!({"user_id": user_id, "roles": roles}), now)
+    /// `roles`: every role the user holds after the change; `version`:
+    /// its tokens' version from now on (older tokens are stale).
+    pub fn roles_changed(user_id: UserId, roles: &[String], version: i64, now: OffsetDateTime) -> Self {
+        let data = json!({"user_id": user_id, "roles": roles, "version": version});
+        Self::new(EventKind::RolesChanged, user_id, data, now)
+    }
+
+    /// [`Self::roles_changed`] at `now`, for a store to fill in.
+    pub fn roles_changed_at(now: OffsetDateTime) -> impl Fn(UserId, &[String], i64) -> Self + Sync {
+        move |user, roles, version| Self::roles_changed(user, roles, version, now)
     }
 
     pub fn disabled(user_id: UserId, now: OffsetDateTime) -> Self {

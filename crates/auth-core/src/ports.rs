@@ -109,6 +109,9 @@ pub trait RevocationSink: Send + Sync + 'static {
     async fn session_revoked(&self, session: SessionId, until: OffsetDateTime);
     /// Tokens of `user` issued at or before `not_before` are revoked.
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime);
+    /// Tokens of `user` minted from a version below `version` are stale
+    /// (its roles changed); the entry matters until `until`.
+    async fn tokens_outdated(&self, user: UserId, version: i64, until: OffsetDateTime);
 }
 
 /// For processes with no gateway to tell.
@@ -119,6 +122,7 @@ pub struct NoRevocationSink;
 impl RevocationSink for NoRevocationSink {
     async fn session_revoked(&self, _: SessionId, _: OffsetDateTime) {}
     async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {}
+    async fn tokens_outdated(&self, _: UserId, _: i64, _: OffsetDateTime) {}
 }
 
 /// A deleted account as the ledger keeps it: when, and which services have

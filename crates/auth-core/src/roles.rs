@@ -5,8 +5,8 @@
 //! A permission is `resource:action` (`notes:read`, `users:admin`); a role
 //! is a named set of them; users hold roles. `user` is granted on
 //! registration; `admin` holds `users:admin`. Changing what a user holds
-//! makes its earlier access tokens stale at once (`tokens_not_before`,
-//! revocation sink) and emits `user.roles_changed`.
+//! bumps its `tokens_version`, so tokens minted from an older version are
+//! stale at once (revocation sink), and emits `user.roles_changed`.
 
 use std::sync::Arc;
 
@@ -23,6 +23,10 @@ pub const USER_ROLE: &str = "user";
 pub const ADMIN_ROLE: &str = "admin";
 /// What the admin API requires.
 pub const ADMIN_PERMISSION: &str = "users:admin";
+/// The most roles one user may hold: with names of at most 64 characters
+/// they fit an access cookie (4 KiB) whatever their permissions, which give
+/// way to the gateway's role map when they would not fit.
+pub const MAX_ROLES_PER_USER: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role {
@@ -46,11 +50,19 @@ pub struct AuditEntry {
 }
 
 /// Who acts, for the audit log.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Actor {
-    /// `None`: the operator on the server (`gatehouse users …`) or config.
+    /// `None`: the operator (its token, the command line, the config file).
     pub user: Option<UserId>,
     pub request_id: Option<String>,
+    /// How: `api` (a user with `users:admin`), `operator_token`, `cli`, `config`.
+    pub via: &'static str,
+}
+
+impl Actor {
+    pub fn operator(via: &'static str) -> Self {
+        Self { user: None, request_id: None, via }
+    }
 }
 
 /// A role name: 1–64 of `a-z 0-9 _ -`, starting with a letter.
@@ -72,23 +84,22 @@ pub fn valid_permission(permission: &str) -> bool {
 /// What changing a user's roles did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoleChange {
-    /// The roles the user holds now, and when its tokens went stale.
-    Changed(Vec<String>, OffsetDateTime),
+    /// The roles the user holds now, and its tokens' version from now on.
+    Changed(Vec<String>, i64),
     /// It held (or lacked) the role already.
     Unchanged,
     NoSuchUser,
     NoSuchRole,
+    /// The user holds [`MAX_ROLES_PER_USER`] already.
+    TooMany,
 }
 
-/// Makes the event telling a user (by id) which roles it holds now, from
-/// when its earlier tokens are stale.
-pub type EventFor<'a> = &'a (dyn for<'r> Fn(UserId, &'r [String], OffsetDateTime) -> DomainEvent + Sync);
+/// Makes the event telling a user (by id) which roles it holds now, and
+/// its tokens' version from now on.
+pub type EventFor<'a> = &'a (dyn for<'r> Fn(UserId, &'r [String], i64) -> DomainEvent + Sync);
 
-/// A user whose tokens went stale, and from when: never earlier than the
-/// change, and always at least a second after the previous cut-off, so a
-/// token issued after one change (dated after that cut-off) cannot outlive
-/// a second change in the same second.
-pub type Staled = (UserId, OffsetDateTime);
+/// A user whose tokens went stale: those minted from a version below this.
+pub type Staled = (UserId, i64);
 
 /// Storage of roles, grants, account state and the audit log.
 #[async_trait]
@@ -111,7 +122,6 @@ pub trait RoleStore: Send + Sync + 'static {
     async fn delete_role(
         &self,
         name: &str,
-        now: OffsetDateTime,
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<Option<Vec<Staled>>, StoreError>;
@@ -127,8 +137,8 @@ pub trait RoleStore: Send + Sync + 'static {
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<RoleChange, StoreError>;
-    /// Disables (every session revoked, tokens stale) or enables the
-    /// account, with `event` and `audit`; the sessions revoked, or `None`
+    /// Disables (every session revoked, tokens' version bumped) or enables
+    /// the account, with `event` and `audit`; the sessions revoked, or `None`
     /// when there is no such user. Nothing is written when it is already so.
     async fn set_disabled(
         &self,
@@ -155,6 +165,8 @@ pub enum RoleError {
     NoSuchUser,
     #[error("no such role")]
     NoSuchRole,
+    #[error("a user holds at most 32 roles")]
+    TooMany,
     /// A name or permission outside the allowed form.
     #[error("{0}")]
     Invalid(&'static str),
@@ -189,6 +201,12 @@ impl Admin {
     }
 
     fn audit(&self, actor: &Actor, action: &str, target: Option<String>, detail: Value) -> AuditEntry {
+        let mut detail = match detail {
+            Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        detail.insert("via".into(), actor.via.into());
+        let detail = Value::Object(detail);
         AuditEntry {
             id: Uuid::now_v7(),
             at: self.clock.now(),
@@ -201,8 +219,9 @@ impl Admin {
     }
 
     async fn stale(&self, users: &[Staled]) {
-        for (user, not_before) in users {
-            self.revocations.user_revoked(*user, *not_before, *not_before + self.reach).await;
+        let until = self.clock.now() + self.reach;
+        for (user, version) in users {
+            self.revocations.tokens_outdated(*user, *version, until).await;
         }
     }
 
@@ -224,13 +243,16 @@ impl Admin {
         if role.name == ADMIN_ROLE && !role.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
             return Err(RoleError::BuiltIn);
         }
+        if role.name == USER_ROLE && role.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
+            return Err(RoleError::Invalid("the user role cannot hold users:admin: every account would be an admin"));
+        }
         let mut role = role;
         role.permissions.sort();
         role.permissions.dedup();
         let now = self.clock.now();
         let detail = serde_json::json!({"permissions": role.permissions});
         let audit = self.audit(actor, "role.put", Some(role.name.clone()), detail);
-        let holders = self.store.put_role(&role, now, &DomainEvent::roles_changed, &audit).await?;
+        let holders = self.store.put_role(&role, now, &DomainEvent::roles_changed_at(now), &audit).await?;
         self.stale(&holders).await;
         Ok(holders)
     }
@@ -241,7 +263,7 @@ impl Admin {
         }
         let now = self.clock.now();
         let audit = self.audit(actor, "role.delete", Some(name.to_owned()), Value::Null);
-        let holders = self.store.delete_role(name, now, &DomainEvent::roles_changed, &audit).await?;
+        let holders = self.store.delete_role(name, &DomainEvent::roles_changed_at(now), &audit).await?;
         let holders = holders.ok_or(RoleError::NoSuchRole)?;
         self.stale(&holders).await;
         Ok(holders)
@@ -259,15 +281,17 @@ impl Admin {
         let now = self.clock.now();
         let action = if grant { "role.grant" } else { "role.revoke" };
         let audit = self.audit(actor, action, Some(user.to_string()), serde_json::json!({"role": role}));
-        let change = self.store.change_role(user, role, grant, now, &DomainEvent::roles_changed, &audit).await?;
+        let change =
+            self.store.change_role(user, role, grant, now, &DomainEvent::roles_changed_at(now), &audit).await?;
         match change {
-            RoleChange::Changed(roles, not_before) => {
-                self.stale(&[(user, not_before)]).await;
+            RoleChange::Changed(roles, version) => {
+                self.stale(&[(user, version)]).await;
                 Ok(Some(roles))
             }
             RoleChange::Unchanged => Ok(None),
             RoleChange::NoSuchUser => Err(RoleError::NoSuchUser),
             RoleChange::NoSuchRole => Err(RoleError::NoSuchRole),
+            RoleChange::TooMany => Err(RoleError::TooMany),
         }
     }
 
@@ -301,7 +325,7 @@ impl Admin {
             for session in revoked {
                 self.revocations.session_revoked(session, now + self.reach).await;
             }
-            self.stale(&[(user, now)]).await;
+            self.revocations.user_revoked(user, now, now + self.reach).await;
         }
         Ok(true)
     }

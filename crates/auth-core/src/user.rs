@@ -18,6 +18,7 @@ pub struct User {
     pub permissions: Vec<String>,
     /// A disabled account cannot log in and has no live session.
     pub disabled: bool,
-    /// Access tokens issued at or before this are stale (its roles changed).
-    pub tokens_not_before: Option<OffsetDateTime>,
+    /// Bumped by every change to what its tokens say (roles, disabling):
+    /// tokens minted from an older version are stale.
+    pub tokens_version: i64,
 }

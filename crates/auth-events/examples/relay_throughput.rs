@@ -31,7 +31,7 @@ async fn main() {
                 roles: vec![],
                 permissions: vec![],
                 disabled: false,
-                tokens_not_before: None,
+                tokens_version: 0,
             };
             let event = DomainEvent::registered(&user, "password", SystemClock.now());
             stores.users.create_user(&user, &event).await.unwrap();

@@ -6,7 +6,8 @@
 //! routes and strips it from every response.
 //!
 //! The value is a comma-separated list of `session <sid> <until>` and
-//! `user <uid> <not_before> <until>` (Unix seconds).
+//! `user <uid> <not_before> <until>` (Unix seconds), or
+//! `stale <uid> <version> <until>` (tokens minted from an older version).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -65,6 +66,11 @@ impl RevocationSink for Recording {
         record(format!("user {user} {} {}", not_before.unix_timestamp(), until.unix_timestamp()));
         self.0.user_revoked(user, not_before, until).await;
     }
+
+    async fn tokens_outdated(&self, user: UserId, version: i64, until: OffsetDateTime) {
+        record(format!("stale {user} {version} {}", until.unix_timestamp()));
+        self.0.tokens_outdated(user, version, until).await;
+    }
 }
 
 /// Applies a header value to `set`; returns how many entries it held.
@@ -85,6 +91,10 @@ pub fn apply(value: &[u8], set: &RevocationSet) -> usize {
                 let (Some(not_before), Some(until)) = (number(not_before), number(until)) else { continue };
                 set.revoke_user(uid, not_before, until);
             }
+            ["stale", uid, version, until] if id(uid) => {
+                let (Some(version), Some(until)) = (number(version), number(until)) else { continue };
+                set.outdate_user(uid, version, until);
+            }
             _ => continue,
         }
         applied += 1;
@@ -102,6 +112,7 @@ mod tests {
     impl RevocationSink for Nothing {
         async fn session_revoked(&self, _: SessionId, _: OffsetDateTime) {}
         async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {}
+        async fn tokens_outdated(&self, _: UserId, _: i64, _: OffsetDateTime) {}
     }
 
     #[tokio::test]
@@ -109,16 +120,20 @@ mod tests {
         let sink = Recording(Arc::new(Nothing));
         let (session, user) = (SessionId::new(), UserId::new());
         let at = |s| OffsetDateTime::from_unix_timestamp(s).unwrap();
+        let promoted = UserId::new();
         let ((), value) = recording(async {
             sink.session_revoked(session, at(500)).await;
             sink.user_revoked(user, at(100), at(600)).await;
+            sink.tokens_outdated(promoted, 4, at(600)).await;
         })
         .await;
         let set = RevocationSet::new();
-        assert_eq!(apply(value.unwrap().as_bytes(), &set), 2);
+        assert_eq!(apply(value.unwrap().as_bytes(), &set), 3);
         assert!(set.is_revoked(&session.to_string(), "other", 0));
         assert!(set.is_revoked("other", &user.to_string(), 100));
         assert!(!set.is_revoked("other", &user.to_string(), 101));
+        assert!(set.revocation("other", &promoted.to_string(), 1_000, 3).is_some(), "minted from version 3");
+        assert!(set.revocation("other", &promoted.to_string(), 0, 4).is_none());
     }
 
     /// Counts what it is told.
@@ -131,6 +146,9 @@ mod tests {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         async fn user_revoked(&self, _: UserId, _: OffsetDateTime, _: OffsetDateTime) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        async fn tokens_outdated(&self, _: UserId, _: i64, _: OffsetDateTime) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }

@@ -134,9 +134,10 @@ impl NatsRevocationFeed {
     fn apply(&self, entry: &kv::Entry, epoch: u64) -> bool {
         if matches!(entry.operation, kv::Operation::Put) {
             match serde_json::from_slice::<Entry>(&entry.value) {
-                Ok(value) => match (entry.key.split_once('.'), value.not_before) {
-                    (Some(("session", sid)), _) => self.set.revoke_session(sid, value.until),
-                    (Some(("user", uid)), Some(not_before)) => self.set.revoke_user(uid, not_before, value.until),
+                Ok(value) => match (entry.key.split_once('.'), value.not_before, value.version) {
+                    (Some(("session", sid)), _, _) => self.set.revoke_session(sid, value.until),
+                    (Some(("user", uid)), Some(not_before), _) => self.set.revoke_user(uid, not_before, value.until),
+                    (Some(("stale", uid)), _, Some(version)) => self.set.outdate_user(uid, version, value.until),
                     _ => tracing::warn!(key = %entry.key, "ignoring an unknown revocation key"),
                 },
                 Err(_) => tracing::warn!(key = %entry.key, "ignoring a malformed revocation entry"),

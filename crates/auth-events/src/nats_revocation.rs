@@ -22,9 +22,12 @@ pub const BUCKET: &str = "gatehouse_revocations";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Entry {
-    /// Tokens issued at or before this instant are revoked (users only).
+    /// Tokens issued at or before this instant are revoked (`user.` keys).
     #[serde(default)]
     pub(crate) not_before: Option<i64>,
+    /// Tokens minted from a version below this are stale (`stale.` keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) version: Option<i64>,
     /// After this the entry can match no live token.
     pub(crate) until: i64,
 }
@@ -99,14 +102,19 @@ impl NatsRevocationSink {
         let (key, entry) = match event.kind {
             EventKind::LoggedOut => {
                 let Some(sid) = event.data["session_id"].as_str() else { return Ok(()) };
-                (format!("session.{sid}"), Entry { not_before: None, until })
+                (format!("session.{sid}"), Entry { not_before: None, version: None, until })
             }
-            // Tokens of the user issued before: deleted, disabled, or
-            // holding roles it no longer has (stale).
-            EventKind::Deleted | EventKind::Disabled | EventKind::RolesChanged => (
+            // Tokens of the user issued before: deleted or disabled.
+            EventKind::Deleted | EventKind::Disabled => (
                 format!("user.{}", event.user_id),
-                Entry { not_before: Some(event.occurred_at.unix_timestamp()), until },
+                Entry { not_before: Some(event.occurred_at.unix_timestamp()), version: None, until },
             ),
+            // Tokens minted from an older version: its roles changed. A key
+            // of its own, so it never replaces a deletion's entry.
+            EventKind::RolesChanged => {
+                let Some(version) = event.data["version"].as_i64() else { return Ok(()) };
+                (format!("stale.{}", event.user_id), Entry { not_before: None, version: Some(version), until })
+            }
             _ => return Ok(()),
         };
         self.try_put(&key, &entry).await
@@ -152,11 +160,20 @@ impl NatsRevocationSink {
 #[async_trait]
 impl RevocationSink for NatsRevocationSink {
     async fn session_revoked(&self, session: SessionId, until: OffsetDateTime) {
-        self.put_soon(format!("session.{session}"), Entry { not_before: None, until: until.unix_timestamp() });
+        self.put_soon(
+            format!("session.{session}"),
+            Entry { not_before: None, version: None, until: until.unix_timestamp() },
+        );
     }
 
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
-        let entry = Entry { not_before: Some(not_before.unix_timestamp()), until: until.unix_timestamp() };
+        let entry =
+            Entry { not_before: Some(not_before.unix_timestamp()), version: None, until: until.unix_timestamp() };
         self.put_soon(format!("user.{user}"), entry);
+    }
+
+    async fn tokens_outdated(&self, user: UserId, version: i64, until: OffsetDateTime) {
+        let entry = Entry { not_before: None, version: Some(version), until: until.unix_timestamp() };
+        self.put_soon(format!("stale.{user}"), entry);
     }
 }

@@ -18,6 +18,9 @@ struct Entries {
     sessions: HashMap<String, i64>,
     /// user id → (not_before, unix time after which the entry can go).
     users: HashMap<String, (i64, i64)>,
+    /// user id → (the lowest token version still current, time after which
+    /// the entry can go): its roles changed.
+    versions: HashMap<String, (i64, i64)>,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +52,14 @@ impl RevocationSet {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Tokens of `uid` minted from a version below `version` are stale.
+    pub fn outdate_user(&self, uid: &str, version: i64, until: i64) {
+        let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let slot = e.versions.entry(uid.to_owned()).or_insert((version, until));
+        *slot = (slot.0.max(version), slot.1.max(until));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Read before [`RevocationSet::is_revoked`]; see the field's comment.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -56,16 +67,19 @@ impl RevocationSet {
 
     /// Whether a token of session `sid`, user `sub`, issued at `iat` is revoked.
     pub fn is_revoked(&self, sid: &str, sub: &str, iat: i64) -> bool {
-        self.revocation(sid, sub, iat).is_some()
+        self.revocation(sid, sub, iat, i64::MAX).is_some()
     }
 
-    /// What revoked a token of session `sid`, user `sub`, issued at `iat`:
-    /// its session, or a change to its user after `iat`.
-    pub fn revocation(&self, sid: &str, sub: &str, iat: i64) -> Option<Revocation> {
+    /// What revoked a token of session `sid`, user `sub`, issued at `iat`
+    /// from token version `version`: its session, or a change to its user
+    /// after `iat` or since `version`.
+    pub fn revocation(&self, sid: &str, sub: &str, iat: i64, version: i64) -> Option<Revocation> {
         let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
         if e.sessions.contains_key(sid) {
             Some(Revocation::Session)
-        } else if e.users.get(sub).is_some_and(|(not_before, _)| iat <= *not_before) {
+        } else if e.users.get(sub).is_some_and(|(not_before, _)| iat <= *not_before)
+            || e.versions.get(sub).is_some_and(|(current, _)| version < *current)
+        {
             Some(Revocation::User)
         } else {
             None
@@ -77,11 +91,12 @@ impl RevocationSet {
         let mut e = self.entries.write().unwrap_or_else(|e| e.into_inner());
         e.sessions.retain(|_, until| *until > now);
         e.users.retain(|_, (_, until)| *until > now);
+        e.versions.retain(|_, (_, until)| *until > now);
     }
 
     pub fn len(&self) -> usize {
         let e = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        e.sessions.len() + e.users.len()
+        e.sessions.len() + e.users.len() + e.versions.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -138,6 +153,10 @@ impl RevocationSink for InProcessFeed {
     async fn user_revoked(&self, user: UserId, not_before: OffsetDateTime, until: OffsetDateTime) {
         self.set.revoke_user(&user.to_string(), not_before.unix_timestamp(), until.unix_timestamp());
     }
+
+    async fn tokens_outdated(&self, user: UserId, version: i64, until: OffsetDateTime) {
+        self.set.outdate_user(&user.to_string(), version, until.unix_timestamp());
+    }
 }
 
 /// Applies the revocations that relayed events imply to an in-process
@@ -162,8 +181,11 @@ impl crate::EventHandler for RevocationsFromEvents {
                     self.feed.set.revoke_session(sid, until);
                 }
             }
-            "user.deleted" | "user.disabled" | "user.roles_changed" => {
-                self.feed.set.revoke_user(&event.subject, at, until);
+            "user.deleted" | "user.disabled" => self.feed.set.revoke_user(&event.subject, at, until),
+            "user.roles_changed" => {
+                if let Some(version) = event.data["version"].as_i64() {
+                    self.feed.set.outdate_user(&event.subject, version, until);
+                }
             }
             _ => {}
         }
@@ -187,6 +209,12 @@ impl RevocationSink for FanOut {
             sink.user_revoked(user, not_before, until).await;
         }
     }
+
+    async fn tokens_outdated(&self, user: UserId, version: i64, until: OffsetDateTime) {
+        for sink in &self.0 {
+            sink.tokens_outdated(user, version, until).await;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +235,18 @@ mod tests {
         assert!(!set.is_revoked("s1", "anyone", 10));
         assert!(set.is_revoked("s2", "u1", 50));
         set.prune(200);
+        assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_token_of_an_older_version_is_stale_whenever_it_was_issued() {
+        let set = RevocationSet::new();
+        set.outdate_user("u", 3, 200);
+        assert_eq!(set.revocation("s", "u", 1_000, 2), Some(Revocation::User), "issued later, minted from v2");
+        assert_eq!(set.revocation("s", "u", 10, 3), None);
+        set.outdate_user("u", 2, 300);
+        assert_eq!(set.revocation("s", "u", 10, 2), Some(Revocation::User), "versions only rise");
+        set.prune(300);
         assert!(set.is_empty());
     }
 

@@ -14,7 +14,7 @@ use crate::routes::{accounts, admin, admin_users, ops, recovery, sessions, wellk
         recovery::forgot, recovery::reset, recovery::change, recovery::verify, recovery::resend,
         oauth::start, oauth::callback, identities::list, identities::link, identities::unlink,
         wellknown::jwks,
-        admin::deletion,
+        admin::deletion, admin::role_map,
         admin_users::users, admin_users::user, admin_users::grant, admin_users::revoke,
         admin_users::disable, admin_users::enable, admin_users::delete_user,
         admin_users::roles, admin_users::put_role, admin_users::delete_role, admin_users::audit,

@@ -146,7 +146,7 @@ pub(crate) fn store_error(e: sqlx::Error) -> StoreError {
 macro_rules! user_columns {
     ($agg:literal) => {
         concat!(
-            "id, email, password_hash, email_verified, created_at, disabled_at, tokens_not_before, (SELECT ",
+            "id, email, password_hash, email_verified, created_at, disabled_at, tokens_version, (SELECT ",
             $agg,
             "(role, ',') FROM user_roles WHERE user_id = users.id) AS roles, (SELECT ",
             $agg,

@@ -26,6 +26,11 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../migrations/postgres/0004_external_identities.sql"),
     },
     Migration { version: 5, name: "roles", sql: include_str!("../migrations/postgres/0005_roles.sql") },
+    Migration {
+        version: 6,
+        name: "token_versions",
+        sql: include_str!("../migrations/postgres/0006_token_versions.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -42,6 +47,7 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0004_external_identities.sql"),
     },
     Migration { version: 5, name: "roles", sql: include_str!("../migrations/sqlite/0005_roles.sql") },
+    Migration { version: 6, name: "token_versions", sql: include_str!("../migrations/sqlite/0006_token_versions.sql") },
 ];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {

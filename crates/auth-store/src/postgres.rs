@@ -119,7 +119,7 @@ pub(crate) fn user_from(row: &PgRow) -> Result<User, StoreError> {
         roles: crate::listed(row.try_get("roles").map_err(store_error)?),
         permissions: crate::listed(row.try_get("permissions").map_err(store_error)?),
         disabled: row.try_get::<Option<OffsetDateTime>, _>("disabled_at").map_err(store_error)?.is_some(),
-        tokens_not_before: row.try_get("tokens_not_before").map_err(store_error)?,
+        tokens_version: row.try_get("tokens_version").map_err(store_error)?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Roles, grants, account state and the audit log on PostgreSQL.
 
 use async_trait::async_trait;
-use auth_core::roles::{AuditEntry, EventFor, Role, RoleChange, RoleStore, Staled};
+use auth_core::roles::{AuditEntry, EventFor, MAX_ROLES_PER_USER, Role, RoleChange, RoleStore, Staled};
 use auth_core::{DomainEvent, SessionId, StoreError, User, UserId};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
@@ -38,35 +38,42 @@ async fn roles_of(tx: &mut Transaction<'_, Postgres>, user: UserId) -> Result<Ve
         .map_err(store_error)
 }
 
-/// Makes `users`' tokens stale from `now`, or a second after their last
-/// cut-off if that is later (see [`auth_core::roles::Staled`]), and tells
-/// each what it holds now.
+/// Bumps `users`' token versions and tells each what it holds now. The
+/// rows are taken in id order, as every writer here takes them, after the
+/// role: no two transactions wait on each other in a circle.
 async fn stale(
     tx: &mut Transaction<'_, Postgres>,
     users: &[UserId],
-    now: OffsetDateTime,
     event_for: EventFor<'_>,
 ) -> Result<Vec<Staled>, StoreError> {
     let mut staled = Vec::with_capacity(users.len());
     for user in users {
-        let cut: OffsetDateTime = sqlx::query_scalar(
-            "UPDATE users SET tokens_not_before = GREATEST($1, tokens_not_before + interval '1 second') \
-             WHERE id = $2 RETURNING tokens_not_before",
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE users SET tokens_version = tokens_version + 1 WHERE id = $1 RETURNING tokens_version",
         )
-        .bind(now)
         .bind(user.as_uuid())
         .fetch_one(&mut **tx)
         .await
         .map_err(store_error)?;
         let roles = roles_of(tx, *user).await?;
-        insert_event(tx, &event_for(*user, &roles, cut)).await?;
-        staled.push((*user, cut));
+        insert_event(tx, &event_for(*user, &roles, version)).await?;
+        staled.push((*user, version));
     }
     Ok(staled)
 }
 
+/// Takes the role `name` for this transaction; whether it exists.
+async fn lock_role(tx: &mut Transaction<'_, Postgres>, name: &str, exclusive: bool) -> Result<bool, StoreError> {
+    let sql = match exclusive {
+        true => "SELECT 1 FROM roles WHERE name = $1 FOR UPDATE",
+        false => "SELECT 1 FROM roles WHERE name = $1 FOR SHARE",
+    };
+    let found: Option<i32> = sqlx::query_scalar(sql).bind(name).fetch_optional(&mut **tx).await.map_err(store_error)?;
+    Ok(found.is_some())
+}
+
 async fn holders(tx: &mut Transaction<'_, Postgres>, role: &str) -> Result<Vec<UserId>, StoreError> {
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = $1")
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id")
         .bind(role)
         .fetch_all(&mut **tx)
         .await
@@ -155,7 +162,7 @@ impl RoleStore for PgStore {
         // Only a change of permissions changes what tokens say.
         let moved = before.is_some_and(|b| b.permissions != role.permissions);
         let holders = if moved { holders(&mut tx, &role.name).await? } else { Vec::new() };
-        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        let staled = stale(&mut tx, &holders, event_for).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(staled)
@@ -164,7 +171,6 @@ impl RoleStore for PgStore {
     async fn delete_role(
         &self,
         name: &str,
-        now: OffsetDateTime,
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<Option<Vec<Staled>>, StoreError> {
@@ -175,7 +181,7 @@ impl RoleStore for PgStore {
         if gone.rows_affected() == 0 {
             return Ok(None);
         }
-        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        let staled = stale(&mut tx, &holders, event_for).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(staled))
@@ -191,8 +197,12 @@ impl RoleStore for PgStore {
         audit: &AuditEntry,
     ) -> Result<RoleChange, StoreError> {
         let mut tx = self.begin().await?;
-        // The user row is held: two changes of one user take turns, and
-        // each event names what the user holds after it.
+        // The role, then the user row, as every writer takes them: two
+        // changes of one user take turns, each event names what the user
+        // holds after it, and a role being redefined or deleted waits.
+        if !lock_role(&mut tx, role, false).await? {
+            return Ok(RoleChange::NoSuchRole);
+        }
         let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
             .bind(user.as_uuid())
             .fetch_optional(&mut *tx)
@@ -201,13 +211,13 @@ impl RoleStore for PgStore {
         if found.is_none() {
             return Ok(RoleChange::NoSuchUser);
         }
-        let known: Option<i32> = sqlx::query_scalar("SELECT 1 FROM roles WHERE name = $1 FOR SHARE")
-            .bind(role)
-            .fetch_optional(&mut *tx)
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_roles WHERE user_id = $1")
+            .bind(user.as_uuid())
+            .fetch_one(&mut *tx)
             .await
             .map_err(store_error)?;
-        if known.is_none() {
-            return Ok(RoleChange::NoSuchRole);
+        if grant && held >= MAX_ROLES_PER_USER as i64 {
+            return Ok(RoleChange::TooMany);
         }
         let changed = match grant {
             true => sqlx::query(
@@ -223,11 +233,11 @@ impl RoleStore for PgStore {
         if changed.execute(&mut *tx).await.map_err(store_error)?.rows_affected() == 0 {
             return Ok(RoleChange::Unchanged);
         }
-        let staled = stale(&mut tx, &[user], now, event_for).await?;
+        let staled = stale(&mut tx, &[user], event_for).await?;
         insert_audit(&mut tx, audit).await?;
         let roles = roles_of(&mut tx, user).await?;
         tx.commit().await.map_err(store_error)?;
-        Ok(RoleChange::Changed(roles, staled.first().map_or(now, |(_, cut)| *cut)))
+        Ok(RoleChange::Changed(roles, staled.first().map_or(0, |(_, version)| *version)))
     }
 
     async fn set_disabled(
@@ -250,7 +260,7 @@ impl RoleStore for PgStore {
             return Ok(Some(Vec::new()));
         }
         let revoked = if disabled {
-            sqlx::query("UPDATE users SET disabled_at = $1, tokens_not_before = $1 WHERE id = $2")
+            sqlx::query("UPDATE users SET disabled_at = $1, tokens_version = tokens_version + 1 WHERE id = $2")
                 .bind(now)
                 .bind(user.as_uuid())
                 .execute(&mut *tx)

@@ -171,7 +171,7 @@ pub(crate) fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
         roles: crate::listed(row.try_get("roles").map_err(store_error)?),
         permissions: crate::listed(row.try_get("permissions").map_err(store_error)?),
         disabled: opt_time_of(row, "disabled_at")?.is_some(),
-        tokens_not_before: opt_time_of(row, "tokens_not_before")?,
+        tokens_version: row.try_get("tokens_version").map_err(store_error)?,
     })
 }
 

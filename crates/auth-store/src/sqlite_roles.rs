@@ -1,7 +1,7 @@
 //! Roles, grants, account state and the audit log on SQLite.
 
 use async_trait::async_trait;
-use auth_core::roles::{AuditEntry, EventFor, Role, RoleChange, RoleStore, Staled};
+use auth_core::roles::{AuditEntry, EventFor, MAX_ROLES_PER_USER, Role, RoleChange, RoleStore, Staled};
 use auth_core::{DomainEvent, SessionId, StoreError, User, UserId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
@@ -36,36 +36,30 @@ async fn roles_of(tx: &mut Transaction<'_, Sqlite>, user: UserId) -> Result<Vec<
         .map_err(store_error)
 }
 
-/// Makes `users`' tokens stale from `now`, or a second after their last
-/// cut-off if that is later (see [`auth_core::roles::Staled`]), and tells
-/// each what it holds now.
+/// Bumps `users`' token versions and tells each what it holds now.
 async fn stale(
     tx: &mut Transaction<'_, Sqlite>,
     users: &[UserId],
-    now: OffsetDateTime,
     event_for: EventFor<'_>,
 ) -> Result<Vec<Staled>, StoreError> {
     let mut staled = Vec::with_capacity(users.len());
     for user in users {
-        let cut: i64 = sqlx::query_scalar(
-            "UPDATE users SET tokens_not_before = MAX(?1, COALESCE(tokens_not_before + 1000, ?1)) \
-             WHERE id = ?2 RETURNING tokens_not_before",
+        let version: i64 = sqlx::query_scalar(
+            "UPDATE users SET tokens_version = tokens_version + 1 WHERE id = ? RETURNING tokens_version",
         )
-        .bind(ms(now))
         .bind(user.to_string())
         .fetch_one(&mut **tx)
         .await
         .map_err(store_error)?;
-        let cut = from_ms(cut)?;
         let roles = roles_of(tx, *user).await?;
-        insert_event(tx, &event_for(*user, &roles, cut)).await?;
-        staled.push((*user, cut));
+        insert_event(tx, &event_for(*user, &roles, version)).await?;
+        staled.push((*user, version));
     }
     Ok(staled)
 }
 
 async fn holders(tx: &mut Transaction<'_, Sqlite>, role: &str) -> Result<Vec<UserId>, StoreError> {
-    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = ?")
+    let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = ? ORDER BY user_id")
         .bind(role)
         .fetch_all(&mut **tx)
         .await
@@ -162,7 +156,7 @@ impl RoleStore for SqliteStore {
         // Only a change of permissions changes what tokens say.
         let moved = before.is_some_and(|b| b.permissions != role.permissions);
         let holders = if moved { holders(&mut tx, &role.name).await? } else { Vec::new() };
-        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        let staled = stale(&mut tx, &holders, event_for).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(staled)
@@ -171,7 +165,6 @@ impl RoleStore for SqliteStore {
     async fn delete_role(
         &self,
         name: &str,
-        now: OffsetDateTime,
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<Option<Vec<Staled>>, StoreError> {
@@ -182,7 +175,7 @@ impl RoleStore for SqliteStore {
         if gone.rows_affected() == 0 {
             return Ok(None);
         }
-        let staled = stale(&mut tx, &holders, now, event_for).await?;
+        let staled = stale(&mut tx, &holders, event_for).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(store_error)?;
         Ok(Some(staled))
@@ -215,6 +208,14 @@ impl RoleStore for SqliteStore {
         {
             return Ok(RoleChange::NoSuchRole);
         }
+        let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_roles WHERE user_id = ?")
+            .bind(user.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if grant && held >= MAX_ROLES_PER_USER as i64 {
+            return Ok(RoleChange::TooMany);
+        }
         let changed = match grant {
             true => sqlx::query(
                 "INSERT INTO user_roles (user_id, role, granted_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
@@ -229,11 +230,11 @@ impl RoleStore for SqliteStore {
         if changed.execute(&mut *tx).await.map_err(store_error)?.rows_affected() == 0 {
             return Ok(RoleChange::Unchanged);
         }
-        let staled = stale(&mut tx, &[user], now, event_for).await?;
+        let staled = stale(&mut tx, &[user], event_for).await?;
         insert_audit(&mut tx, audit).await?;
         let roles = roles_of(&mut tx, user).await?;
         tx.commit().await.map_err(store_error)?;
-        Ok(RoleChange::Changed(roles, staled.first().map_or(now, |(_, cut)| *cut)))
+        Ok(RoleChange::Changed(roles, staled.first().map_or(0, |(_, version)| *version)))
     }
 
     async fn set_disabled(
@@ -255,7 +256,7 @@ impl RoleStore for SqliteStore {
             return Ok(Some(Vec::new()));
         }
         let revoked = if disabled {
-            sqlx::query("UPDATE users SET disabled_at = ?1, tokens_not_before = ?1 WHERE id = ?2")
+            sqlx::query("UPDATE users SET disabled_at = ?1, tokens_version = tokens_version + 1 WHERE id = ?2")
                 .bind(ms(now))
                 .bind(user.to_string())
                 .execute(&mut *tx)

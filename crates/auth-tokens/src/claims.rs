@@ -18,9 +18,18 @@ pub struct AccessClaims {
     /// The session this token belongs to.
     pub sid: String,
     pub roles: Vec<String>,
+    /// Empty when [`Self::permissions_by_role`]: they would not fit the cookie.
     pub permissions: Vec<String>,
+    /// The permissions are those of `roles`, which the gateway resolves
+    /// from the role map it keeps; only in tokens too large otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub permissions_by_role: bool,
     /// Whether the user has proved the address, so that a route can require it.
     pub email_verified: bool,
+    /// The user's token version it was minted from: a role change bumps
+    /// it, and gateways refuse tokens of older versions (stale).
+    #[serde(default)]
+    pub ver: i64,
 }
 
 impl AccessClaims {

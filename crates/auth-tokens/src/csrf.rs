@@ -57,6 +57,12 @@ impl CsrfKey {
         self.mac(label, data)
     }
 
+    /// The bearer credential a gateway holding this key presents to the
+    /// auth-service for what only gateways may read (the role map).
+    pub fn gateway_credential(&self) -> String {
+        crate::b64url(&self.seal("gatehouse-gateway", b""))
+    }
+
     /// Whether `mac` is [`Self::seal`] of `data` for `label`, in constant time.
     pub fn check_seal(&self, label: &str, data: &[u8], mac: &[u8]) -> bool {
         self.mac(label, data).ct_eq(mac).into()

@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use api_gateway::gateway::GatewayParts;
-use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, LocalJwks, RouteConfig, RouteTable};
+use api_gateway::{
+    AuthMode, Authenticator, Gateway, GatewaySettings, HttpJwks, HttpRoleMap, LocalJwks, LocalRoleMap, RoleMap,
+    RouteConfig, RouteTable,
+};
 use auth_core::{Accounts, AccountsSettings, Admin, Argon2Hasher, Clock, PasswordPolicy, SystemClock};
 use auth_core::{EventSink, RevocationSink};
 use auth_events::handover::Recording;
@@ -210,7 +213,7 @@ pub(crate) async fn seed_roles(config: &Config, admin: &Admin) -> anyhow::Result
             permissions: role.permissions.clone(),
         };
         let holders = admin
-            .put_role(&auth_core::Actor::default(), role)
+            .put_role(&auth_core::Actor::operator("config"), role)
             .await
             .with_context(|| format!("roles.{name} cannot be set up"))?;
         if !holders.is_empty() {
@@ -409,9 +412,19 @@ impl Application {
         ));
         authenticator.refresh().await.map_err(|e| anyhow::anyhow!("read the signing keys: {e}"))?;
         let state = auth.state.clone();
+        let roles = Arc::new(RoleMap::new(Arc::new(LocalRoleMap::new(move || {
+            let state = state.clone();
+            Box::pin(async move {
+                let roles = state.admin().roles().await.map_err(|e| e.to_string())?;
+                Ok(roles.into_iter().map(|r| (r.name, r.permissions)).collect())
+            })
+        }))));
+        roles.refresh().await.map_err(|e| anyhow::anyhow!("read the roles: {e}"))?;
+        let state = auth.state.clone();
         let gateway = Gateway::new(GatewayParts {
             routes,
             authenticator,
+            roles: Some(roles),
             revocations: feed,
             csrf: auth.keys.csrf().clone(),
             clock: Arc::new(SystemClock),
@@ -462,9 +475,16 @@ impl Application {
                 Arc::new(InProcessFeed::new())
             }
         };
+        let roles = Arc::new(RoleMap::new(Arc::new(
+            HttpRoleMap::new(&auth_url, csrf.gateway_credential()).map_err(anyhow::Error::msg)?,
+        )));
+        if let Err(error) = roles.refresh().await {
+            tracing::warn!(%error, "no role map yet; tokens carrying roles only answer 503 until it arrives");
+        }
         let gateway = Gateway::new(GatewayParts {
             routes,
             authenticator,
+            roles: Some(roles),
             revocations,
             csrf,
             clock: Arc::new(SystemClock),

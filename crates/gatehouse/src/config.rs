@@ -578,6 +578,9 @@ impl Config {
             if name == "admin" && !role.permissions.iter().any(|p| p == "users:admin") {
                 return bad("roles.admin must keep users:admin");
             }
+            if name == "user" && role.permissions.iter().any(|p| p == "users:admin") {
+                return bad("roles.user cannot hold users:admin: every account would be an admin");
+            }
         }
         // Identities are keyed by issuer: two providers on one issuer would
         // sign each other's users in, each by its own rules.

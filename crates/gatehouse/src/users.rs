@@ -11,7 +11,9 @@ use auth_core::{Actor, Admin, NoRevocationSink, SystemClock};
 
 use crate::config::Config;
 
-async fn admin(config: &Config) -> anyhow::Result<Admin> {
+/// The use cases on the configured database; `seed`: the file's roles
+/// made first (for a grant of one the server has not yet created).
+async fn admin(config: &Config, seed: bool) -> anyhow::Result<Admin> {
     crate::app::ensure_data_dir(config)?;
     let stores = auth_store::open(&config.database_url(), true).await.context("open the database")?;
     let reach = time::Duration::seconds(config.token_settings().key_overlap().max(1));
@@ -23,15 +25,16 @@ async fn admin(config: &Config) -> anyhow::Result<Admin> {
         Arc::new(NoRevocationSink),
         reach,
     );
-    // The file's roles exist even before the server first ran.
-    crate::app::seed_roles(config, &admin).await?;
+    if seed {
+        crate::app::seed_roles(config, &admin).await?;
+    }
     Ok(admin)
 }
 
 pub async fn change_role(config: &Config, email: &str, role: &str, grant: bool) -> anyhow::Result<()> {
-    let admin = admin(config).await?;
+    let admin = admin(config, grant).await?;
     let Some(user) = admin.user_by_email(email).await? else { bail!("no account has the email {email}") };
-    match admin.change_role(&Actor::default(), user.id, role, grant).await {
+    match admin.change_role(&Actor::operator("cli"), user.id, role, grant).await {
         Ok(Some(roles)) => {
             println!("{email} now holds: {}", roles.join(", "));
             println!("tokens issued before are stale; running gateways refuse them once the event is relayed");
@@ -54,7 +57,7 @@ pub async fn change_role(config: &Config, email: &str, role: &str, grant: bool) 
 }
 
 pub async fn list(config: &Config, prefix: &str) -> anyhow::Result<()> {
-    let admin = admin(config).await?;
+    let admin = admin(config, false).await?;
     let mut after: Option<String> = None;
     println!("{:<40} {:<9} roles", "email", "state");
     loop {

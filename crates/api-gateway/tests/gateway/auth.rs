@@ -253,6 +253,43 @@ async fn required_permissions_are_all_of_and_the_refusal_names_none() {
 }
 
 #[tokio::test]
+async fn a_token_carrying_roles_only_is_judged_by_the_role_map_and_never_without_one() {
+    let upstream = serve(echo_upstream()).await;
+    let mut notes = route("/notes", &upstream, AuthMode::Required);
+    notes.require_permissions = vec!["notes:write".into()];
+    let h = harness_with(vec![notes, route("/api", &upstream, AuthMode::Required)], upstream).await;
+    let big = |roles: &[&str]| {
+        let roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        h.sign(&AccessClaims { roles, permissions: vec![], permissions_by_role: true, ..h.claims() })
+    };
+    let writer = big(&["user", "writer"]);
+    // No map yet: neither a guess nor a 403, but "try again".
+    let unknown = h.get("/notes/1").bearer_auth(&writer).send().await.unwrap();
+    assert_eq!(unknown.status(), 503);
+    assert_eq!(json(unknown).await["error"]["code"], "roles_unavailable");
+    assert_eq!(h.get("/api/x").bearer_auth(&writer).send().await.unwrap().status(), 200, "no permission asked");
+
+    let map = |writer: &[&str]| {
+        let writer = writer.iter().map(|p| (*p).to_owned()).collect();
+        Some(Permissions::from([("user".to_owned(), vec!["notes:read".to_owned()]), ("writer".to_owned(), writer)]))
+    };
+    *h.role_table.lock().unwrap() = map(&["notes:write"]);
+    h.roles.refresh().await.unwrap();
+    assert_eq!(h.get("/notes/1").bearer_auth(&writer).send().await.unwrap().status(), 200);
+    assert_eq!(h.get("/notes/1").bearer_auth(big(&["user"])).send().await.unwrap().status(), 403);
+    // The map changes, and with it the verdict; a failed fetch keeps the last map.
+    *h.role_table.lock().unwrap() = map(&[]);
+    h.roles.refresh().await.unwrap();
+    assert_eq!(h.get("/notes/1").bearer_auth(&writer).send().await.unwrap().status(), 403);
+    *h.role_table.lock().unwrap() = None;
+    assert!(h.roles.refresh().await.is_err());
+    assert_eq!(h.get("/notes/1").bearer_auth(&writer).send().await.unwrap().status(), 403);
+    // A token that carries permissions is judged by them alone.
+    let small = h.sign(&AccessClaims { permissions: vec!["notes:write".into()], ..h.claims() });
+    assert_eq!(h.get("/notes/1").bearer_auth(&small).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
 async fn a_route_may_require_a_verified_email_whichever_path_serves_it() {
     let upstream = serve(echo_upstream()).await;
     let mut verified_only = route("/verified", &upstream, AuthMode::Required);

@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api_gateway::gateway::GatewayParts;
-use api_gateway::{AuthMode, Authenticator, Gateway, GatewaySettings, JwksSource, LocalJwks, RouteConfig, RouteTable};
+pub use api_gateway::role_map::Permissions;
+use api_gateway::{
+    AuthMode, Authenticator, Gateway, GatewaySettings, JwksSource, LocalJwks, LocalRoleMap, RoleMap, RouteConfig,
+    RouteTable,
+};
 use auth_core::{Clock, ManualClock};
 use auth_events::{InProcessFeed, RevocationFeed, RevocationSet};
 use auth_tokens::{AccessClaims, CsrfKey, KeyRing, TokenSettings, TokenSigner};
@@ -125,6 +129,9 @@ pub struct Harness {
     pub feed: Arc<SwitchableFeed>,
     pub clock: Arc<ManualClock>,
     pub client: reqwest::Client,
+    /// The gateway's role map, and what its source answers (`None`: fails).
+    pub roles: Arc<RoleMap>,
+    pub role_table: Arc<Mutex<Option<Permissions>>>,
 }
 
 pub fn route(prefix: &str, upstream: &str, auth: AuthMode) -> RouteConfig {
@@ -210,9 +217,16 @@ pub async fn harness_full_with(
     let _ = authenticator.refresh().await;
     let feed = Arc::new(SwitchableFeed::default());
     let csrf = CsrfKey::generate();
+    let role_table: Arc<Mutex<Option<Permissions>>> = Arc::default();
+    let table = role_table.clone();
+    let roles = Arc::new(RoleMap::new(Arc::new(LocalRoleMap::new(move || {
+        let answer = table.lock().unwrap().clone().ok_or_else(|| "the auth-service is down".to_owned());
+        Box::pin(async move { answer })
+    }))));
     let gateway = Gateway::new(GatewayParts {
         routes: RouteTable::build(&routes, &[], &HashMap::new()).unwrap(),
         authenticator,
+        roles: Some(roles.clone()),
         revocations: feed.clone(),
         csrf: csrf.clone(),
         clock: clock.clone(),
@@ -224,7 +238,7 @@ pub async fn harness_full_with(
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(api_gateway::serve(listener, gateway.clone(), std::future::pending()));
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    Harness { url, upstream, gateway, ring, csrf, feed, clock, client }
+    Harness { url, upstream, gateway, ring, csrf, feed, clock, client, roles, role_table }
 }
 
 impl Harness {
@@ -241,6 +255,8 @@ impl Harness {
             sid: uuid::Uuid::new_v4().to_string(),
             roles: vec!["viewer".into()],
             permissions: vec![],
+            permissions_by_role: false,
+            ver: 0,
             email_verified: true,
         }
     }

@@ -30,7 +30,7 @@ pub fn user() -> User {
         roles: vec![],
         permissions: vec![],
         disabled: false,
-        tokens_not_before: None,
+        tokens_version: 0,
     }
 }
 

@@ -236,6 +236,10 @@ fn session_response(
 
 /// The session's cookies: a fresh access token, and with `refresh` the
 /// refresh token and a CSRF token for the session.
+/// The most a `Set-Cookie` value may weigh for every browser to keep it
+/// (RFC 6265 §6.1 asks for at least 4096 bytes per cookie).
+pub const MAX_COOKIE: usize = 4096;
+
 pub(crate) fn session_cookies(
     state: &AppState,
     user: &User,
@@ -244,11 +248,7 @@ pub(crate) fn session_cookies(
 ) -> Result<Vec<HeaderValue>, ApiError> {
     let tokens = &state.settings().tokens;
     let now = state.clock().now();
-    // After a role change in this very second, a token of this second
-    // would be stale at once (revocation compares whole seconds): it is
-    // issued one second on, well within every verifier's leeway.
-    let stale_until = user.tokens_not_before.map_or(i64::MIN, |t| t.unix_timestamp());
-    let iat = now.unix_timestamp().max(stale_until + 1);
+    let iat = now.unix_timestamp();
     let claims = AccessClaims {
         iss: tokens.issuer.clone(),
         sub: user.id.to_string(),
@@ -260,11 +260,24 @@ pub(crate) fn session_cookies(
         sid: session.id.to_string(),
         roles: user.roles.clone(),
         permissions: user.permissions.clone(),
+        permissions_by_role: false,
         email_verified: user.email_verified,
+        // Read with the roles above, in one statement: a token is never
+        // newer than the data it carries.
+        ver: user.tokens_version,
     };
-    let access = state.keys().current().signer.sign(&claims).map_err(ApiError::internal)?;
+    let signer = &state.keys().current().signer;
+    let mut access =
+        cookies::set(cookies::ACCESS, &signer.sign(&claims).map_err(ApiError::internal)?, tokens.lifetime, true);
+    if access.len() > MAX_COOKIE {
+        // Browsers keep cookies up to 4 KiB: the permissions give way to the
+        // roles, which gateways resolve from their role map.
+        let roles_only = AccessClaims { permissions: Vec::new(), permissions_by_role: true, ..claims };
+        let token = signer.sign(&roles_only).map_err(ApiError::internal)?;
+        access = cookies::set(cookies::ACCESS, &token, tokens.lifetime, true);
+    }
     let session_left = (session.expires_at - now).whole_seconds().max(0);
-    let mut set = vec![cookies::set(cookies::ACCESS, &access, tokens.lifetime, true)];
+    let mut set = vec![access];
     if let Some(refresh) = refresh {
         set.push(cookies::set(cookies::REFRESH, refresh.expose(), session_left, true));
         let csrf = state.keys().csrf().mint(&session.id.to_string());

@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/auth/admin/deletions/{user_id}", get(deletion))
         .merge(super::admin_users::router())
         .route_layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .route("/auth/gateway/roles", get(role_map))
 }
 
 /// Who passed the guard, for the audit log.
@@ -48,7 +49,9 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
         request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
     let operator = state.settings().operator_token.as_deref();
     let actor = match (bearer, operator) {
-        (Some(presented), Some(expected)) if same_token(presented, expected) => Actor { user: None, request_id },
+        (Some(presented), Some(expected)) if same_token(presented, expected) => {
+            Actor { user: None, request_id, via: "operator_token" }
+        }
         _ => {
             let (mut parts, body) = request.into_parts();
             let caller = match Caller::from_request_parts(&mut parts, &state).await {
@@ -59,7 +62,7 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
                 return ApiError::forbidden().into_response();
             }
             let mut request = Request::from_parts(parts, body);
-            request.extensions_mut().insert(AdminActor(Actor { user: Some(caller.user.id), request_id }));
+            request.extensions_mut().insert(AdminActor(Actor { user: Some(caller.user.id), request_id, via: "api" }));
             return next.run(request).await;
         }
     };
@@ -122,4 +125,36 @@ pub async fn deletion(
             .map(|(service, confirmed_at)| Confirmation { service, confirmed_at })
             .collect(),
     }))
+}
+
+/// What each role allows, for gateways resolving the permissions of a
+/// token too large to carry them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleMap {
+    /// Role name → its permissions.
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// The role map, for gateways only: they present a credential derived
+/// from the key file they share with the auth-service.
+#[utoipa::path(get, path = "/auth/gateway/roles", tag = "admin",
+    security(("gateway" = [])),
+    responses(
+        (status = 200, description = "Every role's permissions", body = RoleMap),
+        (status = 401, description = "`unauthenticated`: not a gateway's credential", body = ErrorBody),
+    ))]
+pub async fn role_map(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<RoleMap>, ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(auth_tokens::bearer_token)
+        .ok_or_else(ApiError::unauthenticated)?;
+    if !same_token(presented, &state.keys().csrf().gateway_credential()) {
+        return Err(ApiError::unauthenticated());
+    }
+    let roles = state.admin().roles().await?;
+    Ok(Json(RoleMap { roles: roles.into_iter().map(|r| (r.name, r.permissions)).collect() }))
 }

@@ -149,6 +149,7 @@ fn role_error(error: RoleError) -> ApiError {
         RoleError::NoSuchRole => ApiError::not_found("role_not_found", "no role with this name"),
         RoleError::Invalid(why) => ApiError::bad_request("invalid_role", why),
         RoleError::BuiltIn => ApiError::new(StatusCode::CONFLICT, "builtin_role", error.to_string()),
+        RoleError::TooMany => ApiError::new(StatusCode::CONFLICT, "too_many_roles", error.to_string()),
         RoleError::Store(e) => e.into(),
     }
 }
@@ -216,6 +217,7 @@ pub async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Resu
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`forbidden`, `csrf_failed`", body = ErrorBody),
         (status = 404, description = "`user_not_found`, `role_not_found`", body = ErrorBody),
+        (status = 409, description = "`too_many_roles`: the user holds 32 already", body = ErrorBody),
     ))]
 pub async fn grant(
     State(state): State<AppState>,
@@ -334,10 +336,11 @@ pub async fn delete_user(
     if state.admin().user(user).await?.is_none() {
         return Err(no_user());
     }
-    state.admin().record(&actor, "user.delete", Some(user.to_string())).await?;
     if !state.accounts().erase(user).await? {
         return Err(no_user());
     }
+    // After the deletion, so no row claims one that failed.
+    state.admin().record(&actor, "user.delete", Some(user.to_string())).await?;
     tracing::info!(user_id = %user, actor = ?actor.user, "account deleted by an administrator");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -433,7 +436,7 @@ pub async fn audit(
     };
     let entries = state.admin().audit_page(before, limit).await?;
     let next = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| format!("{}.{}", (e.at.unix_timestamp_nanos() / 1_000_000), e.id)))
+        .then(|| entries.last().map(|e| format!("{}.{}", e.at.unix_timestamp_nanos(), e.id)))
         .flatten();
     let entries = entries
         .into_iter()
@@ -450,9 +453,9 @@ pub async fn audit(
     Ok(Json(AuditPage { entries, next }))
 }
 
-/// `{unix ms}.{id}`.
+/// `{unix ns}.{id}`: exact on both backends.
 fn parse_cursor(cursor: &str) -> Option<(OffsetDateTime, Uuid)> {
-    let (ms, id) = cursor.split_once('.')?;
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms.parse::<i64>().ok()?) * 1_000_000).ok()?;
+    let (ns, id) = cursor.split_once('.')?;
+    let at = OffsetDateTime::from_unix_timestamp_nanos(ns.parse::<i128>().ok()?).ok()?;
     Some((at, id.parse().ok()?))
 }

@@ -279,10 +279,9 @@ impl TestApp {
             request_id: None,
             detail: json!({"role": "admin"}),
         };
-        let events = auth_core::DomainEvent::roles_changed;
+        let events = auth_core::DomainEvent::roles_changed_at(now);
         let granted = self.stores.roles.change_role(user.id, "admin", true, now, &events, &audit).await.unwrap();
         assert!(matches!(granted, auth_core::RoleChange::Changed(..)));
-        self.clock.advance(time::Duration::seconds(1));
         (email.clone(), self.log_in(&email).await)
     }
 

@@ -80,6 +80,7 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
             ("/auth/admin/roles/{name}", "put"),
             ("/auth/admin/roles/{name}", "delete"),
             ("/auth/admin/audit", "get"),
+            ("/auth/gateway/roles", "get"),
             ("/healthz", "get"),
             ("/readyz", "get"),
             ("/metrics", "get"),

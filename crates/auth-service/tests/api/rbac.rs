@@ -57,6 +57,11 @@ async fn every_admin_route_refuses_anyone_without_users_admin() {
         }
         let operator = app.request(Method::GET, "/auth/admin/roles").bearer_auth(OPERATOR_TOKEN).send().await;
         assert_eq!(operator.unwrap().status(), StatusCode::OK, "the operator's token too");
+        let put = app.request(Method::PUT, "/auth/admin/roles/by-operator").bearer_auth(OPERATOR_TOKEN);
+        assert_eq!(put.json(&json!({"permissions": []})).send().await.unwrap().status(), StatusCode::OK);
+        let audit = app.request(Method::GET, "/auth/admin/audit?limit=1").bearer_auth(OPERATOR_TOKEN).send().await;
+        let newest = &body(audit.unwrap()).await["entries"][0];
+        assert_eq!((newest["actor"].clone(), newest["detail"]["via"].clone()), (Value::Null, json!("operator_token")));
     })
     .await;
 }
@@ -77,16 +82,15 @@ async fn a_granted_role_brings_its_permissions_and_makes_earlier_tokens_stale() 
         let granted = app.as_page(Method::PUT, &format!("/auth/admin/users/{id}/roles/editor"), &admin).send().await;
         assert_eq!(body(granted.unwrap()).await["roles"], json!(["editor", "user"]));
         let stored = app.stores.users.user_by_id(id.parse().unwrap()).await.unwrap().unwrap();
-        let cut = stored.tokens_not_before.unwrap().unix_timestamp();
-        assert!(old["iat"].as_i64().unwrap() <= cut, "the old token is stale");
+        assert!(old["ver"].as_i64().unwrap() < stored.tokens_version, "the old token is stale");
 
-        // In the same second as the change, the refreshed token is not.
+        // In the same second as the change, the refreshed token is current.
         let refreshed = app.refresh(&user).await;
         assert_eq!(refreshed.status(), StatusCode::OK);
         let mut after = user.clone();
         after.absorb(&refreshed);
         let fresh = claims(after.access());
-        assert!(fresh["iat"].as_i64().unwrap() > cut);
+        assert_eq!(fresh["ver"].as_i64().unwrap(), stored.tokens_version);
         assert_eq!(fresh["roles"], json!(["editor", "user"]));
         assert_eq!(fresh["permissions"], json!(["notes:read", "notes:write"]));
         assert_eq!(body(app.me(&after).await).await["roles"], json!(["editor", "user"]));
@@ -127,24 +131,83 @@ async fn two_changes_in_one_second_leave_no_token_issued_between_them_standing()
         let (_, admin) = app.signed_in_admin().await;
         let (_, user) = app.signed_in().await;
         let id = id_of(&app, &user).await;
-        let cut = async || {
-            let stored = app.stores.users.user_by_id(id.parse().unwrap()).await.unwrap().unwrap();
-            stored.tokens_not_before.unwrap().unix_timestamp()
-        };
+        let current = async || app.stores.users.user_by_id(id.parse().unwrap()).await.unwrap().unwrap().tokens_version;
         let refreshed = async |browser: &Browser| {
             let mut after = browser.clone();
             after.absorb(&app.refresh(browser).await);
-            (claims(after.access())["iat"].as_i64().unwrap(), after)
+            (claims(after.access())["ver"].as_i64().unwrap(), after)
         };
         // The clock stands still: every step falls in the same second.
         let path = format!("/auth/admin/users/{id}/roles/admin");
         assert_eq!(app.as_page(Method::PUT, &path, &admin).send().await.unwrap().status(), StatusCode::OK);
         let (between, user) = refreshed(&user).await;
-        assert!(between > cut().await, "issued after the grant");
+        assert_eq!(between, current().await, "minted after the grant: current");
         assert_eq!(app.as_page(Method::DELETE, &path, &admin).send().await.unwrap().status(), StatusCode::OK);
-        assert!(between <= cut().await, "the token of the grant is stale after the revoke");
+        assert!(between < current().await, "the token of the grant is stale after the revoke");
         let (after, _) = refreshed(&user).await;
-        assert!(after > cut().await);
+        assert_eq!(after, current().await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_most_roles_a_user_may_hold_still_fit_the_cookie_and_gateways_get_the_role_map() {
+    each_backend(async |app| {
+        let (_, admin) = app.signed_in_admin().await;
+        let (email, user) = app.signed_in().await;
+        let id = id_of(&app, &user).await;
+        // 31 roles besides `user`, with the longest names and 100 long
+        // permissions each: 360 KB of permissions that no cookie could hold.
+        let name = |i: usize| format!("r{i:02}-{}", "x".repeat(60));
+        for i in 0..=31 {
+            let permissions: Vec<String> =
+                (0..100).map(|j| format!("res{i:02}-{}:act{j:03}-{}", "a".repeat(50), "b".repeat(50))).collect();
+            let path = format!("/auth/admin/roles/{}", name(i));
+            let put = app.as_page(Method::PUT, &path, &admin).json(&json!({"permissions": permissions})).send();
+            assert_eq!(put.await.unwrap().status(), StatusCode::OK);
+            let grant = format!("/auth/admin/users/{id}/roles/{}", name(i));
+            let granted = app.as_page(Method::PUT, &grant, &admin).send().await.unwrap();
+            if i < 31 {
+                assert_eq!(granted.status(), StatusCode::OK, "role {i}");
+            } else {
+                assert_eq!(code(granted).await, "too_many_roles", "the 33rd");
+            }
+        }
+        app.clock.advance(time::Duration::seconds(1));
+        let login = app.login(&email, PASSWORD).await;
+        assert_eq!(login.status(), StatusCode::OK);
+        let access = login
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|c| c.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("__Host-access_token="))
+            .unwrap();
+        assert!(access.len() <= 4096, "Set-Cookie of {} bytes", access.len());
+        let mut browser = Browser::default();
+        browser.absorb(&login);
+        let token = claims(browser.access());
+        assert_eq!(token["roles"].as_array().unwrap().len(), 32);
+        assert_eq!((token["permissions"].clone(), token["permissions_by_role"].clone()), (json!([]), json!(true)));
+        let me = body(app.me(&browser).await).await;
+        assert_eq!(me["permissions"].as_array().unwrap().len(), 3100, "the account still has them all");
+
+        // What a gateway resolves them from, for gateways only.
+        let small = body(app.me(&admin).await).await;
+        assert!(claims(admin.access())["permissions_by_role"].is_null(), "small tokens carry their permissions");
+        assert_eq!(small["permissions"], json!(["users:admin"]));
+        let credential = app.keys.csrf().gateway_credential();
+        let map = app.request(Method::GET, "/auth/gateway/roles").bearer_auth(&credential).send().await.unwrap();
+        let map = body(map).await;
+        assert_eq!(map["roles"][name(3)].as_array().unwrap().len(), 100);
+        assert_eq!(map["roles"]["admin"], json!(["users:admin"]));
+        for wrong in [Some(browser.access().to_owned()), Some("x".repeat(43)), None] {
+            let mut request = app.request(Method::GET, "/auth/gateway/roles");
+            if let Some(wrong) = wrong {
+                request = request.bearer_auth(wrong);
+            }
+            assert_eq!(request.send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+        }
     })
     .await;
 }
@@ -191,6 +254,7 @@ async fn roles_are_checked_built_in_ones_kept_and_every_action_audited() {
             ("ok", json!({"permissions": ["notes:*"]}), "invalid_role"),
             ("ok", json!({"permissions": [], "members": ["x"]}), "invalid_body"),
             ("admin", json!({"permissions": ["notes:read"]}), "builtin_role"),
+            ("user", json!({"permissions": ["users:admin"]}), "invalid_role"),
         ] {
             let refused = put(name, bad.clone()).await.unwrap();
             assert_eq!(code(refused).await, code_expected, "{name} {bad}");
@@ -213,6 +277,7 @@ async fn roles_are_checked_built_in_ones_kept_and_every_action_audited() {
         assert_eq!(entries.len(), 2);
         assert_eq!((entries[0]["action"].as_str(), entries[0]["target"].as_str()), (Some("role.delete"), Some("ops")));
         assert_eq!(entries[0]["actor"], admin_id.as_str());
+        assert_eq!(entries[0]["detail"]["via"], "api");
         let older = format!("/auth/admin/audit?before={}", audit["next"].as_str().unwrap());
         let older = body(app.as_page(Method::GET, &older, &admin).send().await.unwrap()).await;
         let actions: Vec<&str> =

@@ -114,6 +114,29 @@ async fn github_signs_in_by_its_numeric_id_with_the_verified_primary_email() {
 }
 
 #[tokio::test]
+async fn a_disabled_account_signs_in_through_no_provider_and_gets_none_linked() {
+    let stub = ProviderStub::start().await;
+    each_backend_with(options(&stub), async |app: TestApp| {
+        let (_, admin) = app.signed_in_admin().await;
+        let address = email();
+        let hint = format!("login_hint={}", address.replace('@', "%40"));
+        let (_, browser) = sign_in(&app, "github", &hint).await;
+        let id = user_of(&app, &browser).await.0;
+        let disable = app.as_page(Method::POST, &format!("/auth/admin/users/{id}/disable"), &admin).send().await;
+        assert_eq!(disable.unwrap().status(), StatusCode::NO_CONTENT);
+        let (answer, after) = sign_in(&app, "github", &hint).await;
+        assert_eq!(error_of(&answer), "access_denied");
+        assert!(after.get("__Host-access_token").is_none());
+        // Nor may another provider join it by email.
+        let (answer, _) = sign_in(&app, "stub-oidc", &hint).await;
+        assert_eq!(error_of(&answer), "access_denied");
+        let identities = app.stores.identities.identities_of(id).await.unwrap();
+        assert_eq!(identities.len(), 1, "only github's");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn github_without_a_verified_primary_email_makes_no_account() {
     let stub = ProviderStub::start().await;
     each_backend_with(options(&stub), async |app: TestApp| {

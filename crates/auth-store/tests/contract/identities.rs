@@ -34,7 +34,7 @@ async fn an_account_made_by_a_provider_has_no_password_and_its_identity_is_uniqu
             roles: vec![],
             permissions: vec![],
             disabled: false,
-            tokens_not_before: None,
+            tokens_version: 0,
         };
         let first = identity(user.id, "sub-1");
         let event = DomainEvent::registered(&user, "oauth:corp", now());
@@ -82,7 +82,7 @@ async fn the_last_way_to_log_in_cannot_be_unlinked_even_by_two_requests_at_once(
                 roles: vec![],
                 permissions: vec![],
                 disabled: false,
-                tokens_not_before: None,
+                tokens_version: 0,
             };
             let (a, b) = (identity(user.id, &format!("a{round}")), identity(user.id, &format!("b{round}")));
             let event = DomainEvent::registered(&user, "oauth:corp", now());

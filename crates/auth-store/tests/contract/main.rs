@@ -50,7 +50,7 @@ fn user(email: &str) -> User {
         roles: vec![],
         permissions: vec![],
         disabled: false,
-        tokens_not_before: None,
+        tokens_version: 0,
     }
 }
 

@@ -25,6 +25,8 @@ fn claims() -> AccessClaims {
         sid: "session-1".into(),
         roles: vec![],
         permissions: vec![],
+        permissions_by_role: false,
+        ver: 0,
         email_verified: true,
     }
 }

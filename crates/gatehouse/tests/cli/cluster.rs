@@ -331,3 +331,93 @@ async fn an_auth_service_killed_mid_relay_loses_no_event_and_duplicates_none() {
     assert!(second.stop().await.success());
     forget_ledger(&db).await;
 }
+
+#[tokio::test]
+#[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
+async fn a_standalone_gateway_judges_a_roles_only_token_by_the_auth_services_role_map() {
+    let dir = TempDir::new();
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let mut auth = with_services(gatehouse(&dir.data()), &db);
+    auth.arg("auth-service");
+    let auth = start(auth).await;
+    let upstream = echo_upstream().await;
+    let file = dir.0.join("gateway.toml");
+    let routes = format!(
+        "[gateway]\nauth_service_url = \"{}\"\n\n[[gateway.routes]]\nprefix = \"/api\"\nupstream = \"{upstream}\"\n\
+         require_permissions = [\"r00:act099\"]\n",
+        auth.url
+    );
+    std::fs::write(&file, routes).unwrap();
+    let mut gw = with_services(gatehouse(&dir.data()), &db);
+    gw.arg("--config").arg(&file).arg("gateway");
+    let gw = start(gw).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{}/readyz", gw.url)).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let account = async |name: &str| {
+        let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
+        let creds = json!({"email": email, "password": PASSWORD});
+        assert_eq!(client.post(format!("{}/auth/register", gw.url)).json(&creds).send().await.unwrap().status(), 201);
+        email
+    };
+    let log_in = async |email: &str| {
+        let creds = json!({"email": email, "password": PASSWORD});
+        Browser::from_login(&client.post(format!("{}/auth/login", gw.url)).json(&creds).send().await.unwrap())
+    };
+    let (admin, big) = (account("admin").await, account("big").await);
+    let mut grant = with_services(gatehouse(&dir.data()), &db);
+    let granted = grant.args(["users", "grant-role", &admin, "admin"]).output().await.unwrap();
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let admin = log_in(&admin).await;
+    let big_b = log_in(&big).await;
+    let me: serde_json::Value = client
+        .get(format!("{}/auth/me", gw.url))
+        .header("cookie", &big_b.cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = me["id"].as_str().unwrap().to_owned();
+    // 31 roles of 100 long permissions (the most a role may hold): far too many for a cookie.
+    for i in 0..31 {
+        let name = format!("r{i:02}");
+        let mut permissions: Vec<String> = (0..99).map(|j| format!("r{i:02}:act{j:03}-{}", "p".repeat(50))).collect();
+        permissions.push(format!("r{i:02}:act099"));
+        let put = admin.unsafe_request(client.put(format!("{}/auth/admin/roles/{name}", gw.url)));
+        assert_eq!(put.json(&json!({"permissions": permissions})).send().await.unwrap().status(), 200);
+        let grant = admin.unsafe_request(client.put(format!("{}/auth/admin/users/{id}/roles/{name}", gw.url)));
+        assert_eq!(grant.send().await.unwrap().status(), 200);
+    }
+    let big_b = log_in(&big).await;
+    let token = big_b.cookie.split("; ").find_map(|c| c.strip_prefix("__Host-access_token=")).unwrap().to_owned();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["permissions_by_role"], true, "roles only");
+    // The gateway's map catches up within its refresh (5 s); never a 200 before.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status =
+            client.get(format!("{}/api/x", gw.url)).header("cookie", &big_b.cookie).send().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 403, "before the map has r00, the route is forbidden");
+        assert!(Instant::now() < deadline, "the gateway never fetched the role map");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let plain = log_in(&account("plain").await).await;
+    let status = client.get(format!("{}/api/x", gw.url)).header("cookie", &plain.cookie).send().await.unwrap().status();
+    assert_eq!(status, 403);
+    for server in [gw, auth] {
+        assert!(server.stop().await.success());
+    }
+    forget_ledger(&db).await;
+}

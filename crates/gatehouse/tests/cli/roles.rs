@@ -102,4 +102,15 @@ async fn the_first_admin_is_made_on_the_server_and_role_changes_reach_the_gatewa
     let refreshed = bob.unsafe_request(client.post(format!("{url}/auth/refresh"))).send().await.unwrap();
     let bob = Browser::from_login(&refreshed);
     assert_eq!(notes(&client, &url, &bob).await.status(), 403, "the permission went with the role");
+
+    // Disabled through the API: bob's live cookie is refused on the very
+    // next request, and so is his refresh.
+    let disable = alice_b.unsafe_request(client.post(format!("{url}/auth/admin/users/{bob_id}/disable")));
+    assert_eq!(disable.send().await.unwrap().status(), 204);
+    let me = client.get(format!("{url}/auth/me")).header("cookie", &bob.cookie).send().await.unwrap();
+    assert_eq!(me.status(), 401);
+    let refused = notes(&client, &url, &bob).await;
+    assert_eq!(refused.status(), 401);
+    let refresh = bob.unsafe_request(client.post(format!("{url}/auth/refresh"))).send().await.unwrap();
+    assert_eq!(refresh.status(), 401);
 }

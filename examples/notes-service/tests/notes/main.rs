@@ -175,7 +175,7 @@ mod in_process {
                 roles: vec![],
                 permissions: vec![],
                 disabled: false,
-                tokens_not_before: None,
+                tokens_version: 0,
             };
             stores
                 .users

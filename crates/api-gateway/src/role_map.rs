@@ -1,0 +1,149 @@
+//! What each role allows, for tokens too large to carry their permissions
+//! (`permissions_by_role`): fetched from the auth-service at start and
+//! every [`REFRESH`], the last good map kept when a fetch fails. Until a
+//! first map arrives, such a token on a route that requires permissions
+//! gets 503 `roles_unavailable`, never a guess.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, Uri, header};
+use http_body_util::BodyExt as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde::Deserialize;
+
+/// How often the map is fetched again: a permission taken from a role
+/// still counts for such tokens for at most this long (the role's holders'
+/// tokens are stale at once, but their refreshed ones rely on the map).
+pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// Role name → its permissions.
+pub type Permissions = BTreeMap<String, Vec<String>>;
+
+#[async_trait]
+pub trait RoleMapSource: Send + Sync + 'static {
+    async fn fetch(&self) -> Result<Permissions, String>;
+}
+
+/// The auth-service's `/auth/gateway/roles`, with the gateway's credential.
+pub struct HttpRoleMap {
+    url: Uri,
+    credential: String,
+    client: Client<HttpConnector, Body>,
+}
+
+impl HttpRoleMap {
+    pub fn new(auth_service_url: &str, credential: String) -> Result<Self, String> {
+        let url = format!("{}/auth/gateway/roles", auth_service_url.trim_end_matches('/'));
+        let url = url.parse().map_err(|_| format!("{auth_service_url:?} is not a URL"))?;
+        Ok(Self { url, credential, client: Client::builder(hyper_util::rt::TokioExecutor::new()).build_http() })
+    }
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    roles: Permissions,
+}
+
+#[async_trait]
+impl RoleMapSource for HttpRoleMap {
+    async fn fetch(&self) -> Result<Permissions, String> {
+        let request = Request::get(self.url.clone())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.credential))
+            .body(Body::empty())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        serde_json::from_slice::<Answer>(&body).map(|a| a.roles).map_err(|e| e.to_string())
+    }
+}
+
+/// A fetch that runs on its own.
+pub type Fetching = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Permissions, String>> + Send>>;
+
+type Fetch = dyn Fn() -> Fetching + Send + Sync;
+
+/// The map of an auth-service in the same process.
+pub struct LocalRoleMap(Box<Fetch>);
+
+impl LocalRoleMap {
+    pub fn new(fetch: impl Fn() -> Fetching + Send + Sync + 'static) -> Self {
+        Self(Box::new(fetch))
+    }
+}
+
+#[async_trait]
+impl RoleMapSource for LocalRoleMap {
+    async fn fetch(&self) -> Result<Permissions, String> {
+        (self.0)().await
+    }
+}
+
+pub struct RoleMap {
+    source: Arc<dyn RoleMapSource>,
+    current: RwLock<Option<Arc<Permissions>>>,
+}
+
+impl RoleMap {
+    pub fn new(source: Arc<dyn RoleMapSource>) -> Self {
+        Self { source, current: RwLock::new(None) }
+    }
+
+    /// Fetches the map; on failure the previous one stays in force.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let map = self.source.fetch().await.inspect_err(|error| {
+            tracing::warn!(%error, "role map fetch failed; keeping the last good one");
+        })?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
+        Ok(())
+    }
+
+    /// Refreshes every [`REFRESH`] for as long as the runtime lives.
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let map = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = map.refresh().await;
+                tokio::time::sleep(REFRESH).await;
+            }
+        })
+    }
+
+    /// Every permission of `roles`; `None` before any map arrived.
+    pub fn permissions_of(&self, roles: &[String]) -> Option<BTreeSet<String>> {
+        let map = self.current.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        Some(roles.iter().filter_map(|r| map.get(r)).flatten().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn permissions_are_the_union_of_the_roles_and_unknown_roles_give_none() {
+        let map = RoleMap::new(Arc::new(LocalRoleMap::new(|| {
+            Box::pin(async {
+                Ok(Permissions::from([
+                    ("a".to_owned(), vec!["x:read".to_owned(), "y:read".to_owned()]),
+                    ("b".to_owned(), vec!["y:read".to_owned(), "z:write".to_owned()]),
+                ]))
+            })
+        })));
+        assert_eq!(map.permissions_of(&["a".into()]), None, "no map yet");
+        map.refresh().await.unwrap();
+        let both = map.permissions_of(&["a".into(), "b".into(), "gone".into()]).unwrap();
+        assert_eq!(both.into_iter().collect::<Vec<_>>(), ["x:read", "y:read", "z:write"]);
+        assert!(map.permissions_of(&["gone".into()]).unwrap().is_empty());
+    }
+}
