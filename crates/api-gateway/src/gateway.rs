@@ -8,8 +8,11 @@
 //!    in other letter case would match another route);
 //! 4. on `auth = "required"` routes: token from bearer header or cookie →
 //!    verify against the JWKS (503 when no keys yet) → revocation feed current
-//!    (503 otherwise: fail closed) → not revoked → CSRF for cookie-borne
-//!    unsafe requests, the site for cookie-borne WebSocket handshakes → roles;
+//!    (503 otherwise: fail closed) → not revoked (401; `token_stale` for a
+//!    token older than a change to its user) → CSRF for cookie-borne unsafe
+//!    requests, the site for cookie-borne WebSocket handshakes → roles (any
+//!    of) and permissions (all of; from the role map for a token carrying
+//!    roles only, 503 before the map) → a verified email if the route asks;
 //! 5. strip the client's hop-by-hop headers, spoofable identity (and its
 //!    `_` look-alikes), our cookies and untrusted forwarding headers; set
 //!    `X-User-Id`, `X-User-Roles`, `X-Session-Id`, `X-Request-Id`,
