@@ -36,6 +36,29 @@ pub struct Role {
     pub permissions: Vec<String>,
 }
 
+impl Role {
+    /// Whether the role may be stored as it is: a valid name, description
+    /// and permissions, `admin` keeping `users:admin`, `user` never holding it.
+    pub fn check(&self) -> Result<(), RoleError> {
+        if !valid_role_name(&self.name) {
+            return Err(RoleError::Invalid("a role name is 1-64 of a-z 0-9 _ - and starts with a letter"));
+        }
+        if self.description.len() > 500 || self.description.chars().any(char::is_control) {
+            return Err(RoleError::Invalid("a description is at most 500 characters, without control characters"));
+        }
+        if self.permissions.len() > 100 || !self.permissions.iter().all(|p| valid_permission(p)) {
+            return Err(RoleError::Invalid("permissions are at most 100 of resource:action (a-z 0-9 _ -)"));
+        }
+        if self.name == ADMIN_ROLE && !self.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
+            return Err(RoleError::BuiltIn);
+        }
+        if self.name == USER_ROLE && self.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
+            return Err(RoleError::Invalid("the user role cannot hold users:admin: every account would be an admin"));
+        }
+        Ok(())
+    }
+}
+
 /// One administrative action: who (a user id; `None` for the operator on
 /// the server), what, to whom, when, under which request.
 #[derive(Debug, Clone, PartialEq)]
@@ -231,21 +254,7 @@ impl Admin {
 
     /// Creates or redefines a role; its holders' tokens go stale.
     pub async fn put_role(&self, actor: &Actor, role: Role) -> Result<Vec<Staled>, RoleError> {
-        if !valid_role_name(&role.name) {
-            return Err(RoleError::Invalid("a role name is 1-64 of a-z 0-9 _ - and starts with a letter"));
-        }
-        if role.description.len() > 500 || role.description.chars().any(char::is_control) {
-            return Err(RoleError::Invalid("a description is at most 500 characters, without control characters"));
-        }
-        if role.permissions.len() > 100 || !role.permissions.iter().all(|p| valid_permission(p)) {
-            return Err(RoleError::Invalid("permissions are at most 100 of resource:action (a-z 0-9 _ -)"));
-        }
-        if role.name == ADMIN_ROLE && !role.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
-            return Err(RoleError::BuiltIn);
-        }
-        if role.name == USER_ROLE && role.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
-            return Err(RoleError::Invalid("the user role cannot hold users:admin: every account would be an admin"));
-        }
+        role.check()?;
         let mut role = role;
         role.permissions.sort();
         role.permissions.dedup();

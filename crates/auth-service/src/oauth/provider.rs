@@ -215,7 +215,8 @@ impl Provider {
         Ok(Self { settings, http, metadata, keys, discovery_failed })
     }
 
-    /// GETs `url` (with `bearer`, if given) and reads a JSON answer.
+    /// Sends `request` (a GET) and reads a JSON answer of at most 256 KiB;
+    /// `what` names it in errors.
     pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,

@@ -191,18 +191,7 @@ pub async fn users(
     ))]
 pub async fn user(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<UserDetail>, ApiError> {
     let (user, sessions) = state.admin().user(user_id(&id)?).await?.ok_or_else(no_user)?;
-    let sessions = sessions
-        .into_iter()
-        .map(|s| SessionView {
-            id: s.id.as_uuid(),
-            created_at: s.created_at,
-            last_seen_at: s.last_seen_at,
-            expires_at: s.expires_at,
-            current: false,
-            user_agent: s.user_agent,
-            ip: s.ip,
-        })
-        .collect();
+    let sessions = sessions.into_iter().map(|s| SessionView::of(s, false)).collect();
     Ok(Json(UserDetail { user: AdminUserView::from(&user), sessions }))
 }
 

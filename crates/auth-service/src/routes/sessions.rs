@@ -36,6 +36,20 @@ pub struct SessionView {
     pub current: bool,
 }
 
+impl SessionView {
+    pub fn of(s: auth_core::Session, current: bool) -> Self {
+        Self {
+            id: s.id.as_uuid(),
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: s.expires_at,
+            current,
+            user_agent: s.user_agent,
+            ip: s.ip,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionView>,
@@ -51,14 +65,9 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
     let sessions = state.accounts().sessions(caller.user.id).await?;
     let sessions = sessions
         .into_iter()
-        .map(|s| SessionView {
-            id: s.id.as_uuid(),
-            created_at: s.created_at,
-            last_seen_at: s.last_seen_at,
-            expires_at: s.expires_at,
-            current: s.id == caller.session.id,
-            user_agent: s.user_agent,
-            ip: s.ip,
+        .map(|s| {
+            let current = s.id == caller.session.id;
+            SessionView::of(s, current)
         })
         .collect();
     Ok(Json(SessionList { sessions }))
