@@ -175,6 +175,11 @@ impl RoleStore for PgStore {
         audit: &AuditEntry,
     ) -> Result<Option<Vec<Staled>>, StoreError> {
         let mut tx = self.begin().await?;
+        // The role first, as every writer takes it: a grant of it in flight
+        // commits before, and its holder is counted.
+        if !lock_role(&mut tx, name, true).await? {
+            return Ok(None);
+        }
         let holders = holders(&mut tx, name).await?;
         let gone =
             sqlx::query("DELETE FROM roles WHERE name = $1").bind(name).execute(&mut *tx).await.map_err(store_error)?;
