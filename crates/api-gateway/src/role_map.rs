@@ -1,12 +1,13 @@
 //! What each role allows, for tokens too large to carry their permissions
 //! (`permissions_by_role`): fetched from the auth-service at start and
-//! every [`REFRESH`], the last good map kept when a fetch fails. Until a
-//! first map arrives, such a token on a route that requires permissions
-//! gets 503 `roles_unavailable`, never a guess.
+//! every [`REFRESH`], the last good map kept when a fetch fails, for at
+//! most [`MAX_AGE`]. Before a first map arrives, and once the last one is
+//! older than that, such a token on a route that requires permissions gets
+//! 503 `roles_unavailable`, never a guess.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -20,6 +21,11 @@ use serde::Deserialize;
 /// still counts for such tokens for at most this long (the role's holders'
 /// tokens are stale at once, but their refreshed ones rely on the map).
 pub const REFRESH: Duration = Duration::from_secs(5);
+
+/// How long a map stands while fetches fail: a few missed refreshes ride
+/// out a restart of the auth-service; longer, and a permission taken away
+/// could keep counting for as long as the outage lasts.
+pub const MAX_AGE: Duration = Duration::from_secs(3 * REFRESH.as_secs());
 
 /// Role name → its permissions.
 pub type Permissions = BTreeMap<String, Vec<String>>;
@@ -91,7 +97,8 @@ impl RoleMapSource for LocalRoleMap {
 
 pub struct RoleMap {
     source: Arc<dyn RoleMapSource>,
-    current: RwLock<Option<Arc<Permissions>>>,
+    /// The last good map and when it was fetched.
+    current: RwLock<Option<(Arc<Permissions>, Instant)>>,
 }
 
 impl RoleMap {
@@ -99,12 +106,13 @@ impl RoleMap {
         Self { source, current: RwLock::new(None) }
     }
 
-    /// Fetches the map; on failure the previous one stays in force.
+    /// Fetches the map; on failure the previous one stays in force until
+    /// it is [`MAX_AGE`] old.
     pub async fn refresh(&self) -> Result<(), String> {
         let map = self.source.fetch().await.inspect_err(|error| {
-            tracing::warn!(%error, "role map fetch failed; keeping the last good one");
+            tracing::warn!(%error, "role map fetch failed; keeping the last good one for at most {MAX_AGE:?}");
         })?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(map));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(map), Instant::now()));
         Ok(())
     }
 
@@ -119,9 +127,17 @@ impl RoleMap {
         })
     }
 
-    /// Every permission of `roles`; `None` before any map arrived.
+    /// Every permission of `roles`; `None` before any map arrived or once
+    /// the last one is too old to vouch for.
     pub fn permissions_of(&self, roles: &[String]) -> Option<BTreeSet<String>> {
-        let map = self.current.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        self.permissions_at(roles, Instant::now())
+    }
+
+    fn permissions_at(&self, roles: &[String], now: Instant) -> Option<BTreeSet<String>> {
+        let (map, fetched) = self.current.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        if now.saturating_duration_since(fetched) > MAX_AGE {
+            return None;
+        }
         Some(roles.iter().filter_map(|r| map.get(r)).flatten().cloned().collect())
     }
 }
@@ -145,5 +161,33 @@ mod tests {
         let both = map.permissions_of(&["a".into(), "b".into(), "gone".into()]).unwrap();
         assert_eq!(both.into_iter().collect::<Vec<_>>(), ["x:read", "y:read", "z:write"]);
         assert!(map.permissions_of(&["gone".into()]).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_map_that_cannot_be_refreshed_stops_vouching_after_max_age() {
+        let fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let source = {
+            let fails = fails.clone();
+            LocalRoleMap::new(move || {
+                let fails = fails.load(std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move {
+                    match fails {
+                        true => Err("refused".to_owned()),
+                        false => Ok(Permissions::from([("a".to_owned(), vec!["x:read".to_owned()])])),
+                    }
+                })
+            })
+        };
+        let map = RoleMap::new(Arc::new(source));
+        map.refresh().await.unwrap();
+        fails.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(map.refresh().await.is_err());
+        let a = ["a".to_owned()];
+        let now = Instant::now();
+        assert!(map.permissions_at(&a, now + REFRESH * 2).is_some(), "a failed fetch keeps the last map");
+        assert_eq!(map.permissions_at(&a, now + MAX_AGE + REFRESH), None, "kept past its age");
+        fails.store(false, std::sync::atomic::Ordering::SeqCst);
+        map.refresh().await.unwrap();
+        assert!(map.permissions_of(&a).is_some(), "a good fetch vouches again");
     }
 }
