@@ -530,6 +530,12 @@ impl Accounts {
                 let session = Session { last_seen_at: now, idle_expires_at: idle, ..session };
                 return Ok(Refreshed::Rotated(LoggedIn { user, session, refresh: fresh }));
             }
+            // Lost to a concurrent refresh, or to a revocation (logout,
+            // disable) that committed after the session was read.
+            let now_active = self.sessions.session(session.id).await?.is_some_and(|s| s.is_active(now));
+            if !now_active {
+                return Err(RefreshError::SessionEnded);
+            }
         }
         // Superseded, either long ago or by the concurrent refresh that just won.
         let superseded_at = match record.superseded_at {

@@ -109,8 +109,10 @@ impl DomainEvent {
         move |user, roles, version| Self::roles_changed(user, roles, version, now)
     }
 
-    pub fn disabled(user_id: UserId, now: OffsetDateTime) -> Self {
-        Self::new(EventKind::Disabled, user_id, json!({"user_id": user_id}), now)
+    /// `version`: its tokens' version from now on (every older token is
+    /// stale, as after [`Self::roles_changed`]).
+    pub fn disabled(user_id: UserId, version: i64, now: OffsetDateTime) -> Self {
+        Self::new(EventKind::Disabled, user_id, json!({"user_id": user_id, "version": version}), now)
     }
 
     pub fn enabled(user_id: UserId, now: OffsetDateTime) -> Self {

@@ -45,7 +45,7 @@ pub use ports::{
     Unlinked, UserStore,
 };
 pub use recovery::{Recovery, RecoverySettings};
-pub use roles::{Actor, Admin, AuditEntry, Role, RoleChange, RoleStore};
+pub use roles::{AccountState, Actor, Admin, AuditEntry, Role, RoleChange, RoleStore};
 pub use secret::{OpaqueSecret, SecretHash};
 pub use session::Session;
 pub use user::User;

@@ -54,7 +54,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError>;
     async fn refresh_record(&self, token: &SecretHash) -> Result<Option<RefreshRecord>, StoreError>;
     /// Replaces `old` by `new` if and only if `old` is still the session's current
-    /// token (compare-and-swap); `false` when another refresh got there first.
+    /// token (compare-and-swap) and the session is not revoked, checked under
+    /// the session's row lock so a refresh cannot outlive a concurrent
+    /// revocation; `false` when another refresh got there first or the
+    /// session was revoked.
     async fn rotate_refresh(
         &self,
         session: SessionId,

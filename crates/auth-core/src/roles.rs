@@ -124,6 +124,21 @@ pub type EventFor<'a> = &'a (dyn for<'r> Fn(UserId, &'r [String], i64) -> Domain
 /// A user whose tokens went stale: those minted from a version below this.
 pub type Staled = (UserId, i64);
 
+/// What disabling or enabling an account did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountState {
+    NoSuchUser,
+    /// It was so already: nothing written.
+    Unchanged,
+    Enabled,
+    /// The sessions it ended, and the tokens' version from now on (every
+    /// token minted before is stale).
+    Disabled {
+        sessions: Vec<SessionId>,
+        version: i64,
+    },
+}
+
 /// Storage of roles, grants, account state and the audit log.
 #[async_trait]
 pub trait RoleStore: Send + Sync + 'static {
@@ -161,16 +176,16 @@ pub trait RoleStore: Send + Sync + 'static {
         audit: &AuditEntry,
     ) -> Result<RoleChange, StoreError>;
     /// Disables (every session revoked, tokens' version bumped) or enables
-    /// the account, with `event` and `audit`; the sessions revoked, or `None`
-    /// when there is no such user. Nothing is written when it is already so.
+    /// the account, writing `event_for(the tokens' version)` and `audit` in
+    /// the same transaction. Nothing is written when it is already so.
     async fn set_disabled(
         &self,
         user: UserId,
         disabled: bool,
         now: OffsetDateTime,
-        event: &DomainEvent,
+        event_for: &(dyn Fn(i64) -> DomainEvent + Sync),
         audit: &AuditEntry,
-    ) -> Result<Option<Vec<SessionId>>, StoreError>;
+    ) -> Result<AccountState, StoreError>;
     /// Users by email, after `after`, starting with `prefix`, at most `limit`.
     async fn users_page(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<User>, StoreError>;
     async fn record(&self, audit: &AuditEntry) -> Result<(), StoreError>;
@@ -318,23 +333,25 @@ impl Admin {
         Ok(Some((user, sessions)))
     }
 
-    /// Disables (every session ends at once, login refused) or enables the
-    /// account; `false` when there is no such user.
+    /// Disables (every session ends at once, every token goes stale, login
+    /// refused) or enables the account; `false` when there is no such user.
     pub async fn set_disabled(&self, actor: &Actor, user: UserId, disabled: bool) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let (action, event) = match disabled {
-            true => ("user.disable", DomainEvent::disabled(user, now)),
-            false => ("user.enable", DomainEvent::enabled(user, now)),
+        let action = if disabled { "user.disable" } else { "user.enable" };
+        let event_for = |version| match disabled {
+            true => DomainEvent::disabled(user, version, now),
+            false => DomainEvent::enabled(user, now),
         };
         let audit = self.audit(actor, action, Some(user.to_string()), Value::Null);
-        let Some(revoked) = self.store.set_disabled(user, disabled, now, &event, &audit).await? else {
-            return Ok(false);
-        };
-        if disabled {
-            for session in revoked {
-                self.revocations.session_revoked(session, now + self.reach).await;
+        match self.store.set_disabled(user, disabled, now, &event_for, &audit).await? {
+            AccountState::NoSuchUser => return Ok(false),
+            AccountState::Unchanged | AccountState::Enabled => {}
+            AccountState::Disabled { sessions, version } => {
+                for session in sessions {
+                    self.revocations.session_revoked(session, now + self.reach).await;
+                }
+                self.stale(&[(user, version)]).await;
             }
-            self.revocations.user_revoked(user, now, now + self.reach).await;
         }
         Ok(true)
     }

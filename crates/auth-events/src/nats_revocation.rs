@@ -20,7 +20,7 @@ use crate::publish::{NatsError, Remembered};
 
 pub const BUCKET: &str = "gatehouse_revocations";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Entry {
     /// Tokens issued at or before this instant are revoked (`user.` keys).
     #[serde(default)]
@@ -30,6 +30,26 @@ pub(crate) struct Entry {
     pub(crate) version: Option<i64>,
     /// After this the entry can match no live token.
     pub(crate) until: i64,
+}
+
+impl Entry {
+    /// Both entries in one: what either revokes, for as long as either
+    /// stands. A revocation only ever widens.
+    fn merged(&self, other: &Entry) -> Entry {
+        Entry {
+            not_before: self.not_before.max(other.not_before),
+            version: self.version.max(other.version),
+            until: self.until.max(other.until),
+        }
+    }
+}
+
+/// Writes a version bump, or (from events written before versions) a cut-off.
+fn staled(user: UserId, version: Option<i64>, at: OffsetDateTime, until: i64) -> (String, Entry) {
+    match version {
+        Some(version) => (format!("stale.{user}"), Entry { not_before: None, version: Some(version), until }),
+        None => (format!("user.{user}"), Entry { not_before: Some(at.unix_timestamp()), version: None, until }),
+    }
 }
 
 /// Opens the bucket, creating its stream on first use. The stream is made
@@ -61,6 +81,9 @@ pub(crate) async fn bucket(jetstream: &jetstream::Context, url: &str, reach: Dur
 /// answer, never before it: the outbox event written in the same
 /// transaction is what guarantees the revocation reaches every gateway.
 pub const FAST_PATH_LIMIT: Duration = Duration::from_millis(300);
+
+/// Tries of a compare-and-swap write before it counts as failed.
+const CAS_ATTEMPTS: usize = 5;
 
 /// Writes revocations to the bucket: from each revocation use case right
 /// after its commit (fast, best effort) and from the outbox relay (durable).
@@ -104,16 +127,15 @@ impl NatsRevocationSink {
                 let Some(sid) = event.data["session_id"].as_str() else { return Ok(()) };
                 (format!("session.{sid}"), Entry { not_before: None, version: None, until })
             }
-            // Tokens of the user issued before: deleted or disabled.
-            EventKind::Deleted | EventKind::Disabled => (
+            // Tokens of the user issued before: deleted.
+            EventKind::Deleted => (
                 format!("user.{}", event.user_id),
                 Entry { not_before: Some(event.occurred_at.unix_timestamp()), version: None, until },
             ),
-            // Tokens minted from an older version: its roles changed. A key
-            // of its own, so it never replaces a deletion's entry.
-            EventKind::RolesChanged => {
-                let Some(version) = event.data["version"].as_i64() else { return Ok(()) };
-                (format!("stale.{}", event.user_id), Entry { not_before: None, version: Some(version), until })
+            // Tokens minted from an older version: disabled, or its roles
+            // changed. A key of its own, so it never replaces a deletion's.
+            EventKind::Disabled | EventKind::RolesChanged => {
+                staled(event.user_id, event.data["version"].as_i64(), event.occurred_at, until)
             }
             _ => return Ok(()),
         };
@@ -125,12 +147,33 @@ impl NatsRevocationSink {
         self.put_into(&kv, key, entry).await
     }
 
+    /// Writes `entry` merged with what the key holds (compare-and-swap), so
+    /// an older event relayed after a newer fast-path write never takes a
+    /// revocation back.
     async fn put_into(&self, kv: &kv::Store, key: &str, entry: &Entry) -> Result<(), String> {
-        let value = serde_json::to_vec(entry).unwrap_or_default();
-        kv.put(key, value.into()).await.map(|_| ()).map_err(|e| {
+        let failed = |error: String| {
             self.kv.forget();
-            e.to_string()
-        })
+            error
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let found = kv.entry(key).await.map_err(|e| failed(e.to_string()))?;
+            let held = found
+                .as_ref()
+                .filter(|found| found.operation == kv::Operation::Put)
+                .and_then(|found| serde_json::from_slice::<Entry>(&found.value).ok());
+            let merged = held.as_ref().map_or_else(|| entry.clone(), |held| held.merged(entry));
+            if held.as_ref() == Some(&merged) {
+                return Ok(());
+            }
+            let value = serde_json::to_vec(&merged).unwrap_or_default();
+            let revision = found.map_or(0, |found| found.revision);
+            match kv.update(key, value.into(), revision).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        }
+        Err(format!("{key} kept changing under {CAS_ATTEMPTS} writes"))
     }
 
     /// The fast path: one try, bounded by [`FAST_PATH_LIMIT`], on a task of

@@ -181,12 +181,13 @@ impl crate::EventHandler for RevocationsFromEvents {
                     self.feed.set.revoke_session(sid, until);
                 }
             }
-            "user.deleted" | "user.disabled" => self.feed.set.revoke_user(&event.subject, at, until),
-            "user.roles_changed" => {
-                if let Some(version) = event.data["version"].as_i64() {
-                    self.feed.set.outdate_user(&event.subject, version, until);
-                }
-            }
+            "user.deleted" => self.feed.set.revoke_user(&event.subject, at, until),
+            // Events written before tokens had versions carry none: every
+            // token issued up to the change is stale instead.
+            "user.disabled" | "user.roles_changed" => match event.data["version"].as_i64() {
+                Some(version) => self.feed.set.outdate_user(&event.subject, version, until),
+                None => self.feed.set.revoke_user(&event.subject, at, until),
+            },
             _ => {}
         }
         Ok(())

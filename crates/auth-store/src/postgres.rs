@@ -314,6 +314,20 @@ impl SessionStore for PgStore {
         idle_expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // The session row first: a revocation holds it until it commits, and
+        // the condition is checked again on the row it committed.
+        let live = sqlx::query(
+            "UPDATE sessions SET last_seen_at = $2, idle_expires_at = $3 WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(session.as_uuid())
+        .bind(now)
+        .bind(idle_expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if live.rows_affected() == 0 {
+            return Ok(false);
+        }
         let swapped = sqlx::query(
             "UPDATE refresh_tokens SET superseded_at = $3 \
              WHERE token_hash = $1 AND session_id = $2 AND superseded_at IS NULL",
@@ -331,13 +345,6 @@ impl SessionStore for PgStore {
             .bind(new.as_str())
             .bind(session.as_uuid())
             .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        sqlx::query("UPDATE sessions SET last_seen_at = $2, idle_expires_at = $3 WHERE id = $1")
-            .bind(session.as_uuid())
-            .bind(now)
-            .bind(idle_expires_at)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;

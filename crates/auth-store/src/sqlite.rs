@@ -360,6 +360,19 @@ impl SessionStore for SqliteStore {
         idle_expires_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
+        // The session row first: a revocation holds it until it commits.
+        let live = sqlx::query(
+            "UPDATE sessions SET last_seen_at = ?, idle_expires_at = ? WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(ms(now))
+        .bind(ms(idle_expires_at))
+        .bind(session.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if live.rows_affected() == 0 {
+            return Ok(false);
+        }
         let swapped = sqlx::query(
             "UPDATE refresh_tokens SET superseded_at = ? \
              WHERE token_hash = ? AND session_id = ? AND superseded_at IS NULL",
@@ -377,13 +390,6 @@ impl SessionStore for SqliteStore {
             .bind(new.as_str())
             .bind(session.to_string())
             .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        sqlx::query("UPDATE sessions SET last_seen_at = ?, idle_expires_at = ? WHERE id = ?")
-            .bind(ms(now))
-            .bind(ms(idle_expires_at))
-            .bind(session.to_string())
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;

@@ -1,8 +1,8 @@
 //! Roles, grants, account state and the audit log on SQLite.
 
 use async_trait::async_trait;
-use auth_core::roles::{AuditEntry, EventFor, MAX_ROLES_PER_USER, Role, RoleChange, RoleStore, Staled};
-use auth_core::{DomainEvent, SessionId, StoreError, User, UserId};
+use auth_core::roles::{AccountState, AuditEntry, EventFor, MAX_ROLES_PER_USER, Role, RoleChange, RoleStore, Staled};
+use auth_core::{DomainEvent, StoreError, User, UserId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
@@ -242,39 +242,44 @@ impl RoleStore for SqliteStore {
         user: UserId,
         disabled: bool,
         now: OffsetDateTime,
-        event: &DomainEvent,
+        event_for: &(dyn Fn(i64) -> DomainEvent + Sync),
         audit: &AuditEntry,
-    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+    ) -> Result<AccountState, StoreError> {
         let mut tx = self.begin_write().await?;
-        let state: Option<Option<i64>> = sqlx::query_scalar("SELECT disabled_at FROM users WHERE id = ?")
-            .bind(user.to_string())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        let Some(state) = state else { return Ok(None) };
-        if state.is_some() == disabled {
-            return Ok(Some(Vec::new()));
-        }
-        let revoked = if disabled {
-            sqlx::query("UPDATE users SET disabled_at = ?1, tokens_version = tokens_version + 1 WHERE id = ?2")
-                .bind(ms(now))
+        let state: Option<(Option<i64>, i64)> =
+            sqlx::query_as("SELECT disabled_at, tokens_version FROM users WHERE id = ?")
                 .bind(user.to_string())
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            revoke_sessions_in(&mut tx, user, None, now).await?
+        let Some((disabled_at, version)) = state else { return Ok(AccountState::NoSuchUser) };
+        if disabled_at.is_some() == disabled {
+            return Ok(AccountState::Unchanged);
+        }
+        let (state, version) = if disabled {
+            let version: i64 = sqlx::query_scalar(
+                "UPDATE users SET disabled_at = ?1, tokens_version = tokens_version + 1 WHERE id = ?2 \
+                 RETURNING tokens_version",
+            )
+            .bind(ms(now))
+            .bind(user.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let sessions = revoke_sessions_in(&mut tx, user, None, now).await?;
+            (AccountState::Disabled { sessions, version }, version)
         } else {
             sqlx::query("UPDATE users SET disabled_at = NULL WHERE id = ?")
                 .bind(user.to_string())
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            Vec::new()
+            (AccountState::Enabled, version)
         };
-        insert_event(&mut tx, event).await?;
+        insert_event(&mut tx, &event_for(version)).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await.map_err(store_error)?;
-        Ok(Some(revoked))
+        Ok(state)
     }
 
     async fn users_page(&self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<User>, StoreError> {

@@ -221,3 +221,35 @@ async fn relayed_logout_and_deletion_events_also_write_their_revocations() {
     assert!(within(long, || feed.set().is_revoked(&sid, "x", 0)).await.is_some());
     assert!(within(long, || feed.set().is_revoked("y", &uid, now.unix_timestamp())).await.is_some());
 }
+
+#[tokio::test]
+#[cfg_attr(not(nats_available), ignore = "set GATEHOUSE_TEST_NATS_URL to run against NATS")]
+async fn relayed_version_bumps_outdate_tokens_and_an_older_one_never_takes_a_newer_back() {
+    let _serial = SERIAL.lock().await;
+    let long = std::time::Duration::from_secs(10);
+    let revocations = NatsRevocationSink::connect(&url(), REACH).await.unwrap();
+    let watching = NatsRevocationFeed::start(&url(), REACH, std::time::Duration::from_secs(5)).await.unwrap();
+    assert!(within(long, || watching.is_current()).await.is_some());
+    let (promoted, disabled) = (UserId::new(), UserId::new());
+    let (p, d) = (promoted.to_string(), disabled.to_string());
+    let now = SystemClock.now();
+
+    // The fast path writes version 5; the relay then brings the event of
+    // an earlier change (version 3), as it does after the fast path won.
+    revocations.tokens_outdated(promoted, 5, now + time::Duration::seconds(600)).await;
+    let stale_at = |feed: &NatsRevocationFeed, uid: &str, ver: i64| feed.set().revocation("s", uid, 0, ver).is_some();
+    assert!(within(long, || stale_at(&watching, &p, 4)).await.is_some(), "the fast path never arrived");
+    let nats = NatsPublisher::connect(&url()).await.unwrap().with_revocations(revocations);
+    let events =
+        [DomainEvent::roles_changed(promoted, &["user".to_owned()], 3, now), DomainEvent::disabled(disabled, 2, now)];
+    assert_eq!(nats.deliver(&events).await, 2);
+
+    // A gateway starting now reads the bucket as it stands.
+    let late = NatsRevocationFeed::start(&url(), REACH, std::time::Duration::from_secs(5)).await.unwrap();
+    assert!(within(long, || late.is_current()).await.is_some());
+    assert!(stale_at(&late, &p, 4), "the older event took the newer version back");
+    assert!(!stale_at(&late, &p, 5), "a token of the current version is stale");
+    assert!(stale_at(&late, &d, 1), "a token minted before the disable still stands");
+    assert!(!stale_at(&late, &d, 2), "the disabled user's entry is not by version");
+    assert!(late.set().revocation("s", &d, now.unix_timestamp() + 3600, 2).is_none(), "disabling cut by time");
+}

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use auth_core::{Clock, DomainEvent, EventSink, SessionId, SystemClock};
+use auth_core::{Clock, DomainEvent, EventKind, EventSink, SessionId, SystemClock};
 use auth_events::InProcessBus;
 use serde_json::{Value, json};
 
@@ -104,7 +104,14 @@ async fn every_event_published_on_the_bus_matches_its_schema() {
         DomainEvent::password_changed(u.id, now),
         DomainEvent::email_verified(u.id, now),
         DomainEvent::deleted(u.id, now),
+        DomainEvent::roles_changed(u.id, &["admin".to_owned(), "user".to_owned()], 3, now),
+        DomainEvent::disabled(u.id, 4, now),
+        DomainEvent::enabled(u.id, now),
     ];
+    let kinds: std::collections::BTreeSet<_> = events.iter().map(|e| e.kind.subject()).collect();
+    for kind in EventKind::ALL {
+        assert!(kinds.contains(kind.subject()), "{} is published but not checked here", kind.subject());
+    }
     assert_eq!(bus.deliver(&events).await, events.len());
     for event in &events {
         let published = serde_json::to_value(received.recv().await.unwrap()).unwrap();

@@ -4,6 +4,7 @@
 
 mod identities;
 mod recovery;
+mod roles;
 
 use auth_core::events::StoredEvent;
 use std::sync::Mutex;
@@ -212,6 +213,22 @@ async fn rotation_is_a_compare_and_swap_on_the_current_token() {
         assert_eq!(old.superseded_at, Some(t1));
         let got = stores.sessions.session(s.id).await.unwrap().unwrap();
         assert_eq!((got.last_seen_at, got.idle_expires_at), (t1, idle));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_revoked_session_cannot_rotate_its_refresh_token() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "gus@example.com").await;
+        let t0 = now();
+        let (s, first) = logged_in(&stores, u.id, t0).await;
+        assert!(stores.sessions.revoke_session(s.id, t0).await.unwrap());
+        let (next, idle) = (OpaqueSecret::generate(), t0 + Duration::days(7));
+        assert!(!stores.sessions.rotate_refresh(s.id, &first.hash(), &next.hash(), t0, idle).await.unwrap());
+        assert!(stores.sessions.refresh_record(&next.hash()).await.unwrap().is_none());
+        let kept = stores.sessions.refresh_record(&first.hash()).await.unwrap().unwrap();
+        assert_eq!(kept.superseded_at, None, "a refused rotation wrote half of itself");
     })
     .await;
 }

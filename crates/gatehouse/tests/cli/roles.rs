@@ -88,7 +88,8 @@ async fn the_first_admin_is_made_on_the_server_and_role_changes_reach_the_gatewa
 
     // Revoked from the command line, in another process: the running
     // gateway hears it through the outbox (polled, with a deadline).
-    users(&dir, &config, &["revoke-role", me["email"].as_str().unwrap(), "writer"]).await;
+    let me_email = me["email"].as_str().unwrap().to_owned();
+    users(&dir, &config, &["revoke-role", &me_email, "writer"]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let answer = notes(&client, &url, &bob).await;
@@ -113,4 +114,18 @@ async fn the_first_admin_is_made_on_the_server_and_role_changes_reach_the_gatewa
     assert_eq!(refused.status(), 401);
     let refresh = bob.unsafe_request(client.post(format!("{url}/auth/refresh"))).send().await.unwrap();
     assert_eq!(refresh.status(), 401);
+
+    // Enabled again: a new login stands at the gateway at once, even in the
+    // second of the disable (old tokens are stale by version, not by time).
+    let enable = alice_b.unsafe_request(client.post(format!("{url}/auth/admin/users/{bob_id}/enable")));
+    assert_eq!(enable.send().await.unwrap().status(), 204);
+    let login = json!({"email": me_email, "password": PASSWORD});
+    let again = Browser::from_login(&client.post(format!("{url}/auth/login")).json(&login).send().await.unwrap());
+    assert_eq!(
+        client.get(format!("{url}/auth/me")).header("cookie", &again.cookie).send().await.unwrap().status(),
+        200
+    );
+    let notes_again = notes(&client, &url, &again).await;
+    assert_eq!(notes_again.status(), 403, "the new token reached the permission check");
+    assert_eq!(notes(&client, &url, &bob).await.status(), 401, "the old one stays refused");
 }
