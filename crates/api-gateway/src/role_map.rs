@@ -27,6 +27,9 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 /// could keep counting for as long as the outage lasts.
 pub const MAX_AGE: Duration = Duration::from_secs(3 * REFRESH.as_secs());
 
+/// The longest one fetch may take, answer and body.
+pub const FETCH_LIMIT: Duration = Duration::from_secs(4);
+
 /// Role name → its permissions.
 pub type Permissions = BTreeMap<String, Vec<String>>;
 
@@ -62,10 +65,8 @@ impl RoleMapSource for HttpRoleMap {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.credential))
             .body(Body::empty())
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
+        // Bounded as a whole, body included, by [`RoleMap::refresh`].
+        let response = self.client.request(request).await.map_err(|e| e.to_string())?;
         if !response.status().is_success() {
             return Err(format!("status {}", response.status()));
         }
@@ -109,10 +110,16 @@ impl RoleMap {
     /// Fetches the map; on failure the previous one stays in force until
     /// it is [`MAX_AGE`] old.
     pub async fn refresh(&self) -> Result<(), String> {
-        let map = self.source.fetch().await.inspect_err(|error| {
+        // The map is as old as the question: a slow answer vouches for less.
+        let asked = Instant::now();
+        let fetched = match tokio::time::timeout(FETCH_LIMIT, self.source.fetch()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(format!("no answer within {FETCH_LIMIT:?}")),
+        };
+        let map = fetched.inspect_err(|error| {
             tracing::warn!(%error, "role map fetch failed; keeping the last good one for at most {MAX_AGE:?}");
         })?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(map), Instant::now()));
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some((Arc::new(map), asked));
         Ok(())
     }
 
@@ -189,5 +196,27 @@ mod tests {
         fails.store(false, std::sync::atomic::Ordering::SeqCst);
         map.refresh().await.unwrap();
         assert!(map.permissions_of(&a).is_some(), "a good fetch vouches again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_that_never_finishes_is_given_up_and_the_next_one_runs() {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = {
+            let calls = calls.clone();
+            LocalRoleMap::new(move || {
+                let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                Box::pin(async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(Permissions::from([("a".to_owned(), vec!["x:read".to_owned()])]))
+                })
+            })
+        };
+        let map = RoleMap::new(Arc::new(source));
+        let hung = map.refresh().await;
+        assert!(hung.unwrap_err().contains("no answer"), "a hung fetch held the refresher");
+        map.refresh().await.unwrap();
+        assert!(map.permissions_of(&["a".to_owned()]).is_some());
     }
 }

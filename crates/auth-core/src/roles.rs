@@ -347,10 +347,12 @@ impl Admin {
             AccountState::NoSuchUser => return Ok(false),
             AccountState::Unchanged | AccountState::Enabled => {}
             AccountState::Disabled { sessions, version } => {
+                // The version first: it covers every token, and a record of
+                // what to hand over may keep only the first few entries.
+                self.stale(&[(user, version)]).await;
                 for session in sessions {
                     self.revocations.session_revoked(session, now + self.reach).await;
                 }
-                self.stale(&[(user, version)]).await;
             }
         }
         Ok(true)

@@ -69,7 +69,7 @@ impl Progress {
 
 #[derive(Debug)]
 pub struct NatsRevocationFeed {
-    set: RevocationSet,
+    set: Arc<RevocationSet>,
     progress: Mutex<Progress>,
     /// The current epoch, for watches to notice they are out of date.
     epochs: watch::Sender<u64>,
@@ -85,10 +85,23 @@ impl NatsRevocationFeed {
     /// Starts watching in the background and returns at once: the feed is
     /// not current until NATS has answered and the watch has caught up.
     pub async fn start(url: &str, reach: Duration, max_staleness: Duration) -> Result<Arc<Self>, NatsError> {
+        Self::start_into(url, reach, max_staleness, Arc::default()).await
+    }
+
+    /// As [`Self::start`], applying the bucket to `set`, which others may
+    /// write too: in `gatehouse up` with NATS, the auth-service in the same
+    /// process writes its own revocations straight in, and the bucket
+    /// brings those of every other process.
+    pub async fn start_into(
+        url: &str,
+        reach: Duration,
+        max_staleness: Duration,
+        set: Arc<RevocationSet>,
+    ) -> Result<Arc<Self>, NatsError> {
         let client = crate::publish::connect(url, true).await?;
         let js = jetstream::new(client);
         let feed = Arc::new(Self {
-            set: RevocationSet::new(),
+            set,
             progress: Mutex::default(),
             epochs: watch::Sender::new(0),
             healthy_at: AtomicU64::new(0),

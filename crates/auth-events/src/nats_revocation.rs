@@ -1,6 +1,9 @@
 //! Revocations across processes (DESIGN §6): the JetStream key-value bucket
-//! `gatehouse_revocations`, keys `session.<sid>` and `user.<uid>`, history 1,
-//! entries expiring with the longest token they could match.
+//! `gatehouse_revocations`, keys `session.<sid>` (a session ended),
+//! `user.<uid>` (tokens issued up to a time: a deletion) and `stale.<uid>`
+//! (tokens below a version: a role change or disabling), history 1,
+//! entries expiring with the longest token they could match. Writes merge
+//! with what a key holds (compare-and-swap), so entries only widen.
 //!
 //! The auth-service writes ([`NatsRevocationSink`]); every gateway watches
 //! ([`crate::nats_feed::NatsRevocationFeed`], which says when it vouches).
@@ -155,7 +158,7 @@ impl NatsRevocationSink {
             self.kv.forget();
             error
         };
-        for _ in 0..CAS_ATTEMPTS {
+        for attempt in 0..CAS_ATTEMPTS {
             let found = kv.entry(key).await.map_err(|e| failed(e.to_string()))?;
             let held = found
                 .as_ref()
@@ -169,7 +172,11 @@ impl NatsRevocationSink {
             let revision = found.map_or(0, |found| found.revision);
             match kv.update(key, value.into(), revision).await {
                 Ok(_) => return Ok(()),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    // Another writer got there first: read again, after a
+                    // moment, so a lagging read has time to catch up.
+                    tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+                }
                 Err(e) => return Err(failed(e.to_string())),
             }
         }

@@ -132,6 +132,12 @@ impl InProcessFeed {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The set this feed writes, for a watch of other processes' revocations
+    /// to write into as well.
+    pub fn shared_set(&self) -> Arc<RevocationSet> {
+        self.set.clone()
+    }
 }
 
 impl RevocationFeed for InProcessFeed {

@@ -270,7 +270,8 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     let mailer = crate::mail::mailer(config)?;
     let (sink, bus, broker) = event_sink(nats).await?;
     // What another process wrote (`gatehouse users …`) reaches this
-    // gateway through the outbox; with NATS the bucket carries it.
+    // gateway through the outbox; with NATS the bucket carries it (`up`
+    // watches it into the same set).
     if let (Some(bus), Some(feed)) = (&bus, feed) {
         let reach = settings.accounts.access_token_reach.whole_seconds();
         bus.follow(Arc::new(RevocationsFromEvents { feed, reach }));
@@ -420,12 +421,22 @@ impl Application {
             })
         }))));
         roles.refresh().await.map_err(|e| anyhow::anyhow!("read the roles: {e}"))?;
+        // With NATS, other processes (more `up`s, `gatehouse users …`)
+        // revoke too: the bucket brings theirs into the same set, and the
+        // gateway vouches for it only as the standalone one does.
+        let revocations: Arc<dyn RevocationFeed> = match &config.nats.url {
+            Some(url) => {
+                let staleness = Duration::from_secs_f64(config.gateway.revocation.max_staleness);
+                NatsRevocationFeed::start_into(url, token_reach(&config), staleness, feed.shared_set()).await?
+            }
+            None => feed,
+        };
         let state = auth.state.clone();
         let gateway = Gateway::new(GatewayParts {
             routes,
             authenticator,
             roles: Some(roles),
-            revocations: feed,
+            revocations,
             csrf: auth.keys.csrf().clone(),
             clock: Arc::new(SystemClock),
             settings: gateway_settings(&config),

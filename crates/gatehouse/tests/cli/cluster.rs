@@ -421,3 +421,63 @@ async fn a_standalone_gateway_judges_a_roles_only_token_by_the_auth_services_rol
     }
     forget_ledger(&db).await;
 }
+
+/// Polls `url` with `cookie` until it answers `status`, for at most 10 s.
+async fn until_status(client: &reqwest::Client, url: &str, cookie: &str, status: u16) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = client.get(url).header("cookie", cookie).send().await.unwrap();
+        if answer.status() == status {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "{url} still answers {} after 10 s", answer.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+#[cfg_attr(not(services_available), ignore = "set GATEHOUSE_TEST_POSTGRES_URL and GATEHOUSE_TEST_NATS_URL")]
+async fn two_up_processes_enforce_each_others_logouts_and_the_command_lines_role_changes() {
+    let dir = TempDir::new();
+    let db = TestDatabase::create(Backend::Postgres).await;
+    let a = start(with_services(gatehouse(&dir.data()), &db)).await;
+    let b = start(with_services(gatehouse(&dir.data()), &db)).await;
+    let client = reqwest::Client::new();
+    for server in [&a.url, &b.url] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.get(format!("{server}/readyz")).send().await.unwrap().status() != 200 {
+            assert!(Instant::now() < deadline, "{server} never became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let email = format!("twin-{}@example.com", uuid::Uuid::new_v4().simple());
+    let creds = json!({"email": email, "password": PASSWORD});
+    assert_eq!(client.post(format!("{}/auth/register", a.url)).json(&creds).send().await.unwrap().status(), 201);
+    let login =
+        async || Browser::from_login(&client.post(format!("{}/auth/login", a.url)).json(&creds).send().await.unwrap());
+
+    // Logged out through b: a, which signed the token, refuses it too.
+    let first = login().await;
+    let notes_at_a = format!("{}/api/notes", a.url);
+    assert_eq!(client.get(&notes_at_a).header("cookie", &first.cookie).send().await.unwrap().status(), 200);
+    let logout = first.unsafe_request(client.delete(format!("{}/auth/logout", b.url))).send().await.unwrap();
+    assert_eq!(logout.status(), 204);
+    until_status(&client, &notes_at_a, &first.cookie, 401).await;
+
+    // A role taken away from the command line, a third process: both
+    // running gateways call the token stale.
+    let second = login().await;
+    assert_eq!(client.get(&notes_at_a).header("cookie", &second.cookie).send().await.unwrap().status(), 200);
+    let mut users = with_services(gatehouse(&dir.data()), &db);
+    let out = users.args(["users", "revoke-role", &email, "user"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for server in [&a.url, &b.url] {
+        let stale = until_status(&client, &format!("{server}/api/notes"), &second.cookie, 401).await;
+        let body: serde_json::Value = stale.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "token_stale", "{server}");
+    }
+    for server in [a, b] {
+        assert!(server.stop().await.success());
+    }
+    forget_ledger(&db).await;
+}
