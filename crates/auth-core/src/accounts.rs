@@ -9,10 +9,11 @@ use crate::hashing::Verification;
 use crate::mail::Mail;
 use crate::password::PasswordError;
 use crate::roles::USER_ROLE;
+use crate::throttling::{Limits, Rate, ThrottleError, account_key, client_key};
 use crate::{
     Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
-    PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, User,
-    UserId, UserStore,
+    PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, Throttle,
+    User, UserId, UserStore,
 };
 
 /// How long after login an account without a password may delete itself,
@@ -35,6 +36,8 @@ pub struct AccountsSettings {
     /// Whether login waits until the address is verified; otherwise tokens
     /// say `email_verified: false` and routes decide.
     pub require_verified_email: bool,
+    /// Failed logins per account and requests per client address.
+    pub limits: Limits,
 }
 
 impl Default for AccountsSettings {
@@ -46,6 +49,7 @@ impl Default for AccountsSettings {
             refresh_grace: Duration::seconds(5),
             access_token_reach: Duration::seconds(660),
             require_verified_email: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -79,6 +83,9 @@ pub enum LoginError {
     /// The password was right, but the address must be verified first.
     #[error("confirm your email address first")]
     EmailNotVerified,
+    /// Too many failures for this address (known or not): wait this long.
+    #[error("too many failed logins; try again later")]
+    Throttled { retry_after: Duration },
     #[error(transparent)]
     Hash(#[from] HashError),
     #[error(transparent)]
@@ -224,6 +231,7 @@ pub struct Accounts {
     sessions: Arc<dyn SessionStore>,
     identities: Arc<dyn IdentityStore>,
     hasher: Arc<dyn PasswordHasher>,
+    throttle: Arc<dyn Throttle>,
     clock: Arc<dyn Clock>,
     settings: AccountsSettings,
     revocations: Arc<dyn RevocationSink>,
@@ -235,10 +243,25 @@ impl Accounts {
         sessions: Arc<dyn SessionStore>,
         identities: Arc<dyn IdentityStore>,
         hasher: Arc<dyn PasswordHasher>,
+        throttle: Arc<dyn Throttle>,
         clock: Arc<dyn Clock>,
         settings: AccountsSettings,
     ) -> Self {
-        Self { users, sessions, identities, hasher, clock, settings, revocations: Arc::new(NoRevocationSink) }
+        let revocations = Arc::new(NoRevocationSink);
+        Self { users, sessions, identities, hasher, throttle, clock, settings, revocations }
+    }
+
+    /// Takes a token from the bucket of `rate` for the client `ip` (an IPv6
+    /// client's /64); a client whose address is unknown is not counted.
+    pub async fn admit(&self, rate: Rate, ip: &str) -> Result<(), ThrottleError> {
+        if ip.is_empty() {
+            return Ok(());
+        }
+        let key = format!("{}:{}", rate.name(), client_key(ip));
+        match self.throttle.take(&key, self.settings.limits.bucket(rate), self.clock.now()).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(ThrottleError::Throttled { retry_after }),
+        }
     }
 
     /// Tells `sink` of every revocation once it is committed.
@@ -282,7 +305,25 @@ impl Accounts {
         }
     }
 
+    /// Checks the password of `email`'s account and opens a session. Each
+    /// attempt counts against the address (known or not) before the
+    /// password is checked; a right password starts the count again.
     pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<LoggedIn, LoginError> {
+        let key = account_key(email);
+        let policy = &self.settings.limits.attempts;
+        if let Some(wait) = self.throttle.claim_attempt(&key, policy, self.clock.now()).await? {
+            // At the ceiling the wait is until a reset; it reads as the
+            // longest ordinary one, so nothing tells the two apart.
+            return Err(LoginError::Throttled { retry_after: wait.min(policy.max_delay) });
+        }
+        let outcome = self.check_and_open(email, password, client).await;
+        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified)) {
+            self.throttle.clear_attempts(&key).await?;
+        }
+        outcome
+    }
+
+    async fn check_and_open(&self, email: &str, password: &str, client: ClientInfo) -> Result<LoggedIn, LoginError> {
         let password = Password::for_login(password);
         let user = match Email::parse(email) {
             Ok(email) => self.users.user_by_email(&email).await?,

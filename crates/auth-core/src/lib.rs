@@ -13,6 +13,7 @@
 //! - [`accounts`]: the use cases (register, login, refresh, logout, delete, sessions).
 //! - [`recovery`]: password reset and change, email verification, their rate limits.
 //! - [`mail`]: messages, the [`Mailer`] port, and the templates.
+//! - [`throttling`]: login attempts per account and token buckets per client.
 //!
 //! Nothing here speaks HTTP, SQL or NATS.
 
@@ -29,6 +30,7 @@ pub mod recovery;
 pub mod roles;
 pub mod secret;
 pub mod session;
+pub mod throttling;
 pub mod user;
 
 pub use accounts::{Accounts, AccountsSettings};

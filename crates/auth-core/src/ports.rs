@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::events::StoredEvent;
 use crate::mail::{Mail, QueuedMail};
 use crate::session::RefreshRecord;
+use crate::throttling::{AttemptPolicy, Bucket};
 use crate::{DomainEvent, Email, SecretHash, Session, SessionId, User, UserId};
 
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +264,22 @@ pub trait Throttle: Send + Sync + 'static {
     /// Counts one hit on `key` in a window of `window` (a new one starts
     /// when the last has ended) and returns the count so far.
     async fn hit(&self, key: &str, window: time::Duration, now: OffsetDateTime) -> Result<Hits, StoreError>;
+    /// Takes a token from `key`'s bucket (full when new); `Some(wait)`
+    /// until one is there, and then nothing is taken.
+    async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<time::Duration>, StoreError>;
+    /// Counts a login attempt on `key` as a failure until
+    /// [`Self::clear_attempts`] says it succeeded, and sets the wait before
+    /// the next one ([`AttemptPolicy::delay_after`]); `Some(wait)` while
+    /// the key must wait, and then nothing is counted. Check and count are
+    /// one step under the key's lock.
+    async fn claim_attempt(
+        &self,
+        key: &str,
+        policy: &AttemptPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Option<time::Duration>, StoreError>;
+    /// A success, or a password reset: the count starts again.
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError>;
 }
 
 /// A login at an OAuth or OpenID provider, tied to one account.

@@ -15,6 +15,7 @@ use crate::accounts::{LoginError, rematch};
 use crate::hashing::Verification;
 use crate::mail::{Template, Values, say_duration};
 use crate::password::PasswordError;
+use crate::throttling::{AttemptPolicy, account_key, client_key};
 use crate::{
     Clock, DomainEvent, Email, EmailToken, HashError, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
     RecoveryStore, RevocationSink, SecretHash, SessionId, StoreError, Templates, Throttle, TokenPurpose, User, UserId,
@@ -44,6 +45,8 @@ pub struct RecoverySettings {
     /// How far an access token outlives its issue (lifetime + skew).
     pub access_token_reach: Duration,
     pub password: PasswordPolicy,
+    /// A wrong current password on a change counts as a failed login.
+    pub attempts: AttemptPolicy,
 }
 
 impl Default for RecoverySettings {
@@ -56,6 +59,7 @@ impl Default for RecoverySettings {
             per_ip: Limit { max: 30, window: Duration::minutes(15) },
             access_token_reach: Duration::seconds(660),
             password: PasswordPolicy::default(),
+            attempts: AttemptPolicy::default(),
         }
     }
 }
@@ -82,13 +86,7 @@ impl Action {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ThrottleError {
-    #[error("too many requests; try again later")]
-    Throttled { retry_after: Duration },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::throttling::ThrottleError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
@@ -107,6 +105,9 @@ pub enum ResetError {
 pub enum ChangeError {
     #[error("the current password is wrong")]
     WrongPassword,
+    /// Too many wrong passwords for the account, here or at login.
+    #[error("too many failed attempts; try again later")]
+    Throttled { retry_after: Duration },
     #[error(transparent)]
     Password(#[from] PasswordError),
     #[error(transparent)]
@@ -151,7 +152,7 @@ impl Recovery {
     /// addresses count alike; nothing is ever locked.
     pub async fn check_limits(&self, action: Action, email: Option<&str>, ip: &str) -> Result<(), ThrottleError> {
         let now = self.clock.now();
-        let mut keys = vec![(format!("{}:ip:{ip}", action.name()), self.settings.per_ip)];
+        let mut keys = vec![(format!("{}:ip:{}", action.name(), client_key(ip)), self.settings.per_ip)];
         if let Some(email) = email {
             // Hashed: the table holds no addresses. Reset and resend share one
             // count per address, as both send it mail.
@@ -245,6 +246,8 @@ impl Recovery {
             .await?
             .ok_or(ResetError::InvalidToken)?;
         self.revoked(&revoked, now).await;
+        // The way out of login throttling: the count starts again.
+        self.throttle.clear_attempts(&account_key(user.email.as_str())).await?;
         Ok(user.id)
     }
 
@@ -258,11 +261,18 @@ impl Recovery {
         password: &str,
     ) -> Result<(), ChangeError> {
         let given = Password::for_login(current);
+        // A stolen session must not make this a way around login throttling.
+        let key = account_key(user.email.as_str());
+        let policy = &self.settings.attempts;
+        if let Some(wait) = self.throttle.claim_attempt(&key, policy, self.clock.now()).await? {
+            return Err(ChangeError::Throttled { retry_after: wait.min(policy.max_delay) });
+        }
         let verified = match &user.password_hash {
             Some(phc) => {
                 if self.hasher.verify(&given, phc).await? == Verification::Mismatch {
                     return Err(ChangeError::WrongPassword);
                 }
+                self.throttle.clear_attempts(&key).await?;
                 phc
             }
             None => {
@@ -290,6 +300,7 @@ impl Recovery {
                     LoginError::Hash(e) => ChangeError::Hash(e),
                     LoginError::Store(e) => ChangeError::Store(e),
                     LoginError::InvalidCredentials | LoginError::EmailNotVerified => ChangeError::WrongPassword,
+                    LoginError::Throttled { retry_after } => ChangeError::Throttled { retry_after },
                 })?;
             match again {
                 Some(current) if current != verified => verified = current,

@@ -67,6 +67,15 @@ impl ApiError {
         }
     }
 
+    /// 429 `too_many_requests`, the same whatever was throttled.
+    pub fn throttled(retry_after: time::Duration) -> Self {
+        let secs = u32::try_from(retry_after.whole_seconds().max(1)).unwrap_or(u32::MAX);
+        Self {
+            retry_after: Some(secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests; try again later")
+        }
+    }
+
     /// A 500 whose cause is logged, never sent.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
@@ -79,6 +88,15 @@ impl ApiError {
         Self {
             retry_after: Some(1),
             ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "a dependency is unavailable; retry shortly")
+        }
+    }
+}
+
+impl From<auth_core::throttling::ThrottleError> for ApiError {
+    fn from(e: auth_core::throttling::ThrottleError) -> Self {
+        match e {
+            auth_core::throttling::ThrottleError::Throttled { retry_after } => Self::throttled(retry_after),
+            auth_core::throttling::ThrottleError::Store(e) => e.into(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     latency: Mutex<BTreeMap<(String, String, u16), Histogram>>,
     login_success: AtomicU64,
     login_failure: AtomicU64,
+    login_throttled_client: AtomicU64,
+    login_throttled_account: AtomicU64,
 }
 
 impl Metrics {
@@ -56,7 +58,14 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn render(&self, hashes_in_flight: usize) -> String {
+    /// A login refused before any password was checked: its client was over
+    /// its bucket, or the address over its failures.
+    pub fn login_throttled(&self, by_account: bool) {
+        let counter = if by_account { &self.login_throttled_account } else { &self.login_throttled_client };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, hasher: &dyn auth_core::PasswordHasher) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route, method and status.\n");
         out.push_str("# TYPE gatehouse_http_requests_total counter\n");
@@ -92,9 +101,20 @@ impl Metrics {
             "gatehouse_logins_total{{result=\"failure\"}} {}",
             self.login_failure.load(Ordering::Relaxed)
         );
+        for (result, counter) in
+            [("throttled_client", &self.login_throttled_client), ("throttled_account", &self.login_throttled_account)]
+        {
+            let _ = writeln!(out, "gatehouse_logins_total{{result=\"{result}\"}} {}", counter.load(Ordering::Relaxed));
+        }
         out.push_str("# HELP gatehouse_password_hashes_in_flight Password hashes running or waiting for a thread.\n");
         out.push_str("# TYPE gatehouse_password_hashes_in_flight gauge\n");
-        let _ = writeln!(out, "gatehouse_password_hashes_in_flight {hashes_in_flight}");
+        let _ = writeln!(out, "gatehouse_password_hashes_in_flight {}", hasher.in_flight());
+        out.push_str(
+            "# HELP gatehouse_password_hash_operations_total Password hashes and verifications started, dummy ones \
+             included.\n",
+        );
+        out.push_str("# TYPE gatehouse_password_hash_operations_total counter\n");
+        let _ = writeln!(out, "gatehouse_password_hash_operations_total {}", hasher.operations());
         out
     }
 }
@@ -125,7 +145,8 @@ mod tests {
         m.login(true);
         m.login(false);
         m.login(false);
-        let text = m.render(2);
+        m.login_throttled(true);
+        let text = m.render(&Busy);
         assert!(text.contains("gatehouse_http_requests_total{route=\"/auth/me\",method=\"GET\",status=\"200\"} 1"));
         let me_ok = "route=\"/auth/me\",method=\"GET\",status=\"200\"";
         let me_401 = "route=\"/auth/me\",method=\"GET\",status=\"401\"";
@@ -133,6 +154,35 @@ mod tests {
         assert!(text.contains(&format!("gatehouse_http_request_duration_seconds_bucket{{{me_401},le=\"0.025\"}} 0")));
         assert!(text.contains(&format!("gatehouse_http_request_duration_seconds_count{{{me_401}}} 1")));
         assert!(text.contains("gatehouse_logins_total{result=\"failure\"} 2"));
+        assert!(text.contains("gatehouse_logins_total{result=\"throttled_account\"} 1"));
+        assert!(text.contains("gatehouse_logins_total{result=\"throttled_client\"} 0"));
         assert!(text.contains("gatehouse_password_hashes_in_flight 2"));
+        assert!(text.contains("gatehouse_password_hash_operations_total 7"));
+    }
+
+    /// A hasher that reports two hashes in flight and seven done.
+    struct Busy;
+
+    #[async_trait::async_trait]
+    impl auth_core::PasswordHasher for Busy {
+        async fn hash(&self, _: &auth_core::Password) -> Result<String, auth_core::HashError> {
+            Ok(String::new())
+        }
+        async fn verify(
+            &self,
+            _: &auth_core::Password,
+            _: &str,
+        ) -> Result<auth_core::hashing::Verification, auth_core::HashError> {
+            Ok(auth_core::hashing::Verification::Mismatch)
+        }
+        async fn verify_dummy(&self, _: &auth_core::Password) -> Result<(), auth_core::HashError> {
+            Ok(())
+        }
+        fn in_flight(&self) -> usize {
+            2
+        }
+        fn operations(&self) -> u64 {
+            7
+        }
     }
 }

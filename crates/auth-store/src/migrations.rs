@@ -31,6 +31,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "token_versions",
         sql: include_str!("../migrations/postgres/0006_token_versions.sql"),
     },
+    Migration {
+        version: 7,
+        name: "login_throttling",
+        sql: include_str!("../migrations/postgres/0007_login_throttling.sql"),
+    },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -48,6 +53,11 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration { version: 5, name: "roles", sql: include_str!("../migrations/sqlite/0005_roles.sql") },
     Migration { version: 6, name: "token_versions", sql: include_str!("../migrations/sqlite/0006_token_versions.sql") },
+    Migration {
+        version: 7,
+        name: "login_throttling",
+        sql: include_str!("../migrations/sqlite/0007_login_throttling.sql"),
+    },
 ];
 
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use auth_core::mail::{Mail, QueuedMail};
+use auth_core::throttling::{AttemptPolicy, Bucket};
 use auth_core::{
     DomainEvent, Email, EmailToken, Hits, MailQueue, RecoveryStore, SecretHash, SessionId, StoreError, Throttle,
     TokenPurpose, UserId,
@@ -283,6 +284,19 @@ impl MailQueue for PgStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        // A bucket idle for a day is full again; failed logins are
+        // forgotten after 30 quiet days (the delay caps them far lower).
+        sqlx::query("DELETE FROM rate_buckets WHERE updated_at < $1")
+            .bind(day_ago)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("DELETE FROM login_attempts WHERE last_at < $1 AND blocked_until < $2")
+            .bind(now - Duration::days(30))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(dropped)
     }
@@ -304,5 +318,92 @@ impl Throttle for PgStore {
         .await
         .map_err(store_error)?;
         Ok(Hits { count: u32::try_from(count).unwrap_or(u32::MAX), window_ends: start + window })
+    }
+
+    async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The row first (a new bucket is full), so every take of the key
+        // queues on its lock.
+        sqlx::query(
+            "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(f64::from(bucket.burst))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let (held, at): (f64, OffsetDateTime) =
+            sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = $1 FOR UPDATE")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        let tokens = bucket.refilled(Some((held, now - at)));
+        if tokens < 1.0 {
+            return Ok(Some(bucket.wait_for_token(tokens)));
+        }
+        sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
+            .bind(key)
+            .bind(tokens - 1.0)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(None)
+    }
+
+    async fn claim_attempt(
+        &self,
+        key: &str,
+        policy: &AttemptPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The row first, so every claim of the key queues on its lock.
+        sqlx::query(
+            "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES ($1, 0, $2, $3) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(OffsetDateTime::UNIX_EPOCH)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let (failures, blocked_until): (i32, OffsetDateTime) =
+            sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = $1 FOR UPDATE")
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        if blocked_until > now {
+            return Ok(Some(blocked_until - now));
+        }
+        let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
+        // No wait yet: the cut-off stays, so a claim that read the clock
+        // earlier but got the lock later is not refused by this one.
+        let delay = policy.delay_after(failures);
+        let blocked_until = if delay.is_zero() { blocked_until } else { now + delay };
+        sqlx::query("UPDATE login_attempts SET failures = $2, blocked_until = $3, last_at = $4 WHERE key = $1")
+            .bind(key)
+            .bind(i32::try_from(failures).unwrap_or(i32::MAX))
+            .bind(blocked_until)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(None)
+    }
+
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_attempts WHERE key = $1")
+            .bind(key)
+            .execute(self.pool())
+            .await
+            .map_err(store_error)
+            .map(|_| ())
     }
 }

@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use auth_core::mail::{Mail, QueuedMail};
+use auth_core::throttling::{AttemptPolicy, Bucket};
 use auth_core::{
     DomainEvent, Email, EmailToken, Hits, MailQueue, RecoveryStore, SecretHash, SessionId, StoreError, Throttle,
     TokenPurpose, UserId,
@@ -277,6 +278,19 @@ impl MailQueue for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        // A bucket idle for a day is full again; failed logins are
+        // forgotten after 30 quiet days (the delay caps them far lower).
+        sqlx::query("DELETE FROM rate_buckets WHERE updated_at < ?")
+            .bind(day_ago)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("DELETE FROM login_attempts WHERE last_at < ? AND blocked_until < ?")
+            .bind(ms(now - Duration::days(30)))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(dropped)
     }
@@ -298,5 +312,77 @@ impl Throttle for SqliteStore {
         .await
         .map_err(store_error)?;
         Ok(Hits { count: u32::try_from(count).unwrap_or(u32::MAX), window_ends: from_ms(start)? + window })
+    }
+
+    async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let held = held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)));
+        let tokens = bucket.refilled(held);
+        if tokens < 1.0 {
+            return Ok(Some(bucket.wait_for_token(tokens)));
+        }
+        sqlx::query(
+            "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET tokens = ?2, updated_at = ?3",
+        )
+        .bind(key)
+        .bind(tokens - 1.0)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(None)
+    }
+
+    async fn claim_attempt(
+        &self,
+        key: &str,
+        policy: &AttemptPolicy,
+        now: OffsetDateTime,
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let held: Option<(i64, i64)> =
+            sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        let (failures, blocked_until) = held.unwrap_or((0, 0));
+        if blocked_until > ms(now) {
+            return Ok(Some(from_ms(blocked_until)? - now));
+        }
+        let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
+        // No wait yet: the cut-off stays, so a claim that read the clock
+        // earlier but got the lock later is not refused by this one.
+        let delay = policy.delay_after(failures);
+        let blocked_until = if delay.is_zero() { blocked_until } else { ms(now + delay) };
+        sqlx::query(
+            "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (key) DO UPDATE SET failures = ?2, blocked_until = ?3, last_at = ?4",
+        )
+        .bind(key)
+        .bind(i64::from(failures))
+        .bind(blocked_until)
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(None)
+    }
+
+    async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM login_attempts WHERE key = ?")
+            .bind(key)
+            .execute(self.pool())
+            .await
+            .map_err(store_error)
+            .map(|_| ())
     }
 }

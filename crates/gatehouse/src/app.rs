@@ -238,6 +238,7 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         stores.sessions.clone(),
         stores.identities.clone(),
         hasher.clone(),
+        stores.throttle.clone(),
         clock.clone(),
         settings.accounts.clone(),
     );
@@ -440,7 +441,7 @@ impl Application {
             csrf: auth.keys.csrf().clone(),
             clock: Arc::new(SystemClock),
             settings: gateway_settings(&config),
-            extra_metrics: Some(Box::new(move || state.metrics().render(state.accounts().hasher().in_flight()))),
+            extra_metrics: Some(Box::new(move || state.metrics().render(state.accounts().hasher()))),
         })
         .map_err(anyhow::Error::msg)?;
         let g = gateway.clone();
@@ -663,6 +664,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
             refresh_grace: time::Duration::seconds(config.sessions.refresh_grace_secs),
             access_token_reach: time::Duration::seconds(tokens.key_overlap()),
             require_verified_email: config.registration.require_verified_email,
+            limits: config.limits.limits(),
         },
         tokens,
         trusted_origins: config.csrf.trusted_origins.clone(),

@@ -40,6 +40,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub mail: MailConfig,
     pub recovery: RecoveryConfig,
+    pub limits: LimitsConfig,
     pub registration: RegistrationConfig,
     pub oauth: OAuthConfig,
     /// `[roles.<name>]`: roles created, or brought to these permissions, at
@@ -221,6 +222,71 @@ pub struct RecoveryConfig {
 impl Default for RecoveryConfig {
     fn default() -> Self {
         Self { reset_link_minutes: 15, verify_link_hours: 24, per_address_per_hour: 5, per_client_per_15_minutes: 30 }
+    }
+}
+
+/// A token bucket per client address: `burst` requests at once, then
+/// `per_minute`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketConfig {
+    pub burst: u32,
+    pub per_minute: u32,
+}
+
+impl From<BucketConfig> for auth_core::throttling::Bucket {
+    fn from(b: BucketConfig) -> Self {
+        Self { burst: b.burst, per_minute: b.per_minute }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Failed logins per address (with or without an account) before each
+    /// further attempt waits, doubling from 1 s.
+    pub failures_before_delay: u32,
+    /// The longest wait between attempts, in seconds.
+    pub max_delay_secs: i64,
+    /// Consecutive failures after which only a password reset opens the
+    /// account (at most 100, NIST 800-63B-4 §3.2.2).
+    pub failure_ceiling: u32,
+    /// Per client address (an IPv6 client per /64), on each endpoint.
+    pub login: BucketConfig,
+    pub register: BucketConfig,
+    pub forgot: BucketConfig,
+    pub refresh: BucketConfig,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = auth_core::throttling::Limits::default();
+        let bucket = |b: auth_core::throttling::Bucket| BucketConfig { burst: b.burst, per_minute: b.per_minute };
+        Self {
+            failures_before_delay: l.attempts.free_failures,
+            max_delay_secs: l.attempts.max_delay.whole_seconds(),
+            failure_ceiling: l.attempts.ceiling,
+            login: bucket(l.login),
+            register: bucket(l.register),
+            forgot: bucket(l.forgot),
+            refresh: bucket(l.refresh),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn limits(&self) -> auth_core::throttling::Limits {
+        auth_core::throttling::Limits {
+            login: self.login.into(),
+            register: self.register.into(),
+            forgot: self.forgot.into(),
+            refresh: self.refresh.into(),
+            attempts: auth_core::throttling::AttemptPolicy {
+                free_failures: self.failures_before_delay,
+                max_delay: time::Duration::seconds(self.max_delay_secs),
+                ceiling: self.failure_ceiling,
+            },
+        }
     }
 }
 
@@ -456,6 +522,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             mail: MailConfig::default(),
             recovery: RecoveryConfig::default(),
+            limits: LimitsConfig::default(),
             registration: RegistrationConfig::default(),
             oauth: OAuthConfig::default(),
             roles: default_roles(),
@@ -561,6 +628,16 @@ impl Config {
         }
         if r.per_address_per_hour == 0 || r.per_client_per_15_minutes == 0 {
             return bad("recovery limits must be at least 1");
+        }
+        let l = &self.limits;
+        if l.failure_ceiling == 0 || l.failure_ceiling > 100 || l.failures_before_delay >= l.failure_ceiling {
+            return bad("limits need 0 < failures_before_delay < failure_ceiling ≤ 100");
+        }
+        if !(1..=86_400).contains(&l.max_delay_secs) {
+            return bad("limits.max_delay_secs must be between 1 and 86400");
+        }
+        if [l.login, l.register, l.forgot, l.refresh].iter().any(|b| b.burst == 0 || b.per_minute == 0) {
+            return bad("limits buckets need burst ≥ 1 and per_minute ≥ 1");
         }
         if self.mail.from.parse::<lettre::message::Mailbox>().is_err() {
             return bad("mail.from must be an address, optionally with a name: `Name <address>`");

@@ -74,6 +74,7 @@ pub fn recovery(
         per_ip: Limit { max: r.per_client_per_15_minutes, window: time::Duration::minutes(15) },
         access_token_reach: settings.accounts.access_token_reach,
         password: settings.accounts.password,
+        attempts: settings.accounts.limits.attempts,
     };
     Ok(Recovery::new(
         stores.users.clone(),

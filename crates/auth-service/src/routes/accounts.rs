@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use auth_core::accounts::{ClientInfo, DeleteError, LoginError, RefreshError, Refreshed, RegisterError};
+use auth_core::throttling::{Rate, ThrottleError};
 use auth_core::{OpaqueSecret, Session, User};
 use auth_tokens::AccessClaims;
 use axum::extract::{ConnectInfo, State};
@@ -98,12 +99,15 @@ pub struct DeleteAccount {
         (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
         (status = 409, description = "`email_taken`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`, with `Retry-After`: too many registrations from this client", body = ErrorBody),
         (status = 503, description = "`busy`: too many password hashes in flight", body = ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    peer: ClientAddress,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
+    state.accounts().admit(Rate::Register, &peer.ip()).await?;
     let user = state.accounts().register(&body.email, &body.password).await.map_err(|e| match e {
         RegisterError::InvalidEmail => ApiError::bad_request("invalid_email", "not a valid email address"),
         RegisterError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
@@ -127,6 +131,13 @@ pub async fn register(
 /// gateway in front passed in), unless that is a trusted proxy, whose
 /// `X-Forwarded-For` then says (see [`auth_tokens::proxies::client_address`]).
 pub struct ClientAddress(pub Option<IpAddr>);
+
+impl ClientAddress {
+    /// The address as text; empty when unknown.
+    pub fn ip(&self) -> String {
+        self.0.map(|a| a.to_string()).unwrap_or_default()
+    }
+}
 
 impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
@@ -155,6 +166,7 @@ pub(crate) fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAdd
         (status = 401, description = "`invalid_credentials`, identical for unknown email and wrong password", body = ErrorBody),
         (status = 403, description = "`csrf_failed`: cross-site request; `email_not_verified` (right password, address not yet confirmed, when the deployment requires it)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`, with `Retry-After`: too many failed logins for this address (the same whether or not it has an account), or too many logins from this client", body = ErrorBody),
         (status = 503, description = "`busy`", body = ErrorBody),
     ))]
 pub async fn login(
@@ -165,6 +177,13 @@ pub async fn login(
 ) -> Result<Response, ApiError> {
     let client = client_info(&headers, peer);
     let ip = client.ip.clone().unwrap_or_default();
+    if let Err(refused) = state.accounts().admit(Rate::Login, &ip).await {
+        if matches!(refused, ThrottleError::Throttled { .. }) {
+            state.metrics().login_throttled(false);
+            tracing::info!(%ip, reason = "client_throttled", "login refused");
+        }
+        return Err(refused.into());
+    }
     match state.accounts().login(&body.email, &body.password, client).await {
         Ok(done) => {
             state.metrics().login(true);
@@ -185,6 +204,11 @@ pub async fn login(
                 "confirm your email address first; POST /auth/email/resend sends the link again",
             ))
         }
+        Err(LoginError::Throttled { retry_after }) => {
+            state.metrics().login_throttled(true);
+            tracing::info!(%ip, reason = "account_throttled", "login refused");
+            Err(ApiError::throttled(retry_after))
+        }
         Err(LoginError::Hash(e)) => Err(e.into()),
         Err(LoginError::Store(e)) => Err(e.into()),
     }
@@ -197,8 +221,14 @@ pub async fn login(
         (status = 200, description = "New cookies set", body = LoginResponse),
         (status = 401, description = "`unauthenticated`: unknown, reused (the session is then revoked) or expired refresh token", body = ErrorBody),
         (status = 403, description = "`csrf_failed`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`, with `Retry-After`: too many refreshes from this client", body = ErrorBody),
     ))]
-pub async fn refresh(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn refresh(
+    State(state): State<AppState>,
+    peer: ClientAddress,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.accounts().admit(Rate::Refresh, &peer.ip()).await?;
     let token = cookies::get(&headers, cookies::REFRESH).ok_or_else(ApiError::unauthenticated)?;
     // CSRF before rotation: a refused request must not consume the token.
     let session = state.accounts().session_of_refresh(token).await?.ok_or_else(ApiError::unauthenticated)?;

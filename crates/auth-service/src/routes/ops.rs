@@ -48,7 +48,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 /// Prometheus metrics, text format 0.0.4.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics().render(state.accounts().hasher().in_flight());
+    let text = state.metrics().render(state.accounts().hasher());
     let mut response = (StatusCode::OK, text).into_response();
     response
         .headers_mut()

@@ -4,7 +4,8 @@
 //! an account, before any account is looked up: the lookup and the mail
 //! happen after the answer, so neither body nor timing tells.
 
-use auth_core::recovery::{Action, ChangeError, ResetError, ThrottleError};
+use auth_core::recovery::{Action, ChangeError, ResetError};
+use auth_core::throttling::Rate;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -65,29 +66,8 @@ fn accepted(message: &'static str) -> Response {
     (StatusCode::ACCEPTED, Json(Accepted { status: "accepted", message })).into_response()
 }
 
-fn throttled(e: ThrottleError) -> ApiError {
-    match e {
-        ThrottleError::Throttled { retry_after } => {
-            let secs = u32::try_from(retry_after.whole_seconds().max(1)).unwrap_or(u32::MAX);
-            ApiError {
-                retry_after: Some(secs),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_requests",
-                    "too many requests; try again later",
-                )
-            }
-        }
-        ThrottleError::Store(e) => e.into(),
-    }
-}
-
 fn invalid_token() -> ApiError {
     ApiError::bad_request("invalid_token", "the link is invalid or has expired; ask for a new one")
-}
-
-fn ip(ClientAddress(address): &ClientAddress) -> String {
-    address.map(|a| a.to_string()).unwrap_or_default()
 }
 
 fn check_email(email: &str) -> Result<(), ApiError> {
@@ -109,7 +89,8 @@ pub async fn forgot(
     AppJson(body): AppJson<EmailOnly>,
 ) -> Result<Response, ApiError> {
     check_email(&body.email)?;
-    state.recovery().check_limits(Action::Forgot, Some(&body.email), &ip(&peer)).await.map_err(throttled)?;
+    state.accounts().admit(Rate::Forgot, &peer.ip()).await?;
+    state.recovery().check_limits(Action::Forgot, Some(&body.email), &peer.ip()).await?;
     tokio::spawn(async move {
         match state.recovery().request_reset(&body.email).await {
             Ok(()) => state.mail_waker().notify_one(),
@@ -131,7 +112,7 @@ pub async fn reset(
     peer: ClientAddress,
     AppJson(body): AppJson<ResetPassword>,
 ) -> Result<Response, ApiError> {
-    state.recovery().check_limits(Action::Reset, None, &ip(&peer)).await.map_err(throttled)?;
+    state.recovery().check_limits(Action::Reset, None, &peer.ip()).await?;
     let user = state.recovery().reset_password(&body.token, &body.password).await.map_err(|e| match e {
         ResetError::InvalidToken => invalid_token(),
         ResetError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
@@ -151,7 +132,7 @@ pub async fn reset(
         (status = 400, description = "`password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`wrong_password` or `csrf_failed`", body = ErrorBody),
-        (status = 429, description = "`too_many_requests`: too many attempts for this account", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`, with `Retry-After`: too many wrong passwords for this account, here or at login", body = ErrorBody),
     ))]
 pub async fn change(
     State(state): State<AppState>,
@@ -160,7 +141,7 @@ pub async fn change(
 ) -> Result<Response, ApiError> {
     // Counted per account: a stolen session cannot guess the password freely.
     let account = caller.user.id.to_string();
-    state.recovery().check_limits(Action::Change, None, &account).await.map_err(throttled)?;
+    state.recovery().check_limits(Action::Change, None, &account).await?;
     let changed =
         state.recovery().change_password(&caller.user, caller.session.id, &body.current_password, &body.password).await;
     changed.map_err(|e| match e {
@@ -169,6 +150,7 @@ pub async fn change(
             tracing::info!(user_id = %caller.user.id, reason = "wrong_password", "password change refused");
             ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong")
         }
+        ChangeError::Throttled { retry_after } => ApiError::throttled(retry_after),
         ChangeError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
         ChangeError::Hash(e) => e.into(),
         ChangeError::Store(e) => e.into(),
@@ -190,7 +172,7 @@ pub async fn verify(
     peer: ClientAddress,
     AppJson(body): AppJson<TokenOnly>,
 ) -> Result<Response, ApiError> {
-    state.recovery().check_limits(Action::Verify, None, &ip(&peer)).await.map_err(throttled)?;
+    state.recovery().check_limits(Action::Verify, None, &peer.ip()).await?;
     let user = state.recovery().verify_email(&body.token).await.map_err(|e| match e {
         ResetError::Store(e) => e.into(),
         _ => invalid_token(),
@@ -212,7 +194,7 @@ pub async fn resend(
     AppJson(body): AppJson<EmailOnly>,
 ) -> Result<Response, ApiError> {
     check_email(&body.email)?;
-    state.recovery().check_limits(Action::Resend, Some(&body.email), &ip(&peer)).await.map_err(throttled)?;
+    state.recovery().check_limits(Action::Resend, Some(&body.email), &peer.ip()).await?;
     tokio::spawn(async move {
         match state.recovery().resend_verification(&body.email).await {
             Ok(()) => state.mail_waker().notify_one(),

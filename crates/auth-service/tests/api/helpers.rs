@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use auth_core::Clock as _;
 use auth_core::hashing::HashingSettings;
+use auth_core::throttling::{AttemptPolicy, Bucket, Limits};
 use auth_core::{
     Accounts, AccountsSettings, Argon2Hasher, ManualClock, NoRevocationSink, PasswordHasher, Recovery,
     RecoverySettings, Templates,
@@ -54,6 +55,16 @@ pub struct Options {
     /// The URL of a `ProviderStub`: providers `github`, `facebook` (which
     /// may not link accounts by email) and `stub-oidc` on it.
     pub oauth_stub: Option<String>,
+    /// Login throttling and client buckets; by default limits no test of
+    /// something else runs into (the throttling tests use the real ones).
+    pub limits: Option<Limits>,
+}
+
+/// Limits too large to meet: tests of races run many logins at once.
+pub fn roomy_limits() -> Limits {
+    let roomy = Bucket { burst: 100_000, per_minute: 100_000 };
+    let attempts = AttemptPolicy { free_failures: 10_000, ceiling: 20_000, ..AttemptPolicy::default() };
+    Limits { login: roomy, register: roomy, forgot: roomy, refresh: roomy, attempts }
 }
 
 /// Runs `scenario` against a fresh app on every available backend.
@@ -79,17 +90,26 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let key_file = std::env::temp_dir().join(format!("gatehouse-keys-{}.json", uuid::Uuid::new_v4()));
     let keys = Arc::new(KeyHandle::from_file(key_file.clone(), token_settings(), clock.clone()).unwrap());
     let hasher = Arc::new(Argon2Hasher::new(&options.hashing).unwrap());
-    let account_settings =
-        AccountsSettings { require_verified_email: options.require_verified_email, ..AccountsSettings::default() };
+    let limits = options.limits.unwrap_or_else(roomy_limits);
+    let account_settings = AccountsSettings {
+        require_verified_email: options.require_verified_email,
+        limits,
+        ..AccountsSettings::default()
+    };
     let accounts = Accounts::new(
         stores.users.clone(),
         stores.sessions.clone(),
         stores.identities.clone(),
         hasher.clone(),
+        stores.throttle.clone(),
         clock.clone(),
         account_settings.clone(),
     );
-    let recovery_settings = RecoverySettings { public_url: ISSUER.into(), ..options.recovery.unwrap_or_default() };
+    let recovery_settings = RecoverySettings {
+        public_url: ISSUER.into(),
+        attempts: limits.attempts,
+        ..options.recovery.unwrap_or_default()
+    };
     let recovery = Recovery::new(
         stores.users.clone(),
         stores.recovery.clone(),

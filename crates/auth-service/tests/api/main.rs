@@ -17,4 +17,5 @@ mod refresh;
 mod register;
 mod sessions;
 mod social;
+mod throttling;
 mod tokens;

@@ -17,11 +17,11 @@ impl TestApp {
         self.request(Method::POST, path).json(&body).send().await.unwrap()
     }
 
-    async fn forgot(&self, email: &str) -> Response {
+    pub async fn forgot(&self, email: &str) -> Response {
         self.post("/auth/password/forgot", json!({"email": email})).await
     }
 
-    async fn reset(&self, token: &str, password: &str) -> Response {
+    pub async fn reset(&self, token: &str, password: &str) -> Response {
         self.post("/auth/password/reset", json!({"token": token, "password": password})).await
     }
 }

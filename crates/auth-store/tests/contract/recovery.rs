@@ -200,3 +200,82 @@ async fn logged_in_pair(stores: &Stores, user: &User) -> (auth_core::SessionId, 
     let (session, refresh) = logged_in(stores, user.id, now()).await;
     (session.id, refresh)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_login_attempts_on_one_address_get_exactly_the_free_ones() {
+    use auth_core::throttling::AttemptPolicy;
+    each_backend(async |stores: Stores| {
+        let policy = AttemptPolicy::default();
+        let t0 = now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let stores = stores.clone();
+            tasks.spawn(async move { stores.throttle.claim_attempt("login:k", &policy, t0).await.unwrap() });
+        }
+        let mut counted = 0;
+        while let Some(claim) = tasks.join_next().await {
+            if claim.unwrap().is_none() {
+                counted += 1;
+            }
+        }
+        assert_eq!(counted, 5, "checked and counted in one step");
+        let wait = stores.throttle.claim_attempt("login:k", &policy, t0).await.unwrap();
+        assert_eq!(wait, Some(Duration::seconds(1)), "the fifth failure sets a 1 s wait");
+        let t1 = t0 + Duration::seconds(1);
+        assert_eq!(stores.throttle.claim_attempt("login:k", &policy, t1).await.unwrap(), None);
+        let wait = stores.throttle.claim_attempt("login:k", &policy, t1).await.unwrap();
+        assert_eq!(wait, Some(Duration::seconds(2)), "then it doubles");
+        assert_eq!(stores.throttle.claim_attempt("login:other", &policy, t1).await.unwrap(), None, "per key");
+        stores.throttle.clear_attempts("login:k").await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(stores.throttle.claim_attempt("login:k", &policy, t1).await.unwrap(), None, "cleared");
+        }
+        // Claims that read the clock before another but got the lock after
+        // it are not refused while no wait is due.
+        for key in ["login:new", "login:fresh"] {
+            assert_eq!(stores.throttle.claim_attempt(key, &policy, t1).await.unwrap(), None);
+            let earlier = t1 - Duration::milliseconds(3);
+            assert_eq!(stores.throttle.claim_attempt(key, &policy, earlier).await.unwrap(), None, "{key}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bucket_gives_its_burst_to_parallel_takers_then_refills_at_its_rate() {
+    use auth_core::throttling::Bucket;
+    each_backend(async |stores: Stores| {
+        let bucket = Bucket { burst: 10, per_minute: 6 };
+        let t0 = now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let stores = stores.clone();
+            tasks.spawn(async move { stores.throttle.take("login:192.0.2.1", bucket, t0).await.unwrap() });
+        }
+        let mut taken = 0;
+        while let Some(take) = tasks.join_next().await {
+            match take.unwrap() {
+                None => taken += 1,
+                Some(wait) => assert_eq!(wait, Duration::seconds(10), "one token every 10 s"),
+            }
+        }
+        assert_eq!(taken, 10);
+        let t1 = t0 + Duration::seconds(10);
+        assert_eq!(stores.throttle.take("login:192.0.2.1", bucket, t1).await.unwrap(), None, "refilled by one");
+        assert!(stores.throttle.take("login:192.0.2.1", bucket, t1).await.unwrap().is_some());
+        assert_eq!(stores.throttle.take("login:192.0.2.2", bucket, t1).await.unwrap(), None, "per key");
+        // Tidying drops idle buckets (full again anyway) and failures
+        // quiet for 30 days, and keeps a wait that still runs.
+        let policy = auth_core::throttling::AttemptPolicy::default();
+        for _ in 0..5 {
+            stores.throttle.claim_attempt("login:quiet", &policy, t0).await.unwrap();
+        }
+        stores.mail.tidy(t0 + Duration::days(31)).await.unwrap();
+        let later = t0 + Duration::days(31);
+        assert_eq!(stores.throttle.claim_attempt("login:quiet", &policy, later).await.unwrap(), None);
+        for _ in 0..4 {
+            assert_eq!(stores.throttle.claim_attempt("login:quiet", &policy, later).await.unwrap(), None, "forgotten");
+        }
+    })
+    .await;
+}

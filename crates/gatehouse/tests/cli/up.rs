@@ -224,3 +224,35 @@ async fn a_deletion_still_erases_the_notes_when_the_notes_database_was_locked_at
     wait_until_erased(&notes_db, &user_id, tokio::time::Instant::now() + std::time::Duration::from_secs(30)).await;
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn out_of_the_box_a_client_is_throttled_and_forged_forwarding_does_not_help() {
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    real_limits(&mut cmd);
+    let server = start(cmd).await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let email = register(&client, &url).await;
+    // The default bucket: 20 logins at once from one client. Each forged
+    // X-Forwarded-For is ignored (127.0.0.1 is no trusted proxy), so a
+    // spray cannot pose as many clients.
+    for i in 0..20 {
+        let guess = json!({"email": format!("spray-{i}@example.com"), "password": PASSWORD});
+        let login = client
+            .post(format!("{url}/auth/login"))
+            .header("x-forwarded-for", format!("198.51.100.{i}"))
+            .json(&guess)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 401, "attempt {i}");
+    }
+    let creds = json!({"email": email, "password": PASSWORD});
+    let throttled = client.post(format!("{url}/auth/login")).json(&creds).send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    let retry: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=6).contains(&retry), "10 a minute: {retry}");
+    let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gatehouse_logins_total{result=\"throttled_client\"} 1"), "{metrics}");
+    assert!(server.stop().await.success());
+}

@@ -55,7 +55,24 @@ pub(crate) fn gatehouse_via(wrapper: &[&str], data_dir: &Path) -> Command {
         }
     }
     cmd.arg("--data-dir").arg(data_dir).env("RUST_LOG", "info").kill_on_drop(true);
+    // Tests of other things log in and register from one address, often at
+    // once; a test of the limits sets them back (`real_limits`).
+    for bucket in ["LOGIN", "REGISTER", "FORGOT", "REFRESH"] {
+        cmd.env(format!("GATEHOUSE_LIMITS__{bucket}__BURST"), "100000");
+        cmd.env(format!("GATEHOUSE_LIMITS__{bucket}__PER_MINUTE"), "100000");
+    }
+    cmd.env("GATEHOUSE_LIMITS__FAILURES_BEFORE_DELAY", "99");
     cmd
+}
+
+/// Takes back what [`gatehouse_via`] set: the limits a user gets.
+#[allow(dead_code)]
+pub(crate) fn real_limits(cmd: &mut Command) {
+    for bucket in ["LOGIN", "REGISTER", "FORGOT", "REFRESH"] {
+        cmd.env_remove(format!("GATEHOUSE_LIMITS__{bucket}__BURST"));
+        cmd.env_remove(format!("GATEHOUSE_LIMITS__{bucket}__PER_MINUTE"));
+    }
+    cmd.env_remove("GATEHOUSE_LIMITS__FAILURES_BEFORE_DELAY");
 }
 
 pub(crate) struct Server {
