@@ -152,7 +152,20 @@ impl IntoResponse for GatewayError {
             }
             _ => {}
         }
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        own_headers(headers);
         response
     }
+}
+
+/// What every answer the gateway makes itself (errors, `/healthz`,
+/// `/readyz`, `/metrics`) carries: no caching, no sniffing, no referrer,
+/// nothing loaded or framed.
+pub(crate) fn own_headers(headers: &mut axum::http::HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"),
+    );
 }

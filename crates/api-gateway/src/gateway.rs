@@ -214,6 +214,12 @@ impl Gateway {
     }
 
     fn own_endpoint(&self, path: &str) -> Option<Response> {
+        let mut response = self.own_answer(path)?;
+        crate::error::own_headers(response.headers_mut());
+        Some(response)
+    }
+
+    fn own_answer(&self, path: &str) -> Option<Response> {
         match path {
             "/healthz" => Some(axum::Json(json!({"status": "ok"})).into_response()),
             "/readyz" if self.0.auth.has_keys() && self.0.revocations.is_current() => {

@@ -174,6 +174,9 @@ pub enum AuthError {
 pub enum DeleteError {
     #[error("the password is wrong")]
     WrongPassword,
+    /// Too many wrong passwords for the account, here or at login.
+    #[error("too many failed attempts; try again later")]
+    Throttled { retry_after: Duration },
     #[error("log in again before deleting this account")]
     ReauthenticationRequired,
     #[error("not authenticated")]
@@ -317,8 +320,12 @@ impl Accounts {
             return Err(LoginError::Throttled { retry_after: wait.min(policy.max_delay) });
         }
         let outcome = self.check_and_open(email, password, client).await;
-        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified)) {
-            self.throttle.clear_attempts(&key).await?;
+        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified))
+            && let Err(error) = self.throttle.clear_attempts(&key).await
+        {
+            // The session is open: failing the login now would strand it.
+            // The count stays, and the next success clears it.
+            tracing::warn!(%error, "could not clear the failed-login count after a right password");
         }
         outcome
     }
@@ -630,6 +637,12 @@ impl Accounts {
         let now = self.clock.now();
         match (&user.password_hash, password) {
             (Some(phc), Some(given)) => {
+                // Counted as a login: a stolen session is no way to guess.
+                let key = account_key(user.email.as_str());
+                let policy = &self.settings.limits.attempts;
+                if let Some(wait) = self.throttle.claim_attempt(&key, policy, now).await? {
+                    return Err(DeleteError::Throttled { retry_after: wait.min(policy.max_delay) });
+                }
                 let given = Password::for_login(given);
                 if self.hasher.verify(&given, phc).await? == Verification::Mismatch {
                     return Err(DeleteError::WrongPassword);
@@ -645,6 +658,10 @@ impl Accounts {
         }
         let reach = now + self.settings.access_token_reach;
         self.revocations.user_revoked(user.id, now, reach).await;
+        // Its failed-login count (a hash of the address) goes with it.
+        if let Err(error) = self.throttle.clear_attempts(&account_key(user.email.as_str())).await {
+            tracing::warn!(%error, "could not drop the deleted account's failed-login count");
+        }
         Ok(())
     }
 

@@ -158,12 +158,15 @@ pub fn client_key(ip: &str) -> String {
     }
 }
 
-/// The key an address's login attempts are counted under: a hash of its
-/// normalised form, so the table holds no addresses and text that is no
-/// address counts as itself.
+/// The key an address's login attempts are counted under: a hash of the
+/// form accounts are stored and looked up by ([`Email::parse`]), so two
+/// addresses are one count exactly when they are one account (a case
+/// variant of the local part is another account, and must not clear this
+/// one's count); the table holds no addresses, and text that is no address
+/// counts as itself.
 pub fn account_key(email: &str) -> String {
-    let normalised = Email::parse(email).map(|e| e.as_str().to_lowercase()).unwrap_or_else(|_| email.to_owned());
-    format!("login:{}", SecretHash::of(&normalised).as_str())
+    let stored = Email::parse(email).map(|e| e.as_str().to_owned()).unwrap_or_else(|_| email.to_owned());
+    format!("login:{}", SecretHash::of(&stored).as_str())
 }
 
 #[cfg(test)]
@@ -198,8 +201,9 @@ mod tests {
     }
 
     #[test]
-    fn an_address_counts_once_however_it_is_cased() {
-        assert_eq!(account_key("Alice@Example.com"), account_key("alice@example.com"));
+    fn an_address_counts_as_the_account_it_names() {
+        assert_eq!(account_key(" alice@Example.COM "), account_key("alice@example.com"), "as looked up");
+        assert_ne!(account_key("Alice@example.com"), account_key("alice@example.com"), "another account");
         assert_ne!(account_key("alice@example.com"), account_key("bob@example.com"));
         assert!(!account_key("alice@example.com").contains("alice"));
     }

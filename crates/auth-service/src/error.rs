@@ -69,7 +69,9 @@ impl ApiError {
 
     /// 429 `too_many_requests`, the same whatever was throttled.
     pub fn throttled(retry_after: time::Duration) -> Self {
-        let secs = u32::try_from(retry_after.whole_seconds().max(1)).unwrap_or(u32::MAX);
+        // Rounded up: a client that waits as told is not refused again.
+        let secs = (retry_after.as_seconds_f64().ceil() as i64).max(1);
+        let secs = u32::try_from(secs).unwrap_or(u32::MAX);
         Self {
             retry_after: Some(secs),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", "too many requests; try again later")

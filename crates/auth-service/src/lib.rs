@@ -45,13 +45,15 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 /// The whole auth-service application. Middleware order, outermost first:
 pub fn router(state: AppState) -> Router {
     routes::router(state.clone())
+        // Before the layers, so an unknown path's 404 carries their headers.
+        .fallback(routes::not_found)
         // Per-route metrics: inside routing, so the matched path is known.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
-        // Cross-site and non-JSON unsafe requests never reach a handler.
+        // Cross-site and non-JSON unsafe requests never reach a handler;
+        // every answer gets the security headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::protect))
         // Bounded bodies: a 1 MiB password is refused before any hashing.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .fallback(routes::not_found)
         .with_state(state)
         // Outermost: every revocation an answer made rides on it to the gateway.
         .layer(axum::middleware::from_fn(hand_over_revocations))

@@ -25,6 +25,8 @@ pub struct AuthSettings {
     /// Peers (the gateways, a load balancer) whose `X-Forwarded-For` is
     /// believed for the client address sessions and logs record.
     pub trusted_proxies: TrustedProxies,
+    /// Whether every answer carries `Strict-Transport-Security`.
+    pub hsts: bool,
 }
 
 #[derive(Clone)]
@@ -43,6 +45,7 @@ struct Inner {
     metrics: Metrics,
     settings: AuthSettings,
     allowed_origins: Vec<String>,
+    cors_origins: Vec<String>,
     /// Whether the event broker is connected, when there is one (`/readyz`).
     broker: std::sync::OnceLock<BrokerReport>,
     /// The login providers; none unless set at wiring.
@@ -67,6 +70,7 @@ impl AppState {
     ) -> Self {
         let allowed_origins =
             auth_tokens::csrf::allowed_origins(std::iter::once(&settings.public_url).chain(&settings.trusted_origins));
+        let cors_origins = auth_tokens::csrf::allowed_origins(settings.trusted_origins.iter());
         Self(Arc::new(Inner {
             accounts,
             recovery,
@@ -79,6 +83,7 @@ impl AppState {
             metrics: Metrics::default(),
             settings,
             allowed_origins,
+            cors_origins,
             broker: std::sync::OnceLock::new(),
             oauth: std::sync::OnceLock::new(),
         }))
@@ -147,5 +152,11 @@ impl AppState {
     /// Lower-cased origins (scheme://host[:port]) trusted for unsafe requests.
     pub fn allowed_origins(&self) -> &[String] {
         &self.0.allowed_origins
+    }
+
+    /// Other origins whose pages may read answers with credentials (CORS):
+    /// the trusted origins, never `public_url` itself (same-origin) nor `*`.
+    pub fn cors_origins(&self) -> &[String] {
+        &self.0.cors_origins
     }
 }

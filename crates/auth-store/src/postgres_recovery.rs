@@ -322,23 +322,18 @@ impl Throttle for PgStore {
 
     async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
         let mut tx = self.begin().await?;
-        // The row first (a new bucket is full), so every take of the key
-        // queues on its lock.
-        sqlx::query(
-            "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+        // One statement makes the row (a new bucket is full) or locks the
+        // one there, so every take of the key queues on it.
+        let (held, at): (f64, OffsetDateTime) = sqlx::query_as(
+            "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING tokens, updated_at",
         )
         .bind(key)
         .bind(f64::from(bucket.burst))
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        let (held, at): (f64, OffsetDateTime) =
-            sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = $1 FOR UPDATE")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
         let tokens = bucket.refilled(Some((held, now - at)));
         if tokens < 1.0 {
             return Ok(Some(bucket.wait_for_token(tokens)));
@@ -361,23 +356,19 @@ impl Throttle for PgStore {
         now: OffsetDateTime,
     ) -> Result<Option<Duration>, StoreError> {
         let mut tx = self.begin().await?;
-        // The row first, so every claim of the key queues on its lock.
-        sqlx::query(
+        // One statement makes the row or locks the one there (a row deleted
+        // meanwhile by a success or tidying is made again), so every claim
+        // of the key queues on it.
+        let (failures, blocked_until): (i32, OffsetDateTime) = sqlx::query_as(
             "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES ($1, 0, $2, $3) \
-             ON CONFLICT (key) DO NOTHING",
+             ON CONFLICT (key) DO UPDATE SET key = EXCLUDED.key RETURNING failures, blocked_until",
         )
         .bind(key)
         .bind(OffsetDateTime::UNIX_EPOCH)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        let (failures, blocked_until): (i32, OffsetDateTime) =
-            sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = $1 FOR UPDATE")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
         if blocked_until > now {
             return Ok(Some(blocked_until - now));
         }

@@ -31,6 +31,11 @@ impl TrustedProxies {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
+        // A server listening on `[::]` sees IPv4 peers as `::ffff:a.b.c.d`.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         self.0.iter().any(|(net, bits)| match (net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
             (IpAddr::V6(n), IpAddr::V6(a)) => prefix_eq(&n.octets(), &a.octets(), *bits),
@@ -97,6 +102,8 @@ mod tests {
         assert!(!t.contains("192.168.1.8".parse().unwrap()));
         assert!(t.contains("fd12::1".parse().unwrap()));
         assert!(!t.contains("11.0.0.1".parse().unwrap()));
+        assert!(t.contains("::ffff:10.1.2.3".parse().unwrap()), "an IPv4 peer seen on an IPv6 socket");
+        assert!(!t.contains("::ffff:11.1.2.3".parse().unwrap()));
         assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
     }
 

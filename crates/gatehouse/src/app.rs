@@ -655,6 +655,12 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
         false => ("auth_service.trusted_proxies", &config.auth_service.trusted_proxies),
     };
     let trusted_proxies = TrustedProxies::parse(proxies).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    if !behind_gateway && proxies.is_empty() {
+        tracing::warn!(
+            "auth_service.trusted_proxies is empty: behind gateways every client has a gateway's address, \
+             and the per-client limits count all of them as one; list the gateways' addresses"
+        );
+    }
     Ok(AuthSettings {
         public_url: tokens.issuer.clone(),
         accounts: AccountsSettings {
@@ -671,6 +677,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
         operator_token: config.admin.operator_token.clone(),
         deletion_services: config.events.deletion_services.clone(),
         trusted_proxies,
+        hsts: config.hsts(),
     })
 }
 

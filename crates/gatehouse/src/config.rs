@@ -310,11 +310,44 @@ pub struct AuthServiceConfig {
     pub client_header_timeout_secs: u64,
     pub client_send_timeout_secs: u64,
     pub max_connections: usize,
+    /// `Strict-Transport-Security` on every answer: `auto` (unless
+    /// public_url's host is loopback or `localhost`), `on` or `off`.
+    pub hsts: Hsts,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hsts {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl Config {
+    /// Whether answers carry `Strict-Transport-Security`.
+    pub fn hsts(&self) -> bool {
+        match self.auth_service.hsts {
+            Hsts::On => true,
+            Hsts::Off => false,
+            Hsts::Auto => {
+                let rest = self.public_url.split_once("://").map_or("", |(_, rest)| rest);
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                let host = match authority.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+                };
+                let loopback = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                !(loopback || host.eq_ignore_ascii_case("localhost"))
+            }
+        }
+    }
 }
 
 impl Default for AuthServiceConfig {
     fn default() -> Self {
         Self {
+            hsts: Hsts::Auto,
             trusted_proxies: Vec::new(),
             client_idle_timeout_secs: 75,
             client_header_timeout_secs: 10,
@@ -630,7 +663,7 @@ impl Config {
             return bad("recovery limits must be at least 1");
         }
         let l = &self.limits;
-        if l.failure_ceiling == 0 || l.failure_ceiling > 100 || l.failures_before_delay >= l.failure_ceiling {
+        if l.failures_before_delay == 0 || l.failure_ceiling > 100 || l.failures_before_delay >= l.failure_ceiling {
             return bad("limits need 0 < failures_before_delay < failure_ceiling ≤ 100");
         }
         if !(1..=86_400).contains(&l.max_delay_secs) {
@@ -812,6 +845,26 @@ mod tests {
         assert_eq!(c.database_url(), "sqlite://./data/gatehouse.db");
         assert_eq!(c.tokens.access_ttl_secs, 600);
         assert_eq!(c.passwords.hashing.memory_kib, 19_456);
+    }
+
+    #[test]
+    fn hsts_is_on_by_default_everywhere_but_on_loopback_and_localhost() {
+        let with = |url: &str, hsts: Hsts| {
+            let mut c = Config { public_url: url.into(), ..Config::default() };
+            c.auth_service.hsts = hsts;
+            c.hsts()
+        };
+        for local in ["http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080/x", "http://LOCALHOST"] {
+            assert!(!with(local, Hsts::Auto), "{local}");
+            assert!(with(local, Hsts::On), "{local}");
+        }
+        for public in ["https://auth.example.com", "https://localhost.example.com", "http://10.0.0.1:8080"] {
+            assert!(with(public, Hsts::Auto), "{public}");
+            assert!(!with(public, Hsts::Off), "{public}");
+        }
+        let c = Config::load(None, env(&[("GATEHOUSE_AUTH_SERVICE__HSTS", "off")]), &Overrides::default()).unwrap();
+        assert_eq!(c.auth_service.hsts, Hsts::Off);
+        assert!(Config::load(None, env(&[("GATEHOUSE_AUTH_SERVICE__HSTS", "maybe")]), &Overrides::default()).is_err());
     }
 
     #[test]

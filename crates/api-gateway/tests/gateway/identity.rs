@@ -229,3 +229,28 @@ async fn bearer_tokens_sent_to_public_routes_never_reach_their_upstream() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_gateways_own_answers_carry_the_security_headers_on_both_paths() {
+    let h = harness().await;
+    let answers = [
+        h.get("/healthz").send().await.unwrap(),
+        h.get("/readyz").send().await.unwrap(),
+        h.get("/metrics").send().await.unwrap(),
+        h.get("/nowhere").send().await.unwrap(),
+        // Bodiless GETs to an HTTP/1.1 upstream take the gateway's own path.
+        h.get("/api/x").send().await.unwrap(),
+        h.get("/api/x").bearer_auth("not.a.token").send().await.unwrap(),
+        h.get("/api/../x").send().await.unwrap(),
+    ];
+    for answer in answers {
+        let (status, headers) = (answer.status(), answer.headers());
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{status}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{status}");
+        assert_eq!(headers["cache-control"], "no-store", "{status}");
+        assert!(headers["content-security-policy"].to_str().unwrap().starts_with("default-src 'none'"), "{status}");
+    }
+    // An upstream's own answer is its own: the gateway adds nothing to it.
+    let upstream = h.get("/public/x").send().await.unwrap();
+    assert!(!upstream.headers().contains_key("content-security-policy"));
+}

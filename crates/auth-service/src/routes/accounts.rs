@@ -349,6 +349,7 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
         (status = 204, description = "Account deleted, `user.deleted` is in the outbox, cookies cleared"),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`wrong_password`, `reauthentication_required` or `csrf_failed`", body = ErrorBody),
+        (status = 429, description = "`too_many_requests`, with `Retry-After`: too many wrong passwords for this account, here or at login", body = ErrorBody),
     ))]
 pub async fn delete_account(
     State(state): State<AppState>,
@@ -364,6 +365,7 @@ pub async fn delete_account(
             "log in again, then delete the account within five minutes",
         ),
         DeleteError::NotAuthenticated => ApiError::unauthenticated(),
+        DeleteError::Throttled { retry_after } => ApiError::throttled(retry_after),
         DeleteError::Hash(e) => e.into(),
         DeleteError::Store(e) => e.into(),
     })?;

@@ -129,6 +129,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         operator_token: Some(OPERATOR_TOKEN.into()),
         deletion_services: vec!["notes".into(), "billing".into()],
         trusted_proxies: auth_tokens::proxies::TrustedProxies::parse(&options.trusted_proxies).unwrap(),
+        hsts: true,
     };
     let admin = auth_core::Admin::new(
         stores.users.clone(),

@@ -240,3 +240,41 @@ async fn registration_forgot_and_refresh_have_buckets_per_client() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_attackers_own_case_variant_account_cannot_clear_the_victims_count() {
+    each_backend_with(real(), async |app: TestApp| {
+        let victim = format!("victim-{}@example.com", uuid::Uuid::new_v4().simple());
+        let variant = victim.replacen("victim", "VICTIM", 1);
+        assert_eq!(app.register(&victim, PASSWORD).await.status(), StatusCode::CREATED);
+        let own = "the attackers own passphrase";
+        assert_eq!(app.register(&variant, own).await.status(), StatusCode::CREATED, "another account");
+        for _ in 0..5 {
+            let guess = login_from(&app, "198.51.100.1", &victim, "a wrong guess").await;
+            assert_eq!(guess.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(login_from(&app, "198.51.100.2", &variant, own).await.status(), StatusCode::OK);
+        }
+        let sixth = login_from(&app, "198.51.100.1", &victim, "a wrong guess").await;
+        assert_eq!(sixth.status(), StatusCode::TOO_MANY_REQUESTS, "the variant's logins cleared the victim's count");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_on_account_deletion_counts_as_a_failed_login() {
+    each_backend_with(real(), async |app: TestApp| {
+        let (_, browser) = app.signed_in().await;
+        let delete = |password: &'static str| {
+            app.as_page(Method::DELETE, "/auth/delete", &browser).json(&json!({"password": password})).send()
+        };
+        for _ in 0..5 {
+            assert_eq!(delete("not it at all").await.unwrap().status(), StatusCode::FORBIDDEN);
+        }
+        let throttled = delete(PASSWORD).await.unwrap();
+        assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(app.me(&browser).await.status().is_success(), "nothing was deleted");
+        app.clock.advance(time::Duration::seconds(2));
+        assert_eq!(delete(PASSWORD).await.unwrap().status(), StatusCode::NO_CONTENT);
+    })
+    .await;
+}
