@@ -38,6 +38,9 @@ pub struct AccountsSettings {
     pub require_verified_email: bool,
     /// Failed logins per account and requests per client address.
     pub limits: Limits,
+    /// Whether registering a taken address costs what a new one does (a
+    /// hash), so the route can answer both alike.
+    pub conceal_existing: bool,
 }
 
 impl Default for AccountsSettings {
@@ -50,6 +53,7 @@ impl Default for AccountsSettings {
             access_token_reach: Duration::seconds(660),
             require_verified_email: false,
             limits: Limits::default(),
+            conceal_existing: false,
         }
     }
 }
@@ -285,6 +289,10 @@ impl Accounts {
         let email = Email::parse(email).map_err(|_| RegisterError::InvalidEmail)?;
         let password = Password::new_checked(password, &self.settings.password)?;
         if self.users.user_by_email(&email).await.map_err(RegisterError::Store)?.is_some() {
+            if self.settings.conceal_existing {
+                // The work of a new account, so timing tells nothing.
+                self.hasher.hash(&password).await?;
+            }
             return Err(RegisterError::EmailTaken);
         }
         let now = self.clock.now();

@@ -66,10 +66,14 @@ pub enum Template {
     VerifyEmail,
     /// A provider was linked to the account.
     SignInAdded,
+    /// Someone tried to register the address of an existing account
+    /// (`registration.conceal_existing`).
+    AccountExists,
 }
 
 impl Template {
-    pub const ALL: [Self; 4] = [Self::PasswordReset, Self::PasswordChanged, Self::VerifyEmail, Self::SignInAdded];
+    pub const ALL: [Self; 5] =
+        [Self::PasswordReset, Self::PasswordChanged, Self::VerifyEmail, Self::SignInAdded, Self::AccountExists];
 
     /// The file name stem of its `.txt` and `.html` templates.
     pub fn name(self) -> &'static str {
@@ -78,6 +82,7 @@ impl Template {
             Self::PasswordChanged => "password_changed",
             Self::VerifyEmail => "verify_email",
             Self::SignInAdded => "sign_in_added",
+            Self::AccountExists => "account_exists",
         }
     }
 
@@ -98,6 +103,10 @@ impl Template {
             Self::SignInAdded => (
                 include_str!("../templates/mail/sign_in_added.txt"),
                 include_str!("../templates/mail/sign_in_added.html"),
+            ),
+            Self::AccountExists => (
+                include_str!("../templates/mail/account_exists.txt"),
+                include_str!("../templates/mail/account_exists.html"),
             ),
         }
     }

@@ -17,9 +17,9 @@ use crate::mail::{Template, Values, say_duration};
 use crate::password::PasswordError;
 use crate::throttling::{AttemptPolicy, account_key, client_key};
 use crate::{
-    Clock, DomainEvent, Email, EmailToken, HashError, OpaqueSecret, Password, PasswordHasher, PasswordPolicy,
-    RecoveryStore, RevocationSink, SecretHash, SessionId, StoreError, Templates, Throttle, TokenPurpose, User, UserId,
-    UserStore,
+    Clock, DomainEvent, Email, EmailToken, HashError, MailQueue, OpaqueSecret, Password, PasswordHasher,
+    PasswordPolicy, RecoveryStore, RevocationSink, SecretHash, SessionId, StoreError, Templates, Throttle,
+    TokenPurpose, User, UserId, UserStore,
 };
 
 /// At most `max` requests per `window`.
@@ -116,10 +116,19 @@ pub enum ChangeError {
     Store(#[from] StoreError),
 }
 
+/// The count of mail sent to an address on request: hashed, so the table
+/// holds no addresses. Reset, resend and the "already registered" notice
+/// share one count per address, as each sends it mail.
+fn mail_key(email: &str) -> String {
+    let normalised = Email::parse(email).map(|e| e.as_str().to_lowercase()).unwrap_or_default();
+    format!("mail:email:{}", SecretHash::of(&normalised).as_str())
+}
+
 /// The recovery use cases over their ports.
 pub struct Recovery {
     users: Arc<dyn UserStore>,
     store: Arc<dyn RecoveryStore>,
+    mail: Arc<dyn MailQueue>,
     throttle: Arc<dyn Throttle>,
     hasher: Arc<dyn PasswordHasher>,
     clock: Arc<dyn Clock>,
@@ -133,6 +142,7 @@ impl Recovery {
     pub fn new(
         users: Arc<dyn UserStore>,
         store: Arc<dyn RecoveryStore>,
+        mail: Arc<dyn MailQueue>,
         throttle: Arc<dyn Throttle>,
         hasher: Arc<dyn PasswordHasher>,
         clock: Arc<dyn Clock>,
@@ -140,7 +150,7 @@ impl Recovery {
         templates: Templates,
         settings: RecoverySettings,
     ) -> Self {
-        Self { users, store, throttle, hasher, clock, revocations, templates, settings }
+        Self { users, store, mail, throttle, hasher, clock, revocations, templates, settings }
     }
 
     pub fn settings(&self) -> &RecoverySettings {
@@ -154,10 +164,7 @@ impl Recovery {
         let now = self.clock.now();
         let mut keys = vec![(format!("{}:ip:{}", action.name(), client_key(ip)), self.settings.per_ip)];
         if let Some(email) = email {
-            // Hashed: the table holds no addresses. Reset and resend share one
-            // count per address, as both send it mail.
-            let normalised = Email::parse(email).map(|e| e.as_str().to_lowercase()).unwrap_or_default();
-            keys.push((format!("mail:email:{}", SecretHash::of(&normalised).as_str()), self.settings.per_email));
+            keys.push((mail_key(email), self.settings.per_email));
         }
         let mut retry_after = None;
         for (key, limit) in keys {
@@ -185,6 +192,21 @@ impl Recovery {
             Some(user) if !user.email_verified => self.mail_token(&user, TokenPurpose::VerifyEmail).await,
             _ => Ok(()),
         }
+    }
+
+    /// Tells the owner of `email` that someone tried to register it again
+    /// (`registration.conceal_existing`), unless the address has had its
+    /// share of mail this hour (the count [`Self::check_limits`] keeps).
+    pub async fn notify_existing(&self, email: &Email) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let hits = self.throttle.hit(&mail_key(email.as_str()), self.settings.per_email.window, now).await?;
+        if hits.count > self.settings.per_email.max {
+            return Ok(());
+        }
+        let link = format!("{}/login", self.settings.public_url.trim_end_matches('/'));
+        let values = Values { link: &link, public_url: &self.settings.public_url, valid_for: "", provider: "" };
+        let mail = self.templates.render(Template::AccountExists, email, &values);
+        self.mail.queue_mail(&mail, now, now + self.settings.verify_lifetime).await
     }
 
     /// Mails a new account its verification link.

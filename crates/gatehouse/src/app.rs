@@ -671,6 +671,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
             access_token_reach: time::Duration::seconds(tokens.key_overlap()),
             require_verified_email: config.registration.require_verified_email,
             limits: config.limits.limits(),
+            conceal_existing: config.registration.conceal_existing,
         },
         tokens,
         trusted_origins: config.csrf.trusted_origins.clone(),

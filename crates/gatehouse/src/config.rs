@@ -296,6 +296,9 @@ pub struct RegistrationConfig {
     /// Whether login waits until the address is verified (403
     /// `email_not_verified`); otherwise tokens carry `email_verified`.
     pub require_verified_email: bool,
+    /// Whether registering a taken address answers as a new one would
+    /// (201, after the same work) and mails the owner, instead of 409.
+    pub conceal_existing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

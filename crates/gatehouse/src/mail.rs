@@ -79,6 +79,7 @@ pub fn recovery(
     Ok(Recovery::new(
         stores.users.clone(),
         stores.recovery.clone(),
+        stores.mail.clone(),
         stores.throttle.clone(),
         hasher,
         clock,

@@ -97,7 +97,7 @@ pub struct DeleteAccount {
         (status = 201, description = "Account created; `user.registered` is in the outbox; a verification link (24 hours) is mailed", body = RegisteredUser),
         (status = 400, description = "`invalid_email`, `password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
-        (status = 409, description = "`email_taken`", body = ErrorBody),
+        (status = 409, description = "`email_taken` (unless `registration.conceal_existing`: then 201 as for a new address, and the owner is mailed)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 429, description = "`too_many_requests`, with `Retry-After`: too many registrations from this client", body = ErrorBody),
         (status = 503, description = "`busy`: too many password hashes in flight", body = ErrorBody),
@@ -108,15 +108,24 @@ pub async fn register(
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
     state.accounts().admit(Rate::Register, &peer.ip()).await?;
-    let user = state.accounts().register(&body.email, &body.password).await.map_err(|e| match e {
-        RegisterError::InvalidEmail => ApiError::bad_request("invalid_email", "not a valid email address"),
-        RegisterError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
-        RegisterError::EmailTaken => {
-            ApiError::new(StatusCode::CONFLICT, "email_taken", "an account with this email already exists")
+    let conceal = state.settings().accounts.conceal_existing;
+    let user = match state.accounts().register(&body.email, &body.password).await {
+        Ok(user) => user,
+        Err(RegisterError::EmailTaken) if conceal => return Ok(concealed(&state, &body.email).await),
+        Err(RegisterError::InvalidEmail) => {
+            return Err(ApiError::bad_request("invalid_email", "not a valid email address"));
         }
-        RegisterError::Hash(e) => e.into(),
-        RegisterError::Store(e) => e.into(),
-    })?;
+        Err(RegisterError::Password(p)) => return Err(ApiError::bad_request(p.code(), p.to_string())),
+        Err(RegisterError::EmailTaken) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "an account with this email already exists",
+            ));
+        }
+        Err(RegisterError::Hash(e)) => return Err(e.into()),
+        Err(RegisterError::Store(e)) => return Err(e.into()),
+    };
     tracing::info!(user_id = %user.id, "account registered");
     // The account stands either way; a lost link can be sent again.
     match state.recovery().send_verification(&user).await {
@@ -125,6 +134,22 @@ pub async fn register(
     }
     let body = RegisteredUser { id: user.id.as_uuid(), email: user.email.to_string(), created_at: user.created_at };
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The answer to registering a taken address when that is concealed:
+/// shaped as a new account's (an id no account has, the time now), with
+/// the owner told by mail where a new account gets its verification link.
+async fn concealed(state: &AppState, email: &str) -> Response {
+    let Ok(email) = auth_core::Email::parse(email) else {
+        return ApiError::bad_request("invalid_email", "not a valid email address").into_response();
+    };
+    match state.recovery().notify_existing(&email).await {
+        Ok(()) => state.mail_waker().notify_one(),
+        Err(error) => tracing::error!(%error, "cannot tell an account's owner of a second registration"),
+    }
+    tracing::info!("registration of a taken address concealed");
+    let body = RegisteredUser { id: Uuid::now_v7(), email: email.to_string(), created_at: state.clock().now() };
+    (StatusCode::CREATED, Json(body)).into_response()
 }
 
 /// The client's address: the TCP peer (or, in `gatehouse up`, the peer the

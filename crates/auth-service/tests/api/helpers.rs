@@ -58,6 +58,8 @@ pub struct Options {
     /// Login throttling and client buckets; by default limits no test of
     /// something else runs into (the throttling tests use the real ones).
     pub limits: Option<Limits>,
+    /// `registration.conceal_existing`.
+    pub conceal_existing: bool,
 }
 
 /// Limits too large to meet: tests of races run many logins at once.
@@ -94,6 +96,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let account_settings = AccountsSettings {
         require_verified_email: options.require_verified_email,
         limits,
+        conceal_existing: options.conceal_existing,
         ..AccountsSettings::default()
     };
     let accounts = Accounts::new(
@@ -113,6 +116,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
     let recovery = Recovery::new(
         stores.users.clone(),
         stores.recovery.clone(),
+        stores.mail.clone(),
         stores.throttle.clone(),
         hasher.clone(),
         clock.clone(),

@@ -6,6 +6,7 @@ mod helpers;
 
 mod admin;
 mod csrf;
+mod enumeration;
 mod headers;
 mod keys;
 mod login;
