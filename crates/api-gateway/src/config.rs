@@ -106,6 +106,9 @@ pub struct GatewaySettings {
     /// Seconds the gateway waits at shutdown for requests already sent
     /// before it closes every connection left (under Kubernetes' 30 s).
     pub shutdown_grace_secs: u64,
+    /// `/metrics` on the client port answers only this bearer token; unset,
+    /// it is not served there (the operator port serves it).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for GatewaySettings {
@@ -122,6 +125,7 @@ impl Default for GatewaySettings {
             underscores_in_headers: false,
             fast_path: true,
             shutdown_grace_secs: 25,
+            metrics_token: None,
         }
     }
 }

@@ -80,6 +80,7 @@ struct Inner {
     client: ClientLimits,
     underscores: bool,
     fast_path: bool,
+    metrics_token: Option<String>,
     extra_metrics: Option<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -104,6 +105,7 @@ impl Gateway {
             client: ClientLimits::of(&parts.settings),
             underscores: parts.settings.underscores_in_headers,
             fast_path: parts.settings.fast_path,
+            metrics_token: parts.settings.metrics_token.clone().filter(|t| !t.is_empty()),
             extra_metrics: parts.extra_metrics,
         })))
     }
@@ -180,7 +182,7 @@ impl Gateway {
 
     async fn answer(&self, request: Request, peer: Option<Peer>, request_id: &HeaderValue) -> Response {
         if request.method() == Method::GET
-            && let Some(response) = self.own_endpoint(request.uri().path())
+            && let Some(response) = self.own_endpoint(request.uri().path(), request.headers())
         {
             return response;
         }
@@ -213,25 +215,44 @@ impl Gateway {
         response
     }
 
-    fn own_endpoint(&self, path: &str) -> Option<Response> {
-        let mut response = self.own_answer(path)?;
+    fn own_endpoint(&self, path: &str, headers: &axum::http::HeaderMap) -> Option<Response> {
+        let mut response = self.own_answer(path, headers)?;
         crate::error::own_headers(response.headers_mut());
         Some(response)
     }
 
-    fn own_answer(&self, path: &str) -> Option<Response> {
+    /// The Prometheus text of `/metrics`: the gateway's, and what
+    /// `extra_metrics` adds.
+    pub fn metrics_text(&self) -> String {
+        let mut text = self.0.metrics.render(self.0.revocations.set().len(), self.0.auth.jwks_age());
+        if let Some(extra) = &self.0.extra_metrics {
+            text.push_str(&extra());
+        }
+        text
+    }
+
+    /// Whether `headers` carry the bearer token `/metrics` answers on this
+    /// port (none is, unless configured).
+    fn may_read_metrics(&self, headers: &axum::http::HeaderMap) -> bool {
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
+        match (&self.0.metrics_token, presented) {
+            (Some(expected), Some(presented)) => auth_tokens::csrf::same_token(presented, expected),
+            _ => false,
+        }
+    }
+
+    fn own_answer(&self, path: &str, headers: &axum::http::HeaderMap) -> Option<Response> {
         match path {
             "/healthz" => Some(axum::Json(json!({"status": "ok"})).into_response()),
             "/readyz" if self.0.auth.has_keys() && self.0.revocations.is_current() => {
                 Some(axum::Json(json!({"status": "ready"})).into_response())
             }
             "/readyz" => Some(GatewayError::KeysUnavailable.into_response()),
-            "/metrics" => {
-                let mut text = self.0.metrics.render(self.0.revocations.set().len(), self.0.auth.jwks_age());
-                if let Some(extra) = &self.0.extra_metrics {
-                    text.push_str(&extra());
-                }
-                let mut response = text.into_response();
+            // Route names and counts are the operator's: on this port only
+            // with the token, else the path is routed like any other.
+            "/metrics" if self.may_read_metrics(headers) => {
+                let mut response = self.metrics_text().into_response();
                 response
                     .headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -27,6 +27,9 @@ pub struct AuthSettings {
     pub trusted_proxies: TrustedProxies,
     /// Whether every answer carries `Strict-Transport-Security`.
     pub hsts: bool,
+    /// `/metrics` on this port answers only this bearer token; unset, it
+    /// is not served here (the operator port serves it).
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Clone)]

@@ -67,7 +67,14 @@ pub struct Application {
     background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
     gateway: Option<(Gateway, Vec<RouteConfig>)>,
     locals: HashMap<String, axum::Router>,
+    /// The operator port and what its `/metrics` says.
+    admin: Option<(TcpListener, MetricsText)>,
+    /// The auth-service of the `auth-service` role, for its metrics.
+    auth_state: Option<auth_service::AppState>,
 }
+
+/// The Prometheus text of this process.
+type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// What a listener serves.
 enum Service {
@@ -356,12 +363,14 @@ fn gateway_settings(config: &Config) -> GatewaySettings {
         underscores_in_headers: config.gateway.underscores_in_headers,
         fast_path: config.gateway.fast_path,
         shutdown_grace_secs: config.shutdown_grace_secs,
+        metrics_token: config.admin.metrics_token.clone(),
     }
 }
 
 impl Application {
     pub async fn build(config: Config, role: Role) -> anyhow::Result<Self> {
         ensure_data_dir(&config)?;
+        let admin_listen = config.admin.listen.clone();
         let listener = bind(&config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let extra_workers = match role {
             Role::AuthService => 0,
@@ -372,7 +381,10 @@ impl Application {
             Role::AuthService => {
                 let auth = auth_parts(&config, None).await?;
                 let background = auth.background();
+                let auth_state = Some(auth.state.clone());
                 Ok(Self {
+                    admin: None,
+                    auth_state,
                     listener,
                     extra_workers: 0,
                     shutdown_grace: Duration::ZERO,
@@ -387,6 +399,11 @@ impl Application {
         }?;
         app.extra_workers = extra_workers;
         app.shutdown_grace = shutdown_grace;
+        if let (false, Some(text)) = (admin_listen.is_empty(), app.metrics_text()) {
+            let listen = &admin_listen;
+            let listener = bind(listen).await.with_context(|| format!("cannot listen on admin.listen {listen}"))?;
+            app.admin = Some((listener, text));
+        }
         Ok(app)
     }
 
@@ -455,6 +472,8 @@ impl Application {
             background,
             gateway: Some((gateway, config.gateway.routes.clone())),
             locals,
+            admin: None,
+            auth_state: None,
         })
     }
 
@@ -513,11 +532,29 @@ impl Application {
             background: vec![Box::new(move || g.spawn_background())],
             gateway: Some((gateway, config.gateway.routes.clone())),
             locals,
+            admin: None,
+            auth_state: None,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// What `/metrics` says for this process: the gateway's (with the
+    /// in-process auth-service's, in `up`) or the auth-service's.
+    fn metrics_text(&self) -> Option<MetricsText> {
+        if let Some((gateway, _)) = &self.gateway {
+            let gateway = gateway.clone();
+            return Some(Arc::new(move || gateway.metrics_text()));
+        }
+        match &self.service {
+            Service::Auth(_, _) => self.auth_state.clone().map(|state| {
+                let text: MetricsText = Arc::new(move || state.metrics().render(state.accounts().hasher()));
+                text
+            }),
+            _ => None,
+        }
     }
 
     pub async fn run_until_stopped(
@@ -527,6 +564,10 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
         let mut tasks: Vec<JoinHandle<()>> = self.background.into_iter().map(|start| start()).collect();
+        if let Some((listener, text)) = self.admin {
+            tracing::info!("operator port (metrics) listening on http://{}", listener.local_addr()?);
+            tasks.push(tokio::spawn(serve_operator_port(listener, text)));
+        }
         if let Some((gateway, _)) = self.gateway {
             tasks.push(spawn_route_reloader(gateway, source, self.locals));
         }
@@ -537,6 +578,24 @@ impl Application {
         served.context("server failed")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The operator port: `/metrics` and `/healthz`, nothing else.
+async fn serve_operator_port(listener: TcpListener, text: MetricsText) {
+    use axum::response::IntoResponse as _;
+    let metrics = move || {
+        let text = text.clone();
+        async move {
+            let content_type = "text/plain; version=0.0.4; charset=utf-8";
+            ([(axum::http::header::CONTENT_TYPE, content_type)], text()).into_response()
+        }
+    };
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    if let Err(error) = axum::serve(listener, router).await {
+        tracing::error!(%error, "the operator port stopped");
     }
 }
 
@@ -679,6 +738,7 @@ fn auth_settings(config: &Config, behind_gateway: bool) -> anyhow::Result<AuthSe
         deletion_services: config.events.deletion_services.clone(),
         trusted_proxies,
         hsts: config.hsts(),
+        metrics_token: config.admin.metrics_token.clone(),
     })
 }
 

@@ -86,8 +86,9 @@ pub fn run() -> anyhow::Result<()> {
                     Command::Gateway => Role::Gateway,
                     _ => Role::Up,
                 };
+                let shutdown = shutdown_signal();
                 let app = Application::build(config, role).await?;
-                app.run_until_stopped(source, shutdown_signal()).await
+                app.run_until_stopped(source, shutdown).await
             }
             Command::Migrate => crate::app::migrate(&config).await,
             Command::Keys(KeysCommand::Rotate) => crate::keys::rotate(&config),
@@ -103,25 +104,31 @@ pub fn run() -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The SIGTERM handler is installed here,
+/// before the server says it is listening: a SIGTERM sent as soon as it
+/// says so still stops it gracefully.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+    async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match term {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = interrupt => {}
+                _ = term.recv() => {}
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
         }
+        #[cfg(not(unix))]
+        let _ = interrupt.await;
+        tracing::info!("shutting down: finishing in-flight requests");
     }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutting down: finishing in-flight requests");
 }

@@ -463,11 +463,22 @@ impl Default for EventsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token of the operator endpoints (`/auth/admin/…`); unset disables them.
     pub operator_token: Option<String>,
+    /// The operator port: `/metrics` (and `/healthz`) for this process,
+    /// never on the client port unless `metrics_token` is set. Empty: none.
+    pub listen: String,
+    /// Serve `/metrics` on the client port too, to this bearer token only.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { operator_token: None, listen: "127.0.0.1:9090".into(), metrics_token: None }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -314,7 +314,10 @@ async fn metrics_show_failures_by_reason_revocations_and_jwks_age() {
     h.get("/api/x").bearer_auth("garbage").send().await.unwrap();
     h.feed.set().revoke_session(&claims.sid, h.clock.unix() + 600);
     h.get("/api/x").bearer_auth(&token).send().await.unwrap();
-    let text = h.get("/metrics").send().await.unwrap().text().await.unwrap();
+    let refused = h.get("/metrics").send().await.unwrap();
+    assert_eq!(refused.status(), 404, "route names and counts are no one's business without the token");
+    assert_eq!(h.get("/metrics").bearer_auth("a guess").send().await.unwrap().status(), 404);
+    let text = h.get("/metrics").bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap();
     for line in [
         "gatehouse_gateway_requests_total{route=\"/api\",status=\"200\"} 1",
         "gatehouse_gateway_requests_total{route=\"/api\",status=\"401\"} 2",

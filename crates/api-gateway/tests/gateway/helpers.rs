@@ -161,11 +161,15 @@ pub async fn harness_with(routes: Vec<RouteConfig>, upstream: String) -> Harness
     harness_with_settings(routes, upstream, settings()).await
 }
 
+/// The bearer `/metrics` answers on the client port in these tests.
+pub const METRICS_TOKEN: &str = "metrics-token-for-tests";
+
 /// The settings every harness has unless a test says otherwise.
 pub fn settings() -> GatewaySettings {
     GatewaySettings {
         allowed_origins: vec![ISSUER.into()],
         trusted_proxies: vec!["10.0.0.0/8".into()],
+        metrics_token: Some(METRICS_TOKEN.into()),
         ..Default::default()
     }
 }

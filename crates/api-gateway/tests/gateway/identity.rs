@@ -236,6 +236,7 @@ async fn the_gateways_own_answers_carry_the_security_headers_on_both_paths() {
     let answers = [
         h.get("/healthz").send().await.unwrap(),
         h.get("/readyz").send().await.unwrap(),
+        h.get("/metrics").bearer_auth(METRICS_TOKEN).send().await.unwrap(),
         h.get("/metrics").send().await.unwrap(),
         h.get("/nowhere").send().await.unwrap(),
         // Bodiless GETs to an HTTP/1.1 upstream take the gateway's own path.

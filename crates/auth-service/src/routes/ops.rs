@@ -45,9 +45,27 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(body))
 }
 
-/// Prometheus metrics, text format 0.0.4.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics, text format 0.0.4: on the operator port
+/// (`admin.listen`), and here only with the bearer `admin.metrics_token`.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text", body = String, content_type = "text/plain"),
+    (status = 404, description = "`not_found`: no `admin.metrics_token` configured, or not presented", body = ErrorBody),
+))]
+pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let presented =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
+    let allowed = match (state.settings().metrics_token.as_deref(), presented) {
+        (Some(expected), Some(presented)) => !expected.is_empty() && auth_tokens::csrf::same_token(presented, expected),
+        _ => false,
+    };
+    if !allowed {
+        return super::not_found().await.into_response();
+    }
+    metrics_text(&state)
+}
+
+/// The Prometheus answer, wherever it is served.
+pub fn metrics_text(state: &AppState) -> Response {
     let text = state.metrics().render(state.accounts().hasher());
     let mut response = (StatusCode::OK, text).into_response();
     response

@@ -25,6 +25,7 @@ use serde_json::{Value, json};
 pub const PASSWORD: &str = "correct horse battery staple";
 pub const ISSUER: &str = "http://127.0.0.1:8080";
 pub const OPERATOR_TOKEN: &str = "operator-secret-for-tests";
+pub const METRICS_TOKEN: &str = "metrics-secret-for-tests";
 
 /// One real SMTP server for the whole suite; tests tell their mail apart
 /// by recipient (every test's addresses are unique).
@@ -134,6 +135,7 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         deletion_services: vec!["notes".into(), "billing".into()],
         trusted_proxies: auth_tokens::proxies::TrustedProxies::parse(&options.trusted_proxies).unwrap(),
         hsts: true,
+        metrics_token: Some(METRICS_TOKEN.into()),
     };
     let admin = auth_core::Admin::new(
         stores.users.clone(),

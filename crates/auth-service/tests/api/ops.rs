@@ -23,7 +23,12 @@ async fn metrics_count_requests_logins_and_hashes_in_flight() {
     each_backend(async |app| {
         let (email, _) = app.signed_in().await;
         app.login(&email, "wrong horse battery staple").await;
-        let response = app.request(Method::GET, "/metrics").send().await.unwrap();
+        // Not for anyone on this port: only to the configured token.
+        for refused in [app.request(Method::GET, "/metrics"), app.request(Method::GET, "/metrics").bearer_auth("guess")] {
+            let refused = refused.send().await.unwrap();
+            assert_eq!((refused.status().as_u16(), code(refused).await.as_str()), (404, "not_found"));
+        }
+        let response = app.request(Method::GET, "/metrics").bearer_auth(METRICS_TOKEN).send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
         let text = response.text().await.unwrap();

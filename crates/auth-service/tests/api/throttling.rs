@@ -64,7 +64,8 @@ async fn flood(app: &Arc<TestApp>, net: &str, email: &str, count: usize) -> (Vec
 }
 
 async fn metric(app: &TestApp, name: &str) -> u64 {
-    let text = app.request(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    let text = app.request(Method::GET, "/metrics").bearer_auth(METRICS_TOKEN).send().await.unwrap();
+    let text = text.text().await.unwrap();
     let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }

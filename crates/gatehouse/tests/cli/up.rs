@@ -252,7 +252,29 @@ async fn out_of_the_box_a_client_is_throttled_and_forged_forwarding_does_not_hel
     assert_eq!(throttled.status(), 429);
     let retry: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=6).contains(&retry), "10 a minute: {retry}");
-    let metrics = client.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        client.get(format!("{url}/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("gatehouse_logins_total{result=\"throttled_client\"} 1"), "{metrics}");
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_the_operator_port_and_not_to_clients() {
+    let dir = TempDir::new();
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env_remove("GATEHOUSE_ADMIN__METRICS_TOKEN");
+    let mut server = start(cmd).await;
+    let line = server.wait_for_log("operator port (metrics) listening on http://").await;
+    let operator = line[line.find("http://").unwrap()..].trim().to_owned();
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    register(&client, &url).await;
+    let public = client.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404, "the client port serves no metrics");
+    let forged = client.get(format!("{url}/metrics")).bearer_auth(METRICS_TOKEN).send().await.unwrap();
+    assert_eq!(forged.status(), 404, "no token is configured, so none opens it");
+    let text = client.get(format!("{operator}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("gatehouse_gateway_requests_total"), "{text}");
+    assert!(text.contains("gatehouse_http_requests_total{route=\"/auth/register\""), "the auth-service's too: {text}");
+    assert_eq!(client.get(format!("{operator}/auth/me")).send().await.unwrap().status(), 404, "nothing else");
     assert!(server.stop().await.success());
 }

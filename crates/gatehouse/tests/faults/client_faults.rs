@@ -41,6 +41,14 @@ async fn a_malformed_or_oversized_body_through_the_gateway_is_the_clients_error(
         .unwrap();
     assert_eq!(answer.status(), 413);
     assert!(answer.text().await.unwrap().contains("body_too_large"));
-    let metrics = client.get(format!("{}/metrics", d.gateway.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("{}/metrics", d.gateway.url))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(!metrics.lines().any(|l| l.contains("status=\"502\"") && !l.ends_with(" 0")), "{metrics}");
 }

@@ -62,8 +62,14 @@ pub(crate) fn gatehouse_via(wrapper: &[&str], data_dir: &Path) -> Command {
         cmd.env(format!("GATEHOUSE_LIMITS__{bucket}__PER_MINUTE"), "100000");
     }
     cmd.env("GATEHOUSE_LIMITS__FAILURES_BEFORE_DELAY", "99");
+    // Many servers at once: each its own operator port; /metrics on the
+    // client port to this token.
+    cmd.env("GATEHOUSE_ADMIN__LISTEN", "127.0.0.1:0").env("GATEHOUSE_ADMIN__METRICS_TOKEN", METRICS_TOKEN);
     cmd
 }
+
+/// The bearer `/metrics` answers on the client port of servers these tests start.
+pub(crate) const METRICS_TOKEN: &str = "metrics-token-for-tests";
 
 /// Takes back what [`gatehouse_via`] set: the limits a user gets.
 #[allow(dead_code)]
