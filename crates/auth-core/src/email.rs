@@ -1,27 +1,57 @@
-//! Email addresses: trimmed, domain lower-cased, shape-checked.
+//! Email addresses: one address, one form. Trimmed; Unicode-normalised
+//! (NFC, so a composed and a decomposed `é` are one address); the domain
+//! IDNA-mapped (UTS 46) to its lower-case ASCII form; characters that
+//! render as nothing or reorder text refused.
 
 use std::fmt;
+
+use unicode_normalization::UnicodeNormalization as _;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid email address")]
 pub struct InvalidEmail;
 
-/// A normalised email address. Two addresses differing only in the case of
-/// the domain or in surrounding whitespace are the same `Email`.
+/// A normalised email address: two inputs that are the same address to a
+/// reader (surrounding whitespace, the domain's case or Unicode form, the
+/// local part's composition) are the same `Email`. The local part's case
+/// is kept: mail servers may tell `Alice` from `alice`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Email(String);
 
+/// Characters no address needs and that hide what it says: zero-width
+/// ones, and the controls that reorder text (a right-to-left override can
+/// make `moc.elpmaxe@eve` read as `eve@example.com`).
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' // zero-width space, joiners, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{061C}' // Arabic letter mark
+            | '\u{00AD}' // soft hyphen
+            | '\u{180E}' // Mongolian vowel separator
+            | '\u{FEFF}' // byte-order mark
+    ) || c.is_control()
+}
+
 impl Email {
     /// Local part up to 64 bytes, whole address up to 254 (RFC 5321), exactly one
-    /// `@`, no whitespace or control characters, a dotted domain of sane labels.
+    /// `@`, no whitespace, control or invisible characters, a dotted domain
+    /// that IDNA maps to sane ASCII labels.
     pub fn parse(raw: &str) -> Result<Self, InvalidEmail> {
         let trimmed = raw.trim();
-        let (local, domain) = trimmed.rsplit_once('@').ok_or(InvalidEmail)?;
+        if trimmed.chars().any(invisible) {
+            return Err(InvalidEmail);
+        }
+        let composed: String = trimmed.nfc().collect();
+        let (local, domain) = composed.rsplit_once('@').ok_or(InvalidEmail)?;
         let local_ok = !local.is_empty()
             && local.len() <= 64
             && !local.contains('@')
-            && local.chars().all(|c| !c.is_whitespace() && !c.is_control() && c != '"');
-        let domain = domain.to_lowercase();
+            && local.chars().all(|c| !c.is_whitespace() && c != '"');
+        // UTS 46: case-folded, mapped and punycoded ("Bücher.DE" → "xn--bcher-kva.de").
+        let domain = idna::domain_to_ascii(domain).map_err(|_| InvalidEmail)?;
         let domain_ok = domain.len() <= 253
             && domain.contains('.')
             && domain.split('.').all(|label| {
@@ -29,10 +59,17 @@ impl Email {
                     && label.len() <= 63
                     && !label.starts_with('-')
                     && !label.ends_with('-')
-                    && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                    && label.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
             });
         let email = format!("{local}@{domain}");
         if local_ok && domain_ok && email.len() <= 254 { Ok(Self(email)) } else { Err(InvalidEmail) }
+    }
+
+    /// An address as a store holds it: written through [`Email::parse`],
+    /// perhaps under older rules, and not checked again (a stored account
+    /// stays reachable by its id whatever the rules became).
+    pub fn stored(raw: String) -> Self {
+        Self(raw)
     }
 
     pub fn as_str(&self) -> &str {
@@ -81,7 +118,33 @@ mod tests {
     }
 
     #[test]
-    fn unicode_domains_are_accepted() {
-        assert!(Email::parse("jürgen@bücher.de").is_ok());
+    fn unicode_domains_are_accepted_in_their_ascii_form() {
+        let mapped = Email::parse("jürgen@Bücher.DE").unwrap();
+        assert_eq!(mapped.as_str(), "jürgen@xn--bcher-kva.de");
+        assert_eq!(mapped, Email::parse("jürgen@xn--bcher-kva.de").unwrap());
+    }
+
+    #[test]
+    fn a_composed_and_a_decomposed_address_are_one() {
+        let composed = Email::parse("r\u{e9}my@example.com").unwrap();
+        let decomposed = Email::parse("re\u{301}my@example.com").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_str(), "r\u{e9}my@example.com");
+    }
+
+    #[test]
+    fn invisible_and_reordering_characters_are_refused() {
+        for bad in [
+            "ali\u{200B}ce@example.com",
+            "alice\u{200D}@example.com",
+            "\u{202E}moc.elpmaxe@eve",
+            "eve\u{202E}@example.com",
+            "alice@exa\u{2066}mple.com",
+            "\u{FEFF}alice@example.com",
+            "al\u{AD}ice@example.com",
+            "alice\u{7}@example.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -118,3 +118,83 @@ runner!(
     select: "SELECT version FROM gatehouse_migrations WHERE version = ?",
     insert: "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)"
 );
+
+/// The step after the SQL migrations that SQL cannot do: addresses stored
+/// before Gatehouse normalised them (NFC, IDNA domains) are rewritten into
+/// the form [`auth_core::Email::parse`] gives them now, once. An address
+/// that is another account's once normalised, or that the rules now refuse,
+/// is left as it is and reported by user id: merging accounts is the
+/// operator's decision, never made silently.
+macro_rules! normaliser {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, lock: $lock:expr, select: $select:expr,
+     update: $update:expr, marker: $marker:expr, mark: $mark:expr) => {
+        $(#[$doc])*
+        pub async fn $name(pool: &$pool) -> Result<Vec<String>, OpenError> {
+            let fail = |e: sqlx::Error| OpenError::Migration {
+                version: EMAIL_NORMALISATION,
+                name: "email_normalisation",
+                reason: e.to_string(),
+            };
+            let mut tx = pool.begin().await.map_err(fail)?;
+            if let Some(lock) = $lock {
+                sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(fail)?;
+            }
+            let done: Option<i64> =
+                sqlx::query_scalar($marker).bind(EMAIL_NORMALISATION).fetch_optional(&mut *tx).await.map_err(fail)?;
+            if done.is_some() {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<(String, String)> = sqlx::query_as($select).fetch_all(&mut *tx).await.map_err(fail)?;
+            let mut taken: std::collections::HashSet<String> = rows.iter().map(|(_, e)| e.clone()).collect();
+            let mut reports = Vec::new();
+            for (id, stored) in rows {
+                match auth_core::Email::parse(&stored) {
+                    Ok(email) if email.as_str() == stored => {}
+                    Ok(email) if taken.contains(email.as_str()) => reports.push(format!(
+                        "user {id}: its address is another account's once normalised; both were left as they are"
+                    )),
+                    Ok(email) => {
+                        sqlx::query($update).bind(email.as_str()).bind(&id).execute(&mut *tx).await.map_err(fail)?;
+                        taken.insert(email.as_str().to_owned());
+                    }
+                    Err(_) => reports.push(format!(
+                        "user {id}: its address holds characters now refused (invisible or reordering); left as it is"
+                    )),
+                }
+            }
+            sqlx::query($mark)
+                .bind(EMAIL_NORMALISATION)
+                .bind("email_normalisation")
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+            Ok(reports)
+        }
+    };
+}
+
+/// The version [`normalise_postgres`] and [`normalise_sqlite`] record.
+pub const EMAIL_NORMALISATION: i64 = 1007;
+
+normaliser!(
+    /// [`normaliser`] on PostgreSQL, under the migrations' advisory lock.
+    normalise_postgres,
+    PgPool,
+    lock: Some("SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)"),
+    select: "SELECT id::text, email FROM users ORDER BY id",
+    update: "UPDATE users SET email = $1 WHERE id = $2::uuid",
+    marker: "SELECT version FROM gatehouse_migrations WHERE version = $1",
+    mark: "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)"
+);
+
+normaliser!(
+    /// [`normaliser`] on SQLite.
+    normalise_sqlite,
+    SqlitePool,
+    lock: None::<&'static str>,
+    select: "SELECT id, email FROM users ORDER BY id",
+    update: "UPDATE users SET email = ? WHERE id = ?",
+    marker: "SELECT version FROM gatehouse_migrations WHERE version = ?",
+    mark: "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)"
+);

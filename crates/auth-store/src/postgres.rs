@@ -48,7 +48,11 @@ impl PgStore {
     }
 
     pub async fn migrate(&self) -> Result<Vec<i64>, OpenError> {
-        crate::migrations::run_postgres(&self.pool).await
+        let applied = crate::migrations::run_postgres(&self.pool).await?;
+        for report in crate::migrations::normalise_postgres(&self.pool).await? {
+            tracing::error!("email normalisation: {report}");
+        }
+        Ok(applied)
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
@@ -112,7 +116,7 @@ pub(crate) fn user_from(row: &PgRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(row.try_get("id").map_err(store_error)?),
-        email: Email::parse(&email).map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        email: Email::stored(email),
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: row.try_get("created_at").map_err(store_error)?,

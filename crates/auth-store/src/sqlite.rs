@@ -52,7 +52,11 @@ impl SqliteStore {
     }
 
     pub async fn migrate(&self) -> Result<Vec<i64>, OpenError> {
-        crate::migrations::run_sqlite(&self.pool).await
+        let applied = crate::migrations::run_sqlite(&self.pool).await?;
+        for report in crate::migrations::normalise_sqlite(&self.pool).await? {
+            tracing::error!("email normalisation: {report}");
+        }
+        Ok(applied)
     }
 
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
@@ -164,7 +168,7 @@ pub(crate) fn user_from(row: &SqliteRow) -> Result<User, StoreError> {
     let email: String = row.try_get("email").map_err(store_error)?;
     Ok(User {
         id: UserId::from_uuid(uuid_of(row, "id")?),
-        email: Email::parse(&email).map_err(|_| StoreError::Unavailable("stored email is invalid".into()))?,
+        email: Email::stored(email),
         password_hash: row.try_get("password_hash").map_err(store_error)?,
         email_verified: row.try_get("email_verified").map_err(store_error)?,
         created_at: time_of(row, "created_at")?,

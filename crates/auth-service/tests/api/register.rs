@@ -1,5 +1,5 @@
 use auth_core::{EventKind, UserId};
-use reqwest::{Method, header};
+use reqwest::{Method, StatusCode, header};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -128,6 +128,26 @@ async fn a_body_over_16_kib_is_413_before_any_hashing() {
         let response = app.request(Method::POST, "/auth/login").json(&huge).send().await.unwrap();
         assert_eq!(response.status(), 413);
         assert_eq!(app.hash_operations(), before);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn one_address_is_one_account_however_it_is_written_and_invisible_characters_are_refused() {
+    each_backend(async |app| {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let composed = format!("r\u{e9}my-{id}@B\u{fc}cher.example");
+        let decomposed = format!("re\u{301}my-{id}@bu\u{308}cher.EXAMPLE");
+        let first = app.register(&composed, PASSWORD).await;
+        assert_eq!(first.status(), StatusCode::CREATED);
+        assert_eq!(body(first).await["email"], format!("r\u{e9}my-{id}@xn--bcher-kva.example"));
+        let twin = app.register(&decomposed, PASSWORD).await;
+        assert_eq!((twin.status(), code(twin).await.as_str()), (StatusCode::CONFLICT, "email_taken"));
+        assert_eq!(app.login(&decomposed, PASSWORD).await.status(), StatusCode::OK, "either form signs in");
+        for hidden in [format!("ev\u{200B}e-{id}@example.com"), format!("eve-{id}\u{202E}@example.com")] {
+            let refused = app.register(&hidden, PASSWORD).await;
+            assert_eq!((refused.status(), code(refused).await.as_str()), (StatusCode::BAD_REQUEST, "invalid_email"));
+        }
     })
     .await;
 }

@@ -439,3 +439,49 @@ async fn pruning_deletes_only_events_published_before_the_cut_off() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn addresses_stored_before_normalisation_are_rewritten_once_and_clashes_reported() {
+    for backend in Backend::available() {
+        let db = TestDatabase::create(backend).await;
+        let stores = open(&db.url, true).await.unwrap();
+        // Rows as an older release wrote them.
+        let stored = |raw: &str| User { email: Email::stored(raw.to_owned()), ..user("placeholder@example.com") };
+        let decomposed = stored("re\u{301}my@example.com");
+        let unicode_domain = stored("ana@bücher.de");
+        let punycoded = stored("ana@xn--bcher-kva.de");
+        let reordered = stored("eve\u{202E}@example.com");
+        for u in [&decomposed, &unicode_domain, &punycoded, &reordered] {
+            stores.users.create_user(u, &DomainEvent::registered(u, "password", u.created_at)).await.unwrap();
+        }
+        let forget = "DELETE FROM gatehouse_migrations WHERE version = 1007";
+        let reports = match backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+                sqlx::query(forget).execute(&pool).await.unwrap();
+                auth_store::migrations::normalise_sqlite(&pool).await.unwrap()
+            }
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+                sqlx::query(forget).execute(&pool).await.unwrap();
+                auth_store::migrations::normalise_postgres(&pool).await.unwrap()
+            }
+        };
+        let users = stores.users.clone();
+        let found = async |raw: &str| users.user_by_email(&Email::parse(raw).unwrap()).await.unwrap().map(|u| u.id);
+        assert_eq!(found("r\u{e9}my@example.com").await, Some(decomposed.id), "rewritten to its NFC form");
+        assert_eq!(found("ana@Bücher.DE").await, Some(punycoded.id), "the one already in normal form keeps it");
+        let stuck = stores.users.user_by_id(unicode_domain.id).await.unwrap().unwrap();
+        assert_eq!(stuck.email.as_str(), "ana@bücher.de", "a clash is left for the operator");
+        assert_eq!(reports.len(), 2, "{reports:?}");
+        assert!(reports.iter().any(|r| r.contains(&unicode_domain.id.to_string())), "{reports:?}");
+        assert!(reports.iter().any(|r| r.contains(&reordered.id.to_string())), "{reports:?}");
+        assert!(reports.iter().all(|r| !r.contains('@')), "reports name ids, not addresses: {reports:?}");
+        // Once only.
+        let again = match backend {
+            Backend::Sqlite => auth_store::SqliteStore::connect(&db.url).await.unwrap().migrate().await.unwrap(),
+            Backend::Postgres => auth_store::PgStore::connect(&db.url).await.unwrap().migrate().await.unwrap(),
+        };
+        assert!(again.is_empty());
+    }
+}
