@@ -28,8 +28,8 @@ trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 target/release/gatehouse migrate --data-dir "$DATA"
 for i in $(seq 0 $((AUTH_SERVICES - 1))); do
   # All auth-services sign with the same keys: one key file, shared.
-  # Each process has its own operator port (metrics): 9100 + i.
-  GATEHOUSE_ADMIN__LISTEN="127.0.0.1:$((9100 + i))" GATEHOUSE_AUTH_SERVICE__TRUSTED_PROXIES='["127.0.0.1"]' \
+  # Each process has its own operator port (metrics): 9300 + i.
+  GATEHOUSE_ADMIN__LISTEN="127.0.0.1:$((9300 + i))" GATEHOUSE_AUTH_SERVICE__TRUSTED_PROXIES='["127.0.0.1"]' \
     target/release/gatehouse auth-service --data-dir "$DATA" --listen "127.0.0.1:$((8081 + i))" &
   pids+=($!)
 done
@@ -45,10 +45,10 @@ auth_service_url = "http://127.0.0.1:$((8081 + i % AUTH_SERVICES))"
 prefix = "/api/notes"
 upstream = "http://127.0.0.1:9001"
 CONF
-  GATEHOUSE_ADMIN__LISTEN="127.0.0.1:$((9200 + i))" \
+  GATEHOUSE_ADMIN__LISTEN="127.0.0.1:$((9400 + i))" \
     target/release/gatehouse gateway --config "$DATA/gateway-$i.toml" --data-dir "$DATA" --listen "127.0.0.1:$((8080 + 10 * i))" &
   pids+=($!)
 done
 echo "gateways on $(for i in $(seq 0 $((GATEWAYS - 1))); do printf 'http://127.0.0.1:%s ' $((8080 + 10 * i)); done)"
-echo "metrics on 127.0.0.1:9100+ (auth-services) and 127.0.0.1:9200+ (gateways)"
+echo "metrics on 127.0.0.1:9300+ (auth-services) and 127.0.0.1:9400+ (gateways)"
 wait

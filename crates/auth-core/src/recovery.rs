@@ -117,8 +117,8 @@ pub enum ChangeError {
 }
 
 /// The count of mail sent to an address on request: hashed, so the table
-/// holds no addresses. Reset, resend and the "already registered" notice
-/// share one count per address, as each sends it mail.
+/// holds no addresses. Reset and resend share one count per address, as
+/// each sends it mail (the "already registered" notice has its own).
 fn mail_key(email: &str) -> String {
     let normalised = Email::parse(email).map(|e| e.as_str().to_lowercase()).unwrap_or_default();
     format!("mail:email:{}", SecretHash::of(&normalised).as_str())
@@ -199,7 +199,10 @@ impl Recovery {
     /// share of mail this hour (the count [`Self::check_limits`] keeps).
     pub async fn notify_existing(&self, email: &Email) -> Result<(), StoreError> {
         let now = self.clock.now();
-        let hits = self.throttle.hit(&mail_key(email.as_str()), self.settings.per_email.window, now).await?;
+        // A count of its own: sharing forgot's would let that count tell a
+        // taken address (notice counted) from a new one (nothing counted).
+        let key = mail_key(email.as_str()).replacen("mail:", "notice:", 1);
+        let hits = self.throttle.hit(&key, self.settings.per_email.window, now).await?;
         if hits.count > self.settings.per_email.max {
             return Ok(());
         }

@@ -401,7 +401,12 @@ impl Application {
         app.shutdown_grace = shutdown_grace;
         if let (false, Some(text)) = (admin_listen.is_empty(), app.metrics_text()) {
             let listen = &admin_listen;
-            let listener = bind(listen).await.with_context(|| format!("cannot listen on admin.listen {listen}"))?;
+            let listener = bind(listen).await.with_context(|| {
+                format!(
+                    "cannot listen on admin.listen {listen} (the operator port for /metrics): choose another with \
+                     GATEHOUSE_ADMIN__LISTEN=127.0.0.1:PORT, or none with GATEHOUSE_ADMIN__LISTEN=\"\""
+                )
+            })?;
             app.admin = Some((listener, text));
         }
         Ok(app)

@@ -676,6 +676,16 @@ impl Config {
         if r.per_address_per_hour == 0 || r.per_client_per_15_minutes == 0 {
             return bad("recovery limits must be at least 1");
         }
+        // Each is a page origin given credentialed reads (CORS): never
+        // `*`, `null` or anything but an http(s) origin.
+        for origin in &self.csrf.trusted_origins {
+            let rest = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.trim_end_matches('/').contains(['/', '*', '?', '#'])) {
+                return bad(&format!(
+                    "csrf.trusted_origins: {origin:?} is not an http(s) origin (scheme://host[:port])"
+                ));
+            }
+        }
         let l = &self.limits;
         if l.failures_before_delay == 0 || l.failure_ceiling > 100 || l.failures_before_delay >= l.failure_ceiling {
             return bad("limits need 0 < failures_before_delay < failure_ceiling ≤ 100");

@@ -109,9 +109,11 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     state.accounts().admit(Rate::Register, &peer.ip()).await?;
     let conceal = state.settings().accounts.conceal_existing;
+    // Taken before the work, as a new account's creation time is.
+    let started = state.clock().now();
     let user = match state.accounts().register(&body.email, &body.password).await {
         Ok(user) => user,
-        Err(RegisterError::EmailTaken) if conceal => return Ok(concealed(&state, &body.email).await),
+        Err(RegisterError::EmailTaken) if conceal => return Ok(concealed(&state, &body.email, started).await),
         Err(RegisterError::InvalidEmail) => {
             return Err(ApiError::bad_request("invalid_email", "not a valid email address"));
         }
@@ -139,7 +141,7 @@ pub async fn register(
 /// The answer to registering a taken address when that is concealed:
 /// shaped as a new account's (an id no account has, the time now), with
 /// the owner told by mail where a new account gets its verification link.
-async fn concealed(state: &AppState, email: &str) -> Response {
+async fn concealed(state: &AppState, email: &str, started: OffsetDateTime) -> Response {
     let Ok(email) = auth_core::Email::parse(email) else {
         return ApiError::bad_request("invalid_email", "not a valid email address").into_response();
     };
@@ -148,7 +150,9 @@ async fn concealed(state: &AppState, email: &str) -> Response {
         Err(error) => tracing::error!(%error, "cannot tell an account's owner of a second registration"),
     }
     tracing::info!("registration of a taken address concealed");
-    let body = RegisteredUser { id: Uuid::now_v7(), email: email.to_string(), created_at: state.clock().now() };
+    // An id made as an account's is (a random UUID, version 4).
+    let id = auth_core::UserId::new().as_uuid();
+    let body = RegisteredUser { id, email: email.to_string(), created_at: started };
     (StatusCode::CREATED, Json(body)).into_response()
 }
 

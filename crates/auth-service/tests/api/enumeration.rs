@@ -68,6 +68,24 @@ async fn a_concealed_registration_of_a_taken_address_answers_as_a_new_one_and_ma
         // Nothing changed: the owner's password still works, the other does not.
         assert_eq!(app.login(&owner, PASSWORD).await.status(), StatusCode::OK);
         assert_eq!(app.login(&owner, "another passphrase entirely").await.status(), StatusCode::UNAUTHORIZED);
+
+        // A later probe: the ids look alike (random, version 4), and the
+        // address's hourly mail count (forgot's) is untouched by either.
+        app.clock.advance(time::Duration::hours(2));
+        let fresh = email();
+        let (new, taken) = (app.register(&fresh, PASSWORD).await, app.register(&owner, PASSWORD).await);
+        for answer in [new, taken] {
+            let id: uuid::Uuid = body(answer).await["id"].as_str().unwrap().parse().unwrap();
+            assert_eq!(id.get_version_num(), 4);
+        }
+        for address in [&fresh, &owner] {
+            let forgot = || app.request(Method::POST, "/auth/password/forgot").json(&json!({"email": address})).send();
+            let mut seen = Vec::new();
+            for _ in 0..6 {
+                seen.push(forgot().await.unwrap().status().as_u16());
+            }
+            assert_eq!(seen, [202, 202, 202, 202, 202, 429], "{address}");
+        }
     })
     .await;
 }
