@@ -28,6 +28,15 @@ fn with_services(mut cmd: Command, db: &TestDatabase) -> Command {
     cmd
 }
 
+/// Polls `url`'s `/readyz` until it answers 200, for at most 20 s.
+async fn until_ready(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{url}/readyz")).send().await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -60,11 +69,7 @@ async fn a_logout_through_one_gateway_is_refused_by_every_gateway_within_a_secon
     let gw_b = start(gateway(&auth_b.url)).await;
     let client = reqwest::Client::new();
     for g in [&gw_a.url, &gw_b.url] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.get(format!("{g}/readyz")).send().await.unwrap().status() != 200 {
-            assert!(Instant::now() < deadline, "{g} never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_ready(&client, g).await;
     }
 
     let email = format!("cluster-{}@example.com", uuid::Uuid::new_v4().simple());
@@ -179,11 +184,7 @@ async fn a_deleted_account_leaves_no_row_in_any_database_and_the_ledger_shows_it
     gw.arg("--config").arg(&file).arg("gateway");
     let gw = start(gw).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{}/readyz", gw.url)).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "the gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&client, &gw.url).await;
 
     let email = format!("erase-{}@example.com", uuid::Uuid::new_v4().simple());
     let creds = json!({"email": email, "password": PASSWORD});
@@ -352,11 +353,7 @@ async fn a_standalone_gateway_judges_a_roles_only_token_by_the_auth_services_rol
     gw.arg("--config").arg(&file).arg("gateway");
     let gw = start(gw).await;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while client.get(format!("{}/readyz", gw.url)).send().await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "the gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&client, &gw.url).await;
     let account = async |name: &str| {
         let email = format!("{name}-{}@example.com", uuid::Uuid::new_v4().simple());
         let creds = json!({"email": email, "password": PASSWORD});
@@ -444,11 +441,7 @@ async fn two_up_processes_enforce_each_others_logouts_and_the_command_lines_role
     let b = start(with_services(gatehouse(&dir.data()), &db)).await;
     let client = reqwest::Client::new();
     for server in [&a.url, &b.url] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while client.get(format!("{server}/readyz")).send().await.unwrap().status() != 200 {
-            assert!(Instant::now() < deadline, "{server} never became ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_ready(&client, server).await;
     }
     let email = format!("twin-{}@example.com", uuid::Uuid::new_v4().simple());
     let creds = json!({"email": email, "password": PASSWORD});
