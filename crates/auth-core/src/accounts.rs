@@ -7,7 +7,7 @@ use time::Duration;
 
 use crate::hashing::Verification;
 use crate::mail::Mail;
-use crate::password::PasswordError;
+use crate::password::{BreachedPasswords, PasswordError, check_breached};
 use crate::roles::USER_ROLE;
 use crate::throttling::{Limits, Rate, ThrottleError, account_key, client_key};
 use crate::{
@@ -242,6 +242,7 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     settings: AccountsSettings,
     revocations: Arc<dyn RevocationSink>,
+    breached: Option<Arc<dyn BreachedPasswords>>,
 }
 
 impl Accounts {
@@ -255,7 +256,13 @@ impl Accounts {
         settings: AccountsSettings,
     ) -> Self {
         let revocations = Arc::new(NoRevocationSink);
-        Self { users, sessions, identities, hasher, throttle, clock, settings, revocations }
+        Self { users, sessions, identities, hasher, throttle, clock, settings, revocations, breached: None }
+    }
+
+    /// Refuses new passwords that `check` finds breached.
+    pub fn with_breach_check(mut self, check: Arc<dyn BreachedPasswords>) -> Self {
+        self.breached = Some(check);
+        self
     }
 
     /// Takes a token from the bucket of `rate` for the client `ip` (an IPv6
@@ -288,6 +295,7 @@ impl Accounts {
     pub async fn register(&self, email: &str, password: &str) -> Result<User, RegisterError> {
         let email = Email::parse(email).map_err(|_| RegisterError::InvalidEmail)?;
         let password = Password::new_checked(password, &self.settings.password)?;
+        check_breached(self.breached.as_deref(), &password).await?;
         if self.users.user_by_email(&email).await.map_err(RegisterError::Store)?.is_some() {
             if self.settings.conceal_existing {
                 // The work of a new account, so timing tells nothing.

@@ -34,6 +34,9 @@ pub enum PasswordError {
     TooLong(usize),
     #[error("the password is too common; choose another one")]
     TooCommon,
+    /// Found in a breach corpus (the optional range check).
+    #[error("the password appears in known data breaches; choose another one")]
+    Breached,
 }
 
 impl PasswordError {
@@ -43,6 +46,7 @@ impl PasswordError {
             Self::TooShort(_) => "password_too_short",
             Self::TooLong(_) => "password_too_long",
             Self::TooCommon => "password_too_common",
+            Self::Breached => "password_breached",
         }
     }
 }
@@ -81,6 +85,30 @@ impl Password {
 
     pub fn expose(&self) -> &str {
         self.0.expose_secret()
+    }
+}
+
+/// Whether a password is in a corpus of breached ones (NIST 800-63B-4
+/// §3.1.1.2): `Some(true)` found, `Some(false)` not, `None` when the corpus
+/// could not be asked (the caller then accepts the password: fail open).
+#[async_trait::async_trait]
+pub trait BreachedPasswords: Send + Sync + 'static {
+    async fn is_breached(&self, password: &Password) -> Option<bool>;
+}
+
+/// Refuses `password` when `check` finds it breached; accepts it, with a
+/// log line, when the check cannot answer.
+pub async fn check_breached(check: Option<&dyn BreachedPasswords>, password: &Password) -> Result<(), PasswordError> {
+    match check {
+        None => Ok(()),
+        Some(check) => match check.is_breached(password).await {
+            Some(true) => Err(PasswordError::Breached),
+            Some(false) => Ok(()),
+            None => {
+                tracing::warn!("the breached-password check did not answer; the password is accepted");
+                Ok(())
+            }
+        },
     }
 }
 

@@ -14,7 +14,7 @@ use time::{Duration, OffsetDateTime};
 use crate::accounts::{LoginError, rematch};
 use crate::hashing::Verification;
 use crate::mail::{Template, Values, say_duration};
-use crate::password::PasswordError;
+use crate::password::{BreachedPasswords, PasswordError, check_breached};
 use crate::throttling::{AttemptPolicy, account_key, client_key};
 use crate::{
     Clock, DomainEvent, Email, EmailToken, HashError, MailQueue, OpaqueSecret, Password, PasswordHasher,
@@ -135,6 +135,7 @@ pub struct Recovery {
     revocations: Arc<dyn RevocationSink>,
     templates: Templates,
     settings: RecoverySettings,
+    breached: Option<Arc<dyn BreachedPasswords>>,
 }
 
 impl Recovery {
@@ -150,7 +151,13 @@ impl Recovery {
         templates: Templates,
         settings: RecoverySettings,
     ) -> Self {
-        Self { users, store, mail, throttle, hasher, clock, revocations, templates, settings }
+        Self { users, store, mail, throttle, hasher, clock, revocations, templates, settings, breached: None }
+    }
+
+    /// Refuses new passwords that `check` finds breached.
+    pub fn with_breach_check(mut self, check: Arc<dyn BreachedPasswords>) -> Self {
+        self.breached = Some(check);
+        self
     }
 
     pub fn settings(&self) -> &RecoverySettings {
@@ -262,6 +269,7 @@ impl Recovery {
             None => return Err(ResetError::InvalidToken),
         };
         let password = Password::new_checked(password, &self.settings.password)?;
+        check_breached(self.breached.as_deref(), &password).await?;
         let phc = self.hasher.hash(&password).await?;
         let now = self.clock.now();
         let event = DomainEvent::password_reset(user.id, now);
@@ -307,6 +315,7 @@ impl Recovery {
             }
         };
         let password = Password::new_checked(password, &self.settings.password)?;
+        check_breached(self.breached.as_deref(), &password).await?;
         let phc = self.hasher.hash(&password).await?;
         let now = self.clock.now();
         let event = DomainEvent::password_changed(user.id, now);

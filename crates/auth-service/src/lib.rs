@@ -17,6 +17,7 @@
 //! - [`serve`]: the listener of the standalone auth-service, with its limits.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 
+pub mod breached;
 pub mod caller;
 pub mod cookies;
 pub mod error;

@@ -265,6 +265,16 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     // Recorded too, for the gateway relaying the answer (`Gatehouse-Revoked`).
     let revocations: Arc<dyn RevocationSink> = Arc::new(Recording(Arc::new(FanOut(sinks))));
     accounts = accounts.with_revocations(revocations.clone());
+    let breach_check = match &config.passwords.breached_range_url {
+        Some(url) => {
+            let check = auth_service::breached::RangeCheck::new(url).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            Some(Arc::new(check) as Arc<dyn auth_core::password::BreachedPasswords>)
+        }
+        None => None,
+    };
+    if let Some(check) = &breach_check {
+        accounts = accounts.with_breach_check(check.clone());
+    }
     let admin = Admin::new(
         stores.users.clone(),
         stores.sessions.clone(),
@@ -274,7 +284,10 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
         settings.accounts.access_token_reach,
     );
     seed_roles(config, &admin).await?;
-    let recovery = crate::mail::recovery(config, &settings, &stores, hasher, clock.clone(), revocations)?;
+    let mut recovery = crate::mail::recovery(config, &settings, &stores, hasher, clock.clone(), revocations)?;
+    if let Some(check) = breach_check {
+        recovery = recovery.with_breach_check(check);
+    }
     let mailer = crate::mail::mailer(config)?;
     let (sink, bus, broker) = event_sink(nats).await?;
     // What another process wrote (`gatehouse users …`) reaches this

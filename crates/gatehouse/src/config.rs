@@ -521,6 +521,10 @@ pub struct PasswordsConfig {
     pub min_chars: usize,
     pub max_chars: usize,
     pub hashing: HashingSettings,
+    /// A Pwned Passwords range API (`https://api.pwnedpasswords.com/range`)
+    /// new passwords are checked against; only 5 hex digits of their SHA-1
+    /// leave the process. Unset: no check. Unreachable: accepted, logged.
+    pub breached_range_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -593,7 +597,7 @@ impl Default for SessionsConfig {
 
 impl Default for PasswordsConfig {
     fn default() -> Self {
-        Self { min_chars: 15, max_chars: 128, hashing: HashingSettings::default() }
+        Self { min_chars: 15, max_chars: 128, hashing: HashingSettings::default(), breached_range_url: None }
     }
 }
 
@@ -685,6 +689,11 @@ impl Config {
                     "csrf.trusted_origins: {origin:?} is not an http(s) origin (scheme://host[:port])"
                 ));
             }
+        }
+        if let Some(url) = &self.passwords.breached_range_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return bad("passwords.breached_range_url must be an http(s) URL");
         }
         let l = &self.limits;
         if l.failures_before_delay == 0 || l.failure_ceiling > 100 || l.failures_before_delay >= l.failure_ceiling {

@@ -95,7 +95,7 @@ pub struct DeleteAccount {
 #[utoipa::path(post, path = "/auth/register", tag = "accounts", request_body = Credentials,
     responses(
         (status = 201, description = "Account created; `user.registered` is in the outbox; a verification link (24 hours) is mailed", body = RegisteredUser),
-        (status = 400, description = "`invalid_email`, `password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
+        (status = 400, description = "`invalid_email`, `password_too_short`, `password_too_long`, `password_too_common`, `password_breached`, `invalid_body`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`: cross-site request", body = ErrorBody),
         (status = 409, description = "`email_taken` (unless `registration.conceal_existing`: then 201 as for a new address, and the owner is mailed)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),

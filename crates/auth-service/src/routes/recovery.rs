@@ -104,7 +104,7 @@ pub async fn forgot(
 #[utoipa::path(post, path = "/auth/password/reset", tag = "recovery", request_body = ResetPassword,
     responses(
         (status = 204, description = "Password set; every session of the account is revoked and nobody is signed in; `user.password_reset` is in the outbox and a notice is mailed"),
-        (status = 400, description = "`invalid_token` (unknown, used, expired, superseded or for another purpose), `password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
+        (status = 400, description = "`invalid_token` (unknown, used, expired, superseded or for another purpose), `password_too_short`, `password_too_long`, `password_too_common`, `password_breached`, `invalid_body`", body = ErrorBody),
         (status = 429, description = "`too_many_requests`", body = ErrorBody),
     ))]
 pub async fn reset(
@@ -129,7 +129,7 @@ pub async fn reset(
     params(("X-CSRF-Token" = Option<String>, Header, description = "required with cookie authentication")),
     responses(
         (status = 204, description = "Password changed; every other session is revoked, this one stays; `user.password_changed` is in the outbox and a notice is mailed"),
-        (status = 400, description = "`password_too_short`, `password_too_long`, `password_too_common`, `invalid_body`", body = ErrorBody),
+        (status = 400, description = "`password_too_short`, `password_too_long`, `password_too_common`, `password_breached`, `invalid_body`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`wrong_password` or `csrf_failed`", body = ErrorBody),
         (status = 429, description = "`too_many_requests`, with `Retry-After`: too many wrong passwords for this account, here or at login", body = ErrorBody),

@@ -61,6 +61,8 @@ pub struct Options {
     pub limits: Option<Limits>,
     /// `registration.conceal_existing`.
     pub conceal_existing: bool,
+    /// `passwords.breached_range_url`.
+    pub breached_range_url: Option<String>,
 }
 
 /// Limits too large to meet: tests of races run many logins at once.
@@ -114,6 +116,14 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         attempts: limits.attempts,
         ..options.recovery.unwrap_or_default()
     };
+    let breach_check = options.breached_range_url.as_deref().map(|url| {
+        Arc::new(auth_service::breached::RangeCheck::new(url).unwrap())
+            as Arc<dyn auth_core::password::BreachedPasswords>
+    });
+    let accounts = match &breach_check {
+        Some(check) => accounts.with_breach_check(check.clone()),
+        None => accounts,
+    };
     let recovery = Recovery::new(
         stores.users.clone(),
         stores.recovery.clone(),
@@ -125,6 +135,10 @@ pub async fn spawn_app(backend: Backend, options: Options) -> TestApp {
         Templates::builtin(),
         recovery_settings,
     );
+    let recovery = match breach_check {
+        Some(check) => recovery.with_breach_check(check),
+        None => recovery,
+    };
     let reach = account_settings.access_token_reach;
     let settings = AuthSettings {
         public_url: ISSUER.into(),
