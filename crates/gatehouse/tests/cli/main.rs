@@ -214,6 +214,7 @@ mod cluster;
 mod mail;
 mod oauth;
 mod roles;
+mod tokens;
 mod up;
 
 /// The README's first command, `cargo run --release`, must pick this binary
