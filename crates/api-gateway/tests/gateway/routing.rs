@@ -65,3 +65,45 @@ async fn paths_with_dot_segments_are_refused_whichever_path_serves_them() {
     let fine = one_connection(&h, b"GET /public/a..b/c.js HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await;
     assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
 }
+
+/// Seed paths known to trouble matchers; proptest explores around them.
+const PATH_CORPUS: [&str; 12] = [
+    "/api",
+    "/api/",
+    "/apix",
+    "/API/x",
+    "/admin/../api",
+    "//api",
+    "/api%2f..",
+    "/",
+    "",
+    "/adm\u{0}in",
+    "/api/\u{202E}x",
+    "/public/./x",
+];
+
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The route matcher takes any path without panicking, and a match is
+    /// always a whole-segment prefix of the path.
+    #[test]
+    fn any_path_matches_a_whole_segment_prefix_or_nothing(
+        path in prop_oneof![
+            proptest::sample::select(PATH_CORPUS.to_vec()).prop_map(|p: &str| p.to_owned()),
+            "/[a-zA-Z/._%-]{0,40}",
+            ".{0,60}",
+        ]
+    ) {
+        let table = RouteTable::build(&default_routes("http://127.0.0.1:9"), &[], &HashMap::new()).unwrap();
+        if let Ok(Some(route)) = table.route_for(&path) {
+            let prefix = route.prefix.as_str();
+            prop_assert!(
+                prefix == "/" || path == prefix || path.starts_with(&format!("{prefix}/")),
+                "{:?} matched {:?}", path, prefix
+            );
+        }
+    }
+}
