@@ -223,3 +223,46 @@ async fn every_login_opens_a_fresh_session_with_fresh_tokens() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_login_never_keeps_session_material_the_browser_brought() {
+    each_backend(async |app| {
+        // An attacker plants cookies (a token of its own session, a CSRF
+        // value it knows) in the victim's browser before the victim logs in.
+        let (_, attacker) = app.signed_in().await;
+        let email = email();
+        app.register(&email, PASSWORD).await;
+        let planted = format!(
+            "__Host-access_token={}; __Host-refresh_token={}; __Host-csrf_token={}",
+            attacker.access(),
+            attacker.refresh(),
+            attacker.csrf()
+        );
+        let login = app
+            .request(Method::POST, "/auth/login")
+            .header(header::COOKIE, &planted)
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(login.status(), 200);
+        let mut victim = Browser::default();
+        victim.absorb(&login);
+        assert_ne!(victim.access(), attacker.access());
+        assert_ne!(victim.refresh(), attacker.refresh());
+        assert_ne!(victim.csrf(), attacker.csrf());
+        let (theirs, ours) = (claims(attacker.access()), claims(victim.access()));
+        assert_ne!(theirs["jti"], ours["jti"]);
+        assert_ne!(theirs["sid"], ours["sid"], "a session of its own");
+        // The planted CSRF value does not work for the victim's session.
+        let mixed = app
+            .with_cookies(Method::DELETE, "/auth/logout", &victim)
+            .header("x-csrf-token", attacker.csrf())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(code(mixed).await, "csrf_failed");
+        assert_eq!(body(app.me(&victim).await).await["email"], email.as_str());
+    })
+    .await;
+}
