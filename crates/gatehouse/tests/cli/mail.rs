@@ -125,3 +125,70 @@ async fn without_a_mail_server_up_writes_each_message_to_data_mail_and_its_link_
         client.get(format!("{url}/auth/me")).header("cookie", &b.cookie).send().await.unwrap().json().await.unwrap();
     assert_eq!(me["email_verified"], true);
 }
+
+#[tokio::test]
+async fn no_password_token_or_secret_reaches_the_log() {
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let mut server = start({
+        let mut cmd = gatehouse(&dir.data());
+        cmd.env("GATEHOUSE_MAIL__SMTP_URL", smtp.url())
+            .env("RUST_LOG", "info,gatehouse=debug,auth_service=debug,auth_core=debug,api_gateway=debug");
+        cmd
+    })
+    .await;
+    let (client, url) = (reqwest::Client::new(), server.url.clone());
+    let (email, browser) = register_and_log_in(&client, &url).await;
+    let wrong = "a wrong guess that must not be logged";
+    let failed = client.post(format!("{url}/auth/login")).json(&json!({"email": email, "password": wrong})).send();
+    assert_eq!(failed.await.unwrap().status(), 401);
+    let refreshed = browser.unsafe_request(client.post(format!("{url}/auth/refresh"))).send().await.unwrap();
+    assert_eq!(refreshed.status(), 200);
+    let refresh_cookie: Vec<String> =
+        refreshed.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        client
+            .post(format!("{url}/auth/password/forgot"))
+            .json(&json!({"email": email}))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let token = token_in(&smtp.wait_for(&email, 2, Duration::from_secs(30)).await.pop().unwrap(), "/reset-password");
+    let reset =
+        client.post(format!("{url}/auth/password/reset")).json(&json!({"token": token, "password": NEW_PASSWORD}));
+    assert_eq!(reset.send().await.unwrap().status(), 204);
+    // A last, known line: everything logged before it has been read.
+    let marker = format!("marker-{}@example.com", uuid::Uuid::new_v4().simple());
+    client.post(format!("{url}/auth/login")).json(&json!({"email": marker, "password": wrong})).send().await.unwrap();
+    let mut log = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = server.log.recv().await {
+            let last = line.contains("login failed");
+            log.push(line);
+            if last && log.iter().filter(|l| l.contains("login failed")).count() >= 2 {
+                break;
+            }
+        }
+    });
+    read.await.expect("the log stopped before the last login failure");
+    assert!(log.len() > 5, "too little was logged to judge: {log:#?}");
+
+    let cookie_values = |headers: &[String]| -> Vec<String> {
+        headers.iter().filter_map(|c| c.split(';').next()?.split_once('=').map(|(_, v)| v.to_owned())).collect()
+    };
+    let mut secrets = vec![PASSWORD.to_owned(), NEW_PASSWORD.to_owned(), wrong.to_owned(), token.clone()];
+    secrets.extend(browser.cookie.split("; ").filter_map(|c| c.split_once('=').map(|(_, v)| v.to_owned())));
+    secrets.extend(cookie_values(&refresh_cookie));
+    secrets.push(browser.csrf.clone());
+    secrets.retain(|s| s.len() >= 16);
+    for line in &log {
+        assert!(!line.contains("eyJ"), "a JWT in the log: {line}");
+        for secret in &secrets {
+            assert!(!line.contains(secret.as_str()), "a secret in the log: {line}");
+        }
+    }
+    assert!(server.stop().await.success());
+}
