@@ -9,7 +9,7 @@ use crate::hashing::Verification;
 use crate::mail::Mail;
 use crate::password::{BreachedPasswords, PasswordError, check_breached};
 use crate::roles::USER_ROLE;
-use crate::throttling::{Limits, Rate, ThrottleError, account_key, client_key};
+use crate::throttling::{Limits, Rate, ThrottleError, account_key, claim_attempt, client_key};
 use crate::{
     Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
     PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, Throttle,
@@ -328,16 +328,13 @@ impl Accounts {
     /// attempt counts against the address (known or not) before the
     /// password is checked; a right password starts the count again.
     pub async fn login(&self, email: &str, password: &str, client: ClientInfo) -> Result<LoggedIn, LoginError> {
-        let key = account_key(email);
         let policy = &self.settings.limits.attempts;
-        if let Some(wait) = self.throttle.claim_attempt(&key, policy, self.clock.now()).await? {
-            // At the ceiling the wait is until a reset; it reads as the
-            // longest ordinary one, so nothing tells the two apart.
-            return Err(LoginError::Throttled { retry_after: wait.min(policy.max_delay) });
+        if let Some(retry_after) = claim_attempt(self.throttle.as_ref(), email, policy, self.clock.now()).await? {
+            return Err(LoginError::Throttled { retry_after });
         }
         let outcome = self.check_and_open(email, password, client).await;
         if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified))
-            && let Err(error) = self.throttle.clear_attempts(&key).await
+            && let Err(error) = self.throttle.clear_attempts(&account_key(email)).await
         {
             // The session is open: failing the login now would strand it.
             // The count stays, and the next success clears it.
@@ -654,10 +651,11 @@ impl Accounts {
         match (&user.password_hash, password) {
             (Some(phc), Some(given)) => {
                 // Counted as a login: a stolen session is no way to guess.
-                let key = account_key(user.email.as_str());
                 let policy = &self.settings.limits.attempts;
-                if let Some(wait) = self.throttle.claim_attempt(&key, policy, now).await? {
-                    return Err(DeleteError::Throttled { retry_after: wait.min(policy.max_delay) });
+                if let Some(retry_after) =
+                    claim_attempt(self.throttle.as_ref(), user.email.as_str(), policy, now).await?
+                {
+                    return Err(DeleteError::Throttled { retry_after });
                 }
                 let given = Password::for_login(given);
                 if self.hasher.verify(&given, phc).await? == Verification::Mismatch {

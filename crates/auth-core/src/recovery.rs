@@ -15,7 +15,8 @@ use crate::accounts::{LoginError, rematch};
 use crate::hashing::Verification;
 use crate::mail::{Template, Values, say_duration};
 use crate::password::{BreachedPasswords, PasswordError, check_breached};
-use crate::throttling::{AttemptPolicy, account_key, client_key};
+use crate::throttling::ThrottleError;
+use crate::throttling::{AttemptPolicy, account_key, claim_attempt, client_key};
 use crate::{
     Clock, DomainEvent, Email, EmailToken, HashError, MailQueue, OpaqueSecret, Password, PasswordHasher,
     PasswordPolicy, RecoveryStore, RevocationSink, SecretHash, SessionId, StoreError, Templates, Throttle,
@@ -85,8 +86,6 @@ impl Action {
         }
     }
 }
-
-pub use crate::throttling::ThrottleError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResetError {
@@ -295,17 +294,17 @@ impl Recovery {
     ) -> Result<(), ChangeError> {
         let given = Password::for_login(current);
         // A stolen session must not make this a way around login throttling.
-        let key = account_key(user.email.as_str());
-        let policy = &self.settings.attempts;
-        if let Some(wait) = self.throttle.claim_attempt(&key, policy, self.clock.now()).await? {
-            return Err(ChangeError::Throttled { retry_after: wait.min(policy.max_delay) });
+        let email = user.email.as_str();
+        let now = self.clock.now();
+        if let Some(retry_after) = claim_attempt(self.throttle.as_ref(), email, &self.settings.attempts, now).await? {
+            return Err(ChangeError::Throttled { retry_after });
         }
         let verified = match &user.password_hash {
             Some(phc) => {
                 if self.hasher.verify(&given, phc).await? == Verification::Mismatch {
                     return Err(ChangeError::WrongPassword);
                 }
-                self.throttle.clear_attempts(&key).await?;
+                self.throttle.clear_attempts(&account_key(email)).await?;
                 phc
             }
             None => {

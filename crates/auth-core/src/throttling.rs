@@ -15,9 +15,9 @@
 
 use std::net::IpAddr;
 
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 
-use crate::{Email, SecretHash, StoreError};
+use crate::{Email, SecretHash, StoreError, Throttle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ThrottleError {
@@ -40,9 +40,15 @@ impl Bucket {
         f64::from(self.per_minute) / 60.0
     }
 
-    /// The tokens in a bucket that held `tokens` `elapsed` ago (full when
-    /// new): the stores keep the arithmetic here, once.
-    pub fn refilled(self, held: Option<(f64, Duration)>) -> f64 {
+    /// A take from a bucket that held `tokens` `elapsed` ago (full when
+    /// new): the tokens left to store, or how long to wait (nothing taken).
+    /// The stores keep the arithmetic here, once.
+    pub fn take(self, held: Option<(f64, Duration)>) -> Result<f64, Duration> {
+        let tokens = self.refilled(held);
+        if tokens < 1.0 { Err(self.wait_for_token(tokens)) } else { Ok(tokens - 1.0) }
+    }
+
+    fn refilled(self, held: Option<(f64, Duration)>) -> f64 {
         let burst = f64::from(self.burst);
         match held {
             Some((tokens, elapsed)) => (tokens + elapsed.as_seconds_f64().max(0.0) * self.per_second()).min(burst),
@@ -51,7 +57,7 @@ impl Bucket {
     }
 
     /// How long until a bucket holding `tokens` holds one (at least a second).
-    pub fn wait_for_token(self, tokens: f64) -> Duration {
+    fn wait_for_token(self, tokens: f64) -> Duration {
         let per_second = self.per_second();
         let seconds = if per_second > 0.0 { ((1.0 - tokens) / per_second).ceil() } else { 3600.0 };
         Duration::seconds_f64(seconds.clamp(1.0, 86_400.0))
@@ -77,6 +83,25 @@ impl Default for AttemptPolicy {
 }
 
 impl AttemptPolicy {
+    /// An attempt on a count of `failures` whose wait runs until
+    /// `blocked_until`, at `now`: the count and cut-off to store, or how
+    /// long it must wait (nothing counted). With no wait due yet the
+    /// cut-off stays, so a claim that read the clock earlier but took the
+    /// lock later is not refused by this one. The stores keep this here, once.
+    pub fn claim(
+        &self,
+        failures: u32,
+        blocked_until: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(u32, OffsetDateTime), Duration> {
+        if blocked_until > now {
+            return Err(blocked_until - now);
+        }
+        let failures = failures.saturating_add(1);
+        let delay = self.delay_after(failures);
+        Ok((failures, if delay.is_zero() { blocked_until } else { now + delay }))
+    }
+
     /// The wait after `failures` consecutive failures; zero below the free
     /// ones, [`Duration::MAX`]-like (a century) at the ceiling.
     pub fn delay_after(&self, failures: u32) -> Duration {
@@ -156,6 +181,20 @@ pub fn client_key(ip: &str) -> String {
         Ok(IpAddr::V4(v4)) => v4.to_string(),
         Err(_) => ip.to_owned(),
     }
+}
+
+/// Counts a password attempt on `email`'s account (login, change, deletion)
+/// before the password is checked; `Some(wait)` while it must wait. At the
+/// ceiling the wait is until a reset; it reads as the longest ordinary
+/// one, so nothing tells the two apart.
+pub async fn claim_attempt(
+    throttle: &dyn Throttle,
+    email: &str,
+    policy: &AttemptPolicy,
+    now: OffsetDateTime,
+) -> Result<Option<Duration>, StoreError> {
+    let wait = throttle.claim_attempt(&account_key(email), policy, now).await?;
+    Ok(wait.map(|wait| wait.min(policy.max_delay)))
 }
 
 /// The key an address's login attempts are counted under: a hash of the

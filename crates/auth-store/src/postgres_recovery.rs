@@ -334,13 +334,13 @@ impl Throttle for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        let tokens = bucket.refilled(Some((held, now - at)));
-        if tokens < 1.0 {
-            return Ok(Some(bucket.wait_for_token(tokens)));
-        }
+        let tokens = match bucket.take(Some((held, now - at))) {
+            Ok(left) => left,
+            Err(wait) => return Ok(Some(wait)),
+        };
         sqlx::query("UPDATE rate_buckets SET tokens = $2, updated_at = $3 WHERE key = $1")
             .bind(key)
-            .bind(tokens - 1.0)
+            .bind(tokens)
             .bind(now)
             .execute(&mut *tx)
             .await
@@ -369,14 +369,10 @@ impl Throttle for PgStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
-        if blocked_until > now {
-            return Ok(Some(blocked_until - now));
-        }
-        let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
-        // No wait yet: the cut-off stays, so a claim that read the clock
-        // earlier but got the lock later is not refused by this one.
-        let delay = policy.delay_after(failures);
-        let blocked_until = if delay.is_zero() { blocked_until } else { now + delay };
+        let (failures, blocked_until) = match policy.claim(u32::try_from(failures).unwrap_or(0), blocked_until, now) {
+            Ok(counted) => counted,
+            Err(wait) => return Ok(Some(wait)),
+        };
         sqlx::query("UPDATE login_attempts SET failures = $2, blocked_until = $3, last_at = $4 WHERE key = $1")
             .bind(key)
             .bind(i32::try_from(failures).unwrap_or(i32::MAX))

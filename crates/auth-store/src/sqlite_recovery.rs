@@ -322,16 +322,16 @@ impl Throttle for SqliteStore {
             .await
             .map_err(store_error)?;
         let held = held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)));
-        let tokens = bucket.refilled(held);
-        if tokens < 1.0 {
-            return Ok(Some(bucket.wait_for_token(tokens)));
-        }
+        let tokens = match bucket.take(held) {
+            Ok(left) => left,
+            Err(wait) => return Ok(Some(wait)),
+        };
         sqlx::query(
             "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?1, ?2, ?3) \
              ON CONFLICT (key) DO UPDATE SET tokens = ?2, updated_at = ?3",
         )
         .bind(key)
-        .bind(tokens - 1.0)
+        .bind(tokens)
         .bind(ms(now))
         .execute(&mut *tx)
         .await
@@ -354,21 +354,18 @@ impl Throttle for SqliteStore {
                 .await
                 .map_err(store_error)?;
         let (failures, blocked_until) = held.unwrap_or((0, 0));
-        if blocked_until > ms(now) {
-            return Ok(Some(from_ms(blocked_until)? - now));
-        }
-        let failures = u32::try_from(failures).unwrap_or(0).saturating_add(1);
-        // No wait yet: the cut-off stays, so a claim that read the clock
-        // earlier but got the lock later is not refused by this one.
-        let delay = policy.delay_after(failures);
-        let blocked_until = if delay.is_zero() { blocked_until } else { ms(now + delay) };
+        let failures = u32::try_from(failures).unwrap_or(0);
+        let (failures, blocked_until) = match policy.claim(failures, from_ms(blocked_until)?, now) {
+            Ok(counted) => counted,
+            Err(wait) => return Ok(Some(wait)),
+        };
         sqlx::query(
             "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (key) DO UPDATE SET failures = ?2, blocked_until = ?3, last_at = ?4",
         )
         .bind(key)
         .bind(i64::from(failures))
-        .bind(blocked_until)
+        .bind(ms(blocked_until))
         .bind(ms(now))
         .execute(&mut *tx)
         .await
