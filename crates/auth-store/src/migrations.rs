@@ -60,6 +60,16 @@ pub const SQLITE: &[Migration] = &[
     },
 ];
 
+/// Serialises PostgreSQL migrations across processes: an advisory lock (an
+/// arbitrary constant naming Gatehouse's migrations), held to the end of
+/// the transaction. A migration may take longer than the sessions'
+/// statement timeout, and so may waiting for another process's.
+const PG_LOCK: &str = "SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)";
+const PG_APPLIED: &str = "SELECT version FROM gatehouse_migrations WHERE version = $1";
+const PG_RECORD: &str = "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)";
+const SQLITE_APPLIED: &str = "SELECT version FROM gatehouse_migrations WHERE version = ?";
+const SQLITE_RECORD: &str = "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)";
+
 fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {
     move |e| OpenError::Migration { version: m.version, name: m.name, reason: e.to_string() }
 }
@@ -100,11 +110,9 @@ runner!(
     POSTGRES,
     setup: "CREATE TABLE IF NOT EXISTS gatehouse_migrations \
             (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    // A migration may take longer than the sessions' statement timeout, and
-    // so may waiting for another process's.
-    lock: Some("SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)"),
-    select: "SELECT version FROM gatehouse_migrations WHERE version = $1",
-    insert: "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)"
+    lock: Some(PG_LOCK),
+    select: PG_APPLIED,
+    insert: PG_RECORD
 );
 
 runner!(
@@ -115,8 +123,8 @@ runner!(
     setup: "CREATE TABLE IF NOT EXISTS gatehouse_migrations \
             (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
     lock: None::<&'static str>,
-    select: "SELECT version FROM gatehouse_migrations WHERE version = ?",
-    insert: "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)"
+    select: SQLITE_APPLIED,
+    insert: SQLITE_RECORD
 );
 
 /// The step after the SQL migrations that SQL cannot do: addresses stored
@@ -181,11 +189,11 @@ normaliser!(
     /// [`normaliser`] on PostgreSQL, under the migrations' advisory lock.
     normalise_postgres,
     PgPool,
-    lock: Some("SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)"),
+    lock: Some(PG_LOCK),
     select: "SELECT id::text, email FROM users ORDER BY id",
     update: "UPDATE users SET email = $1 WHERE id = $2::uuid",
-    marker: "SELECT version FROM gatehouse_migrations WHERE version = $1",
-    mark: "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)"
+    marker: PG_APPLIED,
+    mark: PG_RECORD
 );
 
 normaliser!(
@@ -195,6 +203,6 @@ normaliser!(
     lock: None::<&'static str>,
     select: "SELECT id, email FROM users ORDER BY id",
     update: "UPDATE users SET email = ? WHERE id = ?",
-    marker: "SELECT version FROM gatehouse_migrations WHERE version = ?",
-    mark: "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)"
+    marker: SQLITE_APPLIED,
+    mark: SQLITE_RECORD
 );
