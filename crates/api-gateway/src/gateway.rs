@@ -105,7 +105,7 @@ impl Gateway {
             client: ClientLimits::of(&parts.settings),
             underscores: parts.settings.underscores_in_headers,
             fast_path: parts.settings.fast_path,
-            metrics_token: parts.settings.metrics_token.clone().filter(|t| !t.is_empty()),
+            metrics_token: parts.settings.metrics_token.clone(),
             extra_metrics: parts.extra_metrics,
         })))
     }
@@ -234,12 +234,8 @@ impl Gateway {
     /// Whether `headers` carry the bearer token `/metrics` answers on this
     /// port (none is, unless configured).
     fn may_read_metrics(&self, headers: &axum::http::HeaderMap) -> bool {
-        let presented =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
-        match (&self.0.metrics_token, presented) {
-            (Some(expected), Some(presented)) => auth_tokens::csrf::same_token(presented, expected),
-            _ => false,
-        }
+        let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        auth_tokens::bearer_is(authorization, self.0.metrics_token.as_deref())
     }
 
     fn own_answer(&self, path: &str, headers: &axum::http::HeaderMap) -> Option<Response> {

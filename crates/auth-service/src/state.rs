@@ -92,6 +92,11 @@ impl AppState {
         }))
     }
 
+    /// The Prometheus text of this auth-service.
+    pub fn metrics_text(&self) -> String {
+        self.metrics().render(self.accounts().hasher())
+    }
+
     pub fn accounts(&self) -> &Accounts {
         &self.0.accounts
     }

@@ -45,6 +45,17 @@ pub fn bearer_token(authorization: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether an `Authorization` header value is `Bearer <expected>`, compared
+/// without an early exit: the check of every configured operator secret
+/// (the operator token, the metrics token). An unset or empty secret
+/// matches nothing.
+pub fn bearer_is(authorization: Option<&str>, expected: Option<&str>) -> bool {
+    match (authorization.and_then(bearer_token), expected) {
+        (Some(presented), Some(expected)) => !expected.is_empty() && csrf::same_token(presented, expected),
+        _ => false,
+    }
+}
+
 /// How a request presented its access token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {

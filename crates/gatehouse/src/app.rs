@@ -67,10 +67,11 @@ pub struct Application {
     background: Vec<Box<dyn FnOnce() -> JoinHandle<()> + Send>>,
     gateway: Option<(Gateway, Vec<RouteConfig>)>,
     locals: HashMap<String, axum::Router>,
-    /// The operator port and what its `/metrics` says.
-    admin: Option<(TcpListener, MetricsText)>,
-    /// The auth-service of the `auth-service` role, for its metrics.
-    auth_state: Option<auth_service::AppState>,
+    /// What `/metrics` says for this process: the gateway's (with the
+    /// in-process auth-service's, in `up`) or the auth-service's.
+    metrics: MetricsText,
+    /// The operator port, serving [`Self::metrics`].
+    admin: Option<TcpListener>,
 }
 
 /// The Prometheus text of this process.
@@ -394,10 +395,10 @@ impl Application {
             Role::AuthService => {
                 let auth = auth_parts(&config, None).await?;
                 let background = auth.background();
-                let auth_state = Some(auth.state.clone());
+                let state = auth.state.clone();
                 Ok(Self {
+                    metrics: Arc::new(move || state.metrics_text()),
                     admin: None,
-                    auth_state,
                     listener,
                     extra_workers: 0,
                     shutdown_grace: Duration::ZERO,
@@ -412,7 +413,7 @@ impl Application {
         }?;
         app.extra_workers = extra_workers;
         app.shutdown_grace = shutdown_grace;
-        if let (false, Some(text)) = (admin_listen.is_empty(), app.metrics_text()) {
+        if !admin_listen.is_empty() {
             let listen = &admin_listen;
             let listener = bind(listen).await.with_context(|| {
                 format!(
@@ -420,7 +421,7 @@ impl Application {
                      GATEHOUSE_ADMIN__LISTEN=127.0.0.1:PORT, or none with GATEHOUSE_ADMIN__LISTEN=\"\""
                 )
             })?;
-            app.admin = Some((listener, text));
+            app.admin = Some(listener);
         }
         Ok(app)
     }
@@ -476,7 +477,7 @@ impl Application {
             csrf: auth.keys.csrf().clone(),
             clock: Arc::new(SystemClock),
             settings: gateway_settings(&config),
-            extra_metrics: Some(Box::new(move || state.metrics().render(state.accounts().hasher()))),
+            extra_metrics: Some(Box::new(move || state.metrics_text())),
         })
         .map_err(anyhow::Error::msg)?;
         let g = gateway.clone();
@@ -488,10 +489,10 @@ impl Application {
             shutdown_grace: Duration::ZERO,
             service: Service::Gateway(gateway.clone()),
             background,
-            gateway: Some((gateway, config.gateway.routes.clone())),
+            gateway: Some((gateway.clone(), config.gateway.routes.clone())),
             locals,
+            metrics: Arc::new(move || gateway.metrics_text()),
             admin: None,
-            auth_state: None,
         })
     }
 
@@ -548,31 +549,15 @@ impl Application {
             shutdown_grace: Duration::ZERO,
             service: Service::Gateway(gateway.clone()),
             background: vec![Box::new(move || g.spawn_background())],
-            gateway: Some((gateway, config.gateway.routes.clone())),
+            gateway: Some((gateway.clone(), config.gateway.routes.clone())),
             locals,
+            metrics: Arc::new(move || gateway.metrics_text()),
             admin: None,
-            auth_state: None,
         })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
-    }
-
-    /// What `/metrics` says for this process: the gateway's (with the
-    /// in-process auth-service's, in `up`) or the auth-service's.
-    fn metrics_text(&self) -> Option<MetricsText> {
-        if let Some((gateway, _)) = &self.gateway {
-            let gateway = gateway.clone();
-            return Some(Arc::new(move || gateway.metrics_text()));
-        }
-        match &self.service {
-            Service::Auth(_, _) => self.auth_state.clone().map(|state| {
-                let text: MetricsText = Arc::new(move || state.metrics().render(state.accounts().hasher()));
-                text
-            }),
-            _ => None,
-        }
     }
 
     pub async fn run_until_stopped(
@@ -582,9 +567,9 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", self.local_addr()?);
         let mut tasks: Vec<JoinHandle<()>> = self.background.into_iter().map(|start| start()).collect();
-        if let Some((listener, text)) = self.admin {
+        if let Some(listener) = self.admin {
             tracing::info!("operator port (metrics) listening on http://{}", listener.local_addr()?);
-            tasks.push(tokio::spawn(serve_operator_port(listener, text)));
+            tasks.push(tokio::spawn(serve_operator_port(listener, self.metrics)));
         }
         if let Some((gateway, _)) = self.gateway {
             tasks.push(spawn_route_reloader(gateway, source, self.locals));
@@ -604,10 +589,7 @@ async fn serve_operator_port(listener: TcpListener, text: MetricsText) {
     use axum::response::IntoResponse as _;
     let metrics = move || {
         let text = text.clone();
-        async move {
-            let content_type = "text/plain; version=0.0.4; charset=utf-8";
-            ([(axum::http::header::CONTENT_TYPE, content_type)], text()).into_response()
-        }
+        async move { ([(axum::http::header::CONTENT_TYPE, auth_service::metrics::CONTENT_TYPE)], text()).into_response() }
     };
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(metrics))

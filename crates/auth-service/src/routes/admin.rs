@@ -45,14 +45,10 @@ fn request_id(request: &Request) -> Option<String> {
 /// `forbidden` for a user without it.
 pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let request_id = request_id(&request);
-    let bearer =
-        request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
-    let operator = state.settings().operator_token.as_deref();
-    let actor = match (bearer, operator) {
-        (Some(presented), Some(expected)) if same_token(presented, expected) => {
-            Actor { user: None, request_id, via: "operator_token" }
-        }
-        _ => {
+    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let actor = match auth_tokens::bearer_is(authorization, state.settings().operator_token.as_deref()) {
+        true => Actor { user: None, request_id, via: "operator_token" },
+        false => {
             let (mut parts, body) = request.into_parts();
             let caller = match Caller::from_request_parts(&mut parts, &state).await {
                 Ok(caller) => caller,

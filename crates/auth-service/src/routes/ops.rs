@@ -52,25 +52,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     (status = 404, description = "`not_found`: no `admin.metrics_token` configured, or not presented", body = ErrorBody),
 ))]
 pub async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
-    let presented =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(auth_tokens::bearer_token);
-    let allowed = match (state.settings().metrics_token.as_deref(), presented) {
-        (Some(expected), Some(presented)) => !expected.is_empty() && auth_tokens::csrf::same_token(presented, expected),
-        _ => false,
-    };
-    if !allowed {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !auth_tokens::bearer_is(authorization, state.settings().metrics_token.as_deref()) {
         return super::not_found().await.into_response();
     }
     metrics_text(&state)
 }
 
-/// The Prometheus answer, wherever it is served.
-pub fn metrics_text(state: &AppState) -> Response {
-    let text = state.metrics().render(state.accounts().hasher());
+/// The Prometheus answer.
+fn metrics_text(state: &AppState) -> Response {
+    let text = state.metrics_text();
     let mut response = (StatusCode::OK, text).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
     response
 }
 
