@@ -79,11 +79,38 @@ pub enum RegisterError {
     Store(StoreError),
 }
 
+/// Why a login was refused as invalid credentials: for the audit log,
+/// never for the client, which gets one answer for all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    UnknownAccount,
+    /// The account signs in through a provider only.
+    NoPassword,
+    WrongPassword,
+    Disabled,
+    /// A reset or change replaced the password during the login.
+    PasswordReplaced,
+}
+
+impl LoginFailure {
+    /// The stable code recorded for it.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::UnknownAccount => "unknown_account",
+            Self::NoPassword => "no_password",
+            Self::WrongPassword => "wrong_password",
+            Self::Disabled => "account_disabled",
+            Self::PasswordReplaced => "password_replaced",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
-    /// Unknown email, wrong password, or no password set: one answer for all.
+    /// Unknown email, wrong password, or no password set: one answer for
+    /// all. The account, if there is one, and why are for the audit log.
     #[error("invalid email or password")]
-    InvalidCredentials,
+    InvalidCredentials { user: Option<UserId>, why: LoginFailure },
     /// The password was right, but the address must be verified first.
     #[error("confirm your email address first")]
     EmailNotVerified,
@@ -159,7 +186,7 @@ pub enum RefreshError {
     /// An already-rotated token came back after the grace window: the whole
     /// session has been revoked.
     #[error("refresh token reused; session revoked")]
-    Reused,
+    Reused { user: UserId, session: SessionId },
     #[error("session expired or revoked")]
     SessionEnded,
     #[error(transparent)]
@@ -349,21 +376,23 @@ impl Accounts {
             Ok(email) => self.users.user_by_email(&email).await?,
             Err(_) => None,
         };
-        let Some((user, phc)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
+        let refused = |user: Option<&User>, why| LoginError::InvalidCredentials { user: user.map(|u| u.id), why };
+        let Some((user, phc)) = user.as_ref().and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
             // Same work as a real verification, so timing tells nothing.
             self.hasher.verify_dummy(&password).await?;
-            return Err(LoginError::InvalidCredentials);
+            let why = if user.is_some() { LoginFailure::NoPassword } else { LoginFailure::UnknownAccount };
+            return Err(refused(user.as_ref(), why));
         };
         match self.hasher.verify(&password, &phc).await? {
             // A disabled account is refused as a wrong password is.
-            Verification::Mismatch => Err(LoginError::InvalidCredentials),
-            Verification::Match { .. } if user.disabled => Err(LoginError::InvalidCredentials),
+            Verification::Mismatch => Err(refused(Some(user), LoginFailure::WrongPassword)),
+            Verification::Match { .. } if user.disabled => Err(refused(Some(user), LoginFailure::Disabled)),
             Verification::Match { needs_rehash } => {
                 if self.settings.require_verified_email && !user.email_verified {
                     return Err(LoginError::EmailNotVerified);
                 }
                 let mut verified = match needs_rehash {
-                    true => self.rehash(&user, &password, &phc).await,
+                    true => self.rehash(user, &password, &phc).await,
                     false => phc,
                 };
                 // Opened only while the verified hash stands. If it was
@@ -371,7 +400,7 @@ impl Accounts {
                 // password still matches and this goes on, once; by a reset
                 // or change it does not, and the login fails.
                 for _ in 0..2 {
-                    if let Some(done) = self.open_session(&user, &client, Some(&verified)).await? {
+                    if let Some(done) = self.open_session(user, &client, Some(&verified)).await? {
                         return Ok(done);
                     }
                     match rematch(self.users.as_ref(), self.hasher.as_ref(), user.id, &password).await? {
@@ -379,7 +408,7 @@ impl Accounts {
                         _ => break,
                     }
                 }
-                Err(LoginError::InvalidCredentials)
+                Err(refused(Some(user), LoginFailure::PasswordReplaced))
             }
         }
     }
@@ -608,8 +637,7 @@ impl Accounts {
         }
         self.sessions.revoke_session(session.id, now).await?;
         self.session_revoked(session.id, now).await;
-        tracing::warn!(user_id = %user.id, session_id = %session.id, "refresh token reuse; session revoked");
-        Err(RefreshError::Reused)
+        Err(RefreshError::Reused { user: user.id, session: session.id })
     }
 
     /// The session a refresh token belongs to, without using the token up.

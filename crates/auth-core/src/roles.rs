@@ -59,8 +59,10 @@ impl Role {
     }
 }
 
-/// One administrative action: who (a user id; `None` for the operator on
-/// the server), what, to whom, when, under which request.
+/// One entry of the audit log, an administrative action or an
+/// authentication event: who acted (a signed-in user; `None` for the
+/// operator and for requests nobody is signed in to, such as logins), what,
+/// to whom, when, under which request, from which client, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEntry {
     pub id: Uuid,
@@ -70,21 +72,29 @@ pub struct AuditEntry {
     pub target: Option<String>,
     pub request_id: Option<String>,
     pub detail: Value,
+    /// The client's address, as the service trusts it.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// A stable code: why a login failed, which limit refused it.
+    pub reason: Option<String>,
 }
 
 /// Who acts, for the audit log.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Actor {
     /// `None`: the operator (its token, the command line, the config file).
     pub user: Option<UserId>,
     pub request_id: Option<String>,
     /// How: `api` (a user with `users:admin`), `operator_token`, `cli`, `config`.
     pub via: &'static str,
+    /// The client's address and user agent, for a request.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
 }
 
 impl Actor {
     pub fn operator(via: &'static str) -> Self {
-        Self { user: None, request_id: None, via }
+        Self { via, ..Self::default() }
     }
 }
 
@@ -253,6 +263,9 @@ impl Admin {
             target,
             request_id: actor.request_id.clone(),
             detail,
+            ip: actor.ip.clone(),
+            user_agent: actor.user_agent.clone(),
+            reason: None,
         }
     }
 
@@ -365,6 +378,11 @@ impl Admin {
     /// Records an action done elsewhere (a deletion through `Accounts`).
     pub async fn record(&self, actor: &Actor, action: &str, target: Option<String>) -> Result<(), StoreError> {
         self.store.record(&self.audit(actor, action, target, Value::Null)).await
+    }
+
+    /// Records an entry made elsewhere (an authentication event).
+    pub async fn record_entry(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.store.record(entry).await
     }
 
     pub async fn audit_page(

@@ -6,6 +6,8 @@
 //! - [`routes`]: one `router()` per area beside its handlers, merged in [`router`].
 //! - [`caller`]: the [`caller::Caller`] extractor: token from cookie or bearer,
 //!   verification, session check, CSRF on unsafe cookie requests.
+//! - [`audit`]: the audit trail of authentication events, one layer writing
+//!   what each handler noted.
 //! - [`guard`]: refusals before any handler runs (cross-site requests, non-JSON bodies).
 //! - [`cookies`]: the three `__Host-` cookies.
 //! - [`keys`]: the live signing keys, reloaded when the key file changes.
@@ -17,6 +19,7 @@
 //! - [`serve`]: the listener of the standalone auth-service, with its limits.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 
+pub mod audit;
 pub mod breached;
 pub mod caller;
 pub mod cookies;
@@ -53,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         // Cross-site and non-JSON unsafe requests never reach a handler;
         // every answer gets the security headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::protect))
+        // Authentication events, with the client they came from.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
         // Bounded bodies: a 1 MiB password is refused before any hashing.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

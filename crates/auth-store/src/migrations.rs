@@ -36,6 +36,7 @@ pub const POSTGRES: &[Migration] = &[
         name: "login_throttling",
         sql: include_str!("../migrations/postgres/0007_login_throttling.sql"),
     },
+    Migration { version: 8, name: "audit_clients", sql: include_str!("../migrations/postgres/0008_audit_clients.sql") },
 ];
 
 pub const SQLITE: &[Migration] = &[
@@ -58,6 +59,7 @@ pub const SQLITE: &[Migration] = &[
         name: "login_throttling",
         sql: include_str!("../migrations/sqlite/0007_login_throttling.sql"),
     },
+    Migration { version: 8, name: "audit_clients", sql: include_str!("../migrations/sqlite/0008_audit_clients.sql") },
 ];
 
 /// Serialises PostgreSQL migrations across processes: an advisory lock (an

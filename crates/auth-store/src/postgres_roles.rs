@@ -14,8 +14,8 @@ use crate::{PgStore, listed, store_error, user_columns};
 
 async fn insert_audit(tx: &mut Transaction<'_, Postgres>, a: &AuditEntry) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb)",
+        "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10)",
     )
     .bind(a.id)
     .bind(a.at)
@@ -24,6 +24,9 @@ async fn insert_audit(tx: &mut Transaction<'_, Postgres>, a: &AuditEntry) -> Res
     .bind(&a.target)
     .bind(&a.request_id)
     .bind(a.detail.to_string())
+    .bind(&a.ip)
+    .bind(&a.user_agent)
+    .bind(&a.reason)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -100,6 +103,9 @@ fn audit_from(row: &PgRow) -> Result<AuditEntry, StoreError> {
         target: row.try_get("target").map_err(store_error)?,
         request_id: row.try_get("request_id").map_err(store_error)?,
         detail: serde_json::from_str(&detail).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        ip: row.try_get("ip").map_err(store_error)?,
+        user_agent: row.try_get("user_agent").map_err(store_error)?,
+        reason: row.try_get("reason").map_err(store_error)?,
     })
 }
 
@@ -318,7 +324,8 @@ impl RoleStore for PgStore {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, request_id, detail::text AS detail FROM audit_log \
+            "SELECT id, at, actor, action, target, request_id, detail::text AS detail, ip, user_agent, reason \
+             FROM audit_log \
              WHERE $1::timestamptz IS NULL OR (at, id) < ($1, $2) ORDER BY at DESC, id DESC LIMIT $3",
         )
         .bind(before.map(|(at, _)| at))

@@ -13,7 +13,8 @@ use crate::{SqliteStore, listed, store_error, user_columns};
 
 async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, a: &AuditEntry) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(a.id.to_string())
     .bind(ms(a.at))
@@ -22,6 +23,9 @@ async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, a: &AuditEntry) -> Resul
     .bind(&a.target)
     .bind(&a.request_id)
     .bind(a.detail.to_string())
+    .bind(&a.ip)
+    .bind(&a.user_agent)
+    .bind(&a.reason)
     .execute(&mut **tx)
     .await
     .map_err(store_error)?;
@@ -86,6 +90,9 @@ fn audit_from(row: &SqliteRow) -> Result<AuditEntry, StoreError> {
         target: row.try_get("target").map_err(store_error)?,
         request_id: row.try_get("request_id").map_err(store_error)?,
         detail: serde_json::from_str(&detail).map_err(|e| StoreError::Unavailable(e.to_string()))?,
+        ip: row.try_get("ip").map_err(store_error)?,
+        user_agent: row.try_get("user_agent").map_err(store_error)?,
+        reason: row.try_get("reason").map_err(store_error)?,
     })
 }
 
@@ -310,7 +317,7 @@ impl RoleStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, request_id, detail FROM audit_log \
+            "SELECT id, at, actor, action, target, request_id, detail, ip, user_agent, reason FROM audit_log \
              WHERE ?1 IS NULL OR at < ?1 OR (at = ?1 AND id < ?2) ORDER BY at DESC, id DESC LIMIT ?3",
         )
         .bind(before.map(|(at, _)| ms(at)))

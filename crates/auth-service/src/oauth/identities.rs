@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audit::{Audit, Event};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 
@@ -133,10 +134,15 @@ pub async fn link(
         (status = 404, description = "`identity_not_found`: no such identity of the caller", body = ErrorBody),
         (status = 409, description = "`last_login_method`: the account has no password and no other provider", body = ErrorBody),
     ))]
-pub async fn unlink(State(state): State<AppState>, caller: Caller, Path(id): Path<Uuid>) -> Result<Response, ApiError> {
+pub async fn unlink(
+    State(state): State<AppState>,
+    caller: Caller,
+    audit: Audit,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
     match state.accounts().unlink_identity(caller.user.id, id).await? {
         Unlinked::Done => {
-            tracing::info!(user_id = %caller.user.id, identity = %id, "provider identity unlinked");
+            audit.note(Event::new("identity.unlinked").by(caller.user.id).with("identity", id.to_string()));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Unlinked::NotFound => Err(ApiError::not_found("identity_not_found", "no such identity of yours")),

@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use super::provider::Secrets;
 use super::{Attempt, STATE_COOKIE, STATE_LIFETIME, challenge, safe_return};
+use crate::audit::{Audit, Event};
 use crate::routes::accounts::{ClientAddress, client_info, session_cookies};
 use crate::{AppState, cookies};
 
@@ -110,15 +111,19 @@ pub async fn callback(
     Query(query): Query<HashMap<String, String>>,
     peer: ClientAddress,
     headers: HeaderMap,
+    audit: Audit,
 ) -> Response {
+    let refused = |code: &str| {
+        audit.note(Event::new("login.failed").with("method", format!("oauth:{name}")).reason(code));
+        failed(&state, code)
+    };
     let now = state.clock().unix();
     let attempt = cookies::get(&headers, STATE_COOKIE).and_then(|c| Attempt::open(c, state.keys().csrf(), now));
     let given = query.get("state").map(String::as_str).unwrap_or_default();
     let Some(attempt) = attempt.filter(|a| a.p == name && bool::from(a.s.as_bytes().ct_eq(given.as_bytes()))) else {
-        tracing::info!(provider = %name, "OAuth callback without a matching state; refused");
-        return failed(&state, "invalid_state");
+        return refused("invalid_state");
     };
-    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return failed(&state, "unknown_provider") };
+    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return refused("unknown_provider") };
     if let Some(error) = query.get("error") {
         // The provider's code, if it is one (RFC 6749 §4.1.2.1), else generic.
         let code = if error.len() <= 64 && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -126,26 +131,25 @@ pub async fn callback(
         } else {
             "provider_error"
         };
-        tracing::info!(provider = %name, error = code, "the provider refused the login");
-        return failed(&state, code);
+        return refused(code);
     }
     // RFC 9207: a provider that says who it is must be the one asked, and
     // one that promises to say it must.
     match query.get("iss") {
-        Some(iss) if *iss != provider.settings.issuer => return failed(&state, "invalid_state"),
-        None if provider.promises_iss().await => return failed(&state, "invalid_state"),
+        Some(iss) if *iss != provider.settings.issuer => return refused("invalid_state"),
+        None if provider.promises_iss().await => return refused("invalid_state"),
         _ => {}
     }
-    let Some(code) = query.get("code") else { return failed(&state, "invalid_request") };
+    let Some(code) = query.get("code") else { return refused("invalid_request") };
     let claims = match provider.finish(code, &attempt.v, &redirect_uri(&state, &name), &attempt.n).await {
         Ok(claims) => claims,
         Err(error) => {
             tracing::warn!(provider = %name, %error, "login through the provider failed");
-            return failed(&state, error.code());
+            return refused(error.code());
         }
     };
     if let Some((user, session)) = &attempt.l {
-        return linked(&state, &name, &claims, (user, session), &attempt.r).await;
+        return linked(&state, &name, &claims, (user, session), &attempt.r, &audit).await;
     }
     let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, &name);
     let done = match state.accounts().external_login(&claims, client_info(&headers, peer), &notice).await {
@@ -154,17 +158,18 @@ pub async fn callback(
             state.mail_waker().notify_one();
             done
         }
-        Err(ExternalLoginError::LinkRequired) => return failed(&state, "link_required"),
-        Err(ExternalLoginError::NoEmail) => return failed(&state, "email_required"),
-        Err(ExternalLoginError::EmailNotVerified) => return failed(&state, "email_not_verified"),
-        Err(ExternalLoginError::Disabled) => return failed(&state, "access_denied"),
+        Err(ExternalLoginError::LinkRequired) => return refused("link_required"),
+        Err(ExternalLoginError::NoEmail) => return refused("email_required"),
+        Err(ExternalLoginError::EmailNotVerified) => return refused("email_not_verified"),
+        Err(ExternalLoginError::Disabled) => return refused("access_denied"),
         Err(ExternalLoginError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot sign in through the provider");
-            return failed(&state, "unavailable");
+            return refused("unavailable");
         }
     };
     state.metrics().login(true);
-    tracing::info!(user_id = %done.user.id, session_id = %done.session.id, provider = %name, "login succeeded");
+    let succeeded = Event::new("login.succeeded").by(done.user.id).session(done.session.id);
+    audit.note(succeeded.with("method", format!("oauth:{name}")));
     match session_cookies(&state, &done.user, &done.session, Some(&done.refresh)) {
         Ok(mut set) => {
             set.push(cookies::clear(STATE_COOKIE, true));
@@ -185,22 +190,28 @@ async fn linked(
     claims: &ProviderClaims,
     (user, session): (&String, &String),
     return_to: &str,
+    audit: &Audit,
 ) -> Response {
     let (Ok(user), Ok(session)) = (user.parse::<UserId>(), session.parse::<SessionId>()) else {
         return failed(state, "invalid_state");
     };
+    let event = |action| Event::new(action).by(user).session(session).with("provider", name);
+    let refused = |code| {
+        audit.note(event("identity.link_refused").reason(code));
+        failed(state, code)
+    };
     let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, name);
     match state.accounts().link_external(user, session, claims, &notice).await {
         Ok(identity) => {
-            tracing::info!(user_id = %user, provider = %name, identity = %identity.id, "provider identity linked");
+            audit.note(event("identity.linked").with("identity", identity.id.to_string()));
             state.mail_waker().notify_one();
             see_other(return_to, [cookies::clear(STATE_COOKIE, true)])
         }
-        Err(LinkError::NotAuthenticated) => failed(state, "unauthenticated"),
-        Err(LinkError::Taken) => failed(state, "identity_taken"),
-        Err(LinkError::EmailNotVerified) => failed(state, "email_not_verified"),
+        Err(LinkError::NotAuthenticated) => refused("unauthenticated"),
+        Err(LinkError::Taken) => refused("identity_taken"),
+        Err(LinkError::EmailNotVerified) => refused("email_not_verified"),
         // Checked when the link started; the flow may take longer.
-        Err(LinkError::ReauthenticationRequired) => failed(state, "reauthentication_required"),
+        Err(LinkError::ReauthenticationRequired) => refused("reauthentication_required"),
         Err(LinkError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot link the provider identity");
             failed(state, "unavailable")

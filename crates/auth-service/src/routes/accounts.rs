@@ -16,9 +16,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::audit::{Audit, Event};
 use crate::caller::{Caller, check_csrf};
 use crate::error::{ApiError, AppJson, ErrorBody};
-use crate::{AppState, cookies};
+use crate::{AppState, audit, cookies};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -183,9 +184,7 @@ impl axum::extract::FromRequestParts<AppState> for ClientAddress {
 }
 
 pub(crate) fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> ClientInfo {
-    let user_agent =
-        headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(|ua| ua.chars().take(256).collect());
-    ClientInfo { user_agent, ip: address.map(|ip| ip.to_string()) }
+    ClientInfo { user_agent: audit::user_agent(headers), ip: address.map(|ip| ip.to_string()) }
 }
 
 /// Log in with email and password; sets the three session cookies.
@@ -202,6 +201,7 @@ pub async fn login(
     State(state): State<AppState>,
     peer: ClientAddress,
     headers: HeaderMap,
+    audit: Audit,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
     let client = client_info(&headers, peer);
@@ -209,24 +209,29 @@ pub async fn login(
     if let Err(refused) = state.accounts().admit(Rate::Login, &ip).await {
         if matches!(refused, ThrottleError::Throttled { .. }) {
             state.metrics().login_throttled(false);
-            tracing::info!(%ip, reason = "client_throttled", "login refused");
+            audit.note(Event::new("login.throttled").reason("client_throttled"));
         }
         return Err(refused.into());
     }
     match state.accounts().login(&body.email, &body.password, client).await {
         Ok(done) => {
             state.metrics().login(true);
-            tracing::info!(user_id = %done.user.id, session_id = %done.session.id, %ip, "login succeeded");
+            let succeeded = Event::new("login.succeeded").by(done.user.id).session(done.session.id);
+            audit.note(succeeded.with("method", "password"));
             session_response(&state, &done.user, &done.session, Some(&done.refresh))
         }
-        Err(LoginError::InvalidCredentials) => {
+        Err(LoginError::InvalidCredentials { user, why }) => {
             state.metrics().login(false);
-            tracing::info!(%ip, reason = "invalid_credentials", "login failed");
+            let failed = Event::new("login.failed").reason(why.code());
+            audit.note(match user {
+                Some(user) => failed.user(user),
+                None => failed,
+            });
             Err(ApiError::invalid_credentials())
         }
         Err(LoginError::EmailNotVerified) => {
             state.metrics().login(false);
-            tracing::info!(%ip, reason = "email_not_verified", "login refused");
+            audit.note(Event::new("login.failed").reason("email_not_verified"));
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "email_not_verified",
@@ -235,7 +240,7 @@ pub async fn login(
         }
         Err(LoginError::Throttled { retry_after }) => {
             state.metrics().login_throttled(true);
-            tracing::info!(%ip, reason = "account_throttled", "login refused");
+            audit.note(Event::new("login.throttled").reason("account_throttled"));
             Err(ApiError::throttled(retry_after))
         }
         Err(LoginError::Hash(e)) => Err(e.into()),
@@ -256,6 +261,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     peer: ClientAddress,
     headers: HeaderMap,
+    audit: Audit,
 ) -> Result<Response, ApiError> {
     state.accounts().admit(Rate::Refresh, &peer.ip()).await?;
     let token = cookies::get(&headers, cookies::REFRESH).ok_or_else(ApiError::unauthenticated)?;
@@ -265,7 +271,10 @@ pub async fn refresh(
     match state.accounts().refresh(token).await {
         Ok(Refreshed::Rotated(done)) => session_response(&state, &done.user, &done.session, Some(&done.refresh)),
         Ok(Refreshed::WithinGrace { user, session }) => session_response(&state, &user, &session, None),
-        Err(RefreshError::Invalid | RefreshError::Reused | RefreshError::SessionEnded) => {
+        Err(refused @ (RefreshError::Invalid | RefreshError::Reused { .. } | RefreshError::SessionEnded)) => {
+            if let RefreshError::Reused { user, session } = refused {
+                audit.note(Event::new("refresh.reused").user(user).session(session).reason("refresh_token_reuse"));
+            }
             let mut response = ApiError::unauthenticated().into_response();
             append_cookies(response.headers_mut(), cookies::clear_all());
             Ok(response)
@@ -365,9 +374,9 @@ pub(crate) fn cleared(status: StatusCode) -> Response {
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`", body = ErrorBody),
     ))]
-pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+pub async fn logout(State(state): State<AppState>, caller: Caller, audit: Audit) -> Result<Response, ApiError> {
     state.accounts().logout(caller.session.id).await?;
-    tracing::info!(user_id = %caller.user.id, session_id = %caller.session.id, "logged out");
+    audit.note(Event::new("logout").by(caller.user.id).session(caller.session.id));
     Ok(cleared(StatusCode::NO_CONTENT))
 }
 
@@ -383,22 +392,30 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Res
 pub async fn delete_account(
     State(state): State<AppState>,
     caller: Caller,
+    audit: Audit,
     AppJson(body): AppJson<DeleteAccount>,
 ) -> Result<Response, ApiError> {
     let deleted = state.accounts().delete_account(caller.user.id, caller.session.id, body.password.as_deref()).await;
+    let refused = |reason| audit.note(Event::new("account.delete_refused").by(caller.user.id).reason(reason));
     deleted.map_err(|e| match e {
-        DeleteError::WrongPassword => ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the password is wrong"),
+        DeleteError::WrongPassword => {
+            refused("wrong_password");
+            ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the password is wrong")
+        }
         DeleteError::ReauthenticationRequired => ApiError::new(
             StatusCode::FORBIDDEN,
             "reauthentication_required",
             "log in again, then delete the account within five minutes",
         ),
         DeleteError::NotAuthenticated => ApiError::unauthenticated(),
-        DeleteError::Throttled { retry_after } => ApiError::throttled(retry_after),
+        DeleteError::Throttled { retry_after } => {
+            refused("account_throttled");
+            ApiError::throttled(retry_after)
+        }
         DeleteError::Hash(e) => e.into(),
         DeleteError::Store(e) => e.into(),
     })?;
-    tracing::info!(user_id = %caller.user.id, "account deleted");
+    audit.note(Event::new("account.deleted").by(caller.user.id));
     Ok(cleared(StatusCode::NO_CONTENT))
 }
 

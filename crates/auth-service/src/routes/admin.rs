@@ -18,9 +18,10 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::AppState;
+use super::accounts::ClientAddress;
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
+use crate::{AppState, audit};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -34,22 +35,23 @@ pub fn router(state: AppState) -> Router<AppState> {
 #[derive(Debug, Clone)]
 pub struct AdminActor(pub Actor);
 
-/// The request id the gateway gave the request, if it looks like one.
-fn request_id(request: &Request) -> Option<String> {
-    let id = request.headers().get("x-request-id")?.to_str().ok()?;
-    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())).then(|| id.to_owned())
-}
-
 /// Lets through the operator's token, or a signed-in user (CSRF checked
 /// for cookies) whose roles give `users:admin`; 401 otherwise, 403
 /// `forbidden` for a user without it.
 pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let request_id = request_id(&request);
-    let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (mut parts, body) = request.into_parts();
+    let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
+    let actor = Actor {
+        user: None,
+        request_id: audit::request_id(&parts.headers),
+        via: "api",
+        ip: ip.map(|ip| ip.to_string()),
+        user_agent: audit::user_agent(&parts.headers),
+    };
+    let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let actor = match auth_tokens::bearer_is(authorization, state.settings().operator_token.as_deref()) {
-        true => Actor { user: None, request_id, via: "operator_token" },
+        true => Actor { via: "operator_token", ..actor },
         false => {
-            let (mut parts, body) = request.into_parts();
             let caller = match Caller::from_request_parts(&mut parts, &state).await {
                 Ok(caller) => caller,
                 Err(refused) => return refused.into_response(),
@@ -57,12 +59,10 @@ pub async fn require_admin(State(state): State<AppState>, request: Request, next
             if !caller.user.permissions.iter().any(|p| p == ADMIN_PERMISSION) {
                 return ApiError::forbidden().into_response();
             }
-            let mut request = Request::from_parts(parts, body);
-            request.extensions_mut().insert(AdminActor(Actor { user: Some(caller.user.id), request_id, via: "api" }));
-            return next.run(request).await;
+            Actor { user: Some(caller.user.id), ..actor }
         }
     };
-    let mut request = request;
+    let mut request = Request::from_parts(parts, body);
     request.extensions_mut().insert(AdminActor(actor));
     next.run(request).await
 }

@@ -108,13 +108,26 @@ pub struct AuditView {
     pub id: Uuid,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
-    /// The acting user; absent for the operator (token or command line).
+    /// The acting user; absent for the operator (token or command line)
+    /// and for requests nobody was signed in to (a failed login).
     pub actor: Option<Uuid>,
+    /// `role.grant`, `user.disable`, … for administrative actions;
+    /// `login.succeeded`, `login.failed`, `login.throttled`, `logout`,
+    /// `refresh.reused`, `password.reset`, `password.changed`,
+    /// `account.deleted`, `identity.linked`, … for authentication events.
     pub action: String,
+    /// The user (or role) acted on; for an authentication event, the
+    /// account concerned when known.
     pub target: Option<String>,
     pub request_id: Option<String>,
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
+    /// The client's address, as the service trusts it.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// A stable code saying why: `wrong_password`, `unknown_account`,
+    /// `account_throttled`, `client_throttled`, …
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -406,7 +419,7 @@ pub async fn delete_role(
     ),
     security(("admin" = []), ("operator" = [])),
     responses(
-        (status = 200, description = "Administrative actions: who, what, to whom, when, under which request", body = AuditPage),
+        (status = 200, description = "Administrative actions and authentication events: who, what, to whom, when, under which request, from which client, why", body = AuditPage),
         (status = 400, description = "`invalid_limit`, `invalid_cursor`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`forbidden`", body = ErrorBody),
@@ -437,6 +450,9 @@ pub async fn audit(
             target: e.target,
             request_id: e.request_id,
             detail: e.detail,
+            ip: e.ip,
+            user_agent: e.user_agent,
+            reason: e.reason,
         })
         .collect();
     Ok(Json(AuditPage { entries, next }))

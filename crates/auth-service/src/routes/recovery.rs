@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use super::accounts::{ClientAddress, cleared};
 use crate::AppState;
+use crate::audit::{Audit, Event};
 use crate::caller::Caller;
 use crate::error::{ApiError, AppJson, ErrorBody};
 
@@ -110,6 +111,7 @@ pub async fn forgot(
 pub async fn reset(
     State(state): State<AppState>,
     peer: ClientAddress,
+    audit: Audit,
     AppJson(body): AppJson<ResetPassword>,
 ) -> Result<Response, ApiError> {
     state.recovery().check_limits(Action::Reset, None, &peer.ip()).await?;
@@ -120,7 +122,7 @@ pub async fn reset(
         ResetError::Store(e) => e.into(),
     })?;
     state.mail_waker().notify_one();
-    tracing::info!(user_id = %user, "password reset; every session revoked");
+    audit.note(Event::new("password.reset").user(user));
     Ok(cleared(StatusCode::NO_CONTENT))
 }
 
@@ -137,6 +139,7 @@ pub async fn reset(
 pub async fn change(
     State(state): State<AppState>,
     caller: Caller,
+    audit: Audit,
     AppJson(body): AppJson<ChangePassword>,
 ) -> Result<Response, ApiError> {
     // Counted per account: a stolen session cannot guess the password freely.
@@ -144,19 +147,23 @@ pub async fn change(
     state.recovery().check_limits(Action::Change, None, &account).await?;
     let changed =
         state.recovery().change_password(&caller.user, caller.session.id, &body.current_password, &body.password).await;
+    let refused = |reason| audit.note(Event::new("password.change_refused").by(caller.user.id).reason(reason));
     changed.map_err(|e| match e {
         ChangeError::WrongPassword => {
             state.metrics().login(false);
-            tracing::info!(user_id = %caller.user.id, reason = "wrong_password", "password change refused");
+            refused("wrong_password");
             ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the current password is wrong")
         }
-        ChangeError::Throttled { retry_after } => ApiError::throttled(retry_after),
+        ChangeError::Throttled { retry_after } => {
+            refused("account_throttled");
+            ApiError::throttled(retry_after)
+        }
         ChangeError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
         ChangeError::Hash(e) => e.into(),
         ChangeError::Store(e) => e.into(),
     })?;
     state.mail_waker().notify_one();
-    tracing::info!(user_id = %caller.user.id, "password changed; other sessions revoked");
+    audit.note(Event::new("password.changed").by(caller.user.id).session(caller.session.id));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -170,6 +177,7 @@ pub async fn change(
 pub async fn verify(
     State(state): State<AppState>,
     peer: ClientAddress,
+    audit: Audit,
     AppJson(body): AppJson<TokenOnly>,
 ) -> Result<Response, ApiError> {
     state.recovery().check_limits(Action::Verify, None, &peer.ip()).await?;
@@ -177,7 +185,7 @@ pub async fn verify(
         ResetError::Store(e) => e.into(),
         _ => invalid_token(),
     })?;
-    tracing::info!(user_id = %user, "email verified");
+    audit.note(Event::new("email.verified").user(user));
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::audit::{Audit, Event};
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 
@@ -86,6 +87,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<
 pub async fn revoke_one(
     State(state): State<AppState>,
     caller: Caller,
+    audit: Audit,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let not_found = || ApiError::not_found("session_not_found", "no such session");
@@ -94,6 +96,7 @@ pub async fn revoke_one(
         RevokeError::NotFound => not_found(),
         RevokeError::Store(e) => e.into(),
     })?;
+    audit.note(Event::new("session.revoked").by(caller.user.id).session(id));
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -105,7 +108,14 @@ pub async fn revoke_one(
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`csrf_failed`", body = ErrorBody),
     ))]
-pub async fn revoke_others(State(state): State<AppState>, caller: Caller) -> Result<StatusCode, ApiError> {
-    state.accounts().revoke_other_sessions(caller.user.id, caller.session.id).await?;
+pub async fn revoke_others(
+    State(state): State<AppState>,
+    caller: Caller,
+    audit: Audit,
+) -> Result<StatusCode, ApiError> {
+    let revoked = state.accounts().revoke_other_sessions(caller.user.id, caller.session.id).await?;
+    audit.note(
+        Event::new("sessions.revoked").by(caller.user.id).session(caller.session.id).with("revoked", revoked.len()),
+    );
     Ok(StatusCode::NO_CONTENT)
 }

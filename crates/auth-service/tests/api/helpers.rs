@@ -319,6 +319,9 @@ impl TestApp {
             target: Some(user.id.to_string()),
             request_id: None,
             detail: json!({"role": "admin"}),
+            ip: None,
+            user_agent: None,
+            reason: None,
         };
         let events = auth_core::DomainEvent::roles_changed_at(now);
         let granted = self.stores.roles.change_role(user.id, "admin", true, now, &events, &audit).await.unwrap();

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod admin;
+mod audit;
 mod breached;
 mod csrf;
 mod enumeration;

@@ -15,6 +15,9 @@ fn audit(action: &str) -> AuditEntry {
         target: None,
         request_id: None,
         detail: serde_json::Value::Null,
+        ip: None,
+        user_agent: None,
+        reason: None,
     }
 }
 
@@ -110,6 +113,28 @@ async fn a_grant_racing_the_deletion_of_its_role_never_outlives_it() {
                 }
             }
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_audit_entry_reads_back_whole_with_its_client_and_reason_newest_first() {
+    each_backend(async |stores: Stores| {
+        let older = AuditEntry { at: now() - time::Duration::seconds(1), ..audit("login.failed") };
+        let newer = AuditEntry {
+            actor: Some(UserId::new()),
+            target: Some("someone".into()),
+            request_id: Some("req-1".into()),
+            detail: serde_json::json!({"session": "s"}),
+            ip: Some("2001:db8::1".into()),
+            user_agent: Some("Mozilla/5.0 \"quoted\"\nnext".into()),
+            reason: Some("wrong_password".into()),
+            ..audit("login.succeeded")
+        };
+        stores.roles.record(&older).await.unwrap();
+        stores.roles.record(&newer).await.unwrap();
+        let page = stores.roles.audit_page(None, 10).await.unwrap();
+        assert_eq!(page, vec![newer, older]);
     })
     .await;
 }

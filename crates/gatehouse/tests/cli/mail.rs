@@ -166,15 +166,23 @@ async fn no_password_token_or_secret_reaches_the_log() {
     let mut log = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = server.log.recv().await {
-            let last = line.contains("login failed");
+            let last = line.contains("action=login.failed");
             log.push(line);
-            if last && log.iter().filter(|l| l.contains("login failed")).count() >= 2 {
+            if last && log.iter().filter(|l| l.contains("action=login.failed")).count() >= 2 {
                 break;
             }
         }
     });
     read.await.expect("the log stopped before the last login failure");
     assert!(log.len() > 5, "too little was logged to judge: {log:#?}");
+    // Each authentication event is one audit line, naming its client.
+    for action in ["login.succeeded", "login.failed", "password.reset"] {
+        let line = log.iter().find(|l| l.contains(&format!(" audit action={action} ")));
+        let line = line.unwrap_or_else(|| panic!("no audit line for {action}: {log:#?}"));
+        for field in ["user_id=", "ip=127.0.0.1", "user_agent=", "request_id=", "reason="] {
+            assert!(line.contains(field), "{field} missing: {line}");
+        }
+    }
 
     let cookie_values = |headers: &[String]| -> Vec<String> {
         headers.iter().filter_map(|c| c.split(';').next()?.split_once('=').map(|(_, v)| v.to_owned())).collect()

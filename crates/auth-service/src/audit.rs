@@ -1,0 +1,170 @@
+//! The audit trail of authentication events: logins that succeed, fail or
+//! are throttled, logouts, refresh-token reuse, password resets and
+//! changes, deletions, provider links. A handler notes what its answer did
+//! with [`Audit::note`]; [`record`], a layer round every route, writes it
+//! to the audit table (beside the administrative actions) and as one log
+//! line (target `gatehouse::audit`), with the client's address, its user
+//! agent and the request id.
+//!
+//! Nothing secret is noted: no address typed at login (a password typed
+//! into the email field would land there), no password, no token.
+
+use std::sync::{Arc, Mutex};
+
+use auth_core::{AuditEntry, SessionId, UserId};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{Map, Value};
+
+use crate::AppState;
+use crate::routes::accounts::ClientAddress;
+
+/// The header carrying the request id (set by the gateway in front).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// User agents are cut to this many characters, as on sessions.
+pub const MAX_USER_AGENT: usize = 256;
+
+/// What an answer did, for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub action: &'static str,
+    /// The signed-in user who acted, if any.
+    pub actor: Option<UserId>,
+    /// The account concerned, when known.
+    pub user: Option<UserId>,
+    pub reason: Option<String>,
+    pub detail: Map<String, Value>,
+}
+
+impl Event {
+    pub fn new(action: &'static str) -> Self {
+        Self { action, actor: None, user: None, reason: None, detail: Map::new() }
+    }
+
+    /// The account concerned.
+    pub fn user(mut self, user: UserId) -> Self {
+        self.user = Some(user);
+        self
+    }
+
+    /// The account concerned, acting on itself while signed in.
+    pub fn by(mut self, user: UserId) -> Self {
+        self.actor = Some(user);
+        self.user = Some(user);
+        self
+    }
+
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn session(self, session: SessionId) -> Self {
+        self.with("session", session.to_string())
+    }
+
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.detail.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+/// Where a handler notes the event its answer makes; taken from the
+/// request (put there by [`record`]).
+#[derive(Debug, Clone, Default)]
+pub struct Audit(Arc<Mutex<Option<Event>>>);
+
+impl Audit {
+    /// Notes `event` for the answer being made (a later note replaces it).
+    pub fn note(&self, event: Event) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(event);
+        }
+    }
+
+    fn take(&self) -> Option<Event> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Audit {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        // Without the layer (a router assembled without it) notes go nowhere.
+        Ok(parts.extensions.get::<Audit>().cloned().unwrap_or_default())
+    }
+}
+
+/// The request id the gateway gave the request, if it looks like one.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    let id = headers.get(REQUEST_ID)?.to_str().ok()?;
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())).then(|| id.to_owned())
+}
+
+/// The client's user agent, cut to [`MAX_USER_AGENT`] characters.
+pub fn user_agent(headers: &HeaderMap) -> Option<String> {
+    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    Some(agent.chars().take(MAX_USER_AGENT).collect())
+}
+
+/// Runs the request; writes the event its handler noted, if any. A request
+/// that came without a request id gets one, in the answer's `x-request-id`.
+pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
+    let given_id = request_id(&parts.headers);
+    let agent = user_agent(&parts.headers);
+    let audit = Audit::default();
+    parts.extensions.insert(audit.clone());
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let Some(event) = audit.take() else { return response };
+    let request_id = given_id.unwrap_or_else(|| {
+        let made = uuid::Uuid::now_v7().simple().to_string();
+        if let Ok(value) = HeaderValue::from_str(&made) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        made
+    });
+    let entry = AuditEntry {
+        id: uuid::Uuid::now_v7(),
+        at: state.clock().now(),
+        actor: event.actor,
+        action: event.action.to_owned(),
+        target: event.user.map(|u| u.to_string()),
+        request_id: Some(request_id),
+        detail: Value::Object(event.detail),
+        ip: ip.map(|ip| ip.to_string()),
+        user_agent: agent,
+        reason: event.reason,
+    };
+    log(&entry);
+    if let Err(error) = state.admin().record_entry(&entry).await {
+        // The answer is decided (a session may be open): the log line stands.
+        tracing::error!(%error, action = %entry.action, "cannot write the audit entry");
+    }
+    response
+}
+
+/// The entry as one structured log line. The user agent, the one field a
+/// client writes freely, is quoted and escaped; the others are ids, codes
+/// and addresses the service made or parsed.
+fn log(entry: &AuditEntry) {
+    let text = |field: &Option<String>| field.clone().unwrap_or_else(|| "-".to_owned());
+    tracing::info!(
+        target: "gatehouse::audit",
+        action = %entry.action,
+        user_id = %text(&entry.target),
+        actor = %entry.actor.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        reason = %text(&entry.reason),
+        ip = %text(&entry.ip),
+        user_agent = ?entry.user_agent.as_deref().unwrap_or(""),
+        request_id = %text(&entry.request_id),
+        detail = %entry.detail,
+        "audit",
+    );
+}

@@ -1,0 +1,6 @@
+-- Authentication events join the administrative actions in the audit log:
+-- each row also names the client's address and user agent, and a reason
+-- code (why a login failed, which limit refused it).
+ALTER TABLE audit_log ADD COLUMN ip TEXT;
+ALTER TABLE audit_log ADD COLUMN user_agent TEXT;
+ALTER TABLE audit_log ADD COLUMN reason TEXT;
