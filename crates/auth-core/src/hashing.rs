@@ -1,12 +1,14 @@
-//! Argon2id password hashing on a bounded blocking pool.
+//! Argon2id password hashing on a bounded pool of its own threads.
 //!
-//! At most `permits` hashes run at once, each on tokio's blocking threads, so a
-//! flood of logins never stalls the async workers. A request that cannot get a
-//! permit within `max_wait` gets [`HashError::Busy`] (answered 503 + Retry-After)
-//! instead of queueing without bound.
+//! At most `permits` hashes run at once, each on one of `permits` threads
+//! the OS schedules below the serving threads (a raised nice value), so a
+//! flood of logins never stalls the async workers nor delays the requests
+//! they serve: hashing gets the CPU time serving leaves. A request that
+//! cannot get a permit within `max_wait` gets [`HashError::Busy`] (answered
+//! 503 + Retry-After) instead of queueing without bound.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -58,11 +60,70 @@ pub struct HashingSettings {
     pub permits: usize,
     /// How long a request may wait for a permit before it is answered 503.
     pub max_wait_ms: u64,
+    /// The nice value of the hashing threads (0–19, higher yields more):
+    /// serving threads go first while logins flood. 0 leaves them as the
+    /// serving threads are.
+    pub nice: i32,
 }
 
 impl Default for HashingSettings {
     fn default() -> Self {
-        Self { memory_kib: 19_456, iterations: 2, parallelism: 1, permits: 0, max_wait_ms: 2_000 }
+        Self { memory_kib: 19_456, iterations: 2, parallelism: 1, permits: 0, max_wait_ms: 2_000, nice: 10 }
+    }
+}
+
+/// The prefix of the hashing threads' names (as `ps -L` and `/proc` show).
+pub const THREAD_NAME: &str = "gatehouse-hash";
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// `threads` threads taking jobs from one queue, at a raised nice value.
+/// They end once the pool is dropped and the queue drained.
+struct Pool {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pool")
+    }
+}
+
+impl Pool {
+    fn start(threads: usize, nice: i32) -> Result<Self, HashError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("{THREAD_NAME}-{i}"))
+                .spawn(move || {
+                    if nice != 0
+                        && let Err(error) = rustix::process::setpriority_process(None, nice)
+                    {
+                        tracing::warn!(%error, nice, "cannot lower the hashing threads' priority");
+                    }
+                    loop {
+                        // The lock is held only while waiting: one thread
+                        // waits, the others wait for the lock.
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = next else { return };
+                        // A panicking job loses its own answer, not the thread.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| HashError::Internal(format!("cannot start a hashing thread: {e}")))?;
+        }
+        Ok(Self { jobs })
+    }
+
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = answer.send(work());
+        });
+        self.jobs.send(job).map_err(|_| HashError::Internal("the hashing threads have stopped".into()))?;
+        answered.await.map_err(|_| HashError::Internal("a hash failed on its thread".into()))
     }
 }
 
@@ -75,6 +136,7 @@ pub struct Argon2Hasher {
     in_flight: Arc<AtomicUsize>,
     operations: AtomicU64,
     memory: Arc<MemoryPool>,
+    pool: Pool,
 }
 
 /// Argon2's working memory (19 MiB per hash), kept and reused. At most
@@ -107,6 +169,9 @@ impl Argon2Hasher {
     pub fn new(settings: &HashingSettings) -> Result<Self, HashError> {
         let params = Params::new(settings.memory_kib, settings.iterations, settings.parallelism, None)
             .map_err(|e| HashError::Internal(e.to_string()))?;
+        if !(0..=19).contains(&settings.nice) {
+            return Err(HashError::Internal(format!("hashing nice must be 0 to 19, not {}", settings.nice)));
+        }
         let permits = match settings.permits {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -115,6 +180,7 @@ impl Argon2Hasher {
         let dummy = SecretString::from(crate::OpaqueSecret::generate().expose().to_owned());
         let dummy_phc = hash_blocking(&params, &dummy, &memory)?;
         Ok(Self {
+            pool: Pool::start(permits, settings.nice)?,
             params,
             permits: Arc::new(Semaphore::new(permits)),
             max_wait: Duration::from_millis(settings.max_wait_ms),
@@ -125,7 +191,7 @@ impl Argon2Hasher {
         })
     }
 
-    /// Runs `work` on the blocking pool once a permit is free.
+    /// Runs `work` on a hashing thread once a permit is free.
     async fn run<T, F>(&self, work: F) -> Result<T, HashError>
     where
         T: Send + 'static,
@@ -138,13 +204,13 @@ impl Argon2Hasher {
             .map_err(|_| HashError::Busy)?
             .map_err(|_| HashError::Busy)?;
         let memory = self.memory.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let _in_flight = in_flight;
-            work(&memory)
-        })
-        .await
-        .map_err(|e| HashError::Internal(e.to_string()))?
+        self.pool
+            .run(move || {
+                let _permit = permit;
+                let _in_flight = in_flight;
+                work(&memory)
+            })
+            .await?
     }
 
     fn weaker_than_current(&self, phc: &str) -> bool {
@@ -353,6 +419,44 @@ mod tests {
         let pw = Password::for_login("correct horse battery staple");
         let phc = weak.hash(&pw).await.unwrap();
         assert_eq!(hasher().verify(&pw, &phc).await.unwrap(), Verification::Match { needs_rehash: true });
+    }
+
+    /// The name and nice value of a thread, from its `/proc/…/stat`.
+    fn name_and_nice(stat: &std::path::Path) -> Option<(String, i32)> {
+        let stat = std::fs::read_to_string(stat).ok()?;
+        // `pid (comm) state …`: the name may hold spaces, so split after ')'.
+        let (open, close) = (stat.find('(')?, stat.rfind(')')?);
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        Some((stat[open + 1..close].to_owned(), fields[16].parse().ok()?))
+    }
+
+    /// The nice value of each thread of this process whose name starts with `prefix`.
+    fn nice_of_threads(prefix: &str) -> Vec<i32> {
+        let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+        let threads = tasks.filter_map(|task| name_and_nice(&task.unwrap().path().join("stat")));
+        threads.filter(|(name, _)| name.starts_with(prefix)).map(|(_, nice)| nice).collect()
+    }
+
+    #[tokio::test]
+    async fn hashes_run_on_their_own_threads_below_the_serving_threads() {
+        let h = Argon2Hasher::new(&HashingSettings { permits: 3, nice: 7, ..Default::default() }).unwrap();
+        let pw = Password::for_login("correct horse battery staple");
+        let phc = h.hash(&pw).await.unwrap();
+        assert_eq!(h.verify(&pw, &phc).await.unwrap(), Verification::Match { needs_rehash: false });
+        // Threads of other tests' hashers may be alive too: every one is niced.
+        let hashing = nice_of_threads(THREAD_NAME);
+        assert!(hashing.len() >= 3, "{hashing:?}");
+        assert!(hashing.iter().all(|&n| n == 7 || n == 10), "{hashing:?}");
+        assert!(hashing.contains(&7), "{hashing:?}");
+        let serving = name_and_nice(std::path::Path::new("/proc/thread-self/stat")).unwrap();
+        assert_eq!(serving.1, 0, "the thread serving the test keeps its priority: {serving:?}");
+    }
+
+    #[test]
+    fn a_nice_value_outside_0_to_19_is_refused() {
+        for nice in [-1, 20] {
+            assert!(Argon2Hasher::new(&HashingSettings { nice, ..Default::default() }).is_err(), "{nice}");
+        }
     }
 
     #[tokio::test]
