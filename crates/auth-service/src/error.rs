@@ -170,3 +170,18 @@ where
         Ok(Self(value))
     }
 }
+
+/// Answers the framework's own plain-text refusals (a path segment or a
+/// query it cannot parse) with the one error body, as 400 `invalid_request`.
+pub async fn framework_refusals(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    ApiError::bad_request("invalid_request", "the request's path or query could not be read").into_response()
+}

@@ -58,6 +58,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::protect))
         // Authentication events, with the client they came from.
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        // The framework's own refusals (a path or query it cannot parse) in
+        // the one error body.
+        .layer(axum::middleware::from_fn(error::framework_refusals))
         // Bounded bodies: a 1 MiB password is refused before any hashing.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

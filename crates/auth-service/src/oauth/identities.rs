@@ -138,14 +138,17 @@ pub async fn unlink(
     State(state): State<AppState>,
     caller: Caller,
     audit: Audit,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found("identity_not_found", "no such identity of yours");
+    // Not a UUID: no identity of anyone's, answered as any other unknown id.
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
     match state.accounts().unlink_identity(caller.user.id, id).await? {
         Unlinked::Done => {
             audit.note(Event::new("identity.unlinked").by(caller.user.id).with("identity", id.to_string()));
             Ok(StatusCode::NO_CONTENT.into_response())
         }
-        Unlinked::NotFound => Err(ApiError::not_found("identity_not_found", "no such identity of yours")),
+        Unlinked::NotFound => Err(not_found()),
         Unlinked::LastWay => Err(ApiError::new(
             StatusCode::CONFLICT,
             "last_login_method",

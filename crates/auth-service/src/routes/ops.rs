@@ -6,7 +6,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use utoipa::OpenApi as _;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -70,5 +69,5 @@ fn metrics_text(state: &AppState) -> Response {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
 pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(crate::openapi::ApiDoc::openapi())
+    Json(crate::openapi::document())
 }

@@ -233,6 +233,9 @@ async fn a_provider_account_lists_its_identity_keeps_its_last_one_and_deletes_it
         assert_eq!((last.status(), code(last).await.as_str()), (StatusCode::CONFLICT, "last_login_method"));
         let unknown = unlink(&uuid::Uuid::new_v4().to_string()).await.unwrap();
         assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        // Not even an id: the same JSON error, not the framework's text.
+        let garbage = unlink("not-a-uuid").await.unwrap();
+        assert_eq!((garbage.status(), code(garbage).await.as_str()), (StatusCode::NOT_FOUND, "identity_not_found"));
         let no_csrf = app.with_cookies(Method::DELETE, &format!("/auth/me/identities/{identity}"), &browser).send();
         assert_eq!(no_csrf.await.unwrap().status(), StatusCode::FORBIDDEN);
 

@@ -106,6 +106,53 @@ async fn the_openapi_document_covers_every_route_and_the_error_body() {
 }
 
 #[tokio::test]
+async fn every_operation_documents_the_refusals_made_before_its_handler() {
+    each_backend(async |app| {
+        let doc = body(app.request(Method::GET, "/openapi.json").send().await.unwrap()).await;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let responses = &operation["responses"];
+                let described = |status: &str| responses[status]["description"].as_str().unwrap_or("").to_owned();
+                assert!(described("400").contains("invalid_path"), "{method} {path}");
+                if method != "get" {
+                    assert!(described("403").contains("csrf_failed"), "{method} {path}");
+                    assert!(described("415").contains("unsupported_media_type"), "{method} {path}");
+                }
+                if operation.get("requestBody").is_some() {
+                    assert!(described("400").contains("invalid_body"), "{method} {path}");
+                    assert!(described("413").contains("body_too_large"), "{method} {path}");
+                }
+            }
+        }
+        // A documented answer keeps its own words.
+        let login = &doc["paths"]["/auth/login"]["post"]["responses"];
+        assert!(login["401"]["description"].as_str().unwrap().contains("invalid_credentials"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_path_or_query_the_framework_cannot_read_gets_the_one_error_body() {
+    each_backend(async |app| {
+        let (_, browser) = app.signed_in().await;
+        for (method, path) in [
+            (Method::DELETE, "/auth/me/identities/not-a-uuid"),
+            (Method::DELETE, "/auth/sessions/%FF%FE"),
+            (Method::GET, "/auth/admin/users/%C3%28"),
+        ] {
+            let response =
+                app.as_page(method.clone(), path, &browser).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+            let status = response.status();
+            let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+            assert_eq!(content_type, "application/json", "{method} {path}");
+            assert!(status.is_client_error(), "{method} {path}: {status}");
+            assert!(!code(response).await.is_empty(), "{method} {path}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn unknown_routes_are_404_json() {
     each_backend(async |app| {
         let response = app.request(Method::GET, "/no/such/thing").send().await.unwrap();
