@@ -113,7 +113,7 @@ pub enum LoginError {
     InvalidCredentials { user: Option<UserId>, why: LoginFailure },
     /// The password was right, but the address must be verified first.
     #[error("confirm your email address first")]
-    EmailNotVerified,
+    EmailNotVerified { user: UserId },
     /// Too many failures for this address (known or not): wait this long.
     #[error("too many failed logins; try again later")]
     Throttled { retry_after: Duration },
@@ -360,7 +360,7 @@ impl Accounts {
             return Err(LoginError::Throttled { retry_after });
         }
         let outcome = self.check_and_open(email, password, client).await;
-        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified))
+        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified { .. }))
             && let Err(error) = self.throttle.clear_attempts(&account_key(email)).await
         {
             // The session is open: failing the login now would strand it.
@@ -389,7 +389,7 @@ impl Accounts {
             Verification::Match { .. } if user.disabled => Err(refused(Some(user), LoginFailure::Disabled)),
             Verification::Match { needs_rehash } => {
                 if self.settings.require_verified_email && !user.email_verified {
-                    return Err(LoginError::EmailNotVerified);
+                    return Err(LoginError::EmailNotVerified { user: user.id });
                 }
                 let mut verified = match needs_rehash {
                     true => self.rehash(user, &password, &phc).await,

@@ -332,7 +332,9 @@ impl Recovery {
                 rematch(self.users.as_ref(), self.hasher.as_ref(), user.id, &given).await.map_err(|e| match e {
                     LoginError::Hash(e) => ChangeError::Hash(e),
                     LoginError::Store(e) => ChangeError::Store(e),
-                    LoginError::InvalidCredentials { .. } | LoginError::EmailNotVerified => ChangeError::WrongPassword,
+                    LoginError::InvalidCredentials { .. } | LoginError::EmailNotVerified { .. } => {
+                        ChangeError::WrongPassword
+                    }
                     LoginError::Throttled { retry_after } => ChangeError::Throttled { retry_after },
                 })?;
             match again {

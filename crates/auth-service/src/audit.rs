@@ -38,11 +38,19 @@ pub struct Event {
     pub user: Option<UserId>,
     pub reason: Option<String>,
     pub detail: Map<String, Value>,
+    /// Logged at WARN: a sign of compromise (a replayed refresh token).
+    pub alarming: bool,
 }
 
 impl Event {
     pub fn new(action: &'static str) -> Self {
-        Self { action, actor: None, user: None, reason: None, detail: Map::new() }
+        Self { action, actor: None, user: None, reason: None, detail: Map::new(), alarming: false }
+    }
+
+    /// Logs the event at WARN instead of INFO.
+    pub fn alarming(mut self) -> Self {
+        self.alarming = true;
+        self
     }
 
     /// The account concerned.
@@ -100,20 +108,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Audit {
     }
 }
 
-/// The request id the gateway gave the request, if it looks like one.
+/// The request id the gateway gave the request, if it is one the gateway
+/// would keep: 1–128 of `A-Z a-z 0-9 . _ -`.
 pub fn request_id(headers: &HeaderMap) -> Option<String> {
     let id = headers.get(REQUEST_ID)?.to_str().ok()?;
-    (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())).then(|| id.to_owned())
+    let sane = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    (!id.is_empty() && id.len() <= 128 && id.bytes().all(sane)).then(|| id.to_owned())
 }
 
-/// The client's user agent, cut to [`MAX_USER_AGENT`] characters.
+/// The client's user agent, bytes outside UTF-8 replaced, cut to
+/// [`MAX_USER_AGENT`] characters.
 pub fn user_agent(headers: &HeaderMap) -> Option<String> {
-    let agent = headers.get(header::USER_AGENT)?.to_str().ok()?;
-    Some(agent.chars().take(MAX_USER_AGENT).collect())
+    let agent = headers.get(header::USER_AGENT)?;
+    Some(String::from_utf8_lossy(agent.as_bytes()).chars().take(MAX_USER_AGENT).collect())
 }
 
-/// Runs the request; writes the event its handler noted, if any. A request
-/// that came without a request id gets one, in the answer's `x-request-id`.
+/// Runs the request; writes the event its handler noted, if any. Every
+/// answer to a request that came without a usable request id gets one made
+/// here, in `x-request-id`, noted or not (so its presence tells nothing).
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
@@ -122,7 +134,6 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let audit = Audit::default();
     parts.extensions.insert(audit.clone());
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    let Some(event) = audit.take() else { return response };
     let request_id = given_id.unwrap_or_else(|| {
         let made = uuid::Uuid::now_v7().simple().to_string();
         if let Ok(value) = HeaderValue::from_str(&made) {
@@ -130,6 +141,8 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         }
         made
     });
+    let Some(event) = audit.take() else { return response };
+    let alarming = event.alarming;
     let entry = AuditEntry {
         id: uuid::Uuid::now_v7(),
         at: state.clock().now(),
@@ -142,18 +155,27 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         user_agent: agent,
         reason: event.reason,
     };
-    log(&entry);
-    if let Err(error) = state.admin().record_entry(&entry).await {
-        // The answer is decided (a session may be open): the log line stands.
-        tracing::error!(%error, action = %entry.action, "cannot write the audit entry");
-    }
+    log(&entry, alarming);
+    // On a task of its own, so a client hanging up does not cancel it; the
+    // answer waits for it, so an answered event is a stored one.
+    let write = tokio::spawn(async move {
+        if let Err(error) = state.admin().record_entry(&entry).await {
+            // The answer is decided (a session may be open): the whole
+            // entry goes to the log instead.
+            tracing::error!(%error, entry = ?entry, "cannot write the audit entry");
+        }
+    });
+    let _ = write.await;
     response
 }
 
 /// The entry as one structured log line. The user agent, the one field a
 /// client writes freely, is quoted and escaped; the others are ids, codes
 /// and addresses the service made or parsed.
-fn log(entry: &AuditEntry) {
+fn log(entry: &AuditEntry, alarming: bool) {
+    if alarming {
+        tracing::warn!(action = %entry.action, user_id = ?entry.target, "a sign of compromise; see the audit line");
+    }
     let text = |field: &Option<String>| field.clone().unwrap_or_else(|| "-".to_owned());
     tracing::info!(
         target: "gatehouse::audit",

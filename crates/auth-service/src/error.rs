@@ -172,7 +172,8 @@ where
 }
 
 /// Answers the framework's own plain-text refusals (a path segment or a
-/// query it cannot parse) with the one error body, as 400 `invalid_request`.
+/// query it cannot parse) with the one error body, code `invalid_request`,
+/// keeping their status.
 pub async fn framework_refusals(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let response = next.run(request).await;
     let plain = response
@@ -183,5 +184,5 @@ pub async fn framework_refusals(request: axum::extract::Request, next: axum::mid
     if !response.status().is_client_error() || !plain {
         return response;
     }
-    ApiError::bad_request("invalid_request", "the request's path or query could not be read").into_response()
+    ApiError::new(response.status(), "invalid_request", "the request's path or query could not be read").into_response()
 }

@@ -53,14 +53,14 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         // Per-route metrics: inside routing, so the matched path is known.
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        // The framework's own refusals (a path or query it cannot parse) in
+        // the one error body, inside the guard that adds the headers.
+        .layer(axum::middleware::from_fn(error::framework_refusals))
         // Cross-site and non-JSON unsafe requests never reach a handler;
         // every answer gets the security headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::protect))
         // Authentication events, with the client they came from.
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
-        // The framework's own refusals (a path or query it cannot parse) in
-        // the one error body.
-        .layer(axum::middleware::from_fn(error::framework_refusals))
         // Bounded bodies: a 1 MiB password is refused before any hashing.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

@@ -113,17 +113,20 @@ pub async fn callback(
     headers: HeaderMap,
     audit: Audit,
 ) -> Response {
+    let now = state.clock().unix();
+    let attempt = cookies::get(&headers, STATE_COOKIE).and_then(|c| Attempt::open(c, state.keys().csrf(), now));
+    let given = query.get("state").map(String::as_str).unwrap_or_default();
+    // Unaudited: anyone can call here, unthrottled, with any name.
+    let Some(attempt) = attempt.filter(|a| a.p == name && bool::from(a.s.as_bytes().ct_eq(given.as_bytes()))) else {
+        return failed(&state, "invalid_state");
+    };
+    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return failed(&state, "unknown_provider") };
+    // From here on the name is a configured provider's, and the browser
+    // holds the attempt this service sealed.
     let refused = |code: &str| {
         audit.note(Event::new("login.failed").with("method", format!("oauth:{name}")).reason(code));
         failed(&state, code)
     };
-    let now = state.clock().unix();
-    let attempt = cookies::get(&headers, STATE_COOKIE).and_then(|c| Attempt::open(c, state.keys().csrf(), now));
-    let given = query.get("state").map(String::as_str).unwrap_or_default();
-    let Some(attempt) = attempt.filter(|a| a.p == name && bool::from(a.s.as_bytes().ct_eq(given.as_bytes()))) else {
-        return refused("invalid_state");
-    };
-    let Some(provider) = state.oauth().providers.get(&name).cloned() else { return refused("unknown_provider") };
     if let Some(error) = query.get("error") {
         // The provider's code, if it is one (RFC 6749 §4.1.2.1), else generic.
         let code = if error.len() <= 64 && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -161,7 +164,10 @@ pub async fn callback(
         Err(ExternalLoginError::LinkRequired) => return refused("link_required"),
         Err(ExternalLoginError::NoEmail) => return refused("email_required"),
         Err(ExternalLoginError::EmailNotVerified) => return refused("email_not_verified"),
-        Err(ExternalLoginError::Disabled) => return refused("access_denied"),
+        Err(ExternalLoginError::Disabled) => {
+            audit.note(Event::new("login.failed").with("method", format!("oauth:{name}")).reason("account_disabled"));
+            return failed(&state, "access_denied");
+        }
         Err(ExternalLoginError::Store(error)) => {
             tracing::error!(provider = %name, %error, "cannot sign in through the provider");
             return refused("unavailable");

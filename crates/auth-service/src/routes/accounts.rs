@@ -106,6 +106,7 @@ pub struct DeleteAccount {
 pub async fn register(
     State(state): State<AppState>,
     peer: ClientAddress,
+    audit: Audit,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
     state.accounts().admit(Rate::Register, &peer.ip()).await?;
@@ -114,7 +115,11 @@ pub async fn register(
     let started = state.clock().now();
     let user = match state.accounts().register(&body.email, &body.password).await {
         Ok(user) => user,
-        Err(RegisterError::EmailTaken) if conceal => return Ok(concealed(&state, &body.email, started).await),
+        Err(RegisterError::EmailTaken) if conceal => {
+            // A row as a new account's, so the work is alike too.
+            audit.note(Event::new("account.registered").reason("taken_address_concealed"));
+            return Ok(concealed(&state, &body.email, started).await);
+        }
         Err(RegisterError::InvalidEmail) => {
             return Err(ApiError::bad_request("invalid_email", "not a valid email address"));
         }
@@ -129,7 +134,7 @@ pub async fn register(
         Err(RegisterError::Hash(e)) => return Err(e.into()),
         Err(RegisterError::Store(e)) => return Err(e.into()),
     };
-    tracing::info!(user_id = %user.id, "account registered");
+    audit.note(Event::new("account.registered").user(user.id).with("method", "password"));
     // The account stands either way; a lost link can be sent again.
     match state.recovery().send_verification(&user).await {
         Ok(()) => state.mail_waker().notify_one(),
@@ -209,7 +214,9 @@ pub async fn login(
     if let Err(refused) = state.accounts().admit(Rate::Login, &ip).await {
         if matches!(refused, ThrottleError::Throttled { .. }) {
             state.metrics().login_throttled(false);
-            audit.note(Event::new("login.throttled").reason("client_throttled"));
+            // A log line, not a row: a flood would otherwise cost a write
+            // for every request its bucket refuses without one.
+            tracing::info!(%ip, reason = "client_throttled", "login refused");
         }
         return Err(refused.into());
     }
@@ -229,9 +236,9 @@ pub async fn login(
             });
             Err(ApiError::invalid_credentials())
         }
-        Err(LoginError::EmailNotVerified) => {
+        Err(LoginError::EmailNotVerified { user }) => {
             state.metrics().login(false);
-            audit.note(Event::new("login.failed").reason("email_not_verified"));
+            audit.note(Event::new("login.failed").user(user).reason("email_not_verified"));
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "email_not_verified",
@@ -273,7 +280,8 @@ pub async fn refresh(
         Ok(Refreshed::WithinGrace { user, session }) => session_response(&state, &user, &session, None),
         Err(refused @ (RefreshError::Invalid | RefreshError::Reused { .. } | RefreshError::SessionEnded)) => {
             if let RefreshError::Reused { user, session } = refused {
-                audit.note(Event::new("refresh.reused").user(user).session(session).reason("refresh_token_reuse"));
+                let reused = Event::new("refresh.reused").user(user).session(session);
+                audit.note(reused.reason("refresh_token_reuse").alarming());
             }
             let mut response = ApiError::unauthenticated().into_response();
             append_cookies(response.headers_mut(), cookies::clear_all());

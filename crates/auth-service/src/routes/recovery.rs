@@ -116,7 +116,10 @@ pub async fn reset(
 ) -> Result<Response, ApiError> {
     state.recovery().check_limits(Action::Reset, None, &peer.ip()).await?;
     let user = state.recovery().reset_password(&body.token, &body.password).await.map_err(|e| match e {
-        ResetError::InvalidToken => invalid_token(),
+        ResetError::InvalidToken => {
+            audit.note(Event::new("password.reset_refused").reason("invalid_token"));
+            invalid_token()
+        }
         ResetError::Password(p) => ApiError::bad_request(p.code(), p.to_string()),
         ResetError::Hash(e) => e.into(),
         ResetError::Store(e) => e.into(),

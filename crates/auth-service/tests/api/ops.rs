@@ -145,6 +145,8 @@ async fn a_path_or_query_the_framework_cannot_read_gets_the_one_error_body() {
             let status = response.status();
             let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
             assert_eq!(content_type, "application/json", "{method} {path}");
+            assert_eq!(response.headers()["x-content-type-options"], "nosniff", "{method} {path}");
+            assert!(response.headers().contains_key("content-security-policy"), "{method} {path}");
             assert!(status.is_client_error(), "{method} {path}: {status}");
             assert!(!code(response).await.is_empty(), "{method} {path}");
         }
