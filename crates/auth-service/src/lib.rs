@@ -18,6 +18,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`serve`]: the listener of the standalone auth-service, with its limits.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
+//! - [`pages`]: the hosted pages (sign in, sign up, reset, account), built in.
 
 pub mod audit;
 pub mod breached;
@@ -31,6 +32,7 @@ pub mod mail;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;
+pub mod pages;
 pub mod routes;
 pub mod serve;
 pub mod state;

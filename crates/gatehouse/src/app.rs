@@ -339,10 +339,13 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
     })
 }
 
-/// The routes every gateway has: the auth-service's own paths.
+/// The routes every gateway has: the auth-service's own paths, and its
+/// pages (`/` among them: what no other route takes reaches the
+/// auth-service, which answers 404 `not_found`).
 fn auth_routes(upstream: &str) -> Vec<RouteConfig> {
     ["/auth/", "/.well-known/", "/openapi.json"]
         .into_iter()
+        .chain(auth_service::pages::PATHS)
         .map(|prefix| RouteConfig {
             // Refused at the gateway as the auth-service would refuse it.
             max_body_bytes: Some(auth_service::BODY_LIMIT as u64),

@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .merge(crate::oauth::routes::router())
         .merge(wellknown::router())
         .merge(ops::router())
+        .merge(crate::pages::router())
 }
 
 pub async fn not_found() -> ApiError {

@@ -88,8 +88,13 @@ pub(crate) struct Server {
 }
 
 /// Starts a serving command on port 0 and waits for its `listening on` line.
-pub(crate) async fn start(mut cmd: Command) -> Server {
-    let mut child = cmd.arg("--listen").arg("127.0.0.1:0").stderr(Stdio::piped()).spawn().unwrap();
+pub(crate) async fn start(cmd: Command) -> Server {
+    start_listening(cmd, "127.0.0.1:0").await
+}
+
+/// Starts a serving command on `listen` and waits for its `listening on` line.
+pub(crate) async fn start_listening(mut cmd: Command, listen: &str) -> Server {
+    let mut child = cmd.arg("--listen").arg(listen).stderr(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let url = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {

@@ -1,0 +1,322 @@
+// Gatehouse's pages: each calls the JSON API with fetch, the session in
+// HttpOnly cookies the script never sees, and the CSRF token (the one
+// readable cookie) in X-CSRF-Token. No inline script, no build step.
+'use strict';
+
+// Plain words for the API's stable error codes, and the field each belongs to.
+const MESSAGES = {
+  invalid_email: ['email', 'Enter an email address such as name@example.com.'],
+  password_too_short: ['password', 'Use at least 8 characters.'],
+  password_too_long: ['password', 'Use at most 64 characters.'],
+  password_too_common: ['password', 'This password is too common. Choose another one.'],
+  password_breached: ['password', 'This password has appeared in a data breach. Choose another one.'],
+  email_taken: ['email', 'An account with this email address exists already. Sign in instead.'],
+  invalid_credentials: [null, 'The email address or password is wrong.'],
+  email_not_verified: [null, 'Confirm your email address first: follow the link we sent you.'],
+  wrong_password: ['current_password', 'The password is wrong.'],
+  invalid_token: [null, 'This link is invalid or has expired. Ask for a new one.'],
+  reauthentication_required: [null, 'For your safety, sign in again first, then try within five minutes.'],
+  last_login_method: [null, 'This is your only way to sign in. Set a password or link another provider first.'],
+  busy: [null, 'The server is busy. Try again in a moment.'],
+  csrf_failed: [null, 'This page is out of date. Reload it and try again.'],
+  unauthenticated: [null, 'You are signed out. Sign in again.'],
+  invalid_body: [null, 'Fill in every field.'],
+  unavailable: [null, 'The service is unavailable. Try again later.'],
+};
+
+// What a provider's failed sign-in means, by the code it comes back with.
+const PROVIDER_ERRORS = {
+  link_required: 'An account with this email address exists. Sign in with its password, then link the provider on your account page.',
+  email_required: 'The provider did not share an email address. Allow it, or create an account with a password.',
+  email_not_verified: 'The provider has not confirmed your email address. Confirm it there, or sign up with a password.',
+  access_denied: 'Signing in was cancelled or refused.',
+  provider_unavailable: 'The provider cannot be reached. Try again later.',
+  identity_taken: 'That provider account already signs in to another account.',
+};
+
+function csrfToken() {
+  const prefix = '__Host-csrf_token=';
+  const cookie = document.cookie.split('; ').find((c) => c.startsWith(prefix));
+  return cookie ? cookie.slice(prefix.length) : '';
+}
+
+// Calls the API; a 401 is retried once after refreshing the session.
+async function api(method, path, body, retried) {
+  const headers = {};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET') headers['X-CSRF-Token'] = csrfToken();
+  const response = await fetch(path, {
+    method,
+    headers,
+    credentials: 'same-origin',
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401 && !retried && path !== '/auth/login' && path !== '/auth/refresh') {
+    const refreshed = await fetch('/auth/refresh', {
+      method: 'POST',
+      headers: { 'X-CSRF-Token': csrfToken() },
+      credentials: 'same-origin',
+    });
+    if (refreshed.ok) return api(method, path, body, true);
+  }
+  let data = null;
+  try {
+    data = await response.json();
+  } catch (_) {
+    data = null;
+  }
+  return { ok: response.ok, status: response.status, data, retryAfter: response.headers.get('Retry-After') };
+}
+
+function $(id) {
+  return document.getElementById(id);
+}
+
+function show(id, visible) {
+  const element = $(id);
+  if (element) element.hidden = !visible;
+}
+
+function clearErrors(form) {
+  for (const field of form.querySelectorAll('[aria-invalid]')) field.removeAttribute('aria-invalid');
+  for (const slot of form.querySelectorAll('.error')) slot.textContent = '';
+}
+
+// Shows the API's error next to its field (or under the form), in plain words.
+function showError(form, result) {
+  const code = result.data && result.data.error ? result.data.error.code : 'unavailable';
+  let [field, message] = MESSAGES[code] || [null, result.data && result.data.error ? result.data.error.message : 'Something went wrong. Try again.'];
+  if (code === 'too_many_requests') {
+    const wait = Number(result.retryAfter) || 60;
+    message = `Too many attempts. Try again in ${wait} second${wait === 1 ? '' : 's'}.`;
+  }
+  const input = field && form.elements[field];
+  const slot = (input && $(`${form.id}-${field}-error`)) || $(`${form.id}-error`);
+  if (input) {
+    input.setAttribute('aria-invalid', 'true');
+    input.focus();
+  }
+  if (slot) slot.textContent = message;
+}
+
+// Sends a form's named fields as JSON; `done` runs on success.
+function handle(formId, method, path, done, fields) {
+  const form = $(formId);
+  if (!form) return;
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const body = {};
+    for (const name of fields || []) body[name] = form.elements[name].value;
+    const button = form.querySelector('button[type=submit]');
+    if (button) button.disabled = true;
+    try {
+      const result = await api(method, typeof path === 'function' ? path() : path, fields ? body : undefined);
+      if (result.ok) await done(result, form);
+      else showError(form, result);
+    } catch (_) {
+      $(`${formId}-error`).textContent = 'The service cannot be reached. Check your connection and try again.';
+    } finally {
+      if (button) button.disabled = false;
+    }
+  });
+}
+
+// Where to go after signing in: a path on this site only.
+function returnTo() {
+  const to = new URLSearchParams(location.search).get('return_to') || '/';
+  return to.startsWith('/') && !to.startsWith('//') && !to.startsWith('/\\') ? to : '/';
+}
+
+// The token a mailed link carries after `#token=`, then forgotten by the URL.
+function tokenFromLink() {
+  const token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
+  history.replaceState(null, '', location.pathname);
+  return token;
+}
+
+function item(text, buttonLabel, onClick) {
+  const li = document.createElement('li');
+  li.append(document.createTextNode(text));
+  if (buttonLabel) {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.className = 'secondary link';
+    button.textContent = buttonLabel;
+    button.addEventListener('click', onClick);
+    li.append(button);
+  }
+  return li;
+}
+
+function when(iso) {
+  return new Date(iso).toLocaleString();
+}
+
+// Signs out; the page left behind shows nothing private when the back
+// button brings it back (it is never cached, and asks the API again).
+async function signOut() {
+  await api('DELETE', '/auth/logout');
+  location.assign('/login');
+}
+
+const PAGES = {
+  async home() {
+    const me = await api('GET', '/auth/me');
+    show('status', false);
+    if (!me.ok) {
+      show('signed-out', true);
+      return;
+    }
+    $('who').textContent = me.data.email;
+    show('signed-in', true);
+    const render = async () => {
+      const notes = await api('GET', '/api/notes');
+      const list = $('notes');
+      list.replaceChildren();
+      for (const note of notes.ok ? notes.data.notes : []) list.append(item(note.body));
+      if (!notes.ok) list.append(item('Your notes cannot be loaded right now.'));
+    };
+    await render();
+    handle('add-note', 'POST', '/api/notes', async (_, form) => {
+      form.reset();
+      await render();
+    }, ['body']);
+    $('sign-out').addEventListener('submit', (event) => {
+      event.preventDefault();
+      signOut();
+    });
+  },
+
+  login() {
+    // A provider's sign-in that failed comes back here with ?error=CODE.
+    const failed = new URLSearchParams(location.search).get('error');
+    if (failed) {
+      $('login-error').textContent = PROVIDER_ERRORS[failed] || 'Signing in with the provider failed. Try again.';
+    }
+    handle('login', 'POST', '/auth/login', () => location.assign(returnTo()), ['email', 'password']);
+  },
+
+  register() {
+    handle('register', 'POST', '/auth/register', (_, form) => {
+      form.hidden = true;
+      show('register-done', true);
+    }, ['email', 'password']);
+  },
+
+  forgot() {
+    handle('forgot', 'POST', '/auth/password/forgot', (_, form) => {
+      form.hidden = true;
+      show('forgot-done', true);
+    }, ['email']);
+  },
+
+  reset() {
+    const token = tokenFromLink();
+    const form = $('reset');
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      clearErrors(form);
+      const result = await api('POST', '/auth/password/reset', { token, password: form.elements.password.value });
+      if (!result.ok) return showError(form, result);
+      form.hidden = true;
+      show('reset-done', true);
+    });
+  },
+
+  async verify() {
+    const result = await api('POST', '/auth/email/verify', { token: tokenFromLink() });
+    $('verify-status').textContent = result.ok
+      ? 'Your email address is confirmed.'
+      : MESSAGES.invalid_token[1];
+  },
+
+  async account() {
+    const me = await api('GET', '/auth/me');
+    if (!me.ok) {
+      location.replace('/login?return_to=/account');
+      return;
+    }
+    show('status', false);
+    show('account', true);
+    $('email').textContent = me.data.email;
+    $('verified').textContent = me.data.email_verified ? 'confirmed' : 'not confirmed';
+    show('resend', !me.data.email_verified);
+    $('resend').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const result = await api('POST', '/auth/email/resend', { email: me.data.email });
+      show('resend', !result.ok);
+      show('resend-done', result.ok);
+    });
+
+    const sessions = await api('GET', '/auth/sessions');
+    const list = $('sessions');
+    for (const s of sessions.ok ? sessions.data.sessions : []) {
+      const where = `${s.user_agent || 'Unknown browser'} · ${s.ip || 'unknown address'} · since ${when(s.created_at)}`;
+      list.append(item(s.current ? `${where} (this browser)` : where, 'Sign out', async () => {
+        if (s.current) return signOut();
+        await api('DELETE', `/auth/sessions/${s.id}`);
+        location.reload();
+      }));
+    }
+    $('sign-out-everywhere').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      await api('DELETE', '/auth/sessions');
+      signOut();
+    });
+
+    const identities = await api('GET', '/auth/me/identities');
+    const linked = $('identities');
+    const hasPassword = identities.ok ? identities.data.has_password : true;
+    for (const identity of identities.ok ? identities.data.identities : []) {
+      linked.append(item(`${identity.provider}${identity.email ? ` (${identity.email})` : ''}`, 'Unlink', async () => {
+        const result = await api('DELETE', `/auth/me/identities/${identity.id}`);
+        if (result.ok) location.reload();
+        else $('identities-error').textContent = (MESSAGES[result.data && result.data.error.code] || [null, 'It could not be unlinked.'])[1];
+      }));
+    }
+    if (identities.ok && identities.data.identities.length === 0) linked.append(item('None linked.'));
+    for (const button of document.querySelectorAll('[data-link-provider]')) {
+      button.addEventListener('click', async () => {
+        const provider = button.dataset.linkProvider;
+        const result = await api('POST', `/auth/me/identities/${encodeURIComponent(provider)}/link?return_to=/account`);
+        if (result.ok) location.assign(result.data.location);
+        else $('identities-error').textContent = (MESSAGES[result.data && result.data.error.code] || [null, 'It could not be linked.'])[1];
+      });
+    }
+
+    show('password-section', hasPassword);
+    handle('change', 'POST', '/auth/password/change', (_, form) => {
+      form.reset();
+      show('change-done', true);
+    }, ['current_password', 'password']);
+
+    show('delete-password-field', hasPassword);
+    const remove = $('delete');
+    remove.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      clearErrors(remove);
+      if (!remove.elements.confirm.checked) {
+        remove.elements.confirm.setAttribute('aria-invalid', 'true');
+        $('delete-confirm-error').textContent = 'Tick the box to confirm.';
+        return;
+      }
+      const body = hasPassword ? { password: remove.elements.password.value } : {};
+      const result = await api('DELETE', '/auth/delete', body);
+      if (!result.ok) {
+        if (result.data && result.data.error && result.data.error.code === 'wrong_password') {
+          remove.elements.password.setAttribute('aria-invalid', 'true');
+          $('delete-password-error').textContent = MESSAGES.wrong_password[1];
+          return;
+        }
+        return showError(remove, result);
+      }
+      location.replace('/');
+    });
+  },
+};
+
+document.addEventListener('DOMContentLoaded', () => {
+  const page = PAGES[document.body.dataset.page];
+  if (page) page();
+});

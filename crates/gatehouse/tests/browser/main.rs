@@ -1,0 +1,218 @@
+//! The hosted pages in a real browser (Debian's Chromium, headless, driven
+//! over WebDriver) against `gatehouse up`, mail through a real SMTP server.
+//! Screenshots of each page go to `target/browser-screenshots/`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+mod webdriver;
+
+use std::time::Duration;
+
+use auth_service::testing::SmtpSink;
+use support::*;
+use webdriver::Browser;
+
+const NEW_PASSWORD: &str = "a brand new passphrase for the account";
+
+/// `gatehouse up` on a port of its own, its public URL that port, its mail
+/// to `smtp`.
+async fn serve(dir: &TempDir, smtp: &SmtpSink) -> Server {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut cmd = gatehouse(&dir.data());
+    cmd.env("GATEHOUSE_PUBLIC_URL", &url).env("GATEHOUSE_MAIL__SMTP_URL", smtp.url());
+    start_listening(cmd, &format!("127.0.0.1:{port}")).await
+}
+
+/// The `n`-th message to `email`'s link to `page`, as the browser follows it.
+async fn mailed_link(smtp: &SmtpSink, url: &str, email: &str, n: usize, page: &str) -> String {
+    let message = smtp.wait_for(email, n, Duration::from_secs(30)).await.swap_remove(n - 1);
+    message.link(&format!("{url}{page}")).unwrap_or_else(|| panic!("no {page} link in {}", message.text))
+}
+
+async fn sign_in(browser: &Browser, url: &str, email: &str, password: &str) {
+    browser.goto(&format!("{url}/login")).await;
+    browser.type_into("#login-email", email).await;
+    browser.type_into("#login-password", password).await;
+    browser.click("#login button[type=submit]").await;
+}
+
+#[tokio::test]
+async fn a_new_user_signs_up_confirms_signs_in_keeps_a_note_resets_the_password_and_leaves() {
+    if !webdriver::available() {
+        return;
+    }
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let server = serve(&dir, &smtp).await;
+    let url = server.url.clone();
+    let browser = Browser::start().await;
+    let email = format!("browser-{}@example.com", uuid::Uuid::new_v4().simple());
+
+    // Sign up; a too-short password is explained next to its field first.
+    browser.goto(&format!("{url}/register")).await;
+    browser.screenshot("register").await;
+    browser.type_into("#register-email", &email).await;
+    browser.type_into("#register-password", "short").await;
+    browser.click("#register button[type=submit]").await;
+    browser.wait_for_text("#register-password-error", "at least 8 characters").await;
+    browser.type_into("#register-password", PASSWORD).await;
+    browser.click("#register button[type=submit]").await;
+    browser.wait_for_text("#register-done", "Account created").await;
+
+    // Confirm the address by the mailed link.
+    browser.goto(&mailed_link(&smtp, &url, &email, 1, "/verify-email").await).await;
+    browser.wait_for_text("#verify-status", "confirmed").await;
+    assert!(!browser.url().await.contains("token="), "the token leaves the address bar");
+
+    // A wrong password is told in plain words; the right one signs in.
+    sign_in(&browser, &url, &email, "not the password at all").await;
+    browser.wait_for_text("#login-error", "email address or password is wrong").await;
+    browser.screenshot("login").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_path("/").await;
+    browser.wait_for_text("#who", &email).await;
+
+    // A note, kept by the example service behind the gateway.
+    browser.type_into("#note-body", "remember the milk").await;
+    browser.click("#add-note button[type=submit]").await;
+    browser.wait_for_text("#notes", "remember the milk").await;
+    browser.screenshot("home").await;
+
+    // The script sees the CSRF token, never the session's tokens.
+    let cookies = browser.run("return document.cookie").await;
+    let cookies = cookies.as_str().unwrap();
+    assert!(cookies.contains("__Host-csrf_token="), "{cookies}");
+    assert!(!cookies.contains("access_token") && !cookies.contains("refresh_token"), "{cookies}");
+    assert!(!cookies.contains("eyJ"), "{cookies}");
+
+    browser.goto(&format!("{url}/account")).await;
+    browser.wait_for_text("#email", &email).await;
+    browser.wait_for_text("#verified", "confirmed").await;
+    browser.wait_for_text("#sessions", "this browser").await;
+    browser.screenshot("account").await;
+
+    // Signed out, the back button brings nothing private back.
+    browser.goto(&format!("{url}/")).await;
+    browser.wait_for_text("#who", &email).await;
+    browser.click("#sign-out button").await;
+    browser.wait_for_path("/login").await;
+    browser.back().await;
+    browser.wait_for_text("#signed-out", "Sign in to see your notes").await;
+    let page = browser.run("return document.body.innerText").await;
+    let page = page.as_str().unwrap();
+    assert!(!page.contains(&email) && !page.contains("remember the milk"), "{page}");
+
+    // Forgotten password: a mailed link sets a new one.
+    browser.goto(&format!("{url}/forgot-password")).await;
+    browser.type_into("#forgot-email", &email).await;
+    browser.click("#forgot button[type=submit]").await;
+    browser.wait_for_text("#forgot-done", "on its way").await;
+    browser.goto(&mailed_link(&smtp, &url, &email, 2, "/reset-password").await).await;
+    browser.screenshot("reset-password").await;
+    browser.type_into("#reset-password", NEW_PASSWORD).await;
+    browser.click("#reset button[type=submit]").await;
+    browser.wait_for_text("#reset-done", "Your password is set").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#login-error", "wrong").await;
+    sign_in(&browser, &url, &email, NEW_PASSWORD).await;
+    browser.wait_for_text("#who", &email).await;
+    browser.wait_for_text("#notes", "remember the milk").await;
+
+    // Delete the account: confirmation first, then it is gone.
+    browser.goto(&format!("{url}/account")).await;
+    browser.wait_for_text("#email", &email).await;
+    browser.type_into("#delete-password", NEW_PASSWORD).await;
+    browser.click("#delete button[type=submit]").await;
+    browser.wait_for_text("#delete-confirm-error", "Tick the box").await;
+    browser.click("#delete-confirm").await;
+    browser.click("#delete button[type=submit]").await;
+    browser.wait_for_text("#signed-out", "Sign in").await;
+    sign_in(&browser, &url, &email, NEW_PASSWORD).await;
+    browser.wait_for_text("#login-error", "wrong").await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}
+
+/// Serves `html` to every request on a port of its own, as another site.
+async fn other_site(html: String) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{html}",
+                    html.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_form_on_another_site_cannot_act_for_a_signed_in_user() {
+    if !webdriver::available() {
+        return;
+    }
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let server = serve(&dir, &smtp).await;
+    let url = server.url.clone();
+    let browser = Browser::start().await;
+    let email = format!("victim-{}@example.com", uuid::Uuid::new_v4().simple());
+    browser.goto(&format!("{url}/register")).await;
+    browser.type_into("#register-email", &email).await;
+    browser.type_into("#register-password", PASSWORD).await;
+    browser.click("#register button[type=submit]").await;
+    browser.wait_for_text("#register-done", "Account created").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#who", &email).await;
+
+    // `text/plain` forms can send a JSON-looking body; the attacker's page
+    // is on another site (localhost, not 127.0.0.1).
+    let attack = format!(
+        "<!doctype html><form id=\"attack\" method=\"POST\" enctype=\"text/plain\" action=\"{url}/api/notes\">\
+         <input name='{{\"body\":\"planted by another site\",\"x\":\"' value='\"}}'>\
+         <button type=\"submit\">Win a prize</button></form>\
+         <form id=\"change\" method=\"POST\" enctype=\"text/plain\" action=\"{url}/auth/password/change\">\
+         <input name='{{\"current_password\":\"{PASSWORD}\",\"password\":\"taken over by the attacker\",\"x\":\"' value='\"}}'>\
+         <button type=\"submit\">Claim it</button></form>"
+    );
+    let port = other_site(attack).await;
+    for form in ["attack", "change"] {
+        browser.goto(&format!("http://localhost:{port}/")).await;
+        browser.click(&format!("#{form} button")).await;
+        browser.wait_for_path(if form == "attack" { "/api/notes" } else { "/auth/password/change" }).await;
+        let answer = browser.run("return document.body.innerText").await;
+        let answer = answer.as_str().unwrap_or_default().to_owned();
+        assert!(answer.contains("\"error\""), "{form}: {answer}");
+    }
+
+    // Nothing happened: no note, and the password is the owner's still.
+    browser.goto(&format!("{url}/")).await;
+    browser.wait_for_text("#who", &email).await;
+    let notes = browser.text("#notes").await;
+    assert!(!notes.contains("planted"), "{notes}");
+    browser.click("#sign-out button").await;
+    browser.wait_for_path("/login").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#who", &email).await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}
