@@ -9,7 +9,7 @@ mod webdriver;
 
 use std::time::Duration;
 
-use auth_service::testing::SmtpSink;
+use auth_service::testing::{OidcProvider, SmtpSink};
 use support::*;
 use webdriver::Browser;
 
@@ -18,10 +18,20 @@ const NEW_PASSWORD: &str = "a brand new passphrase for the account";
 /// `gatehouse up` on a port of its own, its public URL that port, its mail
 /// to `smtp`.
 async fn serve(dir: &TempDir, smtp: &SmtpSink) -> Server {
-    let port = free_port();
+    serve_at(free_port(), dir, smtp, |_| {}).await
+}
+
+/// [`serve`] on `port`, the command made ready by `configure` first.
+async fn serve_at(
+    port: u16,
+    dir: &TempDir,
+    smtp: &SmtpSink,
+    configure: impl FnOnce(&mut tokio::process::Command),
+) -> Server {
     let url = format!("http://127.0.0.1:{port}");
     let mut cmd = gatehouse(&dir.data());
     cmd.env("GATEHOUSE_PUBLIC_URL", &url).env("GATEHOUSE_MAIL__SMTP_URL", smtp.url());
+    configure(&mut cmd);
     start_listening(cmd, &format!("127.0.0.1:{port}")).await
 }
 
@@ -212,6 +222,109 @@ async fn a_form_on_another_site_cannot_act_for_a_signed_in_user() {
     browser.wait_for_path("/login").await;
     sign_in(&browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn a_user_signs_in_with_an_openid_provider_by_its_button_and_sees_it_linked() {
+    if !webdriver::available() {
+        return;
+    }
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let provider = OidcProvider::start(&format!("{url}/auth/oauth/corp/callback"));
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let config = dir.0.join("gatehouse.toml");
+    let toml = format!(
+        "[oauth.providers.corp]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"gatehouse\"\n",
+        provider.issuer
+    );
+    std::fs::write(&config, toml).unwrap();
+    let server = serve_at(port, &dir, &smtp, |cmd| {
+        cmd.arg("--config").arg(&config).env("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_SECRET", "test-secret");
+    })
+    .await;
+    let browser = Browser::start().await;
+
+    // The provider's own pages answer at once (the account comes from the
+    // login hint, alice@example.com without one).
+    browser.goto(&format!("{url}/login")).await;
+    browser.wait_for_text(".providers", "Continue with Corp").await;
+    browser.screenshot("login-with-provider").await;
+    browser.click(".providers a").await;
+    browser.wait_for_path("/").await;
+    browser.wait_for_text("#who", "alice@example.com").await;
+
+    browser.goto(&format!("{url}/account")).await;
+    browser.wait_for_text("#identities", "corp (alice@example.com)").await;
+    browser.wait_for_text("#verified", "confirmed").await;
+    // No password: neither its change nor its field on deletion is offered.
+    let password_section = browser.run("return document.getElementById('password-section').hidden").await;
+    assert_eq!(password_section, serde_json::json!(true));
+    browser.screenshot("account-with-provider").await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}
+
+#[tokio::test]
+async fn every_page_labels_its_fields_helps_password_managers_and_fits_a_phone() {
+    if !webdriver::available() {
+        return;
+    }
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let server = serve(&dir, &smtp).await;
+    let url = server.url.clone();
+    let browser = Browser::start().await;
+    browser.resize(390, 844).await;
+    // Every visible field: a label naming it, an autocomplete hint for
+    // addresses and passwords; and nothing wider than the screen.
+    let check = r#"
+        const problems = [];
+        for (const field of document.querySelectorAll('input, textarea')) {
+            if (field.type === 'hidden' || field.hidden || field.closest('[hidden]')) continue;
+            if (!field.labels || field.labels.length === 0) problems.push(`${field.id || field.name}: no label`);
+            const wants = { email: ['username', 'email'], password: ['current-password', 'new-password'] }[field.type];
+            if (wants && !wants.includes(field.autocomplete)) problems.push(`${field.id}: autocomplete ${field.autocomplete}`);
+        }
+        if (document.documentElement.scrollWidth > window.innerWidth) problems.push('wider than the screen');
+        if (!document.querySelector('h1')) problems.push('no heading');
+        return problems;
+    "#;
+    for (path, ready) in [
+        ("/", "#signed-out"),
+        ("/login", "#login"),
+        ("/register", "#register"),
+        ("/forgot-password", "#forgot"),
+        ("/reset-password#token=x", "#reset"),
+        ("/verify-email#token=x", "#verify-status"),
+    ] {
+        browser.goto(&format!("{url}{path}")).await;
+        browser.find(ready).await;
+        let problems = browser.run(check).await;
+        assert_eq!(problems, serde_json::json!([]), "{path}");
+        let name = path.trim_start_matches('/').split('#').next().unwrap_or_default();
+        browser.screenshot(&format!("phone-{}", if name.is_empty() { "home" } else { name })).await;
+    }
+    browser.wait_for_text("#verify-status", "invalid or has expired").await;
+
+    // The account page, signed in.
+    let email = format!("phone-{}@example.com", uuid::Uuid::new_v4().simple());
+    browser.goto(&format!("{url}/register")).await;
+    browser.type_into("#register-email", &email).await;
+    browser.type_into("#register-password", PASSWORD).await;
+    browser.click("#register button[type=submit]").await;
+    browser.wait_for_text("#register-done", "Account created").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#who", &email).await;
+    browser.goto(&format!("{url}/account")).await;
+    browser.wait_for_text("#email", &email).await;
+    assert_eq!(browser.run(check).await, serde_json::json!([]), "/account");
+    browser.screenshot("phone-account").await;
 
     browser.quit().await;
     assert!(server.stop().await.success());

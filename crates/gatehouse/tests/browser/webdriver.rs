@@ -100,6 +100,11 @@ impl Browser {
         assert!(answer.is_null(), "navigating to {url}: {answer}");
     }
 
+    /// Sizes the window to `width` × `height` CSS pixels (a phone: 390 × 844).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.post("/window/rect", json!({"width": width, "height": height})).await;
+    }
+
     pub async fn back(&self) {
         self.post("/back", json!({})).await;
     }
