@@ -329,3 +329,44 @@ async fn every_page_labels_its_fields_helps_password_managers_and_fits_a_phone()
     browser.quit().await;
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn a_keyboard_alone_signs_up_and_in_in_the_order_the_fields_are_read() {
+    if !webdriver::available() {
+        return;
+    }
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let server = serve(&dir, &smtp).await;
+    let url = server.url.clone();
+    let browser = Browser::start().await;
+    let email = format!("keys-{}@example.com", uuid::Uuid::new_v4().simple());
+
+    browser.goto(&format!("{url}/register")).await;
+    browser.find("#register").await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        browser.press(TAB).await;
+        order.push(browser.focused().await);
+    }
+    assert_eq!(order, ["Gatehouse", "register-email", "register-password", "Create account"]);
+    // From the address: type, Tab, type, Enter submits.
+    browser.run("document.getElementById('register-email').focus()").await;
+    browser.press(&format!("{email}{TAB}{PASSWORD}{ENTER}")).await;
+    browser.wait_for_text("#register-done", "Account created").await;
+
+    browser.goto(&format!("{url}/login")).await;
+    browser.find("#login").await;
+    browser.press(&format!("{TAB}{TAB}{email}{TAB}wrong password here{ENTER}")).await;
+    // The error is announced, and the focus stays on the password.
+    browser.wait_for_text("#login-error", "wrong").await;
+    assert_eq!(browser.focused().await, "login-password");
+    browser.run("document.getElementById('login-password').select()").await;
+    browser.press(&format!("{PASSWORD}{ENTER}")).await;
+    browser.wait_for_text("#who", &email).await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}

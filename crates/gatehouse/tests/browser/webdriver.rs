@@ -105,6 +105,26 @@ impl Browser {
         self.post("/window/rect", json!({"width": width, "height": height})).await;
     }
 
+    /// Presses `keys` on the keyboard, one after the other, wherever the
+    /// focus is (`\u{E004}` Tab, `\u{E007}` Enter).
+    pub async fn press(&self, keys: &str) {
+        let strokes: Vec<Value> = keys
+            .chars()
+            .flat_map(|k| {
+                [json!({"type": "keyDown", "value": k.to_string()}), json!({"type": "keyUp", "value": k.to_string()})]
+            })
+            .collect();
+        let answer =
+            self.post("/actions", json!({"actions": [{"type": "key", "id": "keyboard", "actions": strokes}]})).await;
+        assert!(answer.is_null(), "pressing keys: {answer}");
+    }
+
+    /// The id (or text, for an element without one) of the focused element.
+    pub async fn focused(&self) -> String {
+        let focused = self.run("const e = document.activeElement; return e.id || e.textContent.trim()").await;
+        focused.as_str().unwrap_or_default().to_owned()
+    }
+
     pub async fn back(&self) {
         self.post("/back", json!({})).await;
     }
