@@ -217,7 +217,8 @@ fn fill(template: &str, values: &Values<'_>, encode: impl Fn(&str) -> String) ->
         .replace("{{provider}}", &encode(values.provider))
 }
 
-fn escape_html(value: &str) -> String {
+/// `value` as HTML text or a quoted attribute value: `& < > " '` escaped.
+pub fn escape_html(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         match c {

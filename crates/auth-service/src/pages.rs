@@ -11,6 +11,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+use auth_core::mail::escape_html as escape;
+
 use crate::AppState;
 
 const LAYOUT: &str = include_str!("../pages/layout.html");
@@ -99,21 +101,6 @@ fn label(name: &str) -> String {
             chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
         }
     }
-}
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

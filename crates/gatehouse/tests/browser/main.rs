@@ -41,6 +41,15 @@ async fn mailed_link(smtp: &SmtpSink, url: &str, email: &str, n: usize, page: &s
     message.link(&format!("{url}{page}")).unwrap_or_else(|| panic!("no {page} link in {}", message.text))
 }
 
+/// Signs `email` up with [`PASSWORD`] on the register page.
+async fn sign_up(browser: &Browser, url: &str, email: &str) {
+    browser.goto(&format!("{url}/register")).await;
+    browser.type_into("#register-email", email).await;
+    browser.type_into("#register-password", PASSWORD).await;
+    browser.click("#register button[type=submit]").await;
+    browser.wait_for_text("#register-done", "Account created").await;
+}
+
 async fn sign_in(browser: &Browser, url: &str, email: &str, password: &str) {
     browser.goto(&format!("{url}/login")).await;
     browser.type_into("#login-email", email).await;
@@ -185,11 +194,7 @@ async fn a_form_on_another_site_cannot_act_for_a_signed_in_user() {
     let url = server.url.clone();
     let browser = Browser::start().await;
     let email = format!("victim-{}@example.com", uuid::Uuid::new_v4().simple());
-    browser.goto(&format!("{url}/register")).await;
-    browser.type_into("#register-email", &email).await;
-    browser.type_into("#register-password", PASSWORD).await;
-    browser.click("#register button[type=submit]").await;
-    browser.wait_for_text("#register-done", "Account created").await;
+    sign_up(&browser, &url, &email).await;
     sign_in(&browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
 
@@ -314,11 +319,7 @@ async fn every_page_labels_its_fields_helps_password_managers_and_fits_a_phone()
 
     // The account page, signed in.
     let email = format!("phone-{}@example.com", uuid::Uuid::new_v4().simple());
-    browser.goto(&format!("{url}/register")).await;
-    browser.type_into("#register-email", &email).await;
-    browser.type_into("#register-password", PASSWORD).await;
-    browser.click("#register button[type=submit]").await;
-    browser.wait_for_text("#register-done", "Account created").await;
+    sign_up(&browser, &url, &email).await;
     sign_in(&browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
     browser.goto(&format!("{url}/account")).await;
