@@ -410,11 +410,14 @@ pub async fn delete_account(
             refused("wrong_password");
             ApiError::new(StatusCode::FORBIDDEN, "wrong_password", "the password is wrong")
         }
-        DeleteError::ReauthenticationRequired => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "reauthentication_required",
-            "log in again, then delete the account within five minutes",
-        ),
+        DeleteError::ReauthenticationRequired => {
+            refused("reauthentication_required");
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "reauthentication_required",
+                "log in again, then delete the account within five minutes",
+            )
+        }
         DeleteError::NotAuthenticated => ApiError::unauthenticated(),
         DeleteError::Throttled { retry_after } => {
             refused("account_throttled");

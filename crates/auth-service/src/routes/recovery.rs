@@ -5,7 +5,7 @@
 //! happen after the answer, so neither body nor timing tells.
 
 use auth_core::recovery::{Action, ChangeError, ResetError};
-use auth_core::throttling::Rate;
+use auth_core::throttling::{Rate, ThrottleError};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -147,10 +147,15 @@ pub async fn change(
 ) -> Result<Response, ApiError> {
     // Counted per account: a stolen session cannot guess the password freely.
     let account = caller.user.id.to_string();
-    state.recovery().check_limits(Action::Change, None, &account).await?;
+    let refused = |reason| audit.note(Event::new("password.change_refused").by(caller.user.id).reason(reason));
+    if let Err(limited) = state.recovery().check_limits(Action::Change, None, &account).await {
+        if matches!(limited, ThrottleError::Throttled { .. }) {
+            refused("account_throttled");
+        }
+        return Err(limited.into());
+    }
     let changed =
         state.recovery().change_password(&caller.user, caller.session.id, &body.current_password, &body.password).await;
-    let refused = |reason| audit.note(Event::new("password.change_refused").by(caller.user.id).reason(reason));
     changed.map_err(|e| match e {
         ChangeError::WrongPassword => {
             state.metrics().login(false);
@@ -186,7 +191,10 @@ pub async fn verify(
     state.recovery().check_limits(Action::Verify, None, &peer.ip()).await?;
     let user = state.recovery().verify_email(&body.token).await.map_err(|e| match e {
         ResetError::Store(e) => e.into(),
-        _ => invalid_token(),
+        _ => {
+            audit.note(Event::new("email.verify_refused").reason("invalid_token"));
+            invalid_token()
+        }
     })?;
     audit.note(Event::new("email.verified").user(user));
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -89,6 +89,8 @@ async fn every_authentication_event_is_in_the_audit_log_with_its_client_request_
         // After the verification link and the notice of the change.
         let token = token_in(&mail(&owner, 3).await);
         assert_eq!(app.reset("a guessed token", PASSWORD).await.status(), StatusCode::BAD_REQUEST);
+        let verify = app.request(Method::POST, "/auth/email/verify").json(&json!({"token": "another guess"}));
+        assert_eq!(verify.send().await.unwrap().status(), StatusCode::BAD_REQUEST);
         assert_eq!(app.reset(&token, PASSWORD).await.status(), StatusCode::NO_CONTENT);
 
         // Five failures since the reset; the sixth attempt waits.
@@ -138,6 +140,7 @@ async fn every_authentication_event_is_in_the_audit_log_with_its_client_request_
             (guessed.len(), &guessed[0]["reason"], &guessed[0]["target"]),
             (1, &json!("invalid_token"), &Value::Null)
         );
+        assert_eq!(of(&log, "email.verify_refused")[0]["reason"], "invalid_token");
         let refused = of(&log, "password.change_refused");
         assert_eq!((refused.len(), &refused[0]["reason"]), (1, &json!("wrong_password")));
         for action in ["password.changed", "logout", "password.reset", "account.deleted"] {
