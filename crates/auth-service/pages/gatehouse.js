@@ -51,7 +51,9 @@ async function api(method, path, body, retried) {
     credentials: 'same-origin',
     body: body === undefined ? undefined : JSON.stringify(body),
   });
-  if (response.status === 401 && !retried && path !== '/auth/login' && path !== '/auth/refresh') {
+  // Only a browser holding a session (its CSRF cookie lives as long as the
+  // refresh cookie) tries a refresh; a visitor would spend the limit.
+  if (response.status === 401 && !retried && csrfToken() && path !== '/auth/login' && path !== '/auth/refresh') {
     const refreshed = await fetch('/auth/refresh', {
       method: 'POST',
       headers: { 'X-CSRF-Token': csrfToken() },
@@ -92,26 +94,27 @@ function showError(form, result) {
   }
   const input = field && form.elements[field];
   const slot = (input && $(`${form.id}-${field}-error`)) || $(`${form.id}-error`);
+  // The words first, so a screen reader reads them with the focused field.
+  if (slot) slot.textContent = message;
   if (input) {
     input.setAttribute('aria-invalid', 'true');
     input.focus();
   }
-  if (slot) slot.textContent = message;
 }
 
-// Sends a form's named fields as JSON; `done` runs on success.
-function handle(formId, method, path, done, fields) {
+// Sends a form's named fields (and `extra`) as JSON; `done` runs on success.
+function handle(formId, method, path, done, fields, extra) {
   const form = $(formId);
   if (!form) return;
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     clearErrors(form);
-    const body = {};
+    const body = { ...extra };
     for (const name of fields || []) body[name] = form.elements[name].value;
     const button = form.querySelector('button[type=submit]');
     if (button) button.disabled = true;
     try {
-      const result = await api(method, typeof path === 'function' ? path() : path, fields ? body : undefined);
+      const result = await api(method, path, fields ? body : undefined);
       if (result.ok) await done(result, form);
       else showError(form, result);
     } catch (_) {
@@ -122,10 +125,18 @@ function handle(formId, method, path, done, fields) {
   });
 }
 
-// Where to go after signing in: a path on this site only.
+// Where to go after signing in: a page of this site only, as the browser
+// itself reads the address (it drops tabs and newlines, and reads \\ as /).
 function returnTo() {
   const to = new URLSearchParams(location.search).get('return_to') || '/';
-  return to.startsWith('/') && !to.startsWith('//') && !to.startsWith('/\\') ? to : '/';
+  let target;
+  try {
+    target = new URL(to, location.origin);
+  } catch (_) {
+    return '/';
+  }
+  if (target.origin !== location.origin || !to.startsWith('/')) return '/';
+  return target.pathname + target.search + target.hash;
 }
 
 // The token a mailed link carries after `#token=`, then forgotten by the URL.
@@ -135,7 +146,8 @@ function tokenFromLink() {
   return token;
 }
 
-function item(text, buttonLabel, onClick) {
+// A list item of `text`, with a button (`label`, read out as `spoken`).
+function item(text, buttonLabel, onClick, spoken) {
   const li = document.createElement('li');
   li.append(document.createTextNode(text));
   if (buttonLabel) {
@@ -143,6 +155,7 @@ function item(text, buttonLabel, onClick) {
     button.type = 'button';
     button.className = 'secondary link';
     button.textContent = buttonLabel;
+    if (spoken) button.setAttribute('aria-label', spoken);
     button.addEventListener('click', onClick);
     li.append(button);
   }
@@ -155,9 +168,20 @@ function when(iso) {
 
 // Signs out; the page left behind shows nothing private when the back
 // button brings it back (it is never cached, and asks the API again).
-async function signOut() {
-  await api('DELETE', '/auth/logout');
-  location.assign('/login');
+// `alert` is where a failure is told: the session would still stand.
+async function signOut(alert) {
+  let result;
+  try {
+    result = await api('DELETE', '/auth/logout');
+  } catch (_) {
+    result = { ok: false };
+  }
+  // 401: signed out already.
+  if (result.ok || result.status === 401) {
+    location.assign('/login');
+    return;
+  }
+  if (alert) alert.textContent = 'Signing out failed; you are still signed in. Try again.';
 }
 
 const PAGES = {
@@ -184,7 +208,7 @@ const PAGES = {
     }, ['body']);
     $('sign-out').addEventListener('submit', (event) => {
       event.preventDefault();
-      signOut();
+      signOut($('sign-out-error'));
     });
   },
 
@@ -213,22 +237,22 @@ const PAGES = {
 
   reset() {
     const token = tokenFromLink();
-    const form = $('reset');
-    form.addEventListener('submit', async (event) => {
-      event.preventDefault();
-      clearErrors(form);
-      const result = await api('POST', '/auth/password/reset', { token, password: form.elements.password.value });
-      if (!result.ok) return showError(form, result);
+    if (!token) $('reset-error').textContent = MESSAGES.invalid_token[1];
+    handle('reset', 'POST', '/auth/password/reset', (_, form) => {
       form.hidden = true;
       show('reset-done', true);
-    });
+    }, ['password'], { token });
   },
 
-  async verify() {
-    const result = await api('POST', '/auth/email/verify', { token: tokenFromLink() });
-    $('verify-status').textContent = result.ok
-      ? 'Your email address is confirmed.'
-      : MESSAGES.invalid_token[1];
+  // Confirmed by a click, not on load: a mail scanner that opens links must
+  // not confirm an address for whoever registered it.
+  verify() {
+    const token = tokenFromLink();
+    if (!token) $('verify-error').textContent = MESSAGES.invalid_token[1];
+    handle('verify', 'POST', '/auth/email/verify', (_, form) => {
+      form.hidden = true;
+      $('verify-status').textContent = 'Your email address is confirmed.';
+    }, [], { token });
   },
 
   async account() {
@@ -242,38 +266,46 @@ const PAGES = {
     $('email').textContent = me.data.email;
     $('verified').textContent = me.data.email_verified ? 'confirmed' : 'not confirmed';
     show('resend', !me.data.email_verified);
-    $('resend').addEventListener('submit', async (event) => {
-      event.preventDefault();
-      const result = await api('POST', '/auth/email/resend', { email: me.data.email });
-      show('resend', !result.ok);
-      show('resend-done', result.ok);
-    });
+    handle('resend', 'POST', '/auth/email/resend', (_, form) => {
+      form.hidden = true;
+      show('resend-done', true);
+    }, [], { email: me.data.email });
+    // Password managers save a new password under this account's name.
+    for (const form of [$('change')]) form.elements.username.value = me.data.email;
 
     const sessions = await api('GET', '/auth/sessions');
     const list = $('sessions');
     for (const s of sessions.ok ? sessions.data.sessions : []) {
       const where = `${s.user_agent || 'Unknown browser'} · ${s.ip || 'unknown address'} · since ${when(s.created_at)}`;
+      const failed = () => { $('sessions-error').textContent = 'That session could not be signed out. Try again.'; };
       list.append(item(s.current ? `${where} (this browser)` : where, 'Sign out', async () => {
-        if (s.current) return signOut();
-        await api('DELETE', `/auth/sessions/${s.id}`);
-        location.reload();
-      }));
+        if (s.current) return signOut($('sessions-error'));
+        const result = await api('DELETE', `/auth/sessions/${s.id}`).catch(() => ({ ok: false }));
+        if (result.ok) location.reload();
+        else failed();
+      }, `Sign out ${where}`));
     }
     $('sign-out-everywhere').addEventListener('submit', async (event) => {
       event.preventDefault();
-      await api('DELETE', '/auth/sessions');
-      signOut();
+      // The others first: only once they are out does this one leave.
+      const others = await api('DELETE', '/auth/sessions').catch(() => ({ ok: false }));
+      if (!others.ok) {
+        $('sessions-error').textContent = 'Your other sessions could not be signed out; nothing changed. Try again.';
+        return;
+      }
+      signOut($('sessions-error'));
     });
 
     const identities = await api('GET', '/auth/me/identities');
     const linked = $('identities');
     const hasPassword = identities.ok ? identities.data.has_password : true;
     for (const identity of identities.ok ? identities.data.identities : []) {
-      linked.append(item(`${identity.provider}${identity.email ? ` (${identity.email})` : ''}`, 'Unlink', async () => {
+      const named = `${identity.provider}${identity.email ? ` (${identity.email})` : ''}`;
+      linked.append(item(named, 'Unlink', async () => {
         const result = await api('DELETE', `/auth/me/identities/${identity.id}`);
         if (result.ok) location.reload();
         else $('identities-error').textContent = (MESSAGES[result.data && result.data.error.code] || [null, 'It could not be unlinked.'])[1];
-      }));
+      }, `Unlink ${named}`));
     }
     if (identities.ok && identities.data.identities.length === 0) linked.append(item('None linked.'));
     for (const button of document.querySelectorAll('[data-link-provider]')) {
@@ -297,16 +329,18 @@ const PAGES = {
       event.preventDefault();
       clearErrors(remove);
       if (!remove.elements.confirm.checked) {
-        remove.elements.confirm.setAttribute('aria-invalid', 'true');
         $('delete-confirm-error').textContent = 'Tick the box to confirm.';
+        remove.elements.confirm.setAttribute('aria-invalid', 'true');
+        remove.elements.confirm.focus();
         return;
       }
       const body = hasPassword ? { password: remove.elements.password.value } : {};
       const result = await api('DELETE', '/auth/delete', body);
       if (!result.ok) {
         if (result.data && result.data.error && result.data.error.code === 'wrong_password') {
-          remove.elements.password.setAttribute('aria-invalid', 'true');
           $('delete-password-error').textContent = MESSAGES.wrong_password[1];
+          remove.elements.password.setAttribute('aria-invalid', 'true');
+          remove.elements.password.focus();
           return;
         }
         return showError(remove, result);
@@ -315,6 +349,12 @@ const PAGES = {
     });
   },
 };
+
+// A page brought back from the back-forward cache asks the API again: the
+// session may have ended meanwhile, here or on another device.
+window.addEventListener('pageshow', (event) => {
+  if (event.persisted) location.reload();
+});
 
 document.addEventListener('DOMContentLoaded', () => {
   const page = PAGES[document.body.dataset.page];

@@ -73,7 +73,7 @@ fn provider_buttons(names: &[&String]) -> String {
             )
         })
         .collect();
-    format!("<div class=\"providers\" aria-label=\"Other ways to sign in\">\n{links}</div>")
+    format!("<div class=\"providers\" role=\"group\" aria-label=\"Other ways to sign in\">\n{links}</div>")
 }
 
 /// "Link …" buttons for the account page; the script starts each link.

@@ -340,12 +340,14 @@ async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow
 }
 
 /// The routes every gateway has: the auth-service's own paths, and its
-/// pages (`/` among them: what no other route takes reaches the
-/// auth-service, which answers 404 `not_found`).
-fn auth_routes(upstream: &str) -> Vec<RouteConfig> {
+/// pages unless `configured` routes take their paths (`/` among them: what
+/// no other route takes reaches the auth-service, which answers 404
+/// `not_found`).
+fn auth_routes(upstream: &str, configured: &[RouteConfig]) -> Vec<RouteConfig> {
+    let taken = |page: &str| configured.iter().any(|r| r.prefix.trim_end_matches('/') == page.trim_end_matches('/'));
     ["/auth/", "/.well-known/", "/openapi.json"]
         .into_iter()
-        .chain(auth_service::pages::PATHS)
+        .chain(auth_service::pages::PATHS.into_iter().filter(|page| !taken(page)))
         .map(|prefix| RouteConfig {
             // Refused at the gateway as the auth-service would refuse it.
             max_body_bytes: Some(auth_service::BODY_LIMIT as u64),
@@ -359,7 +361,7 @@ fn route_table(
     configured: &[RouteConfig],
     locals: &HashMap<String, axum::Router>,
 ) -> anyhow::Result<RouteTable> {
-    let mut all = auth_routes(auth_upstream);
+    let mut all = auth_routes(auth_upstream, configured);
     all.extend(configured.iter().cloned());
     Ok(RouteTable::build(&all, &[auth_upstream], locals)?)
 }
@@ -775,5 +777,28 @@ fn redact(url: &str) -> String {
             format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
         }
         _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixes(configured: &[RouteConfig]) -> Vec<String> {
+        auth_routes("http://auth:1", configured).into_iter().map(|r| r.prefix).collect()
+    }
+
+    #[test]
+    fn an_operators_route_takes_the_place_of_a_page_never_of_the_api() {
+        let built_in = prefixes(&[]);
+        assert!(built_in.iter().any(|p| p == "/") && built_in.iter().any(|p| p == "/login"), "{built_in:?}");
+        let frontend = RouteConfig::new("/", "http://frontend:3000", AuthMode::Public);
+        let assets = RouteConfig::new("/assets", "http://cdn:80", AuthMode::Public);
+        let with_own = prefixes(&[frontend.clone(), assets.clone()]);
+        assert!(!with_own.iter().any(|p| p == "/" || p == "/assets/"), "{with_own:?}");
+        assert!(with_own.iter().any(|p| p == "/login") && with_own.iter().any(|p| p == "/auth/"), "{with_own:?}");
+        // The table builds: no duplicate prefix with the operator's routes.
+        let table = route_table("http://auth:1", &[frontend, assets], &HashMap::new());
+        assert!(table.is_ok(), "{:?}", table.err());
     }
 }

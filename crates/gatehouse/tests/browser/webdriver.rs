@@ -36,7 +36,17 @@ pub fn available() -> bool {
 pub struct Browser {
     http: reqwest::Client,
     session: String,
-    _driver: Child,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    /// Ends chromedriver and every Chromium process it started (its own
+    /// process group), also when a test fails before `quit`.
+    fn drop(&mut self) {
+        if let Some(pid) = self.driver.id() {
+            let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -50,10 +60,12 @@ impl Browser {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .expect("chromedriver starts");
-        let http = reqwest::Client::new();
+        // No call may hang the test: WebDriver's own page-load limit is 300 s.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let base = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -68,6 +80,7 @@ impl Browser {
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "timeouts": {"pageLoad": 20_000, "script": 20_000},
             "goog:chromeOptions": {"binary": CHROMIUM, "args": [
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage",
@@ -78,7 +91,7 @@ impl Browser {
             http.post(format!("{base}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
         let session =
             created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_owned();
-        Self { http, session: format!("{base}/session/{session}"), _driver: driver }
+        Self { http, session: format!("{base}/session/{session}"), driver }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -102,7 +115,8 @@ impl Browser {
 
     /// Sizes the window to `width` × `height` CSS pixels (a phone: 390 × 844).
     pub async fn resize(&self, width: u32, height: u32) {
-        self.post("/window/rect", json!({"width": width, "height": height})).await;
+        let answer = self.post("/window/rect", json!({"width": width, "height": height})).await;
+        assert_eq!(answer["width"], width, "resizing: {answer}");
     }
 
     /// Presses `keys` on the keyboard, one after the other, wherever the
@@ -126,7 +140,8 @@ impl Browser {
     }
 
     pub async fn back(&self) {
-        self.post("/back", json!({})).await;
+        let answer = self.post("/back", json!({})).await;
+        assert!(answer.is_null(), "going back: {answer}");
     }
 
     pub async fn url(&self) -> String {
@@ -157,8 +172,10 @@ impl Browser {
 
     pub async fn type_into(&self, css: &str, text: &str) {
         let element = self.find(css).await;
-        self.post(&format!("/element/{}/clear", element.0), json!({})).await;
-        self.post(&format!("/element/{}/value", element.0), json!({"text": text})).await;
+        let cleared = self.post(&format!("/element/{}/clear", element.0), json!({})).await;
+        assert!(cleared.is_null(), "clearing {css}: {cleared}");
+        let typed = self.post(&format!("/element/{}/value", element.0), json!({"text": text})).await;
+        assert!(typed.is_null(), "typing into {css}: {typed}");
     }
 
     pub async fn click(&self, css: &str) {
