@@ -32,6 +32,8 @@ const PROVIDER_ERRORS = {
   access_denied: 'Signing in was cancelled or refused.',
   provider_unavailable: 'The provider cannot be reached. Try again later.',
   identity_taken: 'That provider account already signs in to another account.',
+  reauthentication_required: 'For your safety, sign in again, then link the provider within five minutes.',
+  unauthenticated: 'You were signed out before the provider answered. Sign in and try again.',
 };
 
 function csrfToken() {
@@ -115,8 +117,14 @@ function handle(formId, method, path, done, fields, extra) {
     if (button) button.disabled = true;
     try {
       const result = await api(method, path, fields ? body : undefined);
-      if (result.ok) await done(result, form);
-      else showError(form, result);
+      if (result.ok) {
+        await done(result, form);
+      } else {
+        showError(form, result);
+        // The code, for a page that offers more than words for it.
+        const code = result.data && result.data.error ? result.data.error.code : '';
+        form.dispatchEvent(new CustomEvent('refused', { detail: code }));
+      }
     } catch (_) {
       $(`${formId}-error`).textContent = 'The service cannot be reached. Check your connection and try again.';
     } finally {
@@ -219,6 +227,15 @@ const PAGES = {
       $('login-error').textContent = PROVIDER_ERRORS[failed] || 'Signing in with the provider failed. Try again.';
     }
     handle('login', 'POST', '/auth/login', () => location.assign(returnTo()), ['email', 'password']);
+    // Refused until confirmed: the link can be sent again from here.
+    const form = $('login');
+    form.addEventListener('refused', (event) => show('login-resend', event.detail === 'email_not_verified'));
+    $('login-resend').addEventListener('click', async () => {
+      const result = await api('POST', '/auth/email/resend', { email: form.elements.email.value });
+      $('login-error').textContent = result.ok
+        ? 'A new confirmation link is on its way.'
+        : 'The link could not be sent. Try again in a while.';
+    });
   },
 
   register() {
@@ -308,6 +325,11 @@ const PAGES = {
       }, `Unlink ${named}`));
     }
     if (identities.ok && identities.data.identities.length === 0) linked.append(item('None linked.'));
+    // A link that failed at the provider comes back here with ?error=CODE.
+    const linkFailed = new URLSearchParams(location.search).get('error');
+    if (linkFailed) {
+      $('identities-error').textContent = PROVIDER_ERRORS[linkFailed] || 'Linking the provider failed. Try again.';
+    }
     for (const button of document.querySelectorAll('[data-link-provider]')) {
       button.addEventListener('click', async () => {
         const provider = button.dataset.linkProvider;

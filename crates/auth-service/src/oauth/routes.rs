@@ -42,7 +42,11 @@ fn see_other(location: &str, cookies: impl IntoIterator<Item = HeaderValue>) -> 
 
 /// To the error page with `code`; the attempt's cookie is cleared.
 fn failed(state: &AppState, code: &str) -> Response {
-    let page = &state.oauth().error_url;
+    failed_to(&state.oauth().error_url, code)
+}
+
+/// To `page` with `?error=code`; the attempt's cookie is cleared.
+fn failed_to(page: &str, code: &str) -> Response {
     let separator = if page.contains('?') { '&' } else { '?' };
     see_other(&format!("{page}{separator}error={code}"), [cookies::clear(STATE_COOKIE, true)])
 }
@@ -103,7 +107,7 @@ pub(crate) async fn begin(
 #[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "oauth",
     params(("provider" = String, Path, description = "a configured provider's name")),
     responses(
-        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`, `email_not_verified`; after a link started at `/auth/me/identities/{provider}/link`: the identity added and sent to `return_to`, or `identity_taken` (it signs in to another account) or `unauthenticated` (the session that asked has ended)"),
+        (status = 303, description = "Signed in (the three session cookies set, as by password login) and sent to `return_to`; or sent to the error page with `error=` one of `invalid_state`, `access_denied` (or the provider's own error code), `provider_unavailable`, `provider_response_invalid`, `link_required`, `email_required`, `email_not_verified`; after a link started at `/auth/me/identities/{provider}/link`: the identity added and sent to `return_to`, or sent to `return_to` with `error=` `identity_taken` (it signs in to another account), `unauthenticated` (the session that asked has ended), `email_not_verified` or `reauthentication_required`"),
     ))]
 pub async fn callback(
     State(state): State<AppState>,
@@ -202,9 +206,10 @@ async fn linked(
         return failed(state, "invalid_state");
     };
     let event = |action| Event::new(action).by(user).session(session).with("provider", name);
+    // Back where the link started (the account page), told why.
     let refused = |code| {
         audit.note(event("identity.link_refused").reason(code));
-        failed(state, code)
+        failed_to(return_to, code)
     };
     let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, name);
     match state.accounts().link_external(user, session, claims, &notice).await {

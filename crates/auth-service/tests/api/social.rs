@@ -20,9 +20,15 @@ fn location(response: &Response) -> String {
 }
 
 fn error_of(response: &Response) -> String {
+    error_at(response, "/login")
+}
+
+/// The error `response` sends the browser to `page` with.
+fn error_at(response: &Response, page: &str) -> String {
     let to = location(response);
-    assert!(to.starts_with("/login?error="), "{to}");
-    to.trim_start_matches("/login?error=").to_owned()
+    let prefix = format!("{page}?error=");
+    assert!(to.starts_with(&prefix), "{to}");
+    to.trim_start_matches(&prefix).to_owned()
 }
 
 /// The browser at the provider, which answers at once: the URL it is sent back to.
@@ -309,7 +315,7 @@ async fn linking_needs_csrf_and_a_live_session_and_never_takes_another_accounts_
         let (to_provider, with_attempt) = start_link(&app, &owner, "github").await;
         let hijack = to_provider.replace("login=", "x=") + &format!("&login={}", theirs.replace('@', "%40"));
         let refused = back(&app, &with_attempt, &at_the_provider(&hijack).await).await;
-        assert_eq!(error_of(&refused), "identity_taken");
+        assert_eq!(error_at(&refused, "/account"), "identity_taken", "back where the link started");
         let owner_identities =
             body(app.with_cookies(Method::GET, "/auth/me/identities", &owner).send().await.unwrap()).await;
         assert_eq!(owner_identities["identities"], json!([]));
@@ -321,7 +327,7 @@ async fn linking_needs_csrf_and_a_live_session_and_never_takes_another_accounts_
         let logout = app.as_page(Method::DELETE, "/auth/logout", &owner).send().await.unwrap();
         assert_eq!(logout.status(), StatusCode::NO_CONTENT);
         let late = back(&app, &with_attempt, &at_the_provider(&to_provider).await).await;
-        assert_eq!(error_of(&late), "unauthenticated");
+        assert_eq!(error_at(&late, "/account"), "unauthenticated");
     })
     .await;
 }

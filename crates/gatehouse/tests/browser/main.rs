@@ -388,3 +388,34 @@ async fn a_keyboard_alone_signs_up_and_in_in_the_order_the_fields_are_read() {
     browser.quit().await;
     assert!(server.stop().await.success());
 }
+
+#[tokio::test]
+async fn a_user_refused_until_confirmed_gets_a_new_link_from_the_sign_in_page() {
+    if !webdriver::available() {
+        return;
+    }
+    let smtp = SmtpSink::start();
+    let dir = TempDir::new();
+    let server = serve_at(free_port(), &dir, &smtp, |cmd| {
+        cmd.env("GATEHOUSE_REGISTRATION__REQUIRE_VERIFIED_EMAIL", "true");
+    })
+    .await;
+    let url = server.url.clone();
+    let browser = Browser::start().await;
+    let email = format!("late-{}@example.com", uuid::Uuid::new_v4().simple());
+    sign_up(&browser, &url, &email).await;
+
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#login-error", "Confirm your email address first").await;
+    browser.click("#login-resend").await;
+    browser.wait_for_text("#login-error", "on its way").await;
+    // The second message is the new link; it confirms, and then sign-in works.
+    browser.goto(&mailed_link(&smtp, &url, &email, 2, "/verify-email").await).await;
+    browser.click("#verify button[type=submit]").await;
+    browser.wait_for_text("#verify-status", "confirmed").await;
+    sign_in(&browser, &url, &email, PASSWORD).await;
+    browser.wait_for_text("#who", &email).await;
+
+    browser.quit().await;
+    assert!(server.stop().await.success());
+}
