@@ -221,6 +221,12 @@ const PAGES = {
   },
 
   login() {
+    // The provider buttons return where this page would.
+    for (const link of document.querySelectorAll('.providers a')) {
+      const start = new URL(link.href);
+      start.searchParams.set('return_to', returnTo());
+      link.href = start.pathname + start.search;
+    }
     // A provider's sign-in that failed comes back here with ?error=CODE.
     const failed = new URLSearchParams(location.search).get('error');
     if (failed) {
@@ -365,7 +371,15 @@ const PAGES = {
           remove.elements.password.focus();
           return;
         }
-        return showError(remove, result);
+        showError(remove, result);
+        if (result.data && result.data.error && result.data.error.code === 'reauthentication_required') {
+          // A way back here, signed in anew.
+          const again = document.createElement('a');
+          again.href = '/login?return_to=/account';
+          again.textContent = 'Sign in again';
+          $('delete-error').append(' ', again);
+        }
+        return;
       }
       location.replace('/');
     });

@@ -269,14 +269,13 @@ async fn a_user_signs_in_with_an_openid_provider_by_its_button_and_sees_it_linke
 
     // The provider's own pages answer at once (the account comes from the
     // login hint, alice@example.com without one).
-    browser.goto(&format!("{url}/login")).await;
+    // Sent here from the account page, and back there once signed in.
+    browser.goto(&format!("{url}/login?return_to=/account")).await;
     browser.wait_for_text(".providers", "Continue with Corp").await;
     browser.screenshot("login-with-provider").await;
     browser.click(".providers a").await;
-    browser.wait_for_path("/").await;
-    browser.wait_for_text("#who", "alice@example.com").await;
-
-    browser.goto(&format!("{url}/account")).await;
+    browser.wait_for_path("/account").await;
+    browser.wait_for_text("#email", "alice@example.com").await;
     browser.wait_for_text("#identities", "corp (alice@example.com)").await;
     browser.wait_for_text("#verified", "confirmed").await;
     // No password: neither its change nor its field on deletion is offered.
