@@ -15,24 +15,43 @@ use webdriver::Browser;
 
 const NEW_PASSWORD: &str = "a brand new passphrase for the account";
 
-/// `gatehouse up` on a port of its own, its public URL that port, its mail
-/// to `smtp`.
-async fn serve(dir: &TempDir, smtp: &SmtpSink) -> Server {
-    serve_at(free_port(), dir, smtp, |_| {}).await
+/// A headless Chromium and `gatehouse up` on a port of its own (its
+/// public URL that port), its mail to a real SMTP server.
+struct Rig {
+    browser: Browser,
+    server: Server,
+    smtp: SmtpSink,
+    url: String,
+    _dir: TempDir,
 }
 
-/// [`serve`] on `port`, the command made ready by `configure` first.
-async fn serve_at(
-    port: u16,
-    dir: &TempDir,
-    smtp: &SmtpSink,
-    configure: impl FnOnce(&mut tokio::process::Command),
-) -> Server {
-    let url = format!("http://127.0.0.1:{port}");
-    let mut cmd = gatehouse(&dir.data());
-    cmd.env("GATEHOUSE_PUBLIC_URL", &url).env("GATEHOUSE_MAIL__SMTP_URL", smtp.url());
-    configure(&mut cmd);
-    start_listening(cmd, &format!("127.0.0.1:{port}")).await
+impl Rig {
+    /// `None` where browser tests cannot run (see [`webdriver::available`]).
+    async fn start() -> Option<Self> {
+        Self::start_at(free_port(), |_, _| {}).await
+    }
+
+    /// On `port`, the command made ready by `configure` (with the test's
+    /// directory) first.
+    async fn start_at(port: u16, configure: impl FnOnce(&mut tokio::process::Command, &TempDir)) -> Option<Self> {
+        if !webdriver::available() {
+            return None;
+        }
+        let smtp = SmtpSink::start();
+        let dir = TempDir::new();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut cmd = gatehouse(&dir.data());
+        cmd.env("GATEHOUSE_PUBLIC_URL", &url).env("GATEHOUSE_MAIL__SMTP_URL", smtp.url());
+        configure(&mut cmd, &dir);
+        let server = start_listening(cmd, &format!("127.0.0.1:{port}")).await;
+        Some(Self { browser: Browser::start().await, server, smtp, url, _dir: dir })
+    }
+
+    /// Closes the browser; the server must stop cleanly.
+    async fn finish(self) {
+        self.browser.quit().await;
+        assert!(self.server.stop().await.success());
+    }
 }
 
 /// The `n`-th message to `email`'s link to `page`, as the browser follows it.
@@ -59,14 +78,8 @@ async fn sign_in(browser: &Browser, url: &str, email: &str, password: &str) {
 
 #[tokio::test]
 async fn a_new_user_signs_up_confirms_signs_in_keeps_a_note_resets_the_password_and_leaves() {
-    if !webdriver::available() {
-        return;
-    }
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let server = serve(&dir, &smtp).await;
-    let url = server.url.clone();
-    let browser = Browser::start().await;
+    let Some(rig) = Rig::start().await else { return };
+    let (browser, smtp, url) = (&rig.browser, &rig.smtp, rig.url.clone());
     let email = format!("browser-{}@example.com", uuid::Uuid::new_v4().simple());
 
     // Sign up; a too-short password is explained next to its field first.
@@ -81,17 +94,17 @@ async fn a_new_user_signs_up_confirms_signs_in_keeps_a_note_resets_the_password_
     browser.wait_for_text("#register-done", "Account created").await;
 
     // Confirm the address by the mailed link.
-    browser.goto(&mailed_link(&smtp, &url, &email, 1, "/verify-email").await).await;
+    browser.goto(&mailed_link(smtp, &url, &email, 1, "/verify-email").await).await;
     browser.screenshot("verify-email").await;
     browser.click("#verify button[type=submit]").await;
     browser.wait_for_text("#verify-status", "confirmed").await;
     assert!(!browser.url().await.contains("token="), "the token leaves the address bar");
 
     // A wrong password is told in plain words; the right one signs in.
-    sign_in(&browser, &url, &email, "not the password at all").await;
+    sign_in(browser, &url, &email, "not the password at all").await;
     browser.wait_for_text("#login-error", "email address or password is wrong").await;
     browser.screenshot("login").await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_path("/").await;
     browser.wait_for_text("#who", &email).await;
 
@@ -130,14 +143,14 @@ async fn a_new_user_signs_up_confirms_signs_in_keeps_a_note_resets_the_password_
     browser.type_into("#forgot-email", &email).await;
     browser.click("#forgot button[type=submit]").await;
     browser.wait_for_text("#forgot-done", "on its way").await;
-    browser.goto(&mailed_link(&smtp, &url, &email, 2, "/reset-password").await).await;
+    browser.goto(&mailed_link(smtp, &url, &email, 2, "/reset-password").await).await;
     browser.screenshot("reset-password").await;
     browser.type_into("#reset-password", NEW_PASSWORD).await;
     browser.click("#reset button[type=submit]").await;
     browser.wait_for_text("#reset-done", "Your password is set").await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#login-error", "wrong").await;
-    sign_in(&browser, &url, &email, NEW_PASSWORD).await;
+    sign_in(browser, &url, &email, NEW_PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
     browser.wait_for_text("#notes", "remember the milk").await;
 
@@ -150,11 +163,10 @@ async fn a_new_user_signs_up_confirms_signs_in_keeps_a_note_resets_the_password_
     browser.click("#delete-confirm").await;
     browser.click("#delete button[type=submit]").await;
     browser.wait_for_text("#signed-out", "Sign in").await;
-    sign_in(&browser, &url, &email, NEW_PASSWORD).await;
+    sign_in(browser, &url, &email, NEW_PASSWORD).await;
     browser.wait_for_text("#login-error", "wrong").await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
 
 /// Serves `html` to every request on a port of its own, as another site.
@@ -187,17 +199,11 @@ async fn other_site(html: String) -> u16 {
 
 #[tokio::test]
 async fn a_form_on_another_site_cannot_act_for_a_signed_in_user() {
-    if !webdriver::available() {
-        return;
-    }
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let server = serve(&dir, &smtp).await;
-    let url = server.url.clone();
-    let browser = Browser::start().await;
+    let Some(rig) = Rig::start().await else { return };
+    let (browser, url) = (&rig.browser, rig.url.clone());
     let email = format!("victim-{}@example.com", uuid::Uuid::new_v4().simple());
-    sign_up(&browser, &url, &email).await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_up(browser, &url, &email).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
 
     browser.type_into("#note-body", "the owner's own note").await;
@@ -238,34 +244,27 @@ async fn a_form_on_another_site_cannot_act_for_a_signed_in_user() {
     assert!(!notes.contains("planted"), "{notes}");
     browser.click("#sign-out button").await;
     browser.wait_for_path("/login").await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn a_user_signs_in_with_an_openid_provider_by_its_button_and_sees_it_linked() {
-    if !webdriver::available() {
-        return;
-    }
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let provider = OidcProvider::start(&format!("{url}/auth/oauth/corp/callback"));
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let config = dir.0.join("gatehouse.toml");
-    let toml = format!(
-        "[oauth.providers.corp]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"gatehouse\"\n",
-        provider.issuer
-    );
-    std::fs::write(&config, toml).unwrap();
-    let server = serve_at(port, &dir, &smtp, |cmd| {
+    let provider = OidcProvider::start(&format!("http://127.0.0.1:{port}/auth/oauth/corp/callback"));
+    let rig = Rig::start_at(port, |cmd, dir| {
+        let config = dir.0.join("gatehouse.toml");
+        let toml = format!(
+            "[oauth.providers.corp]\nkind = \"oidc\"\nissuer = \"{}\"\nclient_id = \"gatehouse\"\n",
+            provider.issuer
+        );
+        std::fs::write(&config, toml).unwrap();
         cmd.arg("--config").arg(&config).env("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_SECRET", "test-secret");
-    })
-    .await;
-    let browser = Browser::start().await;
+    });
+    let Some(rig) = rig.await else { return };
+    let (browser, url) = (&rig.browser, rig.url.clone());
 
     // The provider's own pages answer at once (the account comes from the
     // login hint, alice@example.com without one).
@@ -285,20 +284,13 @@ async fn a_user_signs_in_with_an_openid_provider_by_its_button_and_sees_it_linke
     assert_eq!(hidden, serde_json::json!([true, true]));
     browser.screenshot("account-with-provider").await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn every_page_labels_its_fields_helps_password_managers_and_fits_a_phone() {
-    if !webdriver::available() {
-        return;
-    }
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let server = serve(&dir, &smtp).await;
-    let url = server.url.clone();
-    let browser = Browser::start().await;
+    let Some(rig) = Rig::start().await else { return };
+    let (browser, url) = (&rig.browser, rig.url.clone());
     browser.resize(390, 844).await;
     // Every visible field: a label naming it, an autocomplete hint for
     // addresses and passwords; and nothing wider than the screen.
@@ -335,30 +327,23 @@ async fn every_page_labels_its_fields_helps_password_managers_and_fits_a_phone()
 
     // The account page, signed in.
     let email = format!("phone-{}@example.com", uuid::Uuid::new_v4().simple());
-    sign_up(&browser, &url, &email).await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_up(browser, &url, &email).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
     browser.goto(&format!("{url}/account")).await;
     browser.wait_for_text("#email", &email).await;
     assert_eq!(browser.run(check).await, serde_json::json!([]), "/account");
     browser.screenshot("phone-account").await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn a_keyboard_alone_signs_up_and_in_in_the_order_the_fields_are_read() {
-    if !webdriver::available() {
-        return;
-    }
     const TAB: &str = "\u{E004}";
     const ENTER: &str = "\u{E007}";
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let server = serve(&dir, &smtp).await;
-    let url = server.url.clone();
-    let browser = Browser::start().await;
+    let Some(rig) = Rig::start().await else { return };
+    let (browser, url) = (&rig.browser, rig.url.clone());
     let email = format!("keys-{}@example.com", uuid::Uuid::new_v4().simple());
 
     browser.goto(&format!("{url}/register")).await;
@@ -384,37 +369,29 @@ async fn a_keyboard_alone_signs_up_and_in_in_the_order_the_fields_are_read() {
     browser.press(&format!("{PASSWORD}{ENTER}")).await;
     browser.wait_for_text("#who", &email).await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
 
 #[tokio::test]
 async fn a_user_refused_until_confirmed_gets_a_new_link_from_the_sign_in_page() {
-    if !webdriver::available() {
-        return;
-    }
-    let smtp = SmtpSink::start();
-    let dir = TempDir::new();
-    let server = serve_at(free_port(), &dir, &smtp, |cmd| {
+    let rig = Rig::start_at(free_port(), |cmd, _| {
         cmd.env("GATEHOUSE_REGISTRATION__REQUIRE_VERIFIED_EMAIL", "true");
-    })
-    .await;
-    let url = server.url.clone();
-    let browser = Browser::start().await;
+    });
+    let Some(rig) = rig.await else { return };
+    let (browser, smtp, url) = (&rig.browser, &rig.smtp, rig.url.clone());
     let email = format!("late-{}@example.com", uuid::Uuid::new_v4().simple());
-    sign_up(&browser, &url, &email).await;
+    sign_up(browser, &url, &email).await;
 
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#login-error", "Confirm your email address first").await;
     browser.click("#login-resend").await;
     browser.wait_for_text("#login-error", "on its way").await;
     // The second message is the new link; it confirms, and then sign-in works.
-    browser.goto(&mailed_link(&smtp, &url, &email, 2, "/verify-email").await).await;
+    browser.goto(&mailed_link(smtp, &url, &email, 2, "/verify-email").await).await;
     browser.click("#verify button[type=submit]").await;
     browser.wait_for_text("#verify-status", "confirmed").await;
-    sign_in(&browser, &url, &email, PASSWORD).await;
+    sign_in(browser, &url, &email, PASSWORD).await;
     browser.wait_for_text("#who", &email).await;
 
-    browser.quit().await;
-    assert!(server.stop().await.success());
+    rig.finish().await;
 }
