@@ -81,6 +81,17 @@ impl Event {
     }
 }
 
+/// Who sent the request, read once by [`record`] and left in the request's
+/// extensions for whoever else records it (the admin guard's actor).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    /// The client's address, as the service trusts it.
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    /// The request id it came with, if usable (see [`request_id`]).
+    pub request_id: Option<String>,
+}
+
 /// Where a handler notes the event its answer makes; taken from the
 /// request (put there by [`record`]).
 #[derive(Debug, Clone, Default)]
@@ -129,12 +140,16 @@ pub fn user_agent(headers: &HeaderMap) -> Option<String> {
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
-    let given_id = request_id(&parts.headers);
-    let agent = user_agent(&parts.headers);
+    let client = Client {
+        ip: ip.map(|ip| ip.to_string()),
+        user_agent: user_agent(&parts.headers),
+        request_id: request_id(&parts.headers),
+    };
     let audit = Audit::default();
     parts.extensions.insert(audit.clone());
+    parts.extensions.insert(client.clone());
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    let request_id = given_id.unwrap_or_else(|| {
+    let request_id = client.request_id.unwrap_or_else(|| {
         let made = uuid::Uuid::now_v7().simple().to_string();
         if let Ok(value) = HeaderValue::from_str(&made) {
             response.headers_mut().insert(REQUEST_ID, value);
@@ -151,8 +166,8 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
         target: event.user.map(|u| u.to_string()),
         request_id: Some(request_id),
         detail: Value::Object(event.detail),
-        ip: ip.map(|ip| ip.to_string()),
-        user_agent: agent,
+        ip: client.ip,
+        user_agent: client.user_agent,
         reason: event.reason,
     };
     log(&entry, alarming);

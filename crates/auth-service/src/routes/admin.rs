@@ -18,7 +18,6 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::accounts::ClientAddress;
 use crate::caller::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::{AppState, audit};
@@ -40,14 +39,10 @@ pub struct AdminActor(pub Actor);
 /// `forbidden` for a user without it.
 pub async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
-    let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
-    let actor = Actor {
-        user: None,
-        request_id: audit::request_id(&parts.headers),
-        via: "api",
-        ip: ip.map(|ip| ip.to_string()),
-        user_agent: audit::user_agent(&parts.headers),
-    };
+    // The client as the audit layer round every route read it.
+    let client = parts.extensions.get::<audit::Client>().cloned().unwrap_or_default();
+    let actor =
+        Actor { user: None, request_id: client.request_id, via: "api", ip: client.ip, user_agent: client.user_agent };
     let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let actor = match auth_tokens::bearer_is(authorization, state.settings().operator_token.as_deref()) {
         true => Actor { via: "operator_token", ..actor },

@@ -291,6 +291,7 @@ async fn roles_are_checked_built_in_ones_kept_and_every_action_audited() {
         assert_eq!(tagged.json(&json!({"permissions": []})).send().await.unwrap().status(), StatusCode::OK);
         let newest = body(app.as_page(Method::GET, "/auth/admin/audit?limit=1", &admin).send().await.unwrap()).await;
         assert_eq!(newest["entries"][0]["request_id"], "req-7");
+        assert_eq!(newest["entries"][0]["ip"], "127.0.0.1", "and the client it came from");
     })
     .await;
 }
