@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Login flood benchmark, all on 127.0.0.1, bounded in time, stops by itself.
-# Does a flood of logins starve the other requests? Per round:
-#   1. the raw Argon2id rate of this machine: one thread per core hashing
-#      with Gatehouse's parameters, nothing else running, for 5 s before
-#      and 5 s after the rest of the round (this VM's speed drifts by tens
-#      of per cent over minutes; the mean of the two is the reference);
-#   2. `gatehouse up` (SQLite), per-client login limits lifted, hashing
-#      threads at nice NICE; GET /auth/me through the gateway, 100 a second
-#      for PROBE seconds, idle: p50 and p99;
-#   3. the same probe while wrk floods POST /auth/login (right password,
-#      CONNECTIONS at once) for FLOOD seconds: p50 and p99, and successful
-#      logins per second against the raw rate.
-# Rounds alternate nice 0 (hashing as the serving threads) and the default
-# 10. Prints a Markdown table for docs/BENCHMARKS.md.
+# Does a flood of logins starve the other requests, and how close do
+# logins come to the machine's raw Argon2id rate? Per round, for each
+# hashing nice value (0: as the serving threads; 10: the default), with
+# `gatehouse up` (SQLite) running, per-client login limits lifted:
+#   1. latency: GET /auth/me through the gateway, 100 a second for PROBE
+#      seconds, idle, then again while wrk floods POST /auth/login (right
+#      password, CONNECTIONS at once) for FLOOD seconds: p50 and p99;
+#   2. throughput, interleaved: PAIRS times a window of the raw Argon2id
+#      rate (one thread per core hashing with Gatehouse's parameters,
+#      nothing else running) then a window of the flood, WINDOW seconds
+#      each, and a last raw window. Each flood window is compared with the
+#      mean of the raw windows on either side; the ratio is total logins
+#      over total reference. (This VM's speed drifts by tens of per cent
+#      within minutes; raw rates taken a minute apart hid the difference.)
+# Prints a Markdown table for docs/BENCHMARKS.md.
 #
-# Usage: bench/login-flood.sh        (ROUNDS=2 FLOOD=15 PROBE=8 CONNECTIONS=8)
+# Usage: bench/login-flood.sh
+#   (ROUNDS=2 FLOOD=15 PROBE=8 CONNECTIONS=16 PAIRS=6 WINDOW=3 ACCOUNTS=32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/common.sh
@@ -22,7 +25,10 @@ cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"
 FLOOD="${FLOOD:-15}"
 PROBE="${PROBE:-8}"
-CONNECTIONS="${CONNECTIONS:-8}"
+CONNECTIONS="${CONNECTIONS:-16}"
+PAIRS="${PAIRS:-6}"
+WINDOW="${WINDOW:-3}"
+ACCOUNTS="${ACCOUNTS:-32}"
 PORT=19111
 
 if ! command -v wrk >/dev/null; then
@@ -39,11 +45,20 @@ cleanup() {
 }
 trap cleanup EXIT
 
-creds='{"email":"flood@example.com","password":"correct horse battery staple"}'
+# ACCOUNTS accounts, signed in to in turn: many users at once, as after an
+# outage. (One account from many connections trips its own login
+# throttling: more than five attempts in flight are refused with 429.)
+password="correct horse battery staple"
+creds="{\"email\":\"flood0@example.com\",\"password\":\"$password\"}"
 cat > "$work/login.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '$creds'
+local n = 0
+request = function()
+  n = n + 1
+  local body = string.format('{"email":"flood%d@example.com","password":"$password"}', n % $ACCOUNTS)
+  return wrk.format(nil, nil, nil, body)
+end
 LUA
 
 # GET URL with COOKIE, RATE a second for SECONDS, one keep-alive connection;
@@ -72,9 +87,21 @@ print(f"{took[len(took) // 2]:.1f} {took[int(len(took) * 0.99)]:.1f}")
 PY
 }
 
+# Successful logins a second during a WINDOW-second flood.
+flood_window() { # port
+  wrk -t1 -c"$CONNECTIONS" -d"${WINDOW}s" -s "$work/login.lua" "http://127.0.0.1:$1/auth/login" > "$work/wrk"
+  local total failed
+  total="$(awk '/requests in/ {print $1}' "$work/wrk")"
+  failed="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
+  echo "($total - ${failed:-0}) / $WINDOW" | bc -l
+}
+
+raw_window() {
+  target/release/examples/argon2_rate "$WINDOW" | awk '{print $2}'
+}
+
 round() { # nice
-  local nice="$1" raw before after cookie idle flood out total failed logins
-  before="$(target/release/examples/argon2_rate 5 | awk '{print $2}')"
+  local nice="$1" cookie idle flood failed raws=() logins=()
   rm -rf "$work/data"
   cat > "$work/gatehouse.toml" <<CONF
 listen = "127.0.0.1:$PORT"
@@ -88,11 +115,17 @@ nice = $nice
 [limits.login]
 burst = 1000000
 per_minute = 1000000
+[limits.register]
+burst = 1000000
+per_minute = 1000000
 CONF
   target/release/gatehouse --config "$work/gatehouse.toml" up > "$work/log" 2>&1 &
   gatehouse_pid=$!
   wait_for "http://127.0.0.1:$PORT/healthz"
-  curl -sf -X POST "http://127.0.0.1:$PORT/auth/register" -H 'Content-Type: application/json' -d "$creds" >/dev/null
+  for i in $(seq 0 $((ACCOUNTS - 1))); do
+    curl -sf -X POST "http://127.0.0.1:$PORT/auth/register" -H 'Content-Type: application/json' \
+      -d "{\"email\":\"flood$i@example.com\",\"password\":\"$password\"}" >/dev/null
+  done
   cookie="$(curl -sf -D - -o /dev/null -X POST "http://127.0.0.1:$PORT/auth/login" \
     -H 'Content-Type: application/json' -d "$creds" \
     | tr -d '\r' | sed -n 's/^set-cookie: \(__Host-access_token=[^;]*\);.*/\1/Ip')"
@@ -102,20 +135,31 @@ CONF
   sleep 2
   flood="$(probe "$PORT" "$cookie" "$PROBE")"
   wait "$wrk_pid"
-  total="$(awk '/requests in/ {print $1}' "$work/wrk")"
   failed="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
-  logins="$(echo "($total - ${failed:-0}) / $FLOOD" | bc -l)"
+  for _ in $(seq "$PAIRS"); do
+    raws+=("$(raw_window)")
+    logins+=("$(flood_window "$PORT")")
+  done
+  raws+=("$(raw_window)")
   kill "$gatehouse_pid"; wait "$gatehouse_pid" 2>/dev/null || true; gatehouse_pid=""
-  after="$(target/release/examples/argon2_rate 5 | awk '{print $2}')"
-  raw="$(echo "($before + $after) / 2" | bc -l)"
-  printf '| %s | %.0f | %.1f | %.2f | %s / %s | %s / %s | %s |\n' "$nice" "$raw" "$logins" \
-    "$(echo "$logins / $raw" | bc -l)" ${idle% *} ${idle#* } ${flood% *} ${flood#* } "${failed:-0}"
+  python3 - "$nice" "${raws[*]}" "${logins[*]}" "$idle" "$flood" "${failed:-0}" <<'PY'
+import sys
+nice, raws, logins, idle, flood, failed = sys.argv[1:]
+raws = [float(r) for r in raws.split()]
+logins = [float(l) for l in logins.split()]
+reference = [(a + b) / 2 for a, b in zip(raws, raws[1:])]
+each = [l / r for l, r in zip(logins, reference)]
+print(f"| {nice} | {sum(reference) / len(reference):.0f} | {sum(logins) / len(logins):.1f} "
+      f"| {sum(logins) / sum(reference):.2f} | {min(each):.2f}–{max(each):.2f} "
+      f"| {' / '.join(idle.split())} | {' / '.join(flood.split())} | {failed} |")
+PY
 }
 
-echo "login flood: wrk -t1 -c$CONNECTIONS ${FLOOD}s of right-password logins; /auth/me probed 100/s for ${PROBE}s"
+echo "login flood: wrk -t1 -c$CONNECTIONS over $ACCOUNTS accounts; /auth/me probed 100/s for ${PROBE}s idle and during ${FLOOD}s of flood;"
+echo "throughput from $PAIRS interleaved ${WINDOW}s windows of raw hashing and of flood"
 echo
-echo "| hashing nice | raw Argon2id hashes/s | logins/s | logins ÷ raw | /auth/me p50 / p99 idle (ms) | /auth/me p50 / p99 during flood (ms) | non-2xx logins |"
-echo "|---|---|---|---|---|---|---|"
+echo "| hashing nice | raw Argon2id hashes/s | logins/s | logins ÷ raw | windows | /auth/me p50 / p99 idle (ms) | /auth/me p50 / p99 during flood (ms) | non-2xx logins |"
+echo "|---|---|---|---|---|---|---|---|"
 for _ in $(seq "$ROUNDS"); do
   round 0
   round 10

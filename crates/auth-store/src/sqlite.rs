@@ -22,8 +22,22 @@ use crate::{Health, OpenError, event_columns, session_columns, store_error, user
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The same file, for writes a power cut may take back without harm:
+    /// the throttling counters and the relay's published marks. Their
+    /// commits do not wait for the disk (`synchronous=NORMAL`); the next
+    /// commit on `pool` or the next checkpoint makes them durable, and a
+    /// crash of the process alone loses none of them. A login writes
+    /// three times here (bucket, attempt, cleared count) and twice on
+    /// `pool` (session, audit row); each wait for the disk costs CPU that
+    /// hashing passwords needs.
+    relaxed: SqlitePool,
     /// One relay batch at a time (SQLite serves a single process).
     relay: Arc<tokio::sync::Mutex<()>>,
+    /// One read-then-write of a counter at a time. SQLite serves a single
+    /// process, so this lock makes each atomic as a write transaction
+    /// would, in two trips to a connection's thread instead of four, and
+    /// waiters queue here instead of polling the file lock.
+    counting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -38,13 +52,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .after_release(|conn, _| Box::pin(keep_after_release(conn)))
-            .connect_with(options)
-            .await
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        Ok(Self { pool, relay: Arc::default() })
+        let pool = open_pool(8, options.clone()).await?;
+        let relaxed = open_pool(2, options.synchronous(SqliteSynchronous::Normal)).await?;
+        Ok(Self { pool, relaxed, relay: Arc::default(), counting: Arc::default() })
+    }
+
+    /// The pool for counters and marks (see [`SqliteStore::relaxed`]).
+    pub(crate) fn relaxed(&self) -> &SqlitePool {
+        &self.relaxed
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -69,6 +84,24 @@ impl SqliteStore {
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
     }
+
+    /// Holds off every other read-then-write of a counter (see
+    /// [`SqliteStore::counting`]) until dropped.
+    pub(crate) async fn counting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.counting.lock().await
+    }
+}
+
+async fn open_pool(connections: u32, options: SqliteConnectOptions) -> Result<SqlitePool, OpenError> {
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        // A file cannot hang up as a server can: no ping (a round trip to
+        // the connection's thread) before each use.
+        .test_before_acquire(false)
+        .after_release(|conn, _| Box::pin(keep_after_release(conn)))
+        .connect_with(options)
+        .await
+        .map_err(|e| OpenError::Connect(e.to_string()))
 }
 
 /// Whether a connection going back to the pool may serve again: only when
@@ -80,6 +113,11 @@ impl SqliteStore {
 /// is closed instead (closing rolls back whatever it still holds).
 async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection as _;
+    // Out of every transaction already (the common case: committed, or no
+    // transaction at all): nothing is queued that could change that.
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     // Runs the rollback a dropped transaction queued, so the count is settled.
     conn.ping().await?;
     let clean = !conn.is_in_transaction();
@@ -472,17 +510,24 @@ impl Outbox for SqliteStore {
         rows.iter().map(event_from).collect()
     }
 
+    /// One statement, on the relaxed pool: a mark a power cut takes back
+    /// only publishes its event again, which delivery is ready for (at
+    /// least once, deduplicated by event id).
     async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE outbox SET published_at = ? WHERE id = ? AND published_at IS NULL")
-                .bind(ms(now))
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
+        if ids.is_empty() {
+            return Ok(());
         }
-        tx.commit().await.map_err(store_error)
+        let ids = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        sqlx::query(
+            "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(ms(now))
+        .bind(ids)
+        .execute(&self.relaxed)
+        .await
+        .map_err(store_error)?;
+        Ok(())
     }
 
     async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {

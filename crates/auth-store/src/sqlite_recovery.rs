@@ -308,17 +308,17 @@ impl Throttle for SqliteStore {
         .bind(key)
         .bind(ms(now))
         .bind(ms(now - window))
-        .fetch_one(self.pool())
+        .fetch_one(self.relaxed())
         .await
         .map_err(store_error)?;
         Ok(Hits { count: u32::try_from(count).unwrap_or(u32::MAX), window_ends: from_ms(start)? + window })
     }
 
     async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let _alone = self.counting().await;
         let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
             .bind(key)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(self.relaxed())
             .await
             .map_err(store_error)?;
         let held = held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)));
@@ -333,10 +333,9 @@ impl Throttle for SqliteStore {
         .bind(key)
         .bind(tokens)
         .bind(ms(now))
-        .execute(&mut *tx)
+        .execute(self.relaxed())
         .await
         .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
         Ok(None)
     }
 
@@ -346,11 +345,11 @@ impl Throttle for SqliteStore {
         policy: &AttemptPolicy,
         now: OffsetDateTime,
     ) -> Result<Option<Duration>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let _alone = self.counting().await;
         let held: Option<(i64, i64)> =
             sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
                 .bind(key)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(self.relaxed())
                 .await
                 .map_err(store_error)?;
         let (failures, blocked_until) = held.unwrap_or((0, 0));
@@ -367,17 +366,19 @@ impl Throttle for SqliteStore {
         .bind(i64::from(failures))
         .bind(ms(blocked_until))
         .bind(ms(now))
-        .execute(&mut *tx)
+        .execute(self.relaxed())
         .await
         .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
         Ok(None)
     }
 
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
+        // Not between a claim's read and its write, which would count on
+        // from what it read.
+        let _alone = self.counting().await;
         sqlx::query("DELETE FROM login_attempts WHERE key = ?")
             .bind(key)
-            .execute(self.pool())
+            .execute(self.relaxed())
             .await
             .map_err(store_error)
             .map(|_| ())

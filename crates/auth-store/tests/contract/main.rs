@@ -285,6 +285,22 @@ async fn the_outbox_yields_unpublished_events_in_order_until_marked() {
         let rest = stores.outbox.unpublished(10).await.unwrap();
         assert_eq!(kinds(&rest), vec![EventKind::LoggedIn]);
         assert!(stores.outbox.events_of(u.id).await.unwrap()[0].published_at.is_some());
+
+        // Several at once: exactly those, and a mark already made stays.
+        let registered_event = pending[0].event.id;
+        logged_in(&stores, u.id, now()).await;
+        logged_in(&stores, u.id, now()).await;
+        let pending = stores.outbox.unpublished(10).await.unwrap();
+        assert_eq!(pending.len(), 3);
+        let later = now() + time::Duration::minutes(5);
+        let marked =
+            [pending[0].event.id, pending[2].event.id, registered_event, pending[0].event.id, uuid::Uuid::now_v7()];
+        stores.outbox.mark_published(&marked, later).await.unwrap();
+        let left = stores.outbox.unpublished(10).await.unwrap();
+        assert_eq!(left.iter().map(|e| e.event.id).collect::<Vec<_>>(), vec![pending[1].event.id]);
+        let first = &stores.outbox.events_of(u.id).await.unwrap()[0];
+        assert!(first.published_at.is_some_and(|at| at < later), "a mark already made stays");
+        stores.outbox.mark_published(&[], later).await.unwrap();
     })
     .await;
 }
