@@ -8,8 +8,9 @@
 #      seconds, idle, then again while wrk floods POST /auth/login (right
 #      password, CONNECTIONS at once) for FLOOD seconds: p50 and p99;
 #   2. throughput, interleaved: PAIRS times a window of the raw Argon2id
-#      rate (one thread per core hashing with Gatehouse's parameters,
-#      nothing else running) then a window of the flood, WINDOW seconds
+#      rate (one thread per core hashing with Gatehouse's parameters; the
+#      server up, sent nothing, a second after the last flood ended) then
+#      a window of the flood, WINDOW seconds
 #      each, and a last raw window. Each flood window is compared with the
 #      mean of the raw windows on either side; the ratio is total logins
 #      over total reference. (This VM's speed drifts by tens of per cent
@@ -87,16 +88,19 @@ print(f"{took[len(took) // 2]:.1f} {took[int(len(took) * 0.99)]:.1f}")
 PY
 }
 
-# Successful logins a second during a WINDOW-second flood.
+# A WINDOW-second flood: "successful logins a second, refused or failed".
 flood_window() { # port
   wrk -t1 -c"$CONNECTIONS" -d"${WINDOW}s" -s "$work/login.lua" "http://127.0.0.1:$1/auth/login" > "$work/wrk"
-  local total failed
-  total="$(awk '/requests in/ {print $1}' "$work/wrk")"
-  failed="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
-  echo "($total - ${failed:-0}) / $WINDOW" | bc -l
+  awk '/requests in/ {total = $1; took = $4 + 0}
+       /Non-2xx/ {failed = $5}
+       /Socket errors/ {gsub(",", ""); errors = $4 + $6 + $8 + $10}
+       END {printf "%f %d\n", (total - failed) / took, failed + errors}' "$work/wrk"
 }
 
+# The raw rate over WINDOW seconds, once the server has finished the last
+# flood's work (hashes in flight, the relay's batch).
 raw_window() {
+  sleep 1
   target/release/examples/argon2_rate "$WINDOW" | awk '{print $2}'
 }
 
@@ -136,13 +140,16 @@ CONF
   flood="$(probe "$PORT" "$cookie" "$PROBE")"
   wait "$wrk_pid"
   failed="$(awk '/Non-2xx/ {print $5}' "$work/wrk")"
+  local window refused=0
   for _ in $(seq "$PAIRS"); do
     raws+=("$(raw_window)")
-    logins+=("$(flood_window "$PORT")")
+    window="$(flood_window "$PORT")"
+    logins+=("${window% *}")
+    refused=$((refused + ${window#* }))
   done
   raws+=("$(raw_window)")
   kill "$gatehouse_pid"; wait "$gatehouse_pid" 2>/dev/null || true; gatehouse_pid=""
-  python3 - "$nice" "${raws[*]}" "${logins[*]}" "$idle" "$flood" "${failed:-0}" <<'PY'
+  python3 - "$nice" "${raws[*]}" "${logins[*]}" "$idle" "$flood" "${failed:-0} / $refused" <<'PY'
 import sys
 nice, raws, logins, idle, flood, failed = sys.argv[1:]
 raws = [float(r) for r in raws.split()]
@@ -158,7 +165,7 @@ PY
 echo "login flood: wrk -t1 -c$CONNECTIONS over $ACCOUNTS accounts; /auth/me probed 100/s for ${PROBE}s idle and during ${FLOOD}s of flood;"
 echo "throughput from $PAIRS interleaved ${WINDOW}s windows of raw hashing and of flood"
 echo
-echo "| hashing nice | raw Argon2id hashes/s | logins/s | logins ÷ raw | windows | /auth/me p50 / p99 idle (ms) | /auth/me p50 / p99 during flood (ms) | non-2xx logins |"
+echo "| hashing nice | raw Argon2id hashes/s | logins/s | logins ÷ raw | windows | /auth/me p50 / p99 idle (ms) | /auth/me p50 / p99 during flood (ms) | non-2xx or failed logins (latency flood / windows) |"
 echo "|---|---|---|---|---|---|---|---|"
 for _ in $(seq "$ROUNDS"); do
   round 0

@@ -97,8 +97,30 @@ pub enum OpenError {
     UnknownScheme(String),
     #[error("cannot open the database: {0}")]
     Connect(String),
+    #[error(
+        "another process is serving the SQLite database {0}; SQLite serves one process \
+         (stop it first, or use PostgreSQL for several)"
+    )]
+    InUse(String),
     #[error("migration {version} ({name}) failed: {reason}")]
     Migration { version: i64, name: &'static str, reason: String },
+}
+
+/// [`open`] with migrations, for a process that serves requests. A SQLite
+/// database is claimed for this process alone (an exclusive lock on the
+/// file `<database>.serving`, held as long as any of the stores' ports
+/// lives and released by the system when the process ends, however it ends):
+/// its counters and its relay count on no other process writing, so a
+/// second serving process is refused at start. Commands such as
+/// `gatehouse users` use [`open`] and run beside a server.
+pub async fn open_to_serve(url: &str) -> Result<Stores, OpenError> {
+    if !url.starts_with("sqlite:") {
+        return open(url, true).await;
+    }
+    let serving = sqlite::claim_serving(url)?;
+    let store = SqliteStore::connect(url).await?.serving(serving);
+    store.migrate().await?;
+    Ok(Stores::of(store, "sqlite"))
 }
 
 /// Connects to the database named by `url`, applying migrations when `migrate` is set.

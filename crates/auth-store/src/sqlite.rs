@@ -30,14 +30,17 @@ pub struct SqliteStore {
     /// three times here (bucket, attempt, cleared count) and twice on
     /// `pool` (session, audit row); each wait for the disk costs CPU that
     /// hashing passwords needs.
+    ///
+    /// One connection: a counter's read-then-write holds it from the read
+    /// until the write has run, so no other count comes between them, even
+    /// when the request is dropped midway (a connection goes back to the
+    /// pool only after the statements sent on it have run).
     relaxed: SqlitePool,
     /// One relay batch at a time (SQLite serves a single process).
     relay: Arc<tokio::sync::Mutex<()>>,
-    /// One read-then-write of a counter at a time. SQLite serves a single
-    /// process, so this lock makes each atomic as a write transaction
-    /// would, in two trips to a connection's thread instead of four, and
-    /// waiters queue here instead of polling the file lock.
-    counting: Arc<tokio::sync::Mutex<()>>,
+    /// The lock that makes this process the database's only server, when
+    /// it serves (see [`crate::open_to_serve`]).
+    _serving: Option<Arc<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -53,8 +56,13 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = open_pool(8, options.clone()).await?;
-        let relaxed = open_pool(2, options.synchronous(SqliteSynchronous::Normal)).await?;
-        Ok(Self { pool, relaxed, relay: Arc::default(), counting: Arc::default() })
+        let relaxed = open_pool(1, options.synchronous(SqliteSynchronous::Normal)).await?;
+        Ok(Self { pool, relaxed, relay: Arc::default(), _serving: None })
+    }
+
+    /// Keeps `lock` (from [`claim_serving`]) as long as this store lives.
+    pub(crate) fn serving(self, lock: std::fs::File) -> Self {
+        Self { _serving: Some(Arc::new(lock)), ..self }
     }
 
     /// The pool for counters and marks (see [`SqliteStore::relaxed`]).
@@ -85,10 +93,33 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
     }
 
-    /// Holds off every other read-then-write of a counter (see
-    /// [`SqliteStore::counting`]) until dropped.
-    pub(crate) async fn counting(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.counting.lock().await
+    /// The relaxed pool's only connection, for a read-then-write of a
+    /// counter (see [`SqliteStore::relaxed`]): atomic without a write
+    /// transaction, in three trips to the connection's thread instead of
+    /// five, with waiters queued here instead of polling the file lock.
+    /// SQLite serves a single process ([`claim_serving`] makes sure).
+    pub(crate) async fn counting(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
+        self.relaxed.acquire().await.map_err(store_error)
+    }
+}
+
+/// Takes the exclusive lock that marks `url`'s database as served (see
+/// [`crate::open_to_serve`]); the lock lasts as long as the file returned.
+pub(crate) fn claim_serving(url: &str) -> Result<std::fs::File, OpenError> {
+    use rustix::fs::{FlockOperation, flock};
+    let options = SqliteConnectOptions::from_str(url).map_err(|e| OpenError::Connect(e.to_string()))?;
+    let mut path = options.get_filename().as_os_str().to_owned();
+    path.push(".serving");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::Connect(format!("cannot open {}: {e}", std::path::Path::new(&path).display())))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(OpenError::InUse(options.get_filename().display().to_string())),
+        Err(e) => Err(OpenError::Connect(format!("cannot lock {}: {e}", std::path::Path::new(&path).display()))),
     }
 }
 

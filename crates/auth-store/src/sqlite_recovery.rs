@@ -315,10 +315,10 @@ impl Throttle for SqliteStore {
     }
 
     async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
-        let _alone = self.counting().await;
+        let mut alone = self.counting().await?;
         let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
             .bind(key)
-            .fetch_optional(self.relaxed())
+            .fetch_optional(&mut *alone)
             .await
             .map_err(store_error)?;
         let held = held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)));
@@ -333,7 +333,7 @@ impl Throttle for SqliteStore {
         .bind(key)
         .bind(tokens)
         .bind(ms(now))
-        .execute(self.relaxed())
+        .execute(&mut *alone)
         .await
         .map_err(store_error)?;
         Ok(None)
@@ -345,11 +345,11 @@ impl Throttle for SqliteStore {
         policy: &AttemptPolicy,
         now: OffsetDateTime,
     ) -> Result<Option<Duration>, StoreError> {
-        let _alone = self.counting().await;
+        let mut alone = self.counting().await?;
         let held: Option<(i64, i64)> =
             sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
                 .bind(key)
-                .fetch_optional(self.relaxed())
+                .fetch_optional(&mut *alone)
                 .await
                 .map_err(store_error)?;
         let (failures, blocked_until) = held.unwrap_or((0, 0));
@@ -366,16 +366,15 @@ impl Throttle for SqliteStore {
         .bind(i64::from(failures))
         .bind(ms(blocked_until))
         .bind(ms(now))
-        .execute(self.relaxed())
+        .execute(&mut *alone)
         .await
         .map_err(store_error)?;
         Ok(None)
     }
 
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
-        // Not between a claim's read and its write, which would count on
-        // from what it read.
-        let _alone = self.counting().await;
+        // On the relaxed pool's only connection: never between a claim's
+        // read and its write, which would count on from what it read.
         sqlx::query("DELETE FROM login_attempts WHERE key = ?")
             .bind(key)
             .execute(self.relaxed())

@@ -233,7 +233,7 @@ pub(crate) async fn seed_roles(config: &Config, admin: &Admin) -> anyhow::Result
 
 async fn auth_parts(config: &Config, feed: Option<Arc<InProcessFeed>>) -> anyhow::Result<AuthParts> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let stores = auth_store::open(&config.database_url(), true).await?;
+    let stores = auth_store::open_to_serve(&config.database_url()).await?;
     tracing::info!(backend = stores.backend, "database ready");
     let settings = auth_settings(config, feed.is_some())?;
     let keys = Arc::new(

@@ -306,6 +306,26 @@ async fn the_outbox_yields_unpublished_events_in_order_until_marked() {
 }
 
 #[tokio::test]
+async fn a_sqlite_database_serves_one_process_and_postgres_several() {
+    for backend in Backend::available() {
+        let db = TestDatabase::create(backend).await;
+        let first = auth_store::open_to_serve(&db.url).await.unwrap();
+        let second = auth_store::open_to_serve(&db.url).await;
+        match backend {
+            Backend::Sqlite => {
+                let refused = second.unwrap_err();
+                assert!(matches!(refused, auth_store::OpenError::InUse(_)), "{refused}");
+                // Opening to run a command is not serving.
+                open(&db.url, true).await.unwrap();
+                drop(first);
+                auth_store::open_to_serve(&db.url).await.unwrap();
+            }
+            Backend::Postgres => drop((first, second.unwrap())),
+        }
+    }
+}
+
+#[tokio::test]
 async fn migrations_apply_once_and_the_database_answers_pings() {
     for backend in Backend::available() {
         let db = TestDatabase::create(backend).await;

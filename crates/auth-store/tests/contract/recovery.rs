@@ -279,3 +279,41 @@ async fn a_bucket_gives_its_burst_to_parallel_takers_then_refills_at_its_rate() 
     })
     .await;
 }
+
+/// SQLite counts without a write transaction: a claim dropped after its
+/// read, its write waiting for the file's write lock, must still land
+/// before any later claim reads, or the later one counts on from a stale
+/// number and a guess goes uncounted.
+#[tokio::test]
+async fn on_sqlite_a_claim_dropped_midway_still_counts_before_the_next_one_reads() {
+    use auth_core::Throttle as _;
+    use auth_core::throttling::AttemptPolicy;
+    use auth_store::testing::{Backend, TestDatabase};
+    use sqlx::Connection as _;
+
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let store = auth_store::SqliteStore::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let policy = AttemptPolicy { free_failures: 50, ..AttemptPolicy::default() };
+    let t0 = now();
+    assert_eq!(store.claim_attempt("login:k", &policy, t0).await.unwrap(), None);
+
+    // Another connection holds the write lock: reads go on, writes wait.
+    let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let dropped =
+        tokio::time::timeout(std::time::Duration::from_millis(500), store.claim_attempt("login:k", &policy, t0));
+    assert!(dropped.await.is_err(), "the claim finished while the write lock was held");
+    let next = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim_attempt("login:k", &policy, t0).await.unwrap() }
+    });
+    sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    assert_eq!(next.await.unwrap(), None);
+
+    let failures: i64 = sqlx::query_scalar("SELECT failures FROM login_attempts WHERE key = 'login:k'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(failures, 3, "the dropped claim's count was lost");
+}

@@ -49,6 +49,27 @@ async fn up_serves_the_api_and_exits_zero_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_second_server_on_the_same_sqlite_database_is_refused_and_commands_still_run_beside_it() {
+    let dir = TempDir::new();
+    let server = start(gatehouse(&dir.data())).await;
+    for role in ["up", "auth-service"] {
+        let second = gatehouse(&dir.data()).args(["--listen", "127.0.0.1:0", role]).output();
+        let second = tokio::time::timeout(Duration::from_secs(60), second).await;
+        let second = second.unwrap_or_else(|_| panic!("{role} beside a server was still running after 60 s"));
+        let second = second.unwrap();
+        let said = String::from_utf8_lossy(&second.stderr);
+        assert!(!second.status.success(), "{role} started beside a server: {said}");
+        assert!(said.contains("another process is serving the SQLite database"), "{role}: {said}");
+    }
+    let migrate = gatehouse(&dir.data()).arg("migrate").output().await.unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    assert!(server.stop().await.success());
+    // The lock went with the process.
+    let again = start(gatehouse(&dir.data())).await;
+    assert!(again.stop().await.success());
+}
+
+#[tokio::test]
 async fn the_data_dir_and_key_file_are_private() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = TempDir::new();
