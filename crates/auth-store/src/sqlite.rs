@@ -108,7 +108,16 @@ impl SqliteStore {
 pub(crate) fn claim_serving(url: &str) -> Result<std::fs::File, OpenError> {
     use rustix::fs::{FlockOperation, flock};
     let options = SqliteConnectOptions::from_str(url).map_err(|e| OpenError::Connect(e.to_string()))?;
-    let mut path = options.get_filename().as_os_str().to_owned();
+    // One lock per file, however the URL spells it (relative, through
+    // links); a file not made yet is found through its directory.
+    let given = options.get_filename();
+    let real = std::fs::canonicalize(given)
+        .or_else(|_| match (given.parent(), given.file_name()) {
+            (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => std::fs::canonicalize(dir).map(|d| d.join(name)),
+            _ => std::env::current_dir().map(|d| d.join(given)),
+        })
+        .unwrap_or_else(|_| given.to_owned());
+    let mut path = real.into_os_string();
     path.push(".serving");
     let file = std::fs::OpenOptions::new()
         .create(true)

@@ -296,6 +296,15 @@ impl MailQueue for SqliteStore {
     }
 }
 
+/// A counter is read, then written only if it still holds what was read
+/// (a row absent when read must still be absent), else read again: the
+/// relaxed pool's one connection already keeps other counts from coming
+/// between the two, and this keeps the count right even when that does
+/// not hold (a connection whose return to the pool was dropped, as when
+/// a serving thread's runtime shuts down first, frees its slot for a new
+/// one while its last write still waits for the file's lock).
+const COUNTING_TRIES: usize = 16;
+
 #[async_trait]
 impl Throttle for SqliteStore {
     async fn hit(&self, key: &str, window: Duration, now: OffsetDateTime) -> Result<Hits, StoreError> {
@@ -316,27 +325,35 @@ impl Throttle for SqliteStore {
 
     async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
         let mut alone = self.counting().await?;
-        let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
+        for _ in 0..COUNTING_TRIES {
+            let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut *alone)
+                .await
+                .map_err(store_error)?;
+            let tokens = match bucket.take(held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)))) {
+                Ok(left) => left,
+                Err(wait) => return Ok(Some(wait)),
+            };
+            // Written only over what was read (see `COUNTING_TRIES`).
+            let written = sqlx::query(
+                "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET tokens = ?2, updated_at = ?3 \
+                 WHERE rate_buckets.tokens = ?4 AND rate_buckets.updated_at = ?5",
+            )
             .bind(key)
-            .fetch_optional(&mut *alone)
+            .bind(tokens)
+            .bind(ms(now))
+            .bind(held.map(|(tokens, _)| tokens))
+            .bind(held.map(|(_, at)| at))
+            .execute(&mut *alone)
             .await
             .map_err(store_error)?;
-        let held = held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)));
-        let tokens = match bucket.take(held) {
-            Ok(left) => left,
-            Err(wait) => return Ok(Some(wait)),
-        };
-        sqlx::query(
-            "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (key) DO UPDATE SET tokens = ?2, updated_at = ?3",
-        )
-        .bind(key)
-        .bind(tokens)
-        .bind(ms(now))
-        .execute(&mut *alone)
-        .await
-        .map_err(store_error)?;
-        Ok(None)
+            if written.rows_affected() == 1 {
+                return Ok(None);
+            }
+        }
+        Err(StoreError::Unavailable("a rate bucket kept changing under its update".into()))
     }
 
     async fn claim_attempt(
@@ -346,30 +363,39 @@ impl Throttle for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<Option<Duration>, StoreError> {
         let mut alone = self.counting().await?;
-        let held: Option<(i64, i64)> =
-            sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&mut *alone)
-                .await
-                .map_err(store_error)?;
-        let (failures, blocked_until) = held.unwrap_or((0, 0));
-        let failures = u32::try_from(failures).unwrap_or(0);
-        let (failures, blocked_until) = match policy.claim(failures, from_ms(blocked_until)?, now) {
-            Ok(counted) => counted,
-            Err(wait) => return Ok(Some(wait)),
-        };
-        sqlx::query(
-            "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (key) DO UPDATE SET failures = ?2, blocked_until = ?3, last_at = ?4",
-        )
-        .bind(key)
-        .bind(i64::from(failures))
-        .bind(ms(blocked_until))
-        .bind(ms(now))
-        .execute(&mut *alone)
-        .await
-        .map_err(store_error)?;
-        Ok(None)
+        for _ in 0..COUNTING_TRIES {
+            let held: Option<(i64, i64)> =
+                sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *alone)
+                    .await
+                    .map_err(store_error)?;
+            let (failures, blocked_until) = held.unwrap_or((0, 0));
+            let failures = u32::try_from(failures).unwrap_or(0);
+            let (failures, blocked_until) = match policy.claim(failures, from_ms(blocked_until)?, now) {
+                Ok(counted) => counted,
+                Err(wait) => return Ok(Some(wait)),
+            };
+            // Written only over what was read (see `COUNTING_TRIES`).
+            let written = sqlx::query(
+                "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET failures = ?2, blocked_until = ?3, last_at = ?4 \
+                 WHERE login_attempts.failures = ?5 AND login_attempts.blocked_until = ?6",
+            )
+            .bind(key)
+            .bind(i64::from(failures))
+            .bind(ms(blocked_until))
+            .bind(ms(now))
+            .bind(held.map(|(failures, _)| failures))
+            .bind(held.map(|(_, until)| until))
+            .execute(&mut *alone)
+            .await
+            .map_err(store_error)?;
+            if written.rows_affected() == 1 {
+                return Ok(None);
+            }
+        }
+        Err(StoreError::Unavailable("a failed-login count kept changing under its update".into()))
     }
 
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {

@@ -315,6 +315,17 @@ async fn a_sqlite_database_serves_one_process_and_postgres_several() {
             Backend::Sqlite => {
                 let refused = second.unwrap_err();
                 assert!(matches!(refused, auth_store::OpenError::InUse(_)), "{refused}");
+                // Another spelling of the same file is the same database.
+                let dir = db.url.trim_start_matches("sqlite://").trim_end_matches("/gatehouse.db");
+                let (parent, name) = dir.rsplit_once('/').unwrap();
+                let alias = format!("{dir}/alias.db");
+                std::os::unix::fs::symlink(format!("{dir}/gatehouse.db"), &alias).unwrap();
+                for respelled in
+                    [format!("sqlite://{parent}/./{name}/../{name}/gatehouse.db?mode=rwc"), format!("sqlite://{alias}")]
+                {
+                    let refused = auth_store::open_to_serve(&respelled).await.unwrap_err();
+                    assert!(matches!(refused, auth_store::OpenError::InUse(_)), "{respelled}: {refused}");
+                }
                 // Opening to run a command is not serving.
                 open(&db.url, true).await.unwrap();
                 drop(first);

@@ -301,8 +301,7 @@ async fn on_sqlite_a_claim_dropped_midway_still_counts_before_the_next_one_reads
     // Another connection holds the write lock: reads go on, writes wait.
     let mut holder = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
-    let dropped =
-        tokio::time::timeout(std::time::Duration::from_millis(500), store.claim_attempt("login:k", &policy, t0));
+    let dropped = tokio::time::timeout(std::time::Duration::from_secs(2), store.claim_attempt("login:k", &policy, t0));
     assert!(dropped.await.is_err(), "the claim finished while the write lock was held");
     let next = tokio::spawn({
         let store = store.clone();
@@ -316,4 +315,36 @@ async fn on_sqlite_a_claim_dropped_midway_still_counts_before_the_next_one_reads
         .await
         .unwrap();
     assert_eq!(failures, 3, "the dropped claim's count was lost");
+}
+
+/// The same, with the counts shared by two stores on one SQLite file (two
+/// counting connections, as when a connection's return to the pool was
+/// lost): each write lands only over what it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_sqlite_two_counting_connections_racing_still_get_exactly_the_free_ones() {
+    use auth_core::Throttle as _;
+    use auth_core::throttling::{AttemptPolicy, Bucket};
+    use auth_store::testing::{Backend, TestDatabase};
+
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let one = auth_store::SqliteStore::connect(&db.url).await.unwrap();
+    one.migrate().await.unwrap();
+    let two = auth_store::SqliteStore::connect(&db.url).await.unwrap();
+    let (policy, bucket, t0) = (AttemptPolicy::default(), Bucket { burst: 10, per_minute: 1 }, now());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let store = if i % 2 == 0 { one.clone() } else { two.clone() };
+        tasks.spawn(async move {
+            let claimed = store.claim_attempt("login:k", &policy, t0).await.unwrap().is_none();
+            let taken = store.take("login:192.0.2.1", bucket, t0).await.unwrap().is_none();
+            (claimed, taken)
+        });
+    }
+    let (mut claimed, mut taken) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (c, t) = done.unwrap();
+        claimed += usize::from(c);
+        taken += usize::from(t);
+    }
+    assert_eq!((claimed, taken), (5, 10), "counted over another connection's count");
 }
