@@ -114,19 +114,19 @@ pub enum OpenError {
 /// second serving process is refused at start. Commands such as
 /// `gatehouse users` use [`open`] and run beside a server.
 pub async fn open_to_serve(url: &str) -> Result<Stores, OpenError> {
-    if !url.starts_with("sqlite:") {
-        return open(url, true).await;
-    }
-    let serving = sqlite::claim_serving(url)?;
-    let store = SqliteStore::connect(url).await?.serving(serving);
-    store.migrate().await?;
-    Ok(Stores::of(store, "sqlite"))
+    open_as(url, true, true).await
 }
 
 /// Connects to the database named by `url`, applying migrations when `migrate` is set.
 pub async fn open(url: &str, migrate: bool) -> Result<Stores, OpenError> {
+    open_as(url, migrate, false).await
+}
+
+/// [`open`], claiming a SQLite database first when `serve` is set.
+async fn open_as(url: &str, migrate: bool, serve: bool) -> Result<Stores, OpenError> {
     if url.starts_with("sqlite:") {
-        let store = SqliteStore::connect(url).await?;
+        let serving = if serve { Some(sqlite::claim_serving(url)?) } else { None };
+        let store = SqliteStore::connect(url).await?.serving(serving);
         if migrate {
             store.migrate().await?;
         }

@@ -61,8 +61,8 @@ impl SqliteStore {
     }
 
     /// Keeps `lock` (from [`claim_serving`]) as long as this store lives.
-    pub(crate) fn serving(self, lock: std::fs::File) -> Self {
-        Self { _serving: Some(Arc::new(lock)), ..self }
+    pub(crate) fn serving(self, lock: Option<std::fs::File>) -> Self {
+        Self { _serving: lock.map(Arc::new), ..self }
     }
 
     /// The pool for counters and marks (see [`SqliteStore::relaxed`]).
