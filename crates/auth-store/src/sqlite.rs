@@ -13,7 +13,7 @@ use auth_core::{
     SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{ConnectOptions as _, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -31,11 +31,29 @@ pub struct SqliteStore {
     /// `pool` (session, audit row); each wait for the disk costs CPU that
     /// hashing passwords needs.
     ///
-    /// One connection: a counter's read-then-write holds it from the read
-    /// until the write has run, so no other count comes between them, even
-    /// when the request is dropped midway (a connection goes back to the
-    /// pool only after the statements sent on it have run).
-    relaxed: SqlitePool,
+    /// One connection, not a pool: a counter's read-then-write holds it
+    /// from the read until the write, so no other count comes between
+    /// them, atomic without a write transaction (two trips to the
+    /// connection's thread instead of four, or one when the row is as last
+    /// seen), with waiters queued here instead of polling the file lock.
+    /// Its thread runs what is sent to it in order, so a write sent before
+    /// its request was dropped still runs before the next holder's read.
+    /// Handing it on costs no trip (a pool pings every connection given
+    /// back to it); it never holds a transaction that a failure could leave
+    /// open. SQLite serves a single process ([`claim_serving`] makes sure).
+    relaxed: Arc<tokio::sync::Mutex<SqliteConnection>>,
+    /// This process's turn to write. SQLite lets one connection write at a
+    /// time; the others poll the file's lock, sleeping 1, 2, 5, 10… ms
+    /// between tries (its busy handler), which under a login flood was
+    /// five sleeps per login. Every write of this store but the migrations
+    /// at start takes its turn here first, so writers queue in order and
+    /// wake once, when the turn is theirs; only another process's writes
+    /// (a command run beside the server), or a rollback still queued from a
+    /// dropped request, are still waited for by polling.
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// The counter rows as last seen, to count in one trip (a guess the
+    /// writes check).
+    recent: Arc<crate::sqlite_recovery::RecentCounters>,
     /// One relay batch at a time (SQLite serves a single process).
     relay: Arc<tokio::sync::Mutex<()>>,
     /// The lock that makes this process the database's only server, when
@@ -56,8 +74,19 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let pool = open_pool(8, options.clone()).await?;
-        let relaxed = open_pool(1, options.synchronous(SqliteSynchronous::Normal)).await?;
-        Ok(Self { pool, relaxed, relay: Arc::default(), _serving: None })
+        let relaxed = options
+            .synchronous(SqliteSynchronous::Normal)
+            .connect()
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        Ok(Self {
+            pool,
+            relaxed: Arc::new(tokio::sync::Mutex::new(relaxed)),
+            writing: Arc::default(),
+            recent: Arc::default(),
+            relay: Arc::default(),
+            _serving: None,
+        })
     }
 
     /// Keeps `lock` (from [`claim_serving`]) as long as this store lives.
@@ -65,9 +94,15 @@ impl SqliteStore {
         Self { _serving: lock.map(Arc::new), ..self }
     }
 
-    /// The pool for counters and marks (see [`SqliteStore::relaxed`]).
-    pub(crate) fn relaxed(&self) -> &SqlitePool {
-        &self.relaxed
+    /// The connection for counters and marks (see [`SqliteStore::relaxed`]),
+    /// once its holder before has finished with it.
+    pub(crate) async fn relaxed(&self) -> tokio::sync::MutexGuard<'_, SqliteConnection> {
+        self.relaxed.lock().await
+    }
+
+    /// The counter rows as last seen (see [`crate::sqlite_recovery::Recent`]).
+    pub(crate) fn recent(&self) -> &crate::sqlite_recovery::RecentCounters {
+        &self.recent
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -82,24 +117,61 @@ impl SqliteStore {
         Ok(applied)
     }
 
-    pub(crate) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin().await.map_err(store_error)
+    /// A transaction that writes, once it is this process's turn to write.
+    pub(crate) async fn begin(&self) -> Result<Write, StoreError> {
+        let turn = self.writing.clone().lock_owned().await;
+        Ok(Write { tx: self.pool.begin().await.map_err(store_error)?, _turn: turn })
     }
 
-    /// A transaction that reads before it writes: it takes the write lock
-    /// at once (waiting its turn), so its reads are never made stale by
-    /// another writer and its first write never fails with `SQLITE_BUSY`.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)
+    /// A transaction that reads before it writes: it also takes the file's
+    /// write lock at once (waiting for other processes), so its reads are
+    /// never made stale by another writer and its first write never fails
+    /// with `SQLITE_BUSY`.
+    pub(crate) async fn begin_write(&self) -> Result<Write, StoreError> {
+        let turn = self.writing.clone().lock_owned().await;
+        Ok(Write { tx: self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?, _turn: turn })
     }
 
-    /// The relaxed pool's only connection, for a read-then-write of a
-    /// counter (see [`SqliteStore::relaxed`]): atomic without a write
-    /// transaction, in three trips to the connection's thread instead of
-    /// five, with waiters queued here instead of polling the file lock.
-    /// SQLite serves a single process ([`claim_serving`] makes sure).
-    pub(crate) async fn counting(&self) -> Result<sqlx::pool::PoolConnection<Sqlite>, StoreError> {
-        self.relaxed.acquire().await.map_err(store_error)
+    /// This process's turn to write, for a write outside [`Self::begin`],
+    /// held until the statement's answer came (or its request was dropped).
+    pub(crate) async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writing.lock().await
+    }
+}
+
+/// A write transaction holding this process's turn to write from its begin
+/// until it ends (its connection, with the transaction's statements, is
+/// what it derefs to).
+pub(crate) struct Write {
+    tx: Transaction<'static, Sqlite>,
+    /// Dropped after `tx`, whose rollback is then queued on its connection.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Write {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    /// Ends the transaction unwritten before the turn goes on. (Dropped,
+    /// its rollback is only queued on its connection: the next writer
+    /// would find the file still locked and poll.) A rollback that fails
+    /// leaves the connection inside the transaction, and the pool closes it.
+    pub(crate) async fn rollback(self) {
+        let _ = self.tx.rollback().await;
+    }
+}
+
+impl std::ops::Deref for Write {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
     }
 }
 
@@ -190,14 +262,14 @@ pub(crate) fn opt_time_of(row: &SqliteRow, column: &str) -> Result<Option<Offset
     value.map(from_ms).transpose()
 }
 
-pub(crate) async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &DomainEvent) -> Result<(), StoreError> {
+pub(crate) async fn insert_event(tx: &mut SqliteConnection, e: &DomainEvent) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO outbox (id, event_type, user_id, data, occurred_at) VALUES (?, ?, ?, ?, ?)")
         .bind(e.id.to_string())
         .bind(e.kind.subject())
         .bind(e.user_id.to_string())
         .bind(e.data.to_string())
         .bind(ms(e.occurred_at))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
     Ok(())
@@ -220,14 +292,14 @@ pub(crate) async fn replace_hash<'e>(
     Ok(done.rows_affected() == 1)
 }
 
-pub(crate) async fn insert_user(tx: &mut Transaction<'_, Sqlite>, user: &User) -> Result<(), StoreError> {
+pub(crate) async fn insert_user(tx: &mut SqliteConnection, user: &User) -> Result<(), StoreError> {
     sqlx::query("INSERT INTO users (id, email, password_hash, email_verified, created_at) VALUES (?, ?, ?, ?, ?)")
         .bind(user.id.to_string())
         .bind(user.email.as_str())
         .bind(&user.password_hash)
         .bind(user.email_verified)
         .bind(ms(user.created_at))
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
     for role in &user.roles {
@@ -235,7 +307,7 @@ pub(crate) async fn insert_user(tx: &mut Transaction<'_, Sqlite>, user: &User) -
             .bind(user.id.to_string())
             .bind(role)
             .bind(ms(user.created_at))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(store_error)?;
     }
@@ -310,6 +382,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(phc)
             .bind(id.to_string())
@@ -320,6 +393,7 @@ impl UserStore for SqliteStore {
     }
 
     async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         replace_hash(&self.pool, id, verified, phc).await
     }
 
@@ -331,6 +405,7 @@ impl UserStore for SqliteStore {
             .await
             .map_err(store_error)?;
         if gone.rows_affected() == 0 {
+            tx.rollback().await;
             return Err(StoreError::NotFound);
         }
         sqlx::query("INSERT INTO deletions (user_id, deleted_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
@@ -365,14 +440,22 @@ impl SessionStore for SqliteStore {
         verified: Option<&str>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
-        // One writing statement: it sees the latest committed hash.
-        let opened = sqlx::query(
+        // One trip for the three rows (the statements of one query take its
+        // `?` parameters in turn): the session, if the account may still
+        // open one (one writing statement: it sees the latest committed
+        // hash), then its refresh token and its event, only if it was made.
+        let session = s.id.to_string();
+        let written = sqlx::query(
             "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
-             revoked_at, user_agent, ip) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
-             WHERE EXISTS (SELECT 1 FROM users WHERE id = ?2 AND disabled_at IS NULL \
-             AND (?10 IS NULL OR password_hash = ?10))",
+             revoked_at, user_agent, ip) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND disabled_at IS NULL \
+             AND (? IS NULL OR password_hash = ?)); \
+             INSERT INTO refresh_tokens (token_hash, session_id, created_at) SELECT ?, ?, ? \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?); \
+             INSERT INTO outbox (id, event_type, user_id, data, occurred_at) SELECT ?, ?, ?, ?, ? \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?)",
         )
-        .bind(s.id.to_string())
+        .bind(&session)
         .bind(s.user_id.to_string())
         .bind(ms(s.created_at))
         .bind(ms(s.last_seen_at))
@@ -381,23 +464,33 @@ impl SessionStore for SqliteStore {
         .bind(s.revoked_at.map(ms))
         .bind(&s.user_agent)
         .bind(&s.ip)
+        .bind(s.user_id.to_string())
         .bind(verified)
+        .bind(verified)
+        .bind(refresh.as_str())
+        .bind(&session)
+        .bind(ms(s.created_at))
+        .bind(&session)
+        .bind(event.id.to_string())
+        .bind(event.kind.subject())
+        .bind(event.user_id.to_string())
+        .bind(event.data.to_string())
+        .bind(ms(event.occurred_at))
+        .bind(&session)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        if opened.rows_affected() == 0 {
-            return Ok(false);
+        match written.rows_affected() {
+            0 => {
+                tx.rollback().await;
+                Ok(false)
+            }
+            3 => {
+                tx.commit().await.map_err(store_error)?;
+                Ok(true)
+            }
+            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3"))),
         }
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)")
-            .bind(refresh.as_str())
-            .bind(s.id.to_string())
-            .bind(ms(s.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        insert_event(&mut tx, event).await?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(true)
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
@@ -453,6 +546,7 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(store_error)?;
         if live.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(false);
         }
         let swapped = sqlx::query(
@@ -466,6 +560,7 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(store_error)?;
         if swapped.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(false);
         }
         sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)")
@@ -489,7 +584,10 @@ impl SessionStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
-        let Some(user) = user else { return Ok(false) };
+        let Some(user) = user else {
+            tx.rollback().await;
+            return Ok(false);
+        };
         let user = UserId::from_str(&user).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         insert_event(&mut tx, &DomainEvent::logged_out(user, id, now)).await?;
         tx.commit().await.map_err(store_error)?;
@@ -512,7 +610,7 @@ impl SessionStore for SqliteStore {
 /// Revokes every active session of `user` but `keep` inside `tx`, writing
 /// one `user.logged_out` each.
 pub(crate) async fn revoke_sessions_in(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     user: UserId,
     keep: Option<SessionId>,
     now: OffsetDateTime,
@@ -524,7 +622,7 @@ pub(crate) async fn revoke_sessions_in(
     .bind(ms(now))
     .bind(user.to_string())
     .bind(keep.map(|k| k.to_string()))
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *tx)
     .await
     .map_err(store_error)?;
     let mut revoked = Vec::with_capacity(ids.len());
@@ -550,7 +648,7 @@ impl Outbox for SqliteStore {
         rows.iter().map(event_from).collect()
     }
 
-    /// One statement, on the relaxed pool: a mark a power cut takes back
+    /// One statement, on the relaxed connection: a mark a power cut takes back
     /// only publishes its event again, which delivery is ready for (at
     /// least once, deduplicated by event id).
     async fn mark_published(&self, ids: &[Uuid], now: OffsetDateTime) -> Result<(), StoreError> {
@@ -559,18 +657,21 @@ impl Outbox for SqliteStore {
         }
         let ids = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let mut relaxed = self.relaxed().await;
+        let _turn = self.write_turn().await;
         sqlx::query(
             "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id IN (SELECT value FROM json_each(?))",
         )
         .bind(ms(now))
         .bind(ids)
-        .execute(&self.relaxed)
+        .execute(&mut *relaxed)
         .await
         .map_err(store_error)?;
         Ok(())
     }
 
     async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?")
             .bind(ms(before))
             .execute(&self.pool)
@@ -597,6 +698,7 @@ impl Outbox for SqliteStore {
 #[async_trait]
 impl DeletionLedger for SqliteStore {
     async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) \
              SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM deletions WHERE user_id = ?1) ON CONFLICT DO NOTHING",

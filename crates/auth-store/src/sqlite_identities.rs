@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use auth_core::mail::Mail;
 use auth_core::{DomainEvent, ExternalIdentity, IdentityStore, StoreError, Unlinked, User, UserId};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 
 use crate::sqlite::{insert_event, insert_user, ms, time_of, uuid_of};
 use crate::sqlite_recovery::{NOTICE_LIFETIME, enqueue};
@@ -22,7 +22,7 @@ fn identity_from(row: &SqliteRow) -> Result<ExternalIdentity, StoreError> {
     })
 }
 
-async fn insert_identity(tx: &mut Transaction<'_, Sqlite>, i: &ExternalIdentity) -> Result<(), StoreError> {
+async fn insert_identity(tx: &mut SqliteConnection, i: &ExternalIdentity) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO external_identities (id, user_id, provider, issuer, subject, email, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -34,7 +34,7 @@ async fn insert_identity(tx: &mut Transaction<'_, Sqlite>, i: &ExternalIdentity)
     .bind(&i.subject)
     .bind(&i.email)
     .bind(ms(i.created_at))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(store_error)?;
     Ok(())
@@ -103,6 +103,7 @@ impl IdentityStore for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(store_error)?;
+        tx.rollback().await;
         Ok(if exists.is_some() { Unlinked::LastWay } else { Unlinked::NotFound })
     }
 }

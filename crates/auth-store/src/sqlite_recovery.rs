@@ -8,7 +8,7 @@ use auth_core::{
     TokenPurpose, UserId,
 };
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -20,7 +20,7 @@ pub(crate) const NOTICE_LIFETIME: Duration = Duration::days(3);
 
 /// Queues `mail` inside `tx`; `token` and `user` tie it to what it is about.
 pub(crate) async fn enqueue(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     mail: &Mail,
     user: Option<UserId>,
     token: Option<&SecretHash>,
@@ -41,29 +41,29 @@ pub(crate) async fn enqueue(
     .bind(ms(now))
     .bind(ms(now))
     .bind(ms(discard_after))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(store_error)?;
     Ok(())
 }
 
 /// The password a reset link set; the link proved the address.
-async fn set_reset_password(tx: &mut Transaction<'_, Sqlite>, user: UserId, phc: &str) -> Result<(), StoreError> {
+async fn set_reset_password(tx: &mut SqliteConnection, user: UserId, phc: &str) -> Result<(), StoreError> {
     sqlx::query("UPDATE users SET password_hash = ?, email_verified = 1 WHERE id = ?")
         .bind(phc)
         .bind(user.to_string())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
     Ok(())
 }
 
 /// Deletes `user`'s unused tokens of `purpose` (their unsent mail goes too).
-async fn void_unused(tx: &mut Transaction<'_, Sqlite>, user: UserId, purpose: TokenPurpose) -> Result<(), StoreError> {
+async fn void_unused(tx: &mut SqliteConnection, user: UserId, purpose: TokenPurpose) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM email_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL")
         .bind(user.to_string())
         .bind(purpose.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
     Ok(())
@@ -71,7 +71,7 @@ async fn void_unused(tx: &mut Transaction<'_, Sqlite>, user: UserId, purpose: To
 
 /// Marks `user`'s token of `purpose` used, if still valid at `now`.
 async fn use_token(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     hash: &SecretHash,
     user: UserId,
     purpose: TokenPurpose,
@@ -85,7 +85,7 @@ async fn use_token(
     .bind(hash.as_str())
     .bind(user.to_string())
     .bind(purpose.as_str())
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(store_error)?;
     Ok(used.rows_affected() == 1)
@@ -141,6 +141,7 @@ impl RecoveryStore for SqliteStore {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
         if !use_token(&mut tx, hash, user, TokenPurpose::PasswordReset, now).await? {
+            tx.rollback().await;
             return Ok(None);
         }
         set_reset_password(&mut tx, user, phc).await?;
@@ -163,6 +164,7 @@ impl RecoveryStore for SqliteStore {
         let now = event.occurred_at;
         let mut tx = self.begin().await?;
         if !replace_hash(&mut *tx, user, verified, phc).await? {
+            tx.rollback().await;
             return Ok(None);
         }
         // A reset link asked for before the change must not undo it.
@@ -177,6 +179,7 @@ impl RecoveryStore for SqliteStore {
     async fn verify_email(&self, hash: &SecretHash, user: UserId, event: &DomainEvent) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         if !use_token(&mut tx, hash, user, TokenPurpose::VerifyEmail, event.occurred_at).await? {
+            tx.rollback().await;
             return Ok(false);
         }
         sqlx::query("UPDATE users SET email_verified = 1 WHERE id = ?")
@@ -225,6 +228,7 @@ impl MailQueue for SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<QueuedMail>, StoreError> {
+        let _turn = self.write_turn().await;
         let rows = sqlx::query(
             "UPDATE mail_queue SET attempts = attempts + 1, next_attempt_at = ?1 WHERE id IN \
              (SELECT id FROM mail_queue WHERE next_attempt_at <= ?2 AND discard_after > ?2 \
@@ -241,6 +245,7 @@ impl MailQueue for SqliteStore {
     }
 
     async fn mail_sent(&self, id: Uuid) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM mail_queue WHERE id = ?")
             .bind(id.to_string())
             .execute(self.pool())
@@ -250,6 +255,7 @@ impl MailQueue for SqliteStore {
     }
 
     async fn mail_failed(&self, id: Uuid, retry_at: OffsetDateTime) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE mail_queue SET next_attempt_at = ? WHERE id = ?")
             .bind(ms(retry_at))
             .bind(id.to_string())
@@ -296,18 +302,119 @@ impl MailQueue for SqliteStore {
     }
 }
 
-/// A counter is read, then written only if it still holds what was read
-/// (a row absent when read must still be absent), else read again: the
-/// relaxed pool's one connection already keeps other counts from coming
-/// between the two, and this keeps the count right even when that does
-/// not hold (a connection whose return to the pool was dropped, as when
-/// a serving thread's runtime shuts down first, frees its slot for a new
-/// one while its last write still waits for the file's lock).
+/// A counter is written only if it still holds what its count started
+/// from (a row absent then must still be absent), else read again: the
+/// relaxed connection keeps this process's other counts from coming
+/// between the two, and the check keeps the count right when it started
+/// from the row as remembered ([`Recent`]) or when another store of the
+/// same file (a second process, tidying) changed the row meanwhile.
 const COUNTING_TRIES: usize = 16;
+
+/// How many rows of each counter table [`Recent`] keeps in mind.
+const RECENT_ROWS: usize = 4096;
+
+/// The counter rows this process last read or wrote, so that a count
+/// usually takes one trip to the database (the write, made on the row as
+/// remembered) instead of two (a read, then the write). Only a guess: the
+/// write lands only if the row still holds what is remembered, else the
+/// row is read and counted again, and a refusal is never decided on a
+/// remembered row. Rows changed by another process, by tidying or by
+/// hand cost a read, never a wrong count.
+#[derive(Debug)]
+pub(crate) struct Recent<V> {
+    rows: std::sync::Mutex<std::collections::HashMap<String, Option<V>>>,
+}
+
+impl<V: Copy> Default for Recent<V> {
+    fn default() -> Self {
+        Self { rows: std::sync::Mutex::default() }
+    }
+}
+
+impl<V: Copy> Recent<V> {
+    /// The row of `key` as last seen (`Some(None)`: absent), if in mind.
+    fn guess(&self, key: &str) -> Option<Option<V>> {
+        self.rows.lock().ok().and_then(|rows| rows.get(key).copied())
+    }
+
+    /// Keeps `row` in mind as `key`'s; when full, forgets all the others
+    /// first (a spray of keys only costs reads).
+    fn seen(&self, key: &str, row: Option<V>) {
+        if let Ok(mut rows) = self.rows.lock() {
+            if rows.len() >= RECENT_ROWS && !rows.contains_key(key) {
+                rows.clear();
+            }
+            rows.insert(key.to_owned(), row);
+        }
+    }
+}
+
+/// The remembered rows of both counter tables.
+#[derive(Debug, Default)]
+pub(crate) struct RecentCounters {
+    /// `rate_buckets`: tokens, updated_at.
+    buckets: Recent<(f64, i64)>,
+    /// `login_attempts`: failures, blocked_until.
+    attempts: Recent<(i64, i64)>,
+}
+
+/// The next row of a counter, from the row as it stands (`None`: absent):
+/// the row to write, or the wait that refuses the count.
+type Next<V> = Result<Result<V, Duration>, StoreError>;
+
+impl SqliteStore {
+    /// One count on `key`'s row in `table`, on the relaxed connection held
+    /// throughout. `next` decides from the row as it stands; `write` makes
+    /// the write of the new row that lands only over the row counted from
+    /// (see [`COUNTING_TRIES`]). The row counted from is the one in
+    /// `recent` (a guess) or the one `read` selects; a refusal is only ever
+    /// decided on a row read.
+    async fn count<'k, V>(
+        &self,
+        recent: &Recent<V>,
+        key: &'k str,
+        read: &'static str,
+        next: impl Fn(Option<V>) -> Next<V> + Send,
+        write: impl Fn(Option<V>, V) -> sqlx::query::Query<'k, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> + Send,
+    ) -> Result<Option<Duration>, StoreError>
+    where
+        V: Copy + Send + Unpin + for<'r> sqlx::FromRow<'r, SqliteRow>,
+    {
+        let mut alone = self.relaxed().await;
+        let mut guess = recent.guess(key);
+        for _ in 0..COUNTING_TRIES {
+            let (held, guessed) = match guess.take() {
+                Some(row) => (row, true),
+                None => {
+                    let row = sqlx::query_as(read).bind(key).fetch_optional(&mut *alone).await.map_err(store_error)?;
+                    (row, false)
+                }
+            };
+            let row = match next(held)? {
+                Ok(row) => row,
+                Err(_) if guessed => continue,
+                Err(wait) => {
+                    recent.seen(key, held);
+                    return Ok(Some(wait));
+                }
+            };
+            let turn = self.write_turn().await;
+            let written = write(held, row).execute(&mut *alone).await.map_err(store_error)?;
+            drop(turn);
+            if written.rows_affected() == 1 {
+                recent.seen(key, Some(row));
+                return Ok(None);
+            }
+        }
+        Err(StoreError::Unavailable("a throttling count kept changing under its update".into()))
+    }
+}
 
 #[async_trait]
 impl Throttle for SqliteStore {
     async fn hit(&self, key: &str, window: Duration, now: OffsetDateTime) -> Result<Hits, StoreError> {
+        let mut relaxed = self.relaxed().await;
+        let _turn = self.write_turn().await;
         let (start, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO throttle (key, window_start, hits) VALUES (?1, ?2, 1) ON CONFLICT (key) DO UPDATE SET \
              hits = CASE WHEN throttle.window_start <= ?3 THEN 1 ELSE throttle.hits + 1 END, \
@@ -317,43 +424,37 @@ impl Throttle for SqliteStore {
         .bind(key)
         .bind(ms(now))
         .bind(ms(now - window))
-        .fetch_one(self.relaxed())
+        .fetch_one(&mut *relaxed)
         .await
         .map_err(store_error)?;
         Ok(Hits { count: u32::try_from(count).unwrap_or(u32::MAX), window_ends: from_ms(start)? + window })
     }
 
     async fn take(&self, key: &str, bucket: Bucket, now: OffsetDateTime) -> Result<Option<Duration>, StoreError> {
-        let mut alone = self.counting().await?;
-        for _ in 0..COUNTING_TRIES {
-            let held: Option<(f64, i64)> = sqlx::query_as("SELECT tokens, updated_at FROM rate_buckets WHERE key = ?")
-                .bind(key)
-                .fetch_optional(&mut *alone)
-                .await
-                .map_err(store_error)?;
-            let tokens = match bucket.take(held.map(|(tokens, at)| (tokens, Duration::milliseconds(ms(now) - at)))) {
-                Ok(left) => left,
-                Err(wait) => return Ok(Some(wait)),
-            };
-            // Written only over what was read (see `COUNTING_TRIES`).
-            let written = sqlx::query(
-                "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET tokens = ?2, updated_at = ?3 \
-                 WHERE rate_buckets.tokens = ?4 AND rate_buckets.updated_at = ?5",
+        let now = ms(now);
+        let next = |held: Option<(f64, i64)>| {
+            Ok(bucket.take(held.map(|(tokens, at)| (tokens, Duration::milliseconds(now - at)))).map(|left| (left, now)))
+        };
+        let write = |held, (tokens, at): (f64, i64)| {
+            match held {
+            None => sqlx::query(
+                "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
             )
             .bind(key)
             .bind(tokens)
-            .bind(ms(now))
-            .bind(held.map(|(tokens, _)| tokens))
-            .bind(held.map(|(_, at)| at))
-            .execute(&mut *alone)
-            .await
-            .map_err(store_error)?;
-            if written.rows_affected() == 1 {
-                return Ok(None);
-            }
+            .bind(at),
+            Some((was, was_at)) => sqlx::query(
+                "UPDATE rate_buckets SET tokens = ?2, updated_at = ?3 WHERE key = ?1 AND tokens = ?4 AND updated_at = ?5",
+            )
+            .bind(key)
+            .bind(tokens)
+            .bind(at)
+            .bind(was)
+            .bind(was_at),
         }
-        Err(StoreError::Unavailable("a rate bucket kept changing under its update".into()))
+        };
+        let read = "SELECT tokens, updated_at FROM rate_buckets WHERE key = ?";
+        self.count(&self.recent().buckets, key, read, next, write).await
     }
 
     async fn claim_attempt(
@@ -362,50 +463,46 @@ impl Throttle for SqliteStore {
         policy: &AttemptPolicy,
         now: OffsetDateTime,
     ) -> Result<Option<Duration>, StoreError> {
-        let mut alone = self.counting().await?;
-        for _ in 0..COUNTING_TRIES {
-            let held: Option<(i64, i64)> =
-                sqlx::query_as("SELECT failures, blocked_until FROM login_attempts WHERE key = ?")
-                    .bind(key)
-                    .fetch_optional(&mut *alone)
-                    .await
-                    .map_err(store_error)?;
+        let next = |held: Option<(i64, i64)>| {
             let (failures, blocked_until) = held.unwrap_or((0, 0));
-            let failures = u32::try_from(failures).unwrap_or(0);
-            let (failures, blocked_until) = match policy.claim(failures, from_ms(blocked_until)?, now) {
-                Ok(counted) => counted,
-                Err(wait) => return Ok(Some(wait)),
-            };
-            // Written only over what was read (see `COUNTING_TRIES`).
-            let written = sqlx::query(
-                "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (key) DO UPDATE SET failures = ?2, blocked_until = ?3, last_at = ?4 \
-                 WHERE login_attempts.failures = ?5 AND login_attempts.blocked_until = ?6",
+            let counted = policy.claim(u32::try_from(failures).unwrap_or(0), from_ms(blocked_until)?, now);
+            Ok(counted.map(|(failures, until)| (i64::from(failures), ms(until))))
+        };
+        let write = |held, (failures, until): (i64, i64)| match held {
+            None => sqlx::query(
+                "INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (key) DO NOTHING",
             )
             .bind(key)
-            .bind(i64::from(failures))
-            .bind(ms(blocked_until))
+            .bind(failures)
+            .bind(until)
+            .bind(ms(now)),
+            Some((was, was_until)) => sqlx::query(
+                "UPDATE login_attempts SET failures = ?2, blocked_until = ?3, last_at = ?4 \
+                 WHERE key = ?1 AND failures = ?5 AND blocked_until = ?6",
+            )
+            .bind(key)
+            .bind(failures)
+            .bind(until)
             .bind(ms(now))
-            .bind(held.map(|(failures, _)| failures))
-            .bind(held.map(|(_, until)| until))
-            .execute(&mut *alone)
-            .await
-            .map_err(store_error)?;
-            if written.rows_affected() == 1 {
-                return Ok(None);
-            }
-        }
-        Err(StoreError::Unavailable("a failed-login count kept changing under its update".into()))
+            .bind(was)
+            .bind(was_until),
+        };
+        let read = "SELECT failures, blocked_until FROM login_attempts WHERE key = ?";
+        self.count(&self.recent().attempts, key, read, next, write).await
     }
 
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
-        // On the relaxed pool's only connection: never between a claim's
+        // On the relaxed connection: never between a claim's
         // read and its write, which would count on from what it read.
+        let mut relaxed = self.relaxed().await;
+        let _turn = self.write_turn().await;
         sqlx::query("DELETE FROM login_attempts WHERE key = ?")
             .bind(key)
-            .execute(self.relaxed())
+            .execute(&mut *relaxed)
             .await
-            .map_err(store_error)
-            .map(|_| ())
+            .map_err(store_error)?;
+        self.recent().attempts.seen(key, None);
+        Ok(())
     }
 }

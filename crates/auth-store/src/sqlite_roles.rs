@@ -4,14 +4,14 @@ use async_trait::async_trait;
 use auth_core::roles::{AccountState, AuditEntry, EventFor, MAX_ROLES_PER_USER, Role, RoleChange, RoleStore, Staled};
 use auth_core::{DomainEvent, StoreError, User, UserId};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::sqlite::{from_ms, insert_event, ms, revoke_sessions_in, user_from, uuid_of};
 use crate::{SqliteStore, listed, store_error, user_columns};
 
-async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, a: &AuditEntry) -> Result<(), StoreError> {
+async fn insert_audit(db: &mut SqliteConnection, a: &AuditEntry) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -26,23 +26,23 @@ async fn insert_audit(tx: &mut Transaction<'_, Sqlite>, a: &AuditEntry) -> Resul
     .bind(&a.ip)
     .bind(&a.user_agent)
     .bind(&a.reason)
-    .execute(&mut **tx)
+    .execute(db)
     .await
     .map_err(store_error)?;
     Ok(())
 }
 
-async fn roles_of(tx: &mut Transaction<'_, Sqlite>, user: UserId) -> Result<Vec<String>, StoreError> {
+async fn roles_of(tx: &mut SqliteConnection, user: UserId) -> Result<Vec<String>, StoreError> {
     sqlx::query_scalar("SELECT role FROM user_roles WHERE user_id = ? ORDER BY role")
         .bind(user.to_string())
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(store_error)
 }
 
 /// Bumps `users`' token versions and tells each what it holds now.
 async fn stale(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     users: &[UserId],
     event_for: EventFor<'_>,
 ) -> Result<Vec<Staled>, StoreError> {
@@ -52,7 +52,7 @@ async fn stale(
             "UPDATE users SET tokens_version = tokens_version + 1 WHERE id = ? RETURNING tokens_version",
         )
         .bind(user.to_string())
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(store_error)?;
         let roles = roles_of(tx, *user).await?;
@@ -62,10 +62,10 @@ async fn stale(
     Ok(staled)
 }
 
-async fn holders(tx: &mut Transaction<'_, Sqlite>, role: &str) -> Result<Vec<UserId>, StoreError> {
+async fn holders(tx: &mut SqliteConnection, role: &str) -> Result<Vec<UserId>, StoreError> {
     let ids: Vec<String> = sqlx::query_scalar("SELECT user_id FROM user_roles WHERE role = ? ORDER BY user_id")
         .bind(role)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
     ids.iter().map(|id| id.parse().map_err(|_| StoreError::Unavailable("stored user id is invalid".into()))).collect()
@@ -135,6 +135,7 @@ impl RoleStore for SqliteStore {
         .map_err(store_error)?;
         let before = before.as_ref().map(role_from).transpose()?;
         if before.as_ref() == Some(role) {
+            tx.rollback().await;
             return Ok(Vec::new());
         }
         sqlx::query(
@@ -180,6 +181,7 @@ impl RoleStore for SqliteStore {
         let gone =
             sqlx::query("DELETE FROM roles WHERE name = ?").bind(name).execute(&mut *tx).await.map_err(store_error)?;
         if gone.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(None);
         }
         let staled = stale(&mut tx, &holders, event_for).await?;
@@ -205,6 +207,7 @@ impl RoleStore for SqliteStore {
             .map_err(store_error)?
             .is_none()
         {
+            tx.rollback().await;
             return Ok(RoleChange::NoSuchUser);
         }
         if exists("SELECT 1 FROM roles WHERE name = ?", role.to_owned())
@@ -213,6 +216,7 @@ impl RoleStore for SqliteStore {
             .map_err(store_error)?
             .is_none()
         {
+            tx.rollback().await;
             return Ok(RoleChange::NoSuchRole);
         }
         let held: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_roles WHERE user_id = ?")
@@ -221,6 +225,7 @@ impl RoleStore for SqliteStore {
             .await
             .map_err(store_error)?;
         if grant && held >= MAX_ROLES_PER_USER as i64 {
+            tx.rollback().await;
             return Ok(RoleChange::TooMany);
         }
         let changed = match grant {
@@ -235,6 +240,7 @@ impl RoleStore for SqliteStore {
             }
         };
         if changed.execute(&mut *tx).await.map_err(store_error)?.rows_affected() == 0 {
+            tx.rollback().await;
             return Ok(RoleChange::Unchanged);
         }
         let staled = stale(&mut tx, &[user], event_for).await?;
@@ -259,8 +265,12 @@ impl RoleStore for SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(store_error)?;
-        let Some((disabled_at, version)) = state else { return Ok(AccountState::NoSuchUser) };
+        let Some((disabled_at, version)) = state else {
+            tx.rollback().await;
+            return Ok(AccountState::NoSuchUser);
+        };
         if disabled_at.is_some() == disabled {
+            tx.rollback().await;
             return Ok(AccountState::Unchanged);
         }
         let (state, version) = if disabled {
@@ -305,10 +315,10 @@ impl RoleStore for SqliteStore {
         rows.iter().map(user_from).collect()
     }
 
+    /// One statement: a transaction of its own, in one trip.
     async fn record(&self, audit: &AuditEntry) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        insert_audit(&mut tx, audit).await?;
-        tx.commit().await.map_err(store_error)
+        let _turn = self.write_turn().await;
+        insert_audit(&mut *self.pool().acquire().await.map_err(store_error)?, audit).await
     }
 
     async fn audit_page(

@@ -171,8 +171,10 @@ async fn a_login_racing_a_reset_opens_no_session_and_a_rehash_cannot_undo_it() {
         let late = crate::session(alice.id, t0);
         let logged_in = DomainEvent::logged_in(alice.id, late.id, t0);
         let refresh = OpaqueSecret::generate().hash();
+        let before = stores.outbox.events_of(alice.id).await.unwrap().len();
         assert!(!stores.sessions.create_session(&late, &refresh, &logged_in, Some(&old)).await.unwrap());
         assert_eq!(stores.sessions.session(late.id).await.unwrap(), None);
+        assert_eq!(stores.outbox.events_of(alice.id).await.unwrap().len(), before, "a refused session left its event");
         assert!(!stores.users.replace_password_hash(alice.id, &old, "phc-rehashed-old").await.unwrap());
         assert_eq!(stores.users.user_by_id(alice.id).await.unwrap().unwrap().password_hash.as_deref(), Some("phc-new"));
         let current = crate::session(alice.id, t0);
@@ -347,4 +349,68 @@ async fn on_sqlite_two_counting_connections_racing_still_get_exactly_the_free_on
         taken += usize::from(t);
     }
     assert_eq!((claimed, taken), (5, 10), "counted over another connection's count");
+}
+
+/// On SQLite a count starts from the row as the store last saw it, a
+/// guess its write checks: a row changed or removed behind the store's
+/// back (by tidying, another process, an operator) is counted as it is,
+/// and a wait the store remembers is not kept once the row says otherwise.
+#[tokio::test]
+async fn on_sqlite_counts_follow_rows_changed_behind_the_store() {
+    use auth_core::Throttle as _;
+    use auth_core::throttling::{AttemptPolicy, Bucket};
+    use auth_store::testing::{Backend, TestDatabase};
+
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let store = auth_store::SqliteStore::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let (policy, t0) = (AttemptPolicy::default(), now());
+    let behind = |sql: &'static str| {
+        let pool = store.pool().clone();
+        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+    };
+    let failures = || async {
+        sqlx::query_scalar::<_, i64>("SELECT failures FROM login_attempts WHERE key = 'login:k'")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap()
+    };
+    let claimed = || async { store.claim_attempt("login:k", &policy, t0).await.unwrap().is_none() };
+
+    for _ in 0..3 {
+        assert!(claimed().await);
+    }
+    behind("DELETE FROM login_attempts").await;
+    assert!(claimed().await);
+    assert_eq!(failures().await, Some(1), "counted on from a removed row");
+
+    // A wait started behind its back (far ahead of every test clock).
+    behind("UPDATE login_attempts SET failures = 7, blocked_until = 99999999999999").await;
+    assert!(!claimed().await, "admitted past a wait it had not seen");
+    assert_eq!(failures().await, Some(7));
+
+    behind("DELETE FROM login_attempts").await;
+    assert!(claimed().await, "kept a wait the row no longer holds");
+    assert_eq!(failures().await, Some(1));
+
+    store.clear_attempts("login:k").await.unwrap();
+    behind("INSERT INTO login_attempts (key, failures, blocked_until, last_at) VALUES ('login:k', 4, 0, 0)").await;
+    assert!(claimed().await);
+    assert_eq!(failures().await, Some(5), "counted over a row made after it cleared the count");
+
+    let bucket = Bucket { burst: 3, per_minute: 1 };
+    let taken = || async { store.take("login:192.0.2.1", bucket, t0).await.unwrap().is_none() };
+    let tokens = || async {
+        sqlx::query_scalar::<_, f64>("SELECT tokens FROM rate_buckets").fetch_optional(store.pool()).await.unwrap()
+    };
+    for _ in 0..3 {
+        assert!(taken().await);
+    }
+    assert!(!taken().await);
+    behind("DELETE FROM rate_buckets").await;
+    assert!(taken().await, "kept an empty bucket the row no longer holds");
+    assert_eq!(tokens().await, Some(2.0));
+    behind("UPDATE rate_buckets SET tokens = 0").await;
+    assert!(!taken().await, "took a token the row no longer holds");
+    assert_eq!(tokens().await, Some(0.0));
 }
