@@ -69,6 +69,9 @@ pub const SQLITE: &[Migration] = &[
 const PG_LOCK: &str = "SET LOCAL statement_timeout = 0; SELECT pg_advisory_xact_lock(7449354444734264691)";
 const PG_APPLIED: &str = "SELECT version FROM gatehouse_migrations WHERE version = $1";
 const PG_RECORD: &str = "INSERT INTO gatehouse_migrations (version, name) VALUES ($1, $2)";
+/// SQLite's stand-in for the advisory lock: the file's write lock, taken
+/// before the transaction reads what is applied.
+const SQLITE_BEGIN: &str = "BEGIN IMMEDIATE";
 const SQLITE_APPLIED: &str = "SELECT version FROM gatehouse_migrations WHERE version = ?";
 const SQLITE_RECORD: &str = "INSERT INTO gatehouse_migrations (version, name) VALUES (?, ?)";
 
@@ -78,14 +81,22 @@ fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {
 
 /// One runner for both backends; only the SQL differs.
 macro_rules! runner {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, $migrations:expr, setup: $setup:expr, lock: $lock:expr,
-     select: $select:expr, insert: $insert:expr) => {
+    ($(#[$doc:meta])* $name:ident, $pool:ty, $migrations:expr, setup: $setup:expr, begin: $begin:expr,
+     lock: $lock:expr, select: $select:expr, insert: $insert:expr) => {
         $(#[$doc])*
         pub async fn $name(pool: &$pool) -> Result<Vec<i64>, OpenError> {
-            sqlx::raw_sql($setup).execute(pool).await.map_err(|e| OpenError::Connect(e.to_string()))?;
+            // Under the lock too: PostgreSQL's `CREATE TABLE IF NOT EXISTS`
+            // run by two processes at once fails in one of them.
+            let setup_failed = |e: sqlx::Error| OpenError::Connect(e.to_string());
+            let mut tx = pool.begin_with($begin).await.map_err(setup_failed)?;
+            if let Some(lock) = $lock {
+                sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(setup_failed)?;
+            }
+            sqlx::raw_sql($setup).execute(&mut *tx).await.map_err(setup_failed)?;
+            tx.commit().await.map_err(setup_failed)?;
             let mut applied = Vec::new();
             for m in $migrations {
-                let mut tx = pool.begin().await.map_err(failed(m))?;
+                let mut tx = pool.begin_with($begin).await.map_err(failed(m))?;
                 if let Some(lock) = $lock {
                     sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(failed(m))?;
                 }
@@ -112,18 +123,24 @@ runner!(
     POSTGRES,
     setup: "CREATE TABLE IF NOT EXISTS gatehouse_migrations \
             (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    begin: "BEGIN",
     lock: Some(PG_LOCK),
     select: PG_APPLIED,
     insert: PG_RECORD
 );
 
 runner!(
-    /// Applies the SQLite migrations (one process owns the file).
+    /// Applies the SQLite migrations. Each transaction takes the file's
+    /// write lock before it reads (`BEGIN IMMEDIATE`, waiting up to the
+    /// busy timeout), so a server starting while `gatehouse migrate` runs
+    /// finds the other's migrations applied instead of failing with
+    /// `database is locked` on its first write.
     run_sqlite,
     SqlitePool,
     SQLITE,
     setup: "CREATE TABLE IF NOT EXISTS gatehouse_migrations \
             (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    begin: SQLITE_BEGIN,
     lock: None::<&'static str>,
     select: SQLITE_APPLIED,
     insert: SQLITE_RECORD
@@ -136,7 +153,7 @@ runner!(
 /// is left as it is and reported by user id: merging accounts is the
 /// operator's decision, never made silently.
 macro_rules! normaliser {
-    ($(#[$doc:meta])* $name:ident, $pool:ty, lock: $lock:expr, select: $select:expr,
+    ($(#[$doc:meta])* $name:ident, $pool:ty, begin: $begin:expr, lock: $lock:expr, select: $select:expr,
      update: $update:expr, marker: $marker:expr, mark: $mark:expr) => {
         $(#[$doc])*
         pub async fn $name(pool: &$pool) -> Result<Vec<String>, OpenError> {
@@ -145,7 +162,7 @@ macro_rules! normaliser {
                 name: "email_normalisation",
                 reason: e.to_string(),
             };
-            let mut tx = pool.begin().await.map_err(fail)?;
+            let mut tx = pool.begin_with($begin).await.map_err(fail)?;
             if let Some(lock) = $lock {
                 sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(fail)?;
             }
@@ -191,6 +208,7 @@ normaliser!(
     /// [`normaliser`] on PostgreSQL, under the migrations' advisory lock.
     normalise_postgres,
     PgPool,
+    begin: "BEGIN",
     lock: Some(PG_LOCK),
     select: "SELECT id::text, email FROM users ORDER BY id",
     update: "UPDATE users SET email = $1 WHERE id = $2::uuid",
@@ -199,9 +217,10 @@ normaliser!(
 );
 
 normaliser!(
-    /// [`normaliser`] on SQLite.
+    /// [`normaliser`] on SQLite, under the file's write lock.
     normalise_sqlite,
     SqlitePool,
+    begin: SQLITE_BEGIN,
     lock: None::<&'static str>,
     select: "SELECT id, email FROM users ORDER BY id",
     update: "UPDATE users SET email = ? WHERE id = ?",

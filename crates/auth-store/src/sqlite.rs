@@ -489,7 +489,10 @@ impl SessionStore for SqliteStore {
                 tx.commit().await.map_err(store_error)?;
                 Ok(true)
             }
-            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3"))),
+            n => {
+                tx.rollback().await;
+                Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3")))
+            }
         }
     }
 

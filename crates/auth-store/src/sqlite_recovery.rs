@@ -363,7 +363,7 @@ pub(crate) struct RecentCounters {
 type Next<V> = Result<Result<V, Duration>, StoreError>;
 
 impl SqliteStore {
-    /// One count on `key`'s row in `table`, on the relaxed connection held
+    /// One count on `key`'s row, on the relaxed connection held
     /// throughout. `next` decides from the row as it stands; `write` makes
     /// the write of the new row that lands only over the row counted from
     /// (see [`COUNTING_TRIES`]). The row counted from is the one in

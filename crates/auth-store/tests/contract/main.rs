@@ -336,6 +336,31 @@ async fn a_sqlite_database_serves_one_process_and_postgres_several() {
     }
 }
 
+/// Processes starting at once on a database not yet migrated (a server and
+/// `gatehouse migrate` after an upgrade, or several servers on PostgreSQL)
+/// each migrate, and none fails: one applies each migration, the others
+/// find it applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_started_at_once_by_several_processes_all_succeed() {
+    for backend in Backend::available() {
+        for _ in 0..3 {
+            let db = TestDatabase::create(backend).await;
+            drop(open(&db.url, false).await.unwrap());
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = db.url.clone();
+                    tokio::spawn(async move { open(&url, true).await.map(drop) })
+                })
+                .collect();
+            for start in starts {
+                if let Err(error) = start.await.unwrap() {
+                    panic!("{backend:?}: a migration started beside another failed: {error}");
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn migrations_apply_once_and_the_database_answers_pings() {
     for backend in Backend::available() {
