@@ -79,6 +79,20 @@ fn failed(m: &Migration) -> impl Fn(sqlx::Error) -> OpenError + '_ {
     move |e| OpenError::Migration { version: m.version, name: m.name, reason: e.to_string() }
 }
 
+/// A transaction under the migrations' lock: begun with `begin` (SQLite's
+/// lock), then `lock` run in it (PostgreSQL's).
+macro_rules! locked {
+    ($pool:expr, $begin:expr, $lock:expr) => {
+        async {
+            let mut tx = $pool.begin_with($begin).await?;
+            if let Some(lock) = $lock {
+                sqlx::raw_sql(lock).execute(&mut *tx).await?;
+            }
+            Ok::<_, sqlx::Error>(tx)
+        }
+    };
+}
+
 /// One runner for both backends; only the SQL differs.
 macro_rules! runner {
     ($(#[$doc:meta])* $name:ident, $pool:ty, $migrations:expr, setup: $setup:expr, begin: $begin:expr,
@@ -88,18 +102,12 @@ macro_rules! runner {
             // Under the lock too: PostgreSQL's `CREATE TABLE IF NOT EXISTS`
             // run by two processes at once fails in one of them.
             let setup_failed = |e: sqlx::Error| OpenError::Connect(e.to_string());
-            let mut tx = pool.begin_with($begin).await.map_err(setup_failed)?;
-            if let Some(lock) = $lock {
-                sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(setup_failed)?;
-            }
+            let mut tx = locked!(pool, $begin, $lock).await.map_err(setup_failed)?;
             sqlx::raw_sql($setup).execute(&mut *tx).await.map_err(setup_failed)?;
             tx.commit().await.map_err(setup_failed)?;
             let mut applied = Vec::new();
             for m in $migrations {
-                let mut tx = pool.begin_with($begin).await.map_err(failed(m))?;
-                if let Some(lock) = $lock {
-                    sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(failed(m))?;
-                }
+                let mut tx = locked!(pool, $begin, $lock).await.map_err(failed(m))?;
                 let done: Option<i64> =
                     sqlx::query_scalar($select).bind(m.version).fetch_optional(&mut *tx).await.map_err(failed(m))?;
                 if done.is_some() {
@@ -162,10 +170,7 @@ macro_rules! normaliser {
                 name: "email_normalisation",
                 reason: e.to_string(),
             };
-            let mut tx = pool.begin_with($begin).await.map_err(fail)?;
-            if let Some(lock) = $lock {
-                sqlx::raw_sql(lock).execute(&mut *tx).await.map_err(fail)?;
-            }
+            let mut tx = locked!(pool, $begin, $lock).await.map_err(fail)?;
             let done: Option<i64> =
                 sqlx::query_scalar($marker).bind(EMAIL_NORMALISATION).fetch_optional(&mut *tx).await.map_err(fail)?;
             if done.is_some() {

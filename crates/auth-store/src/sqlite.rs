@@ -100,6 +100,16 @@ impl SqliteStore {
         self.relaxed.lock().await
     }
 
+    /// The relaxed connection and this process's turn to write, taken in
+    /// that order (the only order: a count takes the turn while holding the
+    /// connection), for one statement that writes.
+    pub(crate) async fn relaxed_write(
+        &self,
+    ) -> (tokio::sync::MutexGuard<'_, SqliteConnection>, tokio::sync::MutexGuard<'_, ()>) {
+        let relaxed = self.relaxed().await;
+        (relaxed, self.write_turn().await)
+    }
+
     /// The counter rows as last seen (see [`crate::sqlite_recovery::Recent`]).
     pub(crate) fn recent(&self) -> &crate::sqlite_recovery::RecentCounters {
         &self.recent
@@ -191,16 +201,17 @@ pub(crate) fn claim_serving(url: &str) -> Result<std::fs::File, OpenError> {
         .unwrap_or_else(|_| given.to_owned());
     let mut path = real.into_os_string();
     path.push(".serving");
+    let shown = std::path::Path::new(&path).display();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| OpenError::Connect(format!("cannot open {}: {e}", std::path::Path::new(&path).display())))?;
+        .map_err(|e| OpenError::Connect(format!("cannot open {shown}: {e}")))?;
     match flock(&file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
         Err(rustix::io::Errno::WOULDBLOCK) => Err(OpenError::InUse(options.get_filename().display().to_string())),
-        Err(e) => Err(OpenError::Connect(format!("cannot lock {}: {e}", std::path::Path::new(&path).display()))),
+        Err(e) => Err(OpenError::Connect(format!("cannot lock {shown}: {e}"))),
     }
 }
 
@@ -660,8 +671,7 @@ impl Outbox for SqliteStore {
         }
         let ids = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let mut relaxed = self.relaxed().await;
-        let _turn = self.write_turn().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await;
         sqlx::query(
             "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id IN (SELECT value FROM json_each(?))",
         )

@@ -413,8 +413,7 @@ impl SqliteStore {
 #[async_trait]
 impl Throttle for SqliteStore {
     async fn hit(&self, key: &str, window: Duration, now: OffsetDateTime) -> Result<Hits, StoreError> {
-        let mut relaxed = self.relaxed().await;
-        let _turn = self.write_turn().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await;
         let (start, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO throttle (key, window_start, hits) VALUES (?1, ?2, 1) ON CONFLICT (key) DO UPDATE SET \
              hits = CASE WHEN throttle.window_start <= ?3 THEN 1 ELSE throttle.hits + 1 END, \
@@ -495,8 +494,7 @@ impl Throttle for SqliteStore {
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
         // On the relaxed connection: never between a claim's
         // read and its write, which would count on from what it read.
-        let mut relaxed = self.relaxed().await;
-        let _turn = self.write_turn().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await;
         sqlx::query("DELETE FROM login_attempts WHERE key = ?")
             .bind(key)
             .execute(&mut *relaxed)
