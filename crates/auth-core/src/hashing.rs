@@ -3,9 +3,11 @@
 //! At most `permits` hashes run at once, each on one of `permits` threads
 //! the OS schedules below the serving threads (a raised nice value), so a
 //! flood of logins never stalls the async workers nor delays the requests
-//! they serve: hashing gets the CPU time serving leaves. A request that
-//! cannot get a permit within `max_wait` gets [`HashError::Busy`] (answered
-//! 503 + Retry-After) instead of queueing without bound.
+//! they serve: hashing gets the CPU time serving leaves. Hashes wait in one
+//! queue, and a thread that finishes one takes the next without sleeping.
+//! A request whose hash no thread has taken within `max_wait` gets
+//! [`HashError::Busy`] (answered 503 + Retry-After) instead of queueing
+//! without bound; a thread skips a hash whose request gave up or went away.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -14,7 +16,6 @@ use std::time::Duration;
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Semaphore;
 
 use crate::Password;
 
@@ -58,7 +59,8 @@ pub struct HashingSettings {
     pub parallelism: u32,
     /// Hashes allowed at once; 0 means the number of CPU cores.
     pub permits: usize,
-    /// How long a request may wait for a permit before it is answered 503.
+    /// How long a request may wait for a hashing thread before it is
+    /// answered 503.
     pub max_wait_ms: u64,
     /// The nice value of the hashing threads (0–19, higher yields more):
     /// serving threads go first while logins flood. 0 leaves them as the
@@ -117,20 +119,14 @@ impl Pool {
         Ok(Self { jobs })
     }
 
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, HashError> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = answer.send(work());
-        });
-        self.jobs.send(job).map_err(|_| HashError::Internal("the hashing threads have stopped".into()))?;
-        answered.await.map_err(|_| HashError::Internal("a hash failed on its thread".into()))
+    fn send(&self, job: Job) -> Result<(), HashError> {
+        self.jobs.send(job).map_err(|_| HashError::Internal("the hashing threads have stopped".into()))
     }
 }
 
 #[derive(Debug)]
 pub struct Argon2Hasher {
     params: Params,
-    permits: Arc<Semaphore>,
     max_wait: Duration,
     dummy_phc: String,
     in_flight: Arc<AtomicUsize>,
@@ -182,7 +178,6 @@ impl Argon2Hasher {
         Ok(Self {
             pool: Pool::start(permits, settings.nice)?,
             params,
-            permits: Arc::new(Semaphore::new(permits)),
             max_wait: Duration::from_millis(settings.max_wait_ms),
             dummy_phc,
             in_flight: Arc::new(AtomicUsize::new(0)),
@@ -191,26 +186,37 @@ impl Argon2Hasher {
         })
     }
 
-    /// Runs `work` on a hashing thread once a permit is free.
+    /// Runs `work` on a hashing thread, once one is free.
     async fn run<T, F>(&self, work: F) -> Result<T, HashError>
     where
         T: Send + 'static,
         F: FnOnce(&MemoryPool) -> Result<T, HashError> + Send + 'static,
     {
         self.operations.fetch_add(1, Ordering::Relaxed);
-        let in_flight = InFlight::enter(self.in_flight.clone());
-        let permit = tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned())
-            .await
-            .map_err(|_| HashError::Busy)?
-            .map_err(|_| HashError::Busy)?;
-        let memory = self.memory.clone();
-        self.pool
-            .run(move || {
-                let _permit = permit;
-                let _in_flight = in_flight;
-                work(&memory)
-            })
-            .await?
+        // Counted in flight until a thread has taken it and finished, or
+        // its request gave up waiting: whichever takes the count ends it.
+        let count = Arc::new(Mutex::new(Some(InFlight::enter(self.in_flight.clone()))));
+        let take = |count: &Mutex<Option<InFlight>>| count.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (answer, mut answered) = tokio::sync::oneshot::channel();
+        let (memory, taken) = (self.memory.clone(), count.clone());
+        self.pool.send(Box::new(move || {
+            let Some(in_flight) = take(&taken) else { return };
+            if !answer.is_closed() {
+                let done = work(&memory);
+                // Out of flight before it is answered.
+                drop(in_flight);
+                let _ = answer.send(done);
+            }
+        }))?;
+        let answer = match tokio::time::timeout(self.max_wait, &mut answered).await {
+            Ok(answer) => answer,
+            Err(_) => match take(&count) {
+                Some(_given_up) => return Err(HashError::Busy),
+                // Taken before the wait ran out: its answer comes.
+                None => answered.await,
+            },
+        };
+        answer.map_err(|_| HashError::Internal("a hash failed on its thread".into()))?
     }
 
     fn weaker_than_current(&self, phc: &str) -> bool {
@@ -221,8 +227,8 @@ impl Argon2Hasher {
     }
 }
 
-/// Counts a hash as in flight from the moment it asks for a permit until its
-/// blocking work ends (or it gives up waiting).
+/// Counts a hash as in flight from the moment it is queued until its
+/// blocking work ends (or its request gives up waiting).
 struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {

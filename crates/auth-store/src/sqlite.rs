@@ -13,7 +13,7 @@ use auth_core::{
     SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{ConnectOptions as _, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions as _, Connection as _, Row, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -21,14 +21,18 @@ use crate::{Health, OpenError, event_columns, session_columns, store_error, user
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// For the migrations, and for commands and tests that run SQL of
+    /// their own.
     pool: SqlitePool,
+    /// The connections reads go through.
+    readers: Arc<Readers>,
     /// The same file, for writes a power cut may take back without harm:
     /// the throttling counters and the relay's published marks. Their
     /// commits do not wait for the disk (`synchronous=NORMAL`); the next
     /// commit on `pool` or the next checkpoint makes them durable, and a
     /// crash of the process alone loses none of them. A login writes
     /// three times here (bucket, attempt, cleared count) and twice on
-    /// `pool` (session, audit row); each wait for the disk costs CPU that
+    /// the writer (session, audit row); each wait for the disk costs CPU that
     /// hashing passwords needs.
     ///
     /// One connection, not a pool: a counter's read-then-write holds it
@@ -42,15 +46,20 @@ pub struct SqliteStore {
     /// back to it); it never holds a transaction that a failure could leave
     /// open. SQLite serves a single process ([`claim_serving`] makes sure).
     relaxed: Arc<tokio::sync::Mutex<SqliteConnection>>,
-    /// This process's turn to write. SQLite lets one connection write at a
-    /// time; the others poll the file's lock, sleeping 1, 2, 5, 10… ms
-    /// between tries (its busy handler), which under a login flood was
-    /// five sleeps per login. Every write of this store but the migrations
-    /// at start takes its turn here first, so writers queue in order and
-    /// wake once, when the turn is theirs; only another process's writes
-    /// (a command run beside the server), or a rollback still queued from a
-    /// dropped request, are still waited for by polling.
-    writing: Arc<tokio::sync::Mutex<()>>,
+    /// The connection every write of this process goes through
+    /// (`synchronous=FULL`), and with it the turn to write. SQLite lets one
+    /// connection write at a time; the others poll the file's lock,
+    /// sleeping 1, 2, 5, 10… ms between tries (its busy handler), which
+    /// under a login flood was five sleeps per login. Here writers queue in
+    /// order and wake once, when the turn is theirs; only another process's
+    /// writes (a command run beside the server) are still waited for by
+    /// polling. One connection, not a pool: handing it on costs no trip (a
+    /// pool pings every connection given back to it), and its thread runs
+    /// what is sent to it in order. Writes on the relaxed connection take
+    /// the turn too (the relaxed connection first, then the turn).
+    writer: Arc<tokio::sync::Mutex<Writer>>,
+    /// How to open the writer again when a transaction did not end cleanly.
+    options: SqliteConnectOptions,
     /// The counter rows as last seen, to count in one trip (a guess the
     /// writes check).
     recent: Arc<crate::sqlite_recovery::RecentCounters>,
@@ -73,16 +82,27 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
-        let pool = open_pool(8, options.clone()).await?;
+        let pool = open_pool(2, options.clone()).await?;
+        let connect = async |options: &SqliteConnectOptions| {
+            options.connect().await.map_err(|e| OpenError::Connect(e.to_string()))
+        };
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            readers.push(Arc::new(tokio::sync::Mutex::new(connect(&options).await?)));
+        }
+        let writer = connect(&options).await?;
         let relaxed = options
+            .clone()
             .synchronous(SqliteSynchronous::Normal)
             .connect()
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         Ok(Self {
             pool,
+            readers: Arc::new(Readers { free: Arc::new(tokio::sync::Semaphore::new(readers.len())), conns: readers }),
             relaxed: Arc::new(tokio::sync::Mutex::new(relaxed)),
-            writing: Arc::default(),
+            writer: Arc::new(tokio::sync::Mutex::new(Writer { conn: writer, unsettled: false })),
+            options,
             recent: Arc::default(),
             relay: Arc::default(),
             _serving: None,
@@ -105,9 +125,9 @@ impl SqliteStore {
     /// connection), for one statement that writes.
     pub(crate) async fn relaxed_write(
         &self,
-    ) -> (tokio::sync::MutexGuard<'_, SqliteConnection>, tokio::sync::MutexGuard<'_, ()>) {
+    ) -> Result<(tokio::sync::MutexGuard<'_, SqliteConnection>, Turn), StoreError> {
         let relaxed = self.relaxed().await;
-        (relaxed, self.write_turn().await)
+        Ok((relaxed, self.write_turn().await?))
     }
 
     /// The counter rows as last seen (see [`crate::sqlite_recovery::Recent`]).
@@ -127,61 +147,158 @@ impl SqliteStore {
         Ok(applied)
     }
 
-    /// A transaction that writes, once it is this process's turn to write.
+    /// A connection to read with, once one is free.
+    pub(crate) async fn read(&self) -> Result<Read, StoreError> {
+        let closed = |_| StoreError::Unavailable("the store is closed".into());
+        let free = self.readers.free.clone().acquire_owned().await.map_err(closed)?;
+        // A permit held means a connection is unlocked: each is unlocked
+        // before its permit goes back.
+        for conn in &self.readers.conns {
+            if let Ok(conn) = conn.clone().try_lock_owned() {
+                return Ok(Read { conn, _free: free });
+            }
+        }
+        let first =
+            self.readers.conns.first().ok_or_else(|| StoreError::Unavailable("no connection to read".into()))?;
+        Ok(Read { conn: first.clone().lock_owned().await, _free: free })
+    }
+
+    /// A write transaction on the writer, once it is this process's turn.
+    /// It takes the file's write lock at once (waiting for other
+    /// processes), so its reads are never made stale by another writer and
+    /// its first write never fails with `SQLITE_BUSY`.
     pub(crate) async fn begin(&self) -> Result<Write, StoreError> {
-        let turn = self.writing.clone().lock_owned().await;
-        Ok(Write { tx: self.pool.begin().await.map_err(store_error)?, _turn: turn })
+        let mut turn = self.write_turn().await?;
+        turn.unsettle();
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut *turn).await.map_err(store_error)?;
+        Ok(Write { turn })
     }
 
-    /// A transaction that reads before it writes: it also takes the file's
-    /// write lock at once (waiting for other processes), so its reads are
-    /// never made stale by another writer and its first write never fails
-    /// with `SQLITE_BUSY`.
-    pub(crate) async fn begin_write(&self) -> Result<Write, StoreError> {
-        let turn = self.writing.clone().lock_owned().await;
-        Ok(Write { tx: self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(store_error)?, _turn: turn })
-    }
-
-    /// This process's turn to write, for a write outside [`Self::begin`],
-    /// held until the statement's answer came (or its request was dropped).
-    pub(crate) async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writing.lock().await
+    /// This process's turn to write: the writer, for statements that are
+    /// each a transaction of their own, held until they are answered (or
+    /// their request was dropped; its thread still runs them before the
+    /// next holder's). A writer whose transaction did not end cleanly (an
+    /// error, a dropped request) is closed, which rolls back what it held,
+    /// and opened again first.
+    pub(crate) async fn write_turn(&self) -> Result<Turn, StoreError> {
+        let mut writer = self.writer.clone().lock_owned().await;
+        if writer.unsettled {
+            let fresh = self.options.connect().await.map_err(store_error)?;
+            let used = std::mem::replace(&mut writer.conn, fresh);
+            // Its queued statements run first, then closing rolls back.
+            if let Err(error) = used.close().await {
+                tracing::warn!(%error, "closing a database connection left inside a transaction");
+            }
+            writer.unsettled = false;
+        }
+        Ok(Turn { writer })
     }
 }
 
-/// A write transaction holding this process's turn to write from its begin
-/// until it ends (its connection, with the transaction's statements, is
-/// what it derefs to).
+/// How many connections reads go through.
+const READERS: usize = 4;
+
+/// The connections reads go through, each lent to one reader at a time.
+/// (A pool pings every connection given back to it: a second trip to the
+/// connection's thread for each read.) A read dropped before its answer
+/// came leaves nothing behind: its statement still runs on the
+/// connection's thread, before the next reader's.
+#[derive(Debug)]
+struct Readers {
+    conns: Vec<Arc<tokio::sync::Mutex<SqliteConnection>>>,
+    /// One permit per connection not lent out.
+    free: Arc<tokio::sync::Semaphore>,
+}
+
+/// A connection of [`Readers`], lent until dropped.
+pub(crate) struct Read {
+    conn: tokio::sync::OwnedMutexGuard<SqliteConnection>,
+    /// Given back after `conn` is unlocked (fields drop in order).
+    _free: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Read {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Read {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+}
+
+/// The writer connection, and whether a transaction may still be open on it.
+#[derive(Debug)]
+struct Writer {
+    conn: SqliteConnection,
+    unsettled: bool,
+}
+
+/// This process's turn to write, with the writer connection it derefs to.
+pub(crate) struct Turn {
+    writer: tokio::sync::OwnedMutexGuard<Writer>,
+}
+
+impl Turn {
+    /// Marks the writer as possibly inside a transaction until
+    /// [`Self::settle`]: if the turn ends first, the next turn reopens it.
+    pub(crate) fn unsettle(&mut self) {
+        self.writer.unsettled = true;
+    }
+
+    pub(crate) fn settle(&mut self) {
+        self.writer.unsettled = false;
+    }
+}
+
+impl std::ops::Deref for Turn {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.writer.conn
+    }
+}
+
+impl std::ops::DerefMut for Turn {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.writer.conn
+    }
+}
+
+/// A write transaction on the writer, holding the turn from its begin
+/// until it ends. Dropped unended (an early return, a dropped request),
+/// it leaves the writer unsettled, and the next turn reopens it.
 pub(crate) struct Write {
-    tx: Transaction<'static, Sqlite>,
-    /// Dropped after `tx`, whose rollback is then queued on its connection.
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    turn: Turn,
 }
 
 impl Write {
-    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("COMMIT").execute(&mut *self.turn).await?;
+        self.turn.settle();
+        Ok(())
     }
 
-    /// Ends the transaction unwritten before the turn goes on. (Dropped,
-    /// its rollback is only queued on its connection: the next writer
-    /// would find the file still locked and poll.) A rollback that fails
-    /// leaves the connection inside the transaction, and the pool closes it.
-    pub(crate) async fn rollback(self) {
-        let _ = self.tx.rollback().await;
+    /// Ends the transaction unwritten before the turn goes on.
+    pub(crate) async fn rollback(mut self) {
+        if sqlx::raw_sql("ROLLBACK").execute(&mut *self.turn).await.is_ok() {
+            self.turn.settle();
+        }
     }
 }
 
 impl std::ops::Deref for Write {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        &self.tx
+        &self.turn
     }
 }
 
 impl std::ops::DerefMut for Write {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+        &mut self.turn
     }
 }
 
@@ -382,30 +499,38 @@ impl UserStore for SqliteStore {
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!("group_concat"), " FROM users WHERE email = ?");
-        let row = sqlx::query(sql).bind(email.as_str()).fetch_optional(&self.pool).await.map_err(store_error)?;
+        let row = sqlx::query(sql)
+            .bind(email.as_str())
+            .fetch_optional(&mut *self.read().await?)
+            .await
+            .map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let sql = concat!("SELECT ", user_columns!("group_concat"), " FROM users WHERE id = ?");
-        let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(store_error)?;
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.read().await?)
+            .await
+            .map_err(store_error)?;
         row.as_ref().map(user_from).transpose()
     }
 
     async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let done = sqlx::query("UPDATE users SET password_hash = ? WHERE id = ?")
             .bind(phc)
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await
             .map_err(store_error)?;
         if done.rows_affected() == 0 { Err(StoreError::NotFound) } else { Ok(()) }
     }
 
     async fn replace_password_hash(&self, id: UserId, verified: &str, phc: &str) -> Result<bool, StoreError> {
-        let _turn = self.write_turn().await;
-        replace_hash(&self.pool, id, verified, phc).await
+        let mut turn = self.write_turn().await?;
+        replace_hash(&mut *turn, id, verified, phc).await
     }
 
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError> {
@@ -450,21 +575,27 @@ impl SessionStore for SqliteStore {
         event: &DomainEvent,
         verified: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        // One trip for the three rows (the statements of one query take its
-        // `?` parameters in turn): the session, if the account may still
-        // open one (one writing statement: it sees the latest committed
-        // hash), then its refresh token and its event, only if it was made.
+        // One trip for the transaction and its three rows (the statements
+        // of one query take its `?` parameters in turn): the session, if the
+        // account may still open one (one writing statement: it sees the
+        // latest committed hash), then its refresh token and its event, only
+        // if it was made. A failing statement stops the rest before the
+        // `COMMIT`; the writer stays unsettled, and the next turn reopens it,
+        // which rolls the transaction back.
+        let mut turn = self.write_turn().await?;
+        turn.unsettle();
         let session = s.id.to_string();
         let written = sqlx::query(
-            "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
+            "BEGIN IMMEDIATE; \
+             INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
              revoked_at, user_agent, ip) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND disabled_at IS NULL \
-             AND (? IS NULL OR password_hash = ?)); \
+             AND (? IS NULL OR password_hash = ?)) RETURNING 1; \
              INSERT INTO refresh_tokens (token_hash, session_id, created_at) SELECT ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?); \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) RETURNING 1; \
              INSERT INTO outbox (id, event_type, user_id, data, occurred_at) SELECT ?, ?, ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?)",
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) RETURNING 1; \
+             COMMIT",
         )
         .bind(&session)
         .bind(s.user_id.to_string())
@@ -488,28 +619,27 @@ impl SessionStore for SqliteStore {
         .bind(event.data.to_string())
         .bind(ms(event.occurred_at))
         .bind(&session)
-        .execute(&mut *tx)
+        .fetch_all(&mut *turn)
         .await
         .map_err(store_error)?;
-        match written.rows_affected() {
-            0 => {
-                tx.rollback().await;
-                Ok(false)
-            }
-            3 => {
-                tx.commit().await.map_err(store_error)?;
-                Ok(true)
-            }
-            n => {
-                tx.rollback().await;
-                Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3")))
-            }
+        turn.settle();
+        // The two gated rows follow the session's, or a statement failed.
+        // (Counted by what they return: SQLite's count of changed rows is
+        // stale after `BEGIN` and `COMMIT`.)
+        match written.len() {
+            0 => Ok(false),
+            3 => Ok(true),
+            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3"))),
         }
     }
 
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
         let sql = concat!("SELECT ", session_columns!(), " FROM sessions WHERE id = ?");
-        let row = sqlx::query(sql).bind(id.to_string()).fetch_optional(&self.pool).await.map_err(store_error)?;
+        let row = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.read().await?)
+            .await
+            .map_err(store_error)?;
         row.as_ref().map(session_from).transpose()
     }
 
@@ -520,15 +650,19 @@ impl SessionStore for SqliteStore {
             " FROM sessions WHERE user_id = ?1 AND revoked_at IS NULL \
              AND expires_at > ?2 AND idle_expires_at > ?2 ORDER BY created_at DESC, id"
         );
-        let rows =
-            sqlx::query(sql).bind(user.to_string()).bind(ms(now)).fetch_all(&self.pool).await.map_err(store_error)?;
+        let rows = sqlx::query(sql)
+            .bind(user.to_string())
+            .bind(ms(now))
+            .fetch_all(&mut *self.read().await?)
+            .await
+            .map_err(store_error)?;
         rows.iter().map(session_from).collect()
     }
 
     async fn refresh_record(&self, token: &SecretHash) -> Result<Option<RefreshRecord>, StoreError> {
         let row = sqlx::query("SELECT session_id, superseded_at FROM refresh_tokens WHERE token_hash = ?")
             .bind(token.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await
             .map_err(store_error)?;
         row.map(|r| {
@@ -652,13 +786,15 @@ pub(crate) async fn revoke_sessions_in(
 impl Outbox for SqliteStore {
     async fn unpublished(&self, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT ?");
-        let rows = sqlx::query(sql).bind(i64::from(limit)).fetch_all(&self.pool).await.map_err(store_error)?;
+        let rows =
+            sqlx::query(sql).bind(i64::from(limit)).fetch_all(&mut *self.read().await?).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
     async fn events_of(&self, user: UserId) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = concat!("SELECT ", event_columns!(), " FROM outbox WHERE user_id = ? ORDER BY seq");
-        let rows = sqlx::query(sql).bind(user.to_string()).fetch_all(&self.pool).await.map_err(store_error)?;
+        let rows =
+            sqlx::query(sql).bind(user.to_string()).fetch_all(&mut *self.read().await?).await.map_err(store_error)?;
         rows.iter().map(event_from).collect()
     }
 
@@ -671,7 +807,7 @@ impl Outbox for SqliteStore {
         }
         let ids = serde_json::to_string(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let (mut relaxed, _turn) = self.relaxed_write().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await?;
         sqlx::query(
             "UPDATE outbox SET published_at = ? WHERE published_at IS NULL AND id IN (SELECT value FROM json_each(?))",
         )
@@ -684,10 +820,10 @@ impl Outbox for SqliteStore {
     }
 
     async fn prune_published(&self, before: OffsetDateTime) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let done = sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < ?")
             .bind(ms(before))
-            .execute(&self.pool)
+            .execute(&mut *turn)
             .await
             .map_err(store_error)?;
         Ok(done.rows_affected())
@@ -711,7 +847,7 @@ impl Outbox for SqliteStore {
 #[async_trait]
 impl DeletionLedger for SqliteStore {
     async fn confirm_deletion(&self, user: UserId, service: &str, at: OffsetDateTime) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query(
             "INSERT INTO deletion_confirmations (user_id, service, confirmed_at) \
              SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM deletions WHERE user_id = ?1) ON CONFLICT DO NOTHING",
@@ -719,7 +855,7 @@ impl DeletionLedger for SqliteStore {
         .bind(user.to_string())
         .bind(service)
         .bind(ms(at))
-        .execute(&self.pool)
+        .execute(&mut *turn)
         .await
         .map_err(store_error)?;
         Ok(())
@@ -728,7 +864,7 @@ impl DeletionLedger for SqliteStore {
     async fn deletion(&self, user: UserId) -> Result<Option<DeletionRecord>, StoreError> {
         let deleted_at: Option<i64> = sqlx::query_scalar("SELECT deleted_at FROM deletions WHERE user_id = ?")
             .bind(user.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.read().await?)
             .await
             .map_err(store_error)?;
         let Some(deleted_at) = deleted_at else { return Ok(None) };
@@ -736,7 +872,7 @@ impl DeletionLedger for SqliteStore {
             "SELECT service, confirmed_at FROM deletion_confirmations WHERE user_id = ? ORDER BY service",
         )
         .bind(user.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.read().await?)
         .await
         .map_err(store_error)?;
         let confirmations = rows.into_iter().map(|(s, at)| Ok((s, from_ms(at)?))).collect::<Result<_, StoreError>>()?;
@@ -747,6 +883,6 @@ impl DeletionLedger for SqliteStore {
 #[async_trait]
 impl Health for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(store_error).map(|_| ())
+        sqlx::query("SELECT 1").execute(&mut *self.read().await?).await.map_err(store_error).map(|_| ())
     }
 }

@@ -44,7 +44,12 @@ async fn insert_identity(tx: &mut SqliteConnection, i: &ExternalIdentity) -> Res
 impl IdentityStore for SqliteStore {
     async fn identity(&self, issuer: &str, subject: &str) -> Result<Option<ExternalIdentity>, StoreError> {
         let sql = concat!("SELECT ", identity_columns!(), " FROM external_identities WHERE issuer = ? AND subject = ?");
-        let row = sqlx::query(sql).bind(issuer).bind(subject).fetch_optional(self.pool()).await.map_err(store_error)?;
+        let row = sqlx::query(sql)
+            .bind(issuer)
+            .bind(subject)
+            .fetch_optional(&mut *self.read().await?)
+            .await
+            .map_err(store_error)?;
         row.as_ref().map(identity_from).transpose()
     }
 
@@ -75,7 +80,8 @@ impl IdentityStore for SqliteStore {
             identity_columns!(),
             " FROM external_identities WHERE user_id = ? ORDER BY created_at, id"
         );
-        let rows = sqlx::query(sql).bind(user.to_string()).fetch_all(self.pool()).await.map_err(store_error)?;
+        let rows =
+            sqlx::query(sql).bind(user.to_string()).fetch_all(&mut *self.read().await?).await.map_err(store_error)?;
         rows.iter().map(identity_from).collect()
     }
 

@@ -124,7 +124,7 @@ impl RecoveryStore for SqliteStore {
         .bind(hash.as_str())
         .bind(purpose.as_str())
         .bind(ms(now))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *self.read().await?)
         .await
         .map_err(store_error)?;
         row.map(|r| Ok(UserId::from_uuid(uuid_of(&r, "user_id")?))).transpose()
@@ -228,7 +228,7 @@ impl MailQueue for SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> Result<Vec<QueuedMail>, StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         let rows = sqlx::query(
             "UPDATE mail_queue SET attempts = attempts + 1, next_attempt_at = ?1 WHERE id IN \
              (SELECT id FROM mail_queue WHERE next_attempt_at <= ?2 AND discard_after > ?2 \
@@ -238,28 +238,28 @@ impl MailQueue for SqliteStore {
         .bind(ms(now + lease))
         .bind(ms(now))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *turn)
         .await
         .map_err(store_error)?;
         rows.iter().map(queued_from).collect()
     }
 
     async fn mail_sent(&self, id: Uuid) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query("DELETE FROM mail_queue WHERE id = ?")
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(&mut *turn)
             .await
             .map_err(store_error)?;
         Ok(())
     }
 
     async fn mail_failed(&self, id: Uuid, retry_at: OffsetDateTime) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut turn = self.write_turn().await?;
         sqlx::query("UPDATE mail_queue SET next_attempt_at = ? WHERE id = ?")
             .bind(ms(retry_at))
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(&mut *turn)
             .await
             .map_err(store_error)?;
         Ok(())
@@ -398,7 +398,7 @@ impl SqliteStore {
                     return Ok(Some(wait));
                 }
             };
-            let turn = self.write_turn().await;
+            let turn = self.write_turn().await?;
             let written = write(held, row).execute(&mut *alone).await.map_err(store_error)?;
             drop(turn);
             if written.rows_affected() == 1 {
@@ -413,7 +413,7 @@ impl SqliteStore {
 #[async_trait]
 impl Throttle for SqliteStore {
     async fn hit(&self, key: &str, window: Duration, now: OffsetDateTime) -> Result<Hits, StoreError> {
-        let (mut relaxed, _turn) = self.relaxed_write().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await?;
         let (start, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO throttle (key, window_start, hits) VALUES (?1, ?2, 1) ON CONFLICT (key) DO UPDATE SET \
              hits = CASE WHEN throttle.window_start <= ?3 THEN 1 ELSE throttle.hits + 1 END, \
@@ -494,7 +494,7 @@ impl Throttle for SqliteStore {
     async fn clear_attempts(&self, key: &str) -> Result<(), StoreError> {
         // On the relaxed connection: never between a claim's
         // read and its write, which would count on from what it read.
-        let (mut relaxed, _turn) = self.relaxed_write().await;
+        let (mut relaxed, _turn) = self.relaxed_write().await?;
         sqlx::query("DELETE FROM login_attempts WHERE key = ?")
             .bind(key)
             .execute(&mut *relaxed)

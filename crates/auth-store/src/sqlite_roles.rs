@@ -111,7 +111,7 @@ impl RoleStore for SqliteStore {
             "SELECT name, description, (SELECT group_concat(permission, ',') FROM role_permissions \
              WHERE role = roles.name) AS permissions FROM roles ORDER BY name",
         )
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.read().await?)
         .await
         .map_err(store_error)?;
         rows.iter().map(role_from).collect()
@@ -124,7 +124,7 @@ impl RoleStore for SqliteStore {
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<Vec<Staled>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin().await?;
         let before = sqlx::query(
             "SELECT name, description, (SELECT group_concat(permission, ',') FROM role_permissions \
              WHERE role = roles.name) AS permissions FROM roles WHERE name = ?",
@@ -176,7 +176,7 @@ impl RoleStore for SqliteStore {
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<Option<Vec<Staled>>, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin().await?;
         let holders = holders(&mut tx, name).await?;
         let gone =
             sqlx::query("DELETE FROM roles WHERE name = ?").bind(name).execute(&mut *tx).await.map_err(store_error)?;
@@ -199,7 +199,7 @@ impl RoleStore for SqliteStore {
         event_for: EventFor<'_>,
         audit: &AuditEntry,
     ) -> Result<RoleChange, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin().await?;
         let exists = |sql: &'static str, key: String| sqlx::query_scalar::<_, i64>(sql).bind(key);
         if exists("SELECT 1 FROM users WHERE id = ?", user.to_string())
             .fetch_optional(&mut *tx)
@@ -258,7 +258,7 @@ impl RoleStore for SqliteStore {
         event_for: &(dyn Fn(i64) -> DomainEvent + Sync),
         audit: &AuditEntry,
     ) -> Result<AccountState, StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin().await?;
         let state: Option<(Option<i64>, i64)> =
             sqlx::query_as("SELECT disabled_at, tokens_version FROM users WHERE id = ?")
                 .bind(user.to_string())
@@ -309,7 +309,7 @@ impl RoleStore for SqliteStore {
             .bind(like_prefix(prefix))
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(self.pool())
+            .fetch_all(&mut *self.read().await?)
             .await
             .map_err(store_error)?;
         rows.iter().map(user_from).collect()
@@ -317,8 +317,8 @@ impl RoleStore for SqliteStore {
 
     /// One statement: a transaction of its own, in one trip.
     async fn record(&self, audit: &AuditEntry) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
-        insert_audit(&mut *self.pool().acquire().await.map_err(store_error)?, audit).await
+        let mut turn = self.write_turn().await?;
+        insert_audit(&mut turn, audit).await
     }
 
     async fn audit_page(
@@ -333,7 +333,7 @@ impl RoleStore for SqliteStore {
         .bind(before.map(|(at, _)| ms(at)))
         .bind(before.map(|(_, id)| id.to_string()))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *self.read().await?)
         .await
         .map_err(store_error)?;
         rows.iter().map(audit_from).collect()

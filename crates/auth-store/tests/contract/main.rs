@@ -233,6 +233,67 @@ async fn a_revoked_session_cannot_rotate_its_refresh_token() {
     .await;
 }
 
+/// Whether `s` was opened whole (its row, its refresh token and its event)
+/// or not at all; panics on anything in between.
+async fn opened_whole(stores: &Stores, s: &Session, refresh: &OpaqueSecret, event: &DomainEvent) -> bool {
+    let row = stores.sessions.session(s.id).await.unwrap().is_some();
+    let record = stores.sessions.refresh_record(&refresh.hash()).await.unwrap();
+    let token = record.is_some_and(|r| r.session_id == s.id);
+    let events = stores.outbox.events_of(s.user_id).await.unwrap();
+    let logged = events.iter().any(|e| e.event.id == event.id);
+    assert!(row == token && row == logged, "half a session: row {row}, refresh token {token}, event {logged}");
+    row
+}
+
+#[tokio::test]
+async fn a_session_whose_refresh_token_clashes_opens_nothing_and_writes_go_on() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "ida@example.com").await;
+        let t0 = now();
+        let (_, taken) = logged_in(&stores, u.id, t0).await;
+        // The session row is written before the clash is met.
+        let clashing = session(u.id, t0);
+        let event = DomainEvent::logged_in(u.id, clashing.id, t0);
+        assert!(stores.sessions.create_session(&clashing, &taken.hash(), &event, None).await.is_err());
+        assert!(!opened_whole(&stores, &clashing, &taken, &event).await);
+        // The next writes land, and stay.
+        let (next, refresh) = logged_in(&stores, u.id, t0).await;
+        assert!(stores.sessions.revoke_session(next.id, t0).await.unwrap());
+        assert!(stores.sessions.session(next.id).await.unwrap().unwrap().revoked_at.is_some());
+        assert!(stores.sessions.refresh_record(&refresh.hash()).await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_dropped_while_it_is_opened_is_there_whole_or_not_at_all() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "ike@example.com").await;
+        let t0 = now();
+        let mut opened = 0;
+        for _ in 0..20 {
+            let (s, refresh) = (session(u.id, t0), OpaqueSecret::generate());
+            let event = DomainEvent::logged_in(u.id, s.id, t0);
+            // Polled once, then dropped: its statements are on their way.
+            let dropped = tokio::time::timeout(
+                std::time::Duration::ZERO,
+                stores.sessions.create_session(&s, &refresh.hash(), &event, None),
+            )
+            .await;
+            if let Ok(done) = dropped {
+                assert!(done.unwrap(), "an undisturbed session was refused");
+            }
+            // The store writes on after each; by then the dropped
+            // statements have run (they still run, in order) or been undone.
+            let (next, _) = logged_in(&stores, u.id, t0).await;
+            assert!(stores.sessions.revoke_session(next.id, t0).await.unwrap());
+            opened += usize::from(opened_whole(&stores, &s, &refresh, &event).await);
+        }
+        eprintln!("{opened} of 20 dropped sessions were opened whole");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn revoking_is_idempotent_and_writes_one_logout_event() {
     each_backend(async |stores| {
