@@ -5,9 +5,10 @@
 //! flood of logins never stalls the async workers nor delays the requests
 //! they serve: hashing gets the CPU time serving leaves. Hashes wait in one
 //! queue, and a thread that finishes one takes the next without sleeping.
-//! A request whose hash no thread has taken within `max_wait` gets
-//! [`HashError::Busy`] (answered 503 + Retry-After) instead of queueing
-//! without bound; a thread skips a hash whose request gave up or went away.
+//! A request that finds every thread busy and whose hash no thread has
+//! taken within `max_wait` gets [`HashError::Busy`] (answered 503 +
+//! Retry-After) instead of queueing without bound; a request that gives up
+//! or goes away takes its hash (and the password) back out of the queue.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -127,6 +128,8 @@ impl Pool {
 #[derive(Debug)]
 pub struct Argon2Hasher {
     params: Params,
+    /// Hashing threads, and so hashes at once.
+    threads: usize,
     max_wait: Duration,
     dummy_phc: String,
     in_flight: Arc<AtomicUsize>,
@@ -177,6 +180,7 @@ impl Argon2Hasher {
         let dummy_phc = hash_blocking(&params, &dummy, &memory)?;
         Ok(Self {
             pool: Pool::start(permits, settings.nice)?,
+            threads: permits,
             params,
             max_wait: Duration::from_millis(settings.max_wait_ms),
             dummy_phc,
@@ -193,28 +197,29 @@ impl Argon2Hasher {
         F: FnOnce(&MemoryPool) -> Result<T, HashError> + Send + 'static,
     {
         self.operations.fetch_add(1, Ordering::Relaxed);
-        // Counted in flight until a thread has taken it and finished, or
-        // its request gave up waiting: whichever takes the count ends it.
-        let count = Arc::new(Mutex::new(Some(InFlight::enter(self.in_flight.clone()))));
-        let take = |count: &Mutex<Option<InFlight>>| count.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let (in_flight, ahead) = InFlight::enter(self.in_flight.clone());
+        let ticket = Ticket(Arc::new(Mutex::new(Some((in_flight, work)))));
         let (answer, mut answered) = tokio::sync::oneshot::channel();
-        let (memory, taken) = (self.memory.clone(), count.clone());
+        let (memory, queued) = (self.memory.clone(), ticket.0.clone());
         self.pool.send(Box::new(move || {
-            let Some(in_flight) = take(&taken) else { return };
-            if !answer.is_closed() {
-                let done = work(&memory);
-                // Out of flight before it is answered.
-                drop(in_flight);
-                let _ = answer.send(done);
-            }
+            let Some((in_flight, work)) = take(&queued) else { return };
+            let done = work(&memory);
+            // Out of flight before it is answered.
+            drop(in_flight);
+            let _ = answer.send(done);
         }))?;
-        let answer = match tokio::time::timeout(self.max_wait, &mut answered).await {
-            Ok(answer) => answer,
-            Err(_) => match take(&count) {
-                Some(_given_up) => return Err(HashError::Busy),
-                // Taken before the wait ran out: its answer comes.
-                None => answered.await,
-            },
+        let answer = if ahead < self.threads {
+            // A thread was free: it takes the job without a wait to bound.
+            answered.await
+        } else {
+            match tokio::time::timeout(self.max_wait, &mut answered).await {
+                Ok(answer) => answer,
+                Err(_) => match ticket.take_back() {
+                    Some(_given_up) => return Err(HashError::Busy),
+                    // Taken before the wait ran out: its answer comes.
+                    None => answered.await,
+                },
+            }
         };
         answer.map_err(|_| HashError::Internal("a hash failed on its thread".into()))?
     }
@@ -232,9 +237,31 @@ impl Argon2Hasher {
 struct InFlight(Arc<AtomicUsize>);
 
 impl InFlight {
-    fn enter(counter: Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(counter)
+    /// Counts one more, and says how many were in flight before it.
+    fn enter(counter: Arc<AtomicUsize>) -> (Self, usize) {
+        let ahead = counter.fetch_add(1, Ordering::Relaxed);
+        (Self(counter), ahead)
+    }
+}
+
+/// A queued hash's work and its count in flight, until a thread takes them
+/// or its request takes them back (it gave up waiting, or was dropped): the
+/// password leaves the queue with its request, and the thread skips it.
+struct Ticket<W>(Arc<Mutex<Option<(InFlight, W)>>>);
+
+fn take<W>(job: &Mutex<Option<(InFlight, W)>>) -> Option<(InFlight, W)> {
+    job.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+impl<W> Ticket<W> {
+    fn take_back(&self) -> Option<(InFlight, W)> {
+        take(&self.0)
+    }
+}
+
+impl<W> Drop for Ticket<W> {
+    fn drop(&mut self) {
+        drop(self.take_back());
     }
 }
 
@@ -463,6 +490,48 @@ mod tests {
         for nice in [-1, 20] {
             assert!(Argon2Hasher::new(&HashingSettings { nice, ..Default::default() }).is_err(), "{nice}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_free_thread_takes_a_hash_however_short_the_patience() {
+        let h = Argon2Hasher::new(&HashingSettings { permits: 1, max_wait_ms: 0, ..Default::default() }).unwrap();
+        let pw = Password::for_login("correct horse battery staple");
+        for _ in 0..3 {
+            assert!(h.hash(&pw).await.is_ok(), "an idle pool answered busy");
+        }
+    }
+
+    /// Waits (bounded) until `h` counts `n` hashes in flight.
+    async fn until_in_flight(h: &Argon2Hasher, n: usize) {
+        for _ in 0..1_000 {
+            if h.in_flight() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{} hashes in flight, not {n}", h.in_flight());
+    }
+
+    #[tokio::test]
+    async fn a_request_that_goes_away_takes_its_hash_out_of_the_queue() {
+        // One thread, busy for a while with a slow hash.
+        let settings = HashingSettings { permits: 1, iterations: 40, ..Default::default() };
+        let h = Arc::new(Argon2Hasher::new(&settings).unwrap());
+        let slow = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash(&Password::for_login("correct horse battery staple")).await }
+        });
+        until_in_flight(&h, 1).await;
+        let queued = tokio::spawn({
+            let h = h.clone();
+            async move { h.hash(&Password::for_login("another horse battery staple")).await }
+        });
+        until_in_flight(&h, 2).await;
+        queued.abort();
+        assert!(queued.await.unwrap_err().is_cancelled());
+        assert_eq!(h.in_flight(), 1, "the dropped request's hash stayed queued behind the slow one");
+        assert!(slow.await.unwrap().is_ok());
+        assert_eq!(h.in_flight(), 0);
     }
 
     #[tokio::test]

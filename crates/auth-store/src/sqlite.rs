@@ -29,7 +29,7 @@ pub struct SqliteStore {
     /// The same file, for writes a power cut may take back without harm:
     /// the throttling counters and the relay's published marks. Their
     /// commits do not wait for the disk (`synchronous=NORMAL`); the next
-    /// commit on `pool` or the next checkpoint makes them durable, and a
+    /// commit on the writer or the next checkpoint makes them durable, and a
     /// crash of the process alone loses none of them. A login writes
     /// three times here (bucket, attempt, cleared count) and twice on
     /// the writer (session, audit row); each wait for the disk costs CPU that
@@ -52,14 +52,13 @@ pub struct SqliteStore {
     /// sleeping 1, 2, 5, 10… ms between tries (its busy handler), which
     /// under a login flood was five sleeps per login. Here writers queue in
     /// order and wake once, when the turn is theirs; only another process's
-    /// writes (a command run beside the server) are still waited for by
-    /// polling. One connection, not a pool: handing it on costs no trip (a
+    /// writes (a command run beside the server), or a dropped request's
+    /// statement still running on the other connection, are still waited
+    /// for by polling. One connection, not a pool: handing it on costs no trip (a
     /// pool pings every connection given back to it), and its thread runs
     /// what is sent to it in order. Writes on the relaxed connection take
     /// the turn too (the relaxed connection first, then the turn).
     writer: Arc<tokio::sync::Mutex<Writer>>,
-    /// How to open the writer again when a transaction did not end cleanly.
-    options: SqliteConnectOptions,
     /// The counter rows as last seen, to count in one trip (a guess the
     /// writes check).
     recent: Arc<crate::sqlite_recovery::RecentCounters>,
@@ -101,8 +100,7 @@ impl SqliteStore {
             pool,
             readers: Arc::new(Readers { free: Arc::new(tokio::sync::Semaphore::new(readers.len())), conns: readers }),
             relaxed: Arc::new(tokio::sync::Mutex::new(relaxed)),
-            writer: Arc::new(tokio::sync::Mutex::new(Writer { conn: writer, unsettled: false })),
-            options,
+            writer: Arc::new(tokio::sync::Mutex::new(Writer { conn: writer, unsettled: false, options })),
             recent: Arc::default(),
             relay: Arc::default(),
             _serving: None,
@@ -176,21 +174,12 @@ impl SqliteStore {
 
     /// This process's turn to write: the writer, for statements that are
     /// each a transaction of their own, held until they are answered (or
-    /// their request was dropped; its thread still runs them before the
-    /// next holder's). A writer whose transaction did not end cleanly (an
-    /// error, a dropped request) is closed, which rolls back what it held,
-    /// and opened again first.
+    /// their request was dropped: its thread still runs them before the
+    /// next holder's statements on the writer; a write on the relaxed
+    /// connection meanwhile may still poll the file's lock).
     pub(crate) async fn write_turn(&self) -> Result<Turn, StoreError> {
         let mut writer = self.writer.clone().lock_owned().await;
-        if writer.unsettled {
-            let fresh = self.options.connect().await.map_err(store_error)?;
-            let used = std::mem::replace(&mut writer.conn, fresh);
-            // Its queued statements run first, then closing rolls back.
-            if let Err(error) = used.close().await {
-                tracing::warn!(%error, "closing a database connection left inside a transaction");
-            }
-            writer.unsettled = false;
-        }
+        writer.settle().await?;
         Ok(Turn { writer })
     }
 }
@@ -235,6 +224,27 @@ impl std::ops::DerefMut for Read {
 struct Writer {
     conn: SqliteConnection,
     unsettled: bool,
+    /// How to open it again.
+    options: SqliteConnectOptions,
+}
+
+impl Writer {
+    /// Ends a transaction that did not end cleanly (an error, a dropped
+    /// request): the connection is closed, which rolls back what it held
+    /// and frees the file's write lock, and opened again.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        if !self.unsettled {
+            return Ok(());
+        }
+        let fresh = self.options.connect().await.map_err(store_error)?;
+        let used = std::mem::replace(&mut self.conn, fresh);
+        // Its queued statements run first, then closing rolls back.
+        if let Err(error) = used.close().await {
+            tracing::warn!(%error, "closing a database connection left inside a transaction");
+        }
+        self.unsettled = false;
+        Ok(())
+    }
 }
 
 /// This process's turn to write, with the writer connection it derefs to.
@@ -244,13 +254,32 @@ pub(crate) struct Turn {
 
 impl Turn {
     /// Marks the writer as possibly inside a transaction until
-    /// [`Self::settle`]: if the turn ends first, the next turn reopens it.
+    /// [`Self::settle`]: if the turn ends first, the writer is opened again.
     pub(crate) fn unsettle(&mut self) {
         self.writer.unsettled = true;
     }
 
     pub(crate) fn settle(&mut self) {
         self.writer.unsettled = false;
+    }
+}
+
+impl Drop for Turn {
+    /// A turn that ends unsettled has the writer settled at once, not at
+    /// the next write: its open transaction holds the file's write lock,
+    /// which a command run beside the server would wait for.
+    fn drop(&mut self) {
+        if !self.writer.unsettled {
+            return;
+        }
+        let writer = tokio::sync::OwnedMutexGuard::mutex(&self.writer).clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = writer.lock_owned().await.settle().await {
+                    tracing::warn!(%error, "cannot open the database's writer again; the next write tries");
+                }
+            });
+        }
     }
 }
 
@@ -269,7 +298,7 @@ impl std::ops::DerefMut for Turn {
 
 /// A write transaction on the writer, holding the turn from its begin
 /// until it ends. Dropped unended (an early return, a dropped request),
-/// it leaves the writer unsettled, and the next turn reopens it.
+/// it leaves the writer unsettled, and the writer is opened again.
 pub(crate) struct Write {
     turn: Turn,
 }
@@ -578,10 +607,11 @@ impl SessionStore for SqliteStore {
         // One trip for the transaction and its three rows (the statements
         // of one query take its `?` parameters in turn): the session, if the
         // account may still open one (one writing statement: it sees the
-        // latest committed hash), then its refresh token and its event, only
-        // if it was made. A failing statement stops the rest before the
-        // `COMMIT`; the writer stays unsettled, and the next turn reopens it,
-        // which rolls the transaction back.
+        // latest committed hash), then its refresh token and its event, each
+        // only if the statement before it wrote its row (`changes()`; a
+        // session id met before must not gain a token). A failing statement
+        // stops the rest before the `COMMIT`; the writer stays unsettled and
+        // is opened again, which rolls the transaction back.
         let mut turn = self.write_turn().await?;
         turn.unsettle();
         let session = s.id.to_string();
@@ -592,9 +622,9 @@ impl SessionStore for SqliteStore {
              WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND disabled_at IS NULL \
              AND (? IS NULL OR password_hash = ?)) RETURNING 1; \
              INSERT INTO refresh_tokens (token_hash, session_id, created_at) SELECT ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) RETURNING 1; \
+             WHERE changes() = 1 RETURNING 1; \
              INSERT INTO outbox (id, event_type, user_id, data, occurred_at) SELECT ?, ?, ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?) RETURNING 1; \
+             WHERE changes() = 1 RETURNING 1; \
              COMMIT",
         )
         .bind(&session)
@@ -612,13 +642,11 @@ impl SessionStore for SqliteStore {
         .bind(refresh.as_str())
         .bind(&session)
         .bind(ms(s.created_at))
-        .bind(&session)
         .bind(event.id.to_string())
         .bind(event.kind.subject())
         .bind(event.user_id.to_string())
         .bind(event.data.to_string())
         .bind(ms(event.occurred_at))
-        .bind(&session)
         .fetch_all(&mut *turn)
         .await
         .map_err(store_error)?;
@@ -884,5 +912,40 @@ impl DeletionLedger for SqliteStore {
 impl Health for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&mut *self.read().await?).await.map_err(store_error).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::testing::{Backend, TestDatabase};
+
+    #[tokio::test]
+    async fn a_write_dropped_half_way_frees_the_file_for_other_processes_at_once() {
+        let db = TestDatabase::create(Backend::Sqlite).await;
+        let store = SqliteStore::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut half = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO deletions (user_id, deleted_at) VALUES ('gone', 1)")
+            .execute(&mut *half)
+            .await
+            .unwrap();
+        drop(half);
+        // Another process (a command run beside the server) waits up to 5 s
+        // for the file's write lock, while the store writes nothing more.
+        let options = SqliteConnectOptions::from_str(&db.url).unwrap().busy_timeout(Duration::from_secs(5));
+        let mut other = options.connect().await.unwrap();
+        sqlx::raw_sql("BEGIN IMMEDIATE").execute(&mut other).await.expect("the dropped write still holds the file");
+        let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM deletions").fetch_one(&mut other).await.unwrap();
+        assert_eq!(kept, 0, "the dropped write's row was kept");
+        sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+        // And the store writes on.
+        let mut next = store.begin().await.unwrap();
+        sqlx::query("INSERT INTO deletions (user_id, deleted_at) VALUES ('next', 2)")
+            .execute(&mut *next)
+            .await
+            .unwrap();
+        next.commit().await.unwrap();
     }
 }

@@ -266,6 +266,27 @@ async fn a_session_whose_refresh_token_clashes_opens_nothing_and_writes_go_on() 
 }
 
 #[tokio::test]
+async fn a_refused_session_adds_nothing_even_under_an_id_already_taken() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "ivy@example.com").await;
+        let t0 = now();
+        let (taken, _) = logged_in(&stores, u.id, t0).await;
+        // Refused (the hash it was verified against is no longer the
+        // account's), under the id of the session already open.
+        let (refresh, event) = (OpaqueSecret::generate(), DomainEvent::logged_in(u.id, taken.id, t0));
+        let opened = stores.sessions.create_session(&taken, &refresh.hash(), &event, Some("$argon2id$old")).await;
+        assert!(!opened.unwrap(), "a session was opened against a replaced hash");
+        assert!(
+            stores.sessions.refresh_record(&refresh.hash()).await.unwrap().is_none(),
+            "the old session gained a token"
+        );
+        let events = stores.outbox.events_of(u.id).await.unwrap();
+        assert!(events.iter().all(|e| e.event.id != event.id), "a refused session left its event");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_session_dropped_while_it_is_opened_is_there_whole_or_not_at_all() {
     each_backend(async |stores| {
         let u = registered(&stores, "ike@example.com").await;
