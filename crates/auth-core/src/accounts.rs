@@ -8,12 +8,12 @@ use time::Duration;
 use crate::hashing::Verification;
 use crate::mail::Mail;
 use crate::password::{BreachedPasswords, PasswordError, check_breached};
-use crate::roles::USER_ROLE;
+use crate::roles::{AuditEntry, USER_ROLE};
 use crate::throttling::{Limits, Rate, ThrottleError, account_key, claim_attempt, client_key};
 use crate::{
-    Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Password,
-    PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError, Throttle,
-    User, UserId, UserStore,
+    Clock, DomainEvent, Email, ExternalIdentity, HashError, IdentityStore, NoRevocationSink, OpaqueSecret, Opening,
+    Password, PasswordHasher, PasswordPolicy, RevocationSink, SecretHash, Session, SessionId, SessionStore, StoreError,
+    Throttle, User, UserId, UserStore,
 };
 
 /// How long after login an account without a password may delete itself,
@@ -58,11 +58,14 @@ impl Default for AccountsSettings {
     }
 }
 
-/// Where a login came from, kept on the session for the user's session list.
+/// Where a login came from, kept on the session for the user's session
+/// list and in the login's audit entry.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientInfo {
     pub user_agent: Option<String>,
     pub ip: Option<String>,
+    /// The request's id, for the audit entry.
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -226,12 +229,24 @@ pub enum RevokeError {
     Store(#[from] StoreError),
 }
 
+/// How a session is opened: by which `method` (for the audit entry), after
+/// checking which password hash, clearing which failed-login count.
+#[derive(Debug, Clone, Copy)]
+struct How<'a> {
+    method: &'a str,
+    verified: Option<&'a str>,
+    clears: Option<&'a str>,
+}
+
 /// A new session with its refresh token (shown to the client once).
 #[derive(Debug)]
 pub struct LoggedIn {
     pub user: User,
     pub session: Session,
     pub refresh: OpaqueSecret,
+    /// The `login.succeeded` entry written with a login's session; `None`
+    /// for a refresh.
+    pub audit: Option<Box<AuditEntry>>,
 }
 
 #[derive(Debug)]
@@ -360,11 +375,12 @@ impl Accounts {
             return Err(LoginError::Throttled { retry_after });
         }
         let outcome = self.check_and_open(email, password, client).await;
-        if matches!(outcome, Ok(_) | Err(LoginError::EmailNotVerified { .. }))
+        // A session opened cleared the count with it.
+        if matches!(outcome, Err(LoginError::EmailNotVerified { .. }))
             && let Err(error) = self.throttle.clear_attempts(&account_key(email)).await
         {
-            // The session is open: failing the login now would strand it.
-            // The count stays, and the next success clears it.
+            // The password was right, and is answered so. The count stays,
+            // and the next success clears it.
             tracing::warn!(%error, "could not clear the failed-login count after a right password");
         }
         outcome
@@ -399,8 +415,10 @@ impl Accounts {
                 // replaced meanwhile, by another login's upgrade the
                 // password still matches and this goes on, once; by a reset
                 // or change it does not, and the login fails.
+                let key = account_key(email);
                 for _ in 0..2 {
-                    if let Some(done) = self.open_session(user, &client, Some(&verified)).await? {
+                    let how = How { method: "password", verified: Some(&verified), clears: Some(&key) };
+                    if let Some(done) = self.open_session(user, &client, how).await? {
                         return Ok(done);
                     }
                     match rematch(self.users.as_ref(), self.hasher.as_ref(), user.id, &password).await? {
@@ -432,7 +450,8 @@ impl Accounts {
             if user.disabled {
                 return Err(ExternalLoginError::Disabled);
             }
-            match self.open_session(&user, &client, None).await {
+            let method = format!("oauth:{}", claims.provider);
+            match self.open_session(&user, &client, How { method: &method, verified: None, clears: None }).await {
                 Ok(Some(done)) => Ok(done),
                 // Disabled meanwhile.
                 Ok(None) => Err(ExternalLoginError::Disabled),
@@ -580,7 +599,7 @@ impl Accounts {
         &self,
         user: &User,
         client: &ClientInfo,
-        verified: Option<&str>,
+        how: How<'_>,
     ) -> Result<Option<LoggedIn>, LoginError> {
         let now = self.clock.now();
         let expires_at = now + self.settings.session_lifetime;
@@ -597,10 +616,29 @@ impl Accounts {
         };
         let refresh = OpaqueSecret::generate();
         let event = DomainEvent::logged_in(user.id, session.id, now);
-        if !self.sessions.create_session(&session, &refresh.hash(), &event, verified).await? {
+        let audit = AuditEntry {
+            id: uuid::Uuid::now_v7(),
+            at: now,
+            actor: Some(user.id),
+            action: "login.succeeded".to_owned(),
+            target: Some(user.id.to_string()),
+            request_id: client.request_id.clone(),
+            detail: serde_json::json!({ "method": how.method, "session": session.id.to_string() }),
+            ip: client.ip.clone(),
+            user_agent: client.user_agent.clone(),
+            reason: None,
+        };
+        let opening = Opening {
+            refresh: &refresh.hash(),
+            event: &event,
+            verified: how.verified,
+            audit: &audit,
+            clears: how.clears,
+        };
+        if !self.sessions.create_session(&session, &opening).await? {
             return Ok(None);
         }
-        Ok(Some(LoggedIn { user: user.clone(), session, refresh }))
+        Ok(Some(LoggedIn { user: user.clone(), session, refresh, audit: Some(Box::new(audit)) }))
     }
 
     pub async fn refresh(&self, presented: &str) -> Result<Refreshed, RefreshError> {
@@ -618,7 +656,7 @@ impl Accounts {
             let idle = session.next_idle_deadline(now, self.settings.session_idle);
             if self.sessions.rotate_refresh(session.id, &hash, &fresh.hash(), now, idle).await? {
                 let session = Session { last_seen_at: now, idle_expires_at: idle, ..session };
-                return Ok(Refreshed::Rotated(LoggedIn { user, session, refresh: fresh }));
+                return Ok(Refreshed::Rotated(LoggedIn { user, session, refresh: fresh, audit: None }));
             }
             // Lost to a concurrent refresh, or to a revocation (logout,
             // disable) that committed after the session was read.

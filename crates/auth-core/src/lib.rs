@@ -43,7 +43,7 @@ pub use mail::{Mail, MailError, Mailer, Templates};
 pub use password::{Password, PasswordError, PasswordPolicy};
 pub use ports::{
     DeletionLedger, DeletionRecord, EmailToken, EventSink, ExternalIdentity, Hits, IdentityStore, MailQueue,
-    NoRevocationSink, Outbox, RecoveryStore, RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose,
+    NoRevocationSink, Opening, Outbox, RecoveryStore, RevocationSink, SessionStore, StoreError, Throttle, TokenPurpose,
     Unlinked, UserStore,
 };
 pub use recovery::{Recovery, RecoverySettings};

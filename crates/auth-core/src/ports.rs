@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::events::StoredEvent;
 use crate::mail::{Mail, QueuedMail};
+use crate::roles::AuditEntry;
 use crate::session::RefreshRecord;
 use crate::throttling::{AttemptPolicy, Bucket};
 use crate::{DomainEvent, Email, SecretHash, Session, SessionId, User, UserId};
@@ -36,20 +37,32 @@ pub trait UserStore: Send + Sync + 'static {
     async fn delete_user(&self, id: UserId, event: &DomainEvent) -> Result<(), StoreError>;
 }
 
+/// What a login writes with its session, in the session's transaction:
+/// a session stands exactly when its token, its event and its audit entry
+/// do, and the failed-login count it ends is gone with it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening<'a> {
+    pub refresh: &'a SecretHash,
+    /// `user.logged_in`.
+    pub event: &'a DomainEvent,
+    /// The password hash the login checked; `None` for a provider's login.
+    pub verified: Option<&'a str>,
+    /// The login's `login.succeeded`.
+    pub audit: &'a AuditEntry,
+    /// The key of the failed-login count the login clears (as
+    /// [`Throttle::clear_attempts`] would), if it counted one.
+    pub clears: Option<&'a str>,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
-    /// Opens `session`, only while the account is not disabled and, with
+    /// Opens `session` with what [`Opening`] lists, all in one
+    /// transaction, only while the account is not disabled and, with
     /// `verified` (the password hash the login checked), only while that is
     /// still the user's: a login racing a reset, a change or a disabling
     /// either comes first, and its session is revoked by it, or opens
-    /// nothing (`false`).
-    async fn create_session(
-        &self,
-        session: &Session,
-        refresh: &SecretHash,
-        event: &DomainEvent,
-        verified: Option<&str>,
-    ) -> Result<bool, StoreError>;
+    /// nothing and writes nothing (`false`).
+    async fn create_session(&self, session: &Session, opening: &Opening<'_>) -> Result<bool, StoreError>;
     async fn session(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
     /// Sessions of `user` that are neither revoked nor expired at `now`, newest first.
     async fn active_sessions(&self, user: UserId, now: OffsetDateTime) -> Result<Vec<Session>, StoreError>;

@@ -88,25 +88,54 @@ pub struct Client {
     /// The client's address, as the service trusts it.
     pub ip: Option<String>,
     pub user_agent: Option<String>,
-    /// The request id it came with, if usable (see [`request_id`]).
+    /// The request's id: the one it came with if usable (see
+    /// [`request_id`]), else one made by [`record`] and sent back.
     pub request_id: Option<String>,
 }
 
 /// Where a handler notes the event its answer makes; taken from the
 /// request (put there by [`record`]).
 #[derive(Debug, Clone, Default)]
-pub struct Audit(Arc<Mutex<Option<Event>>>);
+pub struct Audit {
+    noted: Arc<Mutex<Option<Noted>>>,
+    request_id: Option<String>,
+}
+
+/// What a handler noted.
+#[derive(Debug)]
+enum Noted {
+    /// For [`record`] to write.
+    Event(Event),
+    /// Written already, with what it tells of (a login's session).
+    Stored(AuditEntry),
+}
 
 impl Audit {
     /// Notes `event` for the answer being made (a later note replaces it).
     pub fn note(&self, event: Event) {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(event);
+        self.keep(Noted::Event(event));
+    }
+
+    /// Notes an entry the store wrote already, in the transaction of what
+    /// it tells of: it is logged, not written again.
+    pub fn stored(&self, entry: AuditEntry) {
+        self.keep(Noted::Stored(entry));
+    }
+
+    /// The request's id (see [`Client::request_id`]), for an entry made
+    /// elsewhere.
+    pub fn request_id(&self) -> Option<String> {
+        self.request_id.clone()
+    }
+
+    fn keep(&self, noted: Noted) {
+        if let Ok(mut slot) = self.noted.lock() {
+            *slot = Some(noted);
         }
     }
 
-    fn take(&self) -> Option<Event> {
-        self.0.lock().ok().and_then(|mut slot| slot.take())
+    fn take(&self) -> Option<Noted> {
+        self.noted.lock().ok().and_then(|mut slot| slot.take())
     }
 }
 
@@ -140,23 +169,29 @@ pub fn user_agent(headers: &HeaderMap) -> Option<String> {
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let Ok(ClientAddress(ip)) = ClientAddress::from_request_parts(&mut parts, &state).await;
+    let given = request_id(&parts.headers);
+    let made = given.is_none().then(|| uuid::Uuid::now_v7().simple().to_string());
+    let request_id = given.or_else(|| made.clone()).unwrap_or_default();
     let client = Client {
         ip: ip.map(|ip| ip.to_string()),
         user_agent: user_agent(&parts.headers),
-        request_id: request_id(&parts.headers),
+        request_id: Some(request_id.clone()),
     };
-    let audit = Audit::default();
+    let audit = Audit { noted: Arc::default(), request_id: Some(request_id.clone()) };
     parts.extensions.insert(audit.clone());
     parts.extensions.insert(client.clone());
     let mut response = next.run(Request::from_parts(parts, body)).await;
-    let request_id = client.request_id.unwrap_or_else(|| {
-        let made = uuid::Uuid::now_v7().simple().to_string();
-        if let Ok(value) = HeaderValue::from_str(&made) {
-            response.headers_mut().insert(REQUEST_ID, value);
+    if let Some(value) = made.and_then(|made| HeaderValue::from_str(&made).ok()) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let event = match audit.take() {
+        None => return response,
+        Some(Noted::Stored(entry)) => {
+            log(&entry, false);
+            return response;
         }
-        made
-    });
-    let Some(event) = audit.take() else { return response };
+        Some(Noted::Event(event)) => event,
+    };
     let alarming = event.alarming;
     let entry = AuditEntry {
         id: uuid::Uuid::now_v7(),

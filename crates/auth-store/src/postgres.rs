@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId,
-    SessionStore, StoreError, User, UserId, UserStore,
+    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Opening, Outbox, SecretHash, Session,
+    SessionId, SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Postgres, Row, Transaction};
@@ -226,13 +226,8 @@ impl UserStore for PgStore {
 
 #[async_trait]
 impl SessionStore for PgStore {
-    async fn create_session(
-        &self,
-        s: &Session,
-        refresh: &SecretHash,
-        event: &DomainEvent,
-        verified: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    async fn create_session(&self, s: &Session, opening: &Opening<'_>) -> Result<bool, StoreError> {
+        let Opening { refresh, event, verified, audit, clears } = *opening;
         let mut tx = self.begin().await?;
         // Shares the user row until commit: a reset, change or disabling
         // waits for this session and then revokes it, or goes first and
@@ -273,6 +268,14 @@ impl SessionStore for PgStore {
             .await
             .map_err(store_error)?;
         insert_event(&mut tx, event).await?;
+        crate::postgres_roles::insert_audit(&mut tx, audit).await?;
+        if let Some(key) = clears {
+            sqlx::query("DELETE FROM login_attempts WHERE key = $1")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
         tx.commit().await.map_err(store_error)?;
         Ok(true)
     }

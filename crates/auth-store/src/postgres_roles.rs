@@ -12,7 +12,7 @@ use crate::postgres::{insert_event, revoke_sessions_in, user_from};
 use crate::sqlite_roles::like_prefix;
 use crate::{PgStore, listed, store_error, user_columns};
 
-async fn insert_audit(tx: &mut Transaction<'_, Postgres>, a: &AuditEntry) -> Result<(), StoreError> {
+pub(crate) async fn insert_audit(tx: &mut Transaction<'_, Postgres>, a: &AuditEntry) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
          VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb, $8, $9, $10)",

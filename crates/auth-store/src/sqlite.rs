@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use auth_core::events::StoredEvent;
 use auth_core::session::RefreshRecord;
 use auth_core::{
-    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Outbox, SecretHash, Session, SessionId,
-    SessionStore, StoreError, User, UserId, UserStore,
+    DeletionLedger, DeletionRecord, DomainEvent, Email, EventKind, EventSink, Opening, Outbox, SecretHash, Session,
+    SessionId, SessionStore, StoreError, User, UserId, UserStore,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{ConnectOptions as _, Connection as _, Row, Sqlite, SqliteConnection, SqlitePool};
@@ -31,9 +31,9 @@ pub struct SqliteStore {
     /// commits do not wait for the disk (`synchronous=NORMAL`); the next
     /// commit on the writer or the next checkpoint makes them durable, and a
     /// crash of the process alone loses none of them. A login writes
-    /// three times here (bucket, attempt, cleared count) and twice on
-    /// the writer (session, audit row); each wait for the disk costs CPU that
-    /// hashing passwords needs.
+    /// twice here (bucket, attempt) and once on the writer (its session,
+    /// with its audit row and the count it clears); each wait for the disk
+    /// costs CPU that hashing passwords needs.
     ///
     /// One connection, not a pool: a counter's read-then-write holds it
     /// from the read until the write, so no other count comes between
@@ -597,21 +597,18 @@ impl UserStore for SqliteStore {
 
 #[async_trait]
 impl SessionStore for SqliteStore {
-    async fn create_session(
-        &self,
-        s: &Session,
-        refresh: &SecretHash,
-        event: &DomainEvent,
-        verified: Option<&str>,
-    ) -> Result<bool, StoreError> {
-        // One trip for the transaction and its three rows (the statements
-        // of one query take its `?` parameters in turn): the session, if the
+    async fn create_session(&self, s: &Session, opening: &Opening<'_>) -> Result<bool, StoreError> {
+        // One trip for the transaction and its rows (the statements of one
+        // query take its `?` parameters in turn): the session, if the
         // account may still open one (one writing statement: it sees the
-        // latest committed hash), then its refresh token and its event, each
-        // only if the statement before it wrote its row (`changes()`; a
-        // session id met before must not gain a token). A failing statement
-        // stops the rest before the `COMMIT`; the writer stays unsettled and
-        // is opened again, which rolls the transaction back.
+        // latest committed hash), then its refresh token, its event and its
+        // audit entry, each only if the statement before it wrote its row
+        // (`changes()`; a session id met before must not gain a token), and
+        // last, on the same condition, the failed-login count goes. A
+        // failing statement stops the rest before the `COMMIT`; the writer
+        // stays unsettled and is opened again, which rolls the transaction
+        // back.
+        let Opening { refresh, event, verified, audit: a, clears } = *opening;
         let mut turn = self.write_turn().await?;
         turn.unsettle();
         let session = s.id.to_string();
@@ -625,6 +622,9 @@ impl SessionStore for SqliteStore {
              WHERE changes() = 1 RETURNING 1; \
              INSERT INTO outbox (id, event_type, user_id, data, occurred_at) SELECT ?, ?, ?, ?, ? \
              WHERE changes() = 1 RETURNING 1; \
+             INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 RETURNING 1; \
+             DELETE FROM login_attempts WHERE changes() = 1 AND key = ?; \
              COMMIT",
         )
         .bind(&session)
@@ -647,17 +647,33 @@ impl SessionStore for SqliteStore {
         .bind(event.user_id.to_string())
         .bind(event.data.to_string())
         .bind(ms(event.occurred_at))
+        .bind(a.id.to_string())
+        .bind(ms(a.at))
+        .bind(a.actor.map(|u| u.to_string()))
+        .bind(&a.action)
+        .bind(&a.target)
+        .bind(&a.request_id)
+        .bind(a.detail.to_string())
+        .bind(&a.ip)
+        .bind(&a.user_agent)
+        .bind(&a.reason)
+        .bind(clears)
         .fetch_all(&mut *turn)
         .await
         .map_err(store_error)?;
         turn.settle();
-        // The two gated rows follow the session's, or a statement failed.
+        // The gated rows follow the session's, or a statement failed.
         // (Counted by what they return: SQLite's count of changed rows is
         // stale after `BEGIN` and `COMMIT`.)
         match written.len() {
             0 => Ok(false),
-            3 => Ok(true),
-            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 3"))),
+            4 => {
+                if let Some(key) = clears {
+                    self.recent().cleared(key);
+                }
+                Ok(true)
+            }
+            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 4"))),
         }
     }
 

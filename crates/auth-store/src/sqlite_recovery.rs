@@ -358,6 +358,13 @@ pub(crate) struct RecentCounters {
     attempts: Recent<(i64, i64)>,
 }
 
+impl RecentCounters {
+    /// `key`'s failed-login count was deleted.
+    pub(crate) fn cleared(&self, key: &str) {
+        self.attempts.seen(key, None);
+    }
+}
+
 /// The next row of a counter, from the row as it stands (`None`: absent):
 /// the row to write, or the wait that refuses the count.
 type Next<V> = Result<Result<V, Duration>, StoreError>;
@@ -500,7 +507,7 @@ impl Throttle for SqliteStore {
             .execute(&mut *relaxed)
             .await
             .map_err(store_error)?;
-        self.recent().attempts.seen(key, None);
+        self.recent().cleared(key);
         Ok(())
     }
 }

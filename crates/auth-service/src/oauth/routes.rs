@@ -159,7 +159,7 @@ pub async fn callback(
         return linked(&state, &name, &claims, (user, session), &attempt.r, &audit).await;
     }
     let notice = |user: &auth_core::User| state.recovery().sign_in_added(user, &name);
-    let done = match state.accounts().external_login(&claims, client_info(&headers, peer), &notice).await {
+    let done = match state.accounts().external_login(&claims, client_info(&headers, peer, &audit), &notice).await {
         Ok(done) => {
             // An existing account may have been linked, and told so.
             state.mail_waker().notify_one();
@@ -178,8 +178,9 @@ pub async fn callback(
         }
     };
     state.metrics().login(true);
-    let succeeded = Event::new("login.succeeded").by(done.user.id).session(done.session.id);
-    audit.note(succeeded.with("method", format!("oauth:{name}")));
+    if let Some(entry) = done.audit {
+        audit.stored(*entry);
+    }
     match session_cookies(&state, &done.user, &done.session, Some(&done.refresh)) {
         Ok(mut set) => {
             set.push(cookies::clear(STATE_COOKIE, true));

@@ -188,8 +188,12 @@ impl axum::extract::FromRequestParts<AppState> for ClientAddress {
     }
 }
 
-pub(crate) fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress) -> ClientInfo {
-    ClientInfo { user_agent: audit::user_agent(headers), ip: address.map(|ip| ip.to_string()) }
+pub(crate) fn client_info(headers: &HeaderMap, ClientAddress(address): ClientAddress, audit: &Audit) -> ClientInfo {
+    ClientInfo {
+        user_agent: audit::user_agent(headers),
+        ip: address.map(|ip| ip.to_string()),
+        request_id: audit.request_id(),
+    }
 }
 
 /// Log in with email and password; sets the three session cookies.
@@ -209,7 +213,7 @@ pub async fn login(
     audit: Audit,
     AppJson(body): AppJson<Credentials>,
 ) -> Result<Response, ApiError> {
-    let client = client_info(&headers, peer);
+    let client = client_info(&headers, peer, &audit);
     let ip = client.ip.clone().unwrap_or_default();
     if let Err(refused) = state.accounts().admit(Rate::Login, &ip).await {
         if matches!(refused, ThrottleError::Throttled { .. }) {
@@ -223,8 +227,9 @@ pub async fn login(
     match state.accounts().login(&body.email, &body.password, client).await {
         Ok(done) => {
             state.metrics().login(true);
-            let succeeded = Event::new("login.succeeded").by(done.user.id).session(done.session.id);
-            audit.note(succeeded.with("method", "password"));
+            if let Some(entry) = done.audit {
+                audit.stored(*entry);
+            }
             session_response(&state, &done.user, &done.session, Some(&done.refresh))
         }
         Err(LoginError::InvalidCredentials { user, why }) => {

@@ -10,7 +10,10 @@ use auth_core::events::StoredEvent;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use auth_core::{DomainEvent, Email, EventKind, EventSink, OpaqueSecret, Session, SessionId, StoreError, User, UserId};
+use auth_core::{
+    AuditEntry, DomainEvent, Email, EventKind, EventSink, OpaqueSecret, Opening, SecretHash, Session, SessionId,
+    StoreError, User, UserId,
+};
 use auth_store::testing::{Backend, TestDatabase};
 use auth_store::{Stores, open};
 use time::{Duration, OffsetDateTime};
@@ -79,8 +82,39 @@ async fn logged_in(stores: &Stores, user: UserId, at: OffsetDateTime) -> (Sessio
     let s = session(user, at);
     let refresh = OpaqueSecret::generate();
     let event = DomainEvent::logged_in(user, s.id, at);
-    assert!(stores.sessions.create_session(&s, &refresh.hash(), &event, None).await.unwrap());
+    assert!(open_session(stores, &s, &refresh.hash(), &event, None, None).await.unwrap());
     (s, refresh)
+}
+
+/// The `login.succeeded` entry of the session `event` tells of, under the
+/// event's id.
+fn succeeded(s: &Session, event: &DomainEvent) -> AuditEntry {
+    AuditEntry {
+        id: event.id,
+        at: s.created_at,
+        actor: Some(s.user_id),
+        action: "login.succeeded".into(),
+        target: Some(s.user_id.to_string()),
+        request_id: Some("req-1".into()),
+        detail: serde_json::json!({ "method": "password", "session": s.id.to_string() }),
+        ip: s.ip.clone(),
+        user_agent: s.user_agent.clone(),
+        reason: None,
+    }
+}
+
+/// Opens `s` with its token, its event and its audit entry
+/// ([`succeeded`]), clearing `clears`'s failed-login count.
+async fn open_session(
+    stores: &Stores,
+    s: &Session,
+    refresh: &SecretHash,
+    event: &DomainEvent,
+    verified: Option<&str>,
+    clears: Option<&str>,
+) -> Result<bool, StoreError> {
+    let audit = succeeded(s, event);
+    stores.sessions.create_session(s, &Opening { refresh, event, verified, audit: &audit, clears }).await
 }
 
 fn kinds(events: &[StoredEvent]) -> Vec<EventKind> {
@@ -233,16 +267,31 @@ async fn a_revoked_session_cannot_rotate_its_refresh_token() {
     .await;
 }
 
-/// Whether `s` was opened whole (its row, its refresh token and its event)
-/// or not at all; panics on anything in between.
+/// Whether `s` was opened whole (its row, its refresh token, its event and
+/// its audit entry) or not at all; panics on anything in between.
 async fn opened_whole(stores: &Stores, s: &Session, refresh: &OpaqueSecret, event: &DomainEvent) -> bool {
     let row = stores.sessions.session(s.id).await.unwrap().is_some();
     let record = stores.sessions.refresh_record(&refresh.hash()).await.unwrap();
     let token = record.is_some_and(|r| r.session_id == s.id);
     let events = stores.outbox.events_of(s.user_id).await.unwrap();
     let logged = events.iter().any(|e| e.event.id == event.id);
-    assert!(row == token && row == logged, "half a session: row {row}, refresh token {token}, event {logged}");
+    let audited = audited(stores, event).await;
+    assert!(
+        row == token && row == logged && row == audited,
+        "half a session: row {row}, refresh token {token}, event {logged}, audit entry {audited}"
+    );
     row
+}
+
+/// Whether the audit log holds `event`'s session's entry, as written.
+async fn audited(stores: &Stores, event: &DomainEvent) -> bool {
+    let entries = stores.roles.audit_page(None, 200).await.unwrap();
+    let entry = entries.into_iter().find(|e| e.id == event.id);
+    if let Some(entry) = &entry {
+        assert_eq!((entry.action.as_str(), entry.request_id.as_deref()), ("login.succeeded", Some("req-1")));
+        assert_eq!(entry.detail["session"], event.data["session_id"], "{:?} {:?}", entry.detail, event.data);
+    }
+    entry.is_some()
 }
 
 #[tokio::test]
@@ -254,7 +303,7 @@ async fn a_session_whose_refresh_token_clashes_opens_nothing_and_writes_go_on() 
         // The session row is written before the clash is met.
         let clashing = session(u.id, t0);
         let event = DomainEvent::logged_in(u.id, clashing.id, t0);
-        assert!(stores.sessions.create_session(&clashing, &taken.hash(), &event, None).await.is_err());
+        assert!(open_session(&stores, &clashing, &taken.hash(), &event, None, None).await.is_err());
         assert!(!opened_whole(&stores, &clashing, &taken, &event).await);
         // The next writes land, and stay.
         let (next, refresh) = logged_in(&stores, u.id, t0).await;
@@ -274,8 +323,9 @@ async fn a_refused_session_adds_nothing_even_under_an_id_already_taken() {
         // Refused (the hash it was verified against is no longer the
         // account's), under the id of the session already open.
         let (refresh, event) = (OpaqueSecret::generate(), DomainEvent::logged_in(u.id, taken.id, t0));
-        let opened = stores.sessions.create_session(&taken, &refresh.hash(), &event, Some("$argon2id$old")).await;
+        let opened = open_session(&stores, &taken, &refresh.hash(), &event, Some("$argon2id$old"), None).await;
         assert!(!opened.unwrap(), "a session was opened against a replaced hash");
+        assert!(!audited(&stores, &event).await, "a refused session left its audit entry");
         assert!(
             stores.sessions.refresh_record(&refresh.hash()).await.unwrap().is_none(),
             "the old session gained a token"
@@ -298,7 +348,7 @@ async fn a_session_dropped_while_it_is_opened_is_there_whole_or_not_at_all() {
             // Polled once, then dropped: its statements are on their way.
             let dropped = tokio::time::timeout(
                 std::time::Duration::ZERO,
-                stores.sessions.create_session(&s, &refresh.hash(), &event, None),
+                open_session(&stores, &s, &refresh.hash(), &event, None, None),
             )
             .await;
             if let Ok(done) = dropped {

@@ -172,14 +172,14 @@ async fn a_login_racing_a_reset_opens_no_session_and_a_rehash_cannot_undo_it() {
         let logged_in = DomainEvent::logged_in(alice.id, late.id, t0);
         let refresh = OpaqueSecret::generate().hash();
         let before = stores.outbox.events_of(alice.id).await.unwrap().len();
-        assert!(!stores.sessions.create_session(&late, &refresh, &logged_in, Some(&old)).await.unwrap());
+        assert!(!crate::open_session(&stores, &late, &refresh, &logged_in, Some(&old), None).await.unwrap());
         assert_eq!(stores.sessions.session(late.id).await.unwrap(), None);
         assert_eq!(stores.outbox.events_of(alice.id).await.unwrap().len(), before, "a refused session left its event");
         assert!(!stores.users.replace_password_hash(alice.id, &old, "phc-rehashed-old").await.unwrap());
         assert_eq!(stores.users.user_by_id(alice.id).await.unwrap().unwrap().password_hash.as_deref(), Some("phc-new"));
         let current = crate::session(alice.id, t0);
         let logged_in = DomainEvent::logged_in(alice.id, current.id, t0);
-        assert!(stores.sessions.create_session(&current, &refresh, &logged_in, Some("phc-new")).await.unwrap());
+        assert!(crate::open_session(&stores, &current, &refresh, &logged_in, Some("phc-new"), None).await.unwrap());
         let (keep, _) = logged_in_pair(&stores, &alice).await;
         let changed = stores
             .recovery
@@ -201,6 +201,43 @@ async fn a_login_racing_a_reset_opens_no_session_and_a_rehash_cannot_undo_it() {
 async fn logged_in_pair(stores: &Stores, user: &User) -> (auth_core::SessionId, OpaqueSecret) {
     let (session, refresh) = logged_in(stores, user.id, now()).await;
     (session.id, refresh)
+}
+
+#[tokio::test]
+async fn a_session_clears_the_failed_login_count_with_it_and_a_refused_one_leaves_it() {
+    use auth_core::throttling::AttemptPolicy;
+    each_backend(async |stores: Stores| {
+        let policy = AttemptPolicy::default();
+        let ann = registered(&stores, "ann@example.com").await;
+        let phc = ann.password_hash.clone().unwrap();
+        let t0 = now();
+        let claim = async || stores.throttle.claim_attempt("login:ann", &policy, t0).await.unwrap();
+        let bob = async || stores.throttle.claim_attempt("login:bob", &policy, t0).await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(claim().await, None);
+            assert_eq!(bob().await, None);
+        }
+        assert_eq!(bob().await, None);
+        // Refused: the hash its login checked is not the account's.
+        let late = crate::session(ann.id, t0);
+        let event = DomainEvent::logged_in(ann.id, late.id, t0);
+        let refresh = OpaqueSecret::generate().hash();
+        let opened = crate::open_session(&stores, &late, &refresh, &event, Some("phc-old"), Some("login:ann"));
+        assert!(!opened.await.unwrap());
+        assert_eq!(claim().await, None, "the fifth failure");
+        assert!(claim().await.is_some(), "a refused session cleared the count");
+        // Opened: the count is gone with it, and counts again from nothing.
+        let s = crate::session(ann.id, t0);
+        let event = DomainEvent::logged_in(ann.id, s.id, t0);
+        let opened = crate::open_session(&stores, &s, &refresh, &event, Some(&phc), Some("login:ann"));
+        assert!(opened.await.unwrap());
+        for _ in 0..5 {
+            assert_eq!(claim().await, None, "cleared with the session");
+        }
+        assert!(claim().await.is_some(), "counted again");
+        assert!(bob().await.is_some(), "another address's count went too");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -232,6 +269,7 @@ async fn parallel_login_attempts_on_one_address_get_exactly_the_free_ones() {
         for _ in 0..5 {
             assert_eq!(stores.throttle.claim_attempt("login:k", &policy, t1).await.unwrap(), None, "cleared");
         }
+        assert!(stores.throttle.claim_attempt("login:k", &policy, t1).await.unwrap().is_some(), "counted again");
         // Claims that read the clock before another but got the lock after
         // it are not refused while no wait is due.
         for key in ["login:new", "login:fresh"] {
