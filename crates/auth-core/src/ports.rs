@@ -50,7 +50,8 @@ pub struct Opening<'a> {
     /// The login's `login.succeeded`.
     pub audit: &'a AuditEntry,
     /// The key of the failed-login count the login clears (as
-    /// [`Throttle::clear_attempts`] would), if it counted one.
+    /// [`Throttle::clear_attempts`] would), if it counted one. The stores
+    /// of one database keep both, so it goes in the same transaction.
     pub clears: Option<&'a str>,
 }
 

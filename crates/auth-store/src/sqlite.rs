@@ -662,9 +662,10 @@ impl SessionStore for SqliteStore {
         .await
         .map_err(store_error)?;
         turn.settle();
-        // The gated rows follow the session's, or a statement failed.
-        // (Counted by what they return: SQLite's count of changed rows is
-        // stale after `BEGIN` and `COMMIT`.)
+        // The gated rows follow the session's, or a statement failed and
+        // nothing was committed; any other count is a sanity check that
+        // cannot undo a commit. (Counted by what they return: SQLite's
+        // count of changed rows is stale after `BEGIN` and `COMMIT`.)
         match written.len() {
             0 => Ok(false),
             4 => {

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use auth_core::{EventKind, UserId};
+use auth_core::{EventKind, SessionId, UserId};
 use auth_service::testing::OidcProvider;
 use reqwest::{Method, Response, StatusCode, header};
 use serde_json::json;
@@ -90,6 +90,21 @@ async fn a_first_login_creates_the_account_and_the_next_one_finds_it() {
         assert_eq!(again.status(), StatusCode::SEE_OTHER);
         assert_eq!(body(app.me(&second).await).await["id"], me["id"], "the same account");
         assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::UNAUTHORIZED, "no password");
+
+        // Each login's audit row, written with its session, names the
+        // provider and the request its answer came back with.
+        let entries = app.stores.roles.audit_page(None, 200).await.unwrap();
+        let target = Some(id.to_string());
+        let logins: Vec<_> =
+            entries.iter().rev().filter(|e| e.action == "login.succeeded" && e.target == target).collect();
+        assert_eq!(logins.len(), 2, "{entries:#?}");
+        for (entry, answer) in logins.into_iter().zip([&answer, &again]) {
+            assert_eq!((entry.detail["method"].as_str(), entry.actor), (Some("oauth:test"), Some(id)));
+            let sent = answer.headers().get("x-request-id").and_then(|v| v.to_str().ok());
+            assert_eq!(entry.request_id.as_deref(), sent, "the answer's request id");
+            let session: SessionId = entry.detail["session"].as_str().unwrap().parse().unwrap();
+            assert_eq!(app.stores.sessions.session(session).await.unwrap().map(|s| s.user_id), Some(id));
+        }
     })
     .await;
 }

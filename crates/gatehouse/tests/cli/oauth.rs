@@ -20,7 +20,7 @@ async fn an_oidc_provider_configured_by_issuer_signs_users_in_through_the_gatewa
         provider.issuer
     );
     std::fs::write(&config, toml).unwrap();
-    let server = start({
+    let mut server = start({
         let mut cmd = gatehouse(&dir.data());
         cmd.arg("--config").arg(&config).env("GATEHOUSE_OAUTH__PROVIDERS__CORP__CLIENT_SECRET", "test-secret");
         cmd
@@ -39,6 +39,9 @@ async fn an_oidc_provider_configured_by_issuer_signs_users_in_through_the_gatewa
     };
     let me = sign_in_through_the_gateway(&server.url, "corp", "carol%40example.com", callback_back).await;
     assert_eq!(me["email"], "carol@example.com");
+    // The login's audit row was written with its session; its line is logged.
+    let line = server.wait_for_log(" audit action=login.succeeded ").await;
+    assert!(line.contains("oauth:corp") && line.contains(me["id"].as_str().unwrap()), "{line}");
 }
 
 #[tokio::test]
