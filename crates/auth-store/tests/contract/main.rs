@@ -315,6 +315,48 @@ async fn a_session_whose_refresh_token_clashes_opens_nothing_and_writes_go_on() 
 }
 
 #[tokio::test]
+async fn sessions_opened_at_once_each_get_their_own_outcome() {
+    each_backend(async |stores| {
+        let u = registered(&stores, "ina@example.com").await;
+        let t0 = now();
+        let (_, taken) = logged_in(&stores, u.id, t0).await;
+        // Sent together, so they queue for the writer together: six that
+        // open, one refused (the hash it was verified against is no longer
+        // the account's), one whose refresh token clashes with the open
+        // session's. Each gets its own outcome; a store that committed
+        // openings together must still keep them apart.
+        let mut openings = tokio::task::JoinSet::new();
+        for n in 0..8 {
+            let stores = stores.clone();
+            let taken = taken.hash();
+            openings.spawn(async move {
+                let (s, refresh) = (session(u.id, t0), OpaqueSecret::generate());
+                let event = DomainEvent::logged_in(u.id, s.id, t0);
+                let (token, verified) = match n {
+                    6 => (refresh.hash(), Some("$argon2id$old")),
+                    7 => (taken, None),
+                    _ => (refresh.hash(), None),
+                };
+                let opened = open_session(&stores, &s, &token, &event, verified, None).await;
+                (n, s, refresh, event, opened)
+            });
+        }
+        while let Some(done) = openings.join_next().await {
+            let (n, s, refresh, event, opened) = done.unwrap();
+            match n {
+                6 => assert!(!opened.unwrap(), "a session was opened against a replaced hash"),
+                7 => assert!(opened.is_err(), "a session opened under a refresh token already taken"),
+                _ => assert!(opened.unwrap(), "session {n} was refused beside the others"),
+            }
+            assert_eq!(opened_whole(&stores, &s, &refresh, &event).await, n < 6, "session {n}");
+        }
+        let events = stores.outbox.events_of(u.id).await.unwrap();
+        assert_eq!(events.len(), 1 + 1 + 6, "registered, the first login, six more: {:?}", kinds(&events));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_refused_session_adds_nothing_even_under_an_id_already_taken() {
     each_backend(async |stores| {
         let u = registered(&stores, "ivy@example.com").await;
