@@ -100,7 +100,12 @@ impl SqliteStore {
             pool,
             readers: Arc::new(Readers { free: Arc::new(tokio::sync::Semaphore::new(readers.len())), conns: readers }),
             relaxed: Arc::new(tokio::sync::Mutex::new(relaxed)),
-            writer: Arc::new(tokio::sync::Mutex::new(Writer { conn: writer, unsettled: false, options })),
+            writer: Arc::new(tokio::sync::Mutex::new(Writer {
+                conn: writer,
+                unsettled: false,
+                openings: false,
+                options,
+            })),
             recent: Arc::default(),
             relay: Arc::default(),
             _serving: None,
@@ -224,9 +229,45 @@ impl std::ops::DerefMut for Read {
 struct Writer {
     conn: SqliteConnection,
     unsettled: bool,
+    /// [`OPENINGS`] made on `conn`.
+    openings: bool,
     /// How to open it again.
     options: SqliteConnectOptions,
 }
+
+/// Opening a session as one statement: an `INSERT` into this view, whose
+/// trigger writes the session, its refresh token, its event and its audit
+/// entry and deletes the failed-login count it clears, all in the
+/// statement's transaction, or raises [`OPENING_REFUSED`] and writes
+/// nothing when the account is disabled or the hash the login checked
+/// (`verified`, when given) is no longer its own. The trigger's first
+/// statement is a write lock's read: it sees the latest committed hash.
+/// A failing insert (a refresh token or session id met before) undoes the
+/// statement's rows. Made on the writer's own connection (`TEMP`, kept in
+/// memory): not part of the database's schema, nothing to migrate.
+const OPENINGS: &str = "PRAGMA temp_store = MEMORY; \
+     CREATE TEMP VIEW IF NOT EXISTS session_openings (id, user_id, created_at, last_seen_at, expires_at, \
+     idle_expires_at, revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
+     occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, reason, \
+     clears) AS SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0; \
+     CREATE TEMP TRIGGER IF NOT EXISTS session_openings_insert INSTEAD OF INSERT ON session_openings BEGIN \
+     SELECT RAISE(ABORT, 'gatehouse: session refused') WHERE NOT EXISTS (SELECT 1 FROM users \
+     WHERE id = NEW.user_id AND disabled_at IS NULL AND (NEW.verified IS NULL OR password_hash = NEW.verified)); \
+     INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, revoked_at, \
+     user_agent, ip) VALUES (NEW.id, NEW.user_id, NEW.created_at, NEW.last_seen_at, NEW.expires_at, \
+     NEW.idle_expires_at, NEW.revoked_at, NEW.user_agent, NEW.ip); \
+     INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (NEW.refresh, NEW.id, NEW.created_at); \
+     INSERT INTO outbox (id, event_type, user_id, data, occurred_at) \
+     VALUES (NEW.event_id, NEW.event_type, NEW.event_user_id, NEW.event_data, NEW.occurred_at); \
+     INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
+     VALUES (NEW.audit_id, NEW.audit_at, NEW.actor, NEW.action, NEW.target, NEW.request_id, NEW.detail, \
+     NEW.audit_ip, NEW.audit_user_agent, NEW.reason); \
+     DELETE FROM login_attempts WHERE key = NEW.clears; \
+     END";
+
+/// The message of the error a refused opening raises (see [`OPENINGS`]).
+const OPENING_REFUSED: &str = "gatehouse: session refused";
 
 impl Writer {
     /// Ends a transaction that did not end cleanly (an error, a dropped
@@ -238,6 +279,7 @@ impl Writer {
         }
         let fresh = self.options.connect().await.map_err(store_error)?;
         let used = std::mem::replace(&mut self.conn, fresh);
+        self.openings = false;
         // Its queued statements run first, then closing rolls back.
         if let Err(error) = used.close().await {
             tracing::warn!(%error, "closing a database connection left inside a transaction");
@@ -261,6 +303,18 @@ impl Turn {
 
     pub(crate) fn settle(&mut self) {
         self.writer.unsettled = false;
+    }
+
+    /// Makes [`OPENINGS`] on the writer, once per connection, at its
+    /// first opening: after the migrations (a trigger made before its
+    /// tables exist does not find them once they do).
+    pub(crate) async fn prepare_openings(&mut self) -> Result<(), StoreError> {
+        if self.writer.openings {
+            return Ok(());
+        }
+        sqlx::raw_sql(OPENINGS).execute(&mut self.writer.conn).await.map_err(store_error)?;
+        self.writer.openings = true;
+        Ok(())
     }
 }
 
@@ -598,36 +652,20 @@ impl UserStore for SqliteStore {
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn create_session(&self, s: &Session, opening: &Opening<'_>) -> Result<bool, StoreError> {
-        // One trip for the transaction and its rows (the statements of one
-        // query take its `?` parameters in turn): the session, if the
-        // account may still open one (one writing statement: it sees the
-        // latest committed hash), then its refresh token, its event and its
-        // audit entry, each only if the statement before it wrote its row
-        // (`changes()`; a session id met before must not gain a token), and
-        // last, on the same condition, the failed-login count goes. A
-        // failing statement stops the rest before the `COMMIT`; the writer
-        // stays unsettled and is opened again, which rolls the transaction
-        // back.
+        // One statement (see [`OPENINGS`]), its own transaction: one answer
+        // from the connection's thread. A transaction of several statements
+        // gets an answer for each (and one for `BEGIN`), each waking a
+        // serving thread, which preempts a thread hashing a password.
         let Opening { refresh, event, verified, audit: a, clears } = *opening;
         let mut turn = self.write_turn().await?;
-        turn.unsettle();
-        let session = s.id.to_string();
-        let written = sqlx::query(
-            "BEGIN IMMEDIATE; \
-             INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
-             revoked_at, user_agent, ip) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
-             WHERE EXISTS (SELECT 1 FROM users WHERE id = ? AND disabled_at IS NULL \
-             AND (? IS NULL OR password_hash = ?)) RETURNING 1; \
-             INSERT INTO refresh_tokens (token_hash, session_id, created_at) SELECT ?, ?, ? \
-             WHERE changes() = 1 RETURNING 1; \
-             INSERT INTO outbox (id, event_type, user_id, data, occurred_at) SELECT ?, ?, ?, ?, ? \
-             WHERE changes() = 1 RETURNING 1; \
-             INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE changes() = 1 RETURNING 1; \
-             DELETE FROM login_attempts WHERE changes() = 1 AND key = ?; \
-             COMMIT",
+        turn.prepare_openings().await?;
+        let opened = sqlx::query(
+            "INSERT INTO session_openings (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
+             revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
+             occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
+             reason, clears) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(&session)
+        .bind(s.id.to_string())
         .bind(s.user_id.to_string())
         .bind(ms(s.created_at))
         .bind(ms(s.last_seen_at))
@@ -636,12 +674,8 @@ impl SessionStore for SqliteStore {
         .bind(s.revoked_at.map(ms))
         .bind(&s.user_agent)
         .bind(&s.ip)
-        .bind(s.user_id.to_string())
-        .bind(verified)
         .bind(verified)
         .bind(refresh.as_str())
-        .bind(&session)
-        .bind(ms(s.created_at))
         .bind(event.id.to_string())
         .bind(event.kind.subject())
         .bind(event.user_id.to_string())
@@ -658,23 +692,17 @@ impl SessionStore for SqliteStore {
         .bind(&a.user_agent)
         .bind(&a.reason)
         .bind(clears)
-        .fetch_all(&mut *turn)
-        .await
-        .map_err(store_error)?;
-        turn.settle();
-        // The gated rows follow the session's, or a statement failed and
-        // nothing was committed; any other count is a sanity check that
-        // cannot undo a commit. (Counted by what they return: SQLite's
-        // count of changed rows is stale after `BEGIN` and `COMMIT`.)
-        match written.len() {
-            0 => Ok(false),
-            4 => {
+        .execute(&mut *turn)
+        .await;
+        match opened {
+            Ok(_) => {
                 if let Some(key) = clears {
                     self.recent().cleared(key);
                 }
                 Ok(true)
             }
-            n => Err(StoreError::Unavailable(format!("opening a session wrote {n} rows, not 4"))),
+            Err(sqlx::Error::Database(e)) if e.message() == OPENING_REFUSED => Ok(false),
+            Err(e) => Err(store_error(e)),
         }
     }
 
@@ -964,5 +992,73 @@ mod tests {
             .await
             .unwrap();
         next.commit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sessions_open_on_a_writer_opened_before_the_tables_and_on_one_opened_again() {
+        let db = TestDatabase::create(Backend::Sqlite).await;
+        // The writer has read the schema before the migrations made the
+        // tables.
+        let store = SqliteStore::connect(&db.url).await.unwrap();
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .execute(&mut *store.write_turn().await.unwrap())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let user = User {
+            id: UserId::new(),
+            email: Email::parse("writer@example.com").unwrap(),
+            password_hash: Some("$argon2id$stored".into()),
+            email_verified: true,
+            created_at: now,
+            roles: vec![],
+            permissions: vec![],
+            disabled: false,
+            tokens_version: 0,
+        };
+        store.create_user(&user, &DomainEvent::registered(&user, "password", now)).await.unwrap();
+        let open = async |verified: &str| {
+            let session = Session {
+                id: SessionId::new(),
+                user_id: user.id,
+                created_at: now,
+                last_seen_at: now,
+                expires_at: now + time::Duration::days(1),
+                idle_expires_at: now + time::Duration::days(1),
+                revoked_at: None,
+                user_agent: None,
+                ip: None,
+            };
+            let event = DomainEvent::logged_in(user.id, session.id, now);
+            let audit = auth_core::AuditEntry {
+                id: event.id,
+                at: now,
+                actor: Some(user.id),
+                action: "login.succeeded".into(),
+                target: None,
+                request_id: None,
+                detail: serde_json::json!({}),
+                ip: None,
+                user_agent: None,
+                reason: None,
+            };
+            let refresh = SecretHash::of(&session.id.to_string());
+            let opening =
+                Opening { refresh: &refresh, event: &event, verified: Some(verified), audit: &audit, clears: None };
+            store.create_session(&session, &opening).await.unwrap()
+        };
+        assert!(open("$argon2id$stored").await, "the first opening was refused");
+        assert!(!open("$argon2id$other").await, "an opening with a replaced hash was not refused");
+        // A write dropped half way has the writer opened again.
+        drop(store.begin().await.unwrap());
+        assert!(open("$argon2id$stored").await, "no session opened on the writer opened again");
+        assert!(!open("$argon2id$other").await, "the writer opened again let a replaced hash open a session");
+        let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(store.pool()).await.unwrap();
+        let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login.succeeded'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!((sessions, audited), (2, 2));
     }
 }
