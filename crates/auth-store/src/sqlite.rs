@@ -243,9 +243,19 @@ struct Writer {
 /// (`verified`, when given) is no longer its own. The trigger's first
 /// statement is a write lock's read: it sees the latest committed hash.
 /// A failing insert (a refresh token or session id met before) undoes the
-/// statement's rows. Made on the writer's own connection (`TEMP`, kept in
-/// memory): not part of the database's schema, nothing to migrate.
-const OPENINGS: &str = "PRAGMA temp_store = MEMORY; \
+/// statement's rows. Made on the writer's own connection (`TEMP`): not
+/// part of the database's schema, nothing to migrate. The writer keeps its
+/// temporary storage in memory (this view and trigger, and its own
+/// transactions' statement journals and sorts), so opening a session never
+/// needs a temporary file.
+///
+/// First a read of the main schema: SQLite compiles a trigger's
+/// statements against the schema as this connection last read it and,
+/// unlike for a statement of its own, does not read it again when a
+/// table or column named there is missing, so a writer that read the
+/// schema before the migrations (or another process's) ran could not
+/// open a session until something else refreshed it.
+const OPENINGS: &str = "SELECT 1 FROM main.sqlite_schema LIMIT 0; PRAGMA temp_store = MEMORY; \
      CREATE TEMP VIEW IF NOT EXISTS session_openings (id, user_id, created_at, last_seen_at, expires_at, \
      idle_expires_at, revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
      occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, reason, \
@@ -268,6 +278,17 @@ const OPENINGS: &str = "PRAGMA temp_store = MEMORY; \
 
 /// The message of the error a refused opening raises (see [`OPENINGS`]).
 const OPENING_REFUSED: &str = "gatehouse: session refused";
+
+/// Whether `e` is the refusal [`OPENINGS`] raises (`SQLITE_CONSTRAINT_TRIGGER`
+/// with its message; SQLite's own constraint messages name tables and
+/// columns, never values).
+fn refused(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code().as_deref() == Some("1811") && e.message() == OPENING_REFUSED
+}
+
+/// `SQLITE_ERROR`: among others, a statement that names a table or column
+/// its connection's copy of the schema lacks.
+const SQLITE_ERROR: &str = "1";
 
 impl Writer {
     /// Ends a transaction that did not end cleanly (an error, a dropped
@@ -305,9 +326,8 @@ impl Turn {
         self.writer.unsettled = false;
     }
 
-    /// Makes [`OPENINGS`] on the writer, once per connection, at its
-    /// first opening: after the migrations (a trigger made before its
-    /// tables exist does not find them once they do).
+    /// Makes [`OPENINGS`] on the writer, once per connection (or again
+    /// after [`Self::forget_openings`]).
     pub(crate) async fn prepare_openings(&mut self) -> Result<(), StoreError> {
         if self.writer.openings {
             return Ok(());
@@ -315,6 +335,12 @@ impl Turn {
         sqlx::raw_sql(OPENINGS).execute(&mut self.writer.conn).await.map_err(store_error)?;
         self.writer.openings = true;
         Ok(())
+    }
+
+    /// Has the next [`Self::prepare_openings`] read the schema and make
+    /// [`OPENINGS`] again.
+    pub(crate) fn forget_openings(&mut self) {
+        self.writer.openings = false;
     }
 }
 
@@ -448,6 +474,47 @@ async fn keep_after_release(conn: &mut sqlx::SqliteConnection) -> Result<bool, s
         tracing::warn!("closing a database connection left inside a failed transaction");
     }
     Ok(clean)
+}
+
+/// The statement that opens `s` with what `opening` lists (see [`OPENINGS`]).
+fn open_statement<'q>(
+    s: &'q Session,
+    opening: &Opening<'q>,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    let Opening { refresh, event, verified, audit: a, clears } = *opening;
+    sqlx::query(
+        "INSERT INTO session_openings (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
+             revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
+             occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
+             reason, clears) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(s.id.to_string())
+    .bind(s.user_id.to_string())
+    .bind(ms(s.created_at))
+    .bind(ms(s.last_seen_at))
+    .bind(ms(s.expires_at))
+    .bind(ms(s.idle_expires_at))
+    .bind(s.revoked_at.map(ms))
+    .bind(&s.user_agent)
+    .bind(&s.ip)
+    .bind(verified)
+    .bind(refresh.as_str())
+    .bind(event.id.to_string())
+    .bind(event.kind.subject())
+    .bind(event.user_id.to_string())
+    .bind(event.data.to_string())
+    .bind(ms(event.occurred_at))
+    .bind(a.id.to_string())
+    .bind(ms(a.at))
+    .bind(a.actor.map(|u| u.to_string()))
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(&a.request_id)
+    .bind(a.detail.to_string())
+    .bind(&a.ip)
+    .bind(&a.user_agent)
+    .bind(&a.reason)
+    .bind(clears)
 }
 
 pub(crate) fn ms(t: OffsetDateTime) -> i64 {
@@ -655,53 +722,29 @@ impl SessionStore for SqliteStore {
         // One statement (see [`OPENINGS`]), its own transaction: one answer
         // from the connection's thread. A transaction of several statements
         // gets an answer for each (and one for `BEGIN`), each waking a
-        // serving thread, which preempts a thread hashing a password.
-        let Opening { refresh, event, verified, audit: a, clears } = *opening;
+        // serving thread, which preempts a thread hashing a password. (Its
+        // request dropped, the statement still runs whole: a session no
+        // client holds, which expires.)
         let mut turn = self.write_turn().await?;
         turn.prepare_openings().await?;
-        let opened = sqlx::query(
-            "INSERT INTO session_openings (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
-             revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
-             occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
-             reason, clears) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(s.id.to_string())
-        .bind(s.user_id.to_string())
-        .bind(ms(s.created_at))
-        .bind(ms(s.last_seen_at))
-        .bind(ms(s.expires_at))
-        .bind(ms(s.idle_expires_at))
-        .bind(s.revoked_at.map(ms))
-        .bind(&s.user_agent)
-        .bind(&s.ip)
-        .bind(verified)
-        .bind(refresh.as_str())
-        .bind(event.id.to_string())
-        .bind(event.kind.subject())
-        .bind(event.user_id.to_string())
-        .bind(event.data.to_string())
-        .bind(ms(event.occurred_at))
-        .bind(a.id.to_string())
-        .bind(ms(a.at))
-        .bind(a.actor.map(|u| u.to_string()))
-        .bind(&a.action)
-        .bind(&a.target)
-        .bind(&a.request_id)
-        .bind(a.detail.to_string())
-        .bind(&a.ip)
-        .bind(&a.user_agent)
-        .bind(&a.reason)
-        .bind(clears)
-        .execute(&mut *turn)
-        .await;
+        let mut opened = open_statement(s, opening).execute(&mut *turn).await;
+        if let Err(sqlx::Error::Database(e)) = &opened
+            && e.code().as_deref() == Some(SQLITE_ERROR)
+        {
+            // The trigger was compiled against a schema another connection
+            // has changed since this one read it: read it and try again.
+            turn.forget_openings();
+            turn.prepare_openings().await?;
+            opened = open_statement(s, opening).execute(&mut *turn).await;
+        }
         match opened {
             Ok(_) => {
-                if let Some(key) = clears {
+                if let Some(key) = opening.clears {
                     self.recent().cleared(key);
                 }
                 Ok(true)
             }
-            Err(sqlx::Error::Database(e)) if e.message() == OPENING_REFUSED => Ok(false),
+            Err(sqlx::Error::Database(e)) if refused(&*e) => Ok(false),
             Err(e) => Err(store_error(e)),
         }
     }
@@ -995,33 +1038,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sessions_open_on_a_writer_opened_before_the_tables_and_on_one_opened_again() {
+    async fn sessions_open_on_a_writer_whose_schema_others_changed_and_on_one_opened_again() {
         let db = TestDatabase::create(Backend::Sqlite).await;
-        // The writer has read the schema before the migrations made the
-        // tables.
+        // The writer reads the schema when it connects, before the
+        // migrations make the tables; nothing else runs on it before the
+        // first opening (the user is written through the pool).
         let store = SqliteStore::connect(&db.url).await.unwrap();
-        sqlx::query("SELECT count(*) FROM sqlite_master")
-            .execute(&mut *store.write_turn().await.unwrap())
-            .await
-            .unwrap();
         store.migrate().await.unwrap();
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-        let user = User {
-            id: UserId::new(),
-            email: Email::parse("writer@example.com").unwrap(),
-            password_hash: Some("$argon2id$stored".into()),
-            email_verified: true,
-            created_at: now,
-            roles: vec![],
-            permissions: vec![],
-            disabled: false,
-            tokens_version: 0,
-        };
-        store.create_user(&user, &DomainEvent::registered(&user, "password", now)).await.unwrap();
+        let user = UserId::new();
+        sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, 'w@example.com', ?, ?)")
+            .bind(user.to_string())
+            .bind("$argon2id$stored")
+            .bind(ms(now))
+            .execute(store.pool())
+            .await
+            .unwrap();
         let open = async |verified: &str| {
             let session = Session {
                 id: SessionId::new(),
-                user_id: user.id,
+                user_id: user,
                 created_at: now,
                 last_seen_at: now,
                 expires_at: now + time::Duration::days(1),
@@ -1030,11 +1066,11 @@ mod tests {
                 user_agent: None,
                 ip: None,
             };
-            let event = DomainEvent::logged_in(user.id, session.id, now);
+            let event = DomainEvent::logged_in(user, session.id, now);
             let audit = auth_core::AuditEntry {
                 id: event.id,
                 at: now,
-                actor: Some(user.id),
+                actor: Some(user),
                 action: "login.succeeded".into(),
                 target: None,
                 request_id: None,
@@ -1046,19 +1082,32 @@ mod tests {
             let refresh = SecretHash::of(&session.id.to_string());
             let opening =
                 Opening { refresh: &refresh, event: &event, verified: Some(verified), audit: &audit, clears: None };
-            store.create_session(&session, &opening).await.unwrap()
+            store.create_session(&session, &opening).await
         };
-        assert!(open("$argon2id$stored").await, "the first opening was refused");
-        assert!(!open("$argon2id$other").await, "an opening with a replaced hash was not refused");
+        assert!(open("$argon2id$stored").await.unwrap(), "the first opening was refused");
+        assert!(!open("$argon2id$other").await.unwrap(), "an opening with a replaced hash was not refused");
+        // Another connection renames a column the openings write, and
+        // back: the writer's copy of the schema is out of date twice.
+        let rename = async |from: &str, to: &str| {
+            let mut other = SqliteConnectOptions::from_str(&db.url).unwrap().connect().await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ALTER TABLE audit_log RENAME COLUMN {from} TO {to}")))
+                .execute(&mut other)
+                .await
+                .unwrap();
+        };
+        rename("reason", "why").await;
+        assert!(open("$argon2id$stored").await.is_err(), "a session opened without its audit row's column");
+        rename("why", "reason").await;
+        assert!(open("$argon2id$stored").await.unwrap(), "no session opened once the column was back");
         // A write dropped half way has the writer opened again.
         drop(store.begin().await.unwrap());
-        assert!(open("$argon2id$stored").await, "no session opened on the writer opened again");
-        assert!(!open("$argon2id$other").await, "the writer opened again let a replaced hash open a session");
+        assert!(open("$argon2id$stored").await.unwrap(), "no session opened on the writer opened again");
+        assert!(!open("$argon2id$other").await.unwrap(), "the writer opened again let a replaced hash open a session");
         let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions").fetch_one(store.pool()).await.unwrap();
         let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'login.succeeded'")
             .fetch_one(store.pool())
             .await
             .unwrap();
-        assert_eq!((sessions, audited), (2, 2));
+        assert_eq!((sessions, audited), (3, 3));
     }
 }
