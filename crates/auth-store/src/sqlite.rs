@@ -484,9 +484,9 @@ fn open_statement<'q>(
     let Opening { refresh, event, verified, audit: a, clears } = *opening;
     sqlx::query(
         "INSERT INTO session_openings (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
-             revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
-             occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
-             reason, clears) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
+         occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
+         reason, clears) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(s.id.to_string())
     .bind(s.user_id.to_string())
