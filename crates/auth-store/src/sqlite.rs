@@ -482,7 +482,7 @@ fn open_statement<'q>(
     opening: &Opening<'q>,
 ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
     let Opening { refresh, event, verified, audit: a, clears } = *opening;
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO session_openings (id, user_id, created_at, last_seen_at, expires_at, idle_expires_at, \
          revoked_at, user_agent, ip, verified, refresh, event_id, event_type, event_user_id, event_data, \
          occurred_at, audit_id, audit_at, actor, action, target, request_id, detail, audit_ip, audit_user_agent, \
@@ -503,18 +503,27 @@ fn open_statement<'q>(
     .bind(event.kind.subject())
     .bind(event.user_id.to_string())
     .bind(event.data.to_string())
-    .bind(ms(event.occurred_at))
-    .bind(a.id.to_string())
-    .bind(ms(a.at))
-    .bind(a.actor.map(|u| u.to_string()))
-    .bind(&a.action)
-    .bind(&a.target)
-    .bind(&a.request_id)
-    .bind(a.detail.to_string())
-    .bind(&a.ip)
-    .bind(&a.user_agent)
-    .bind(&a.reason)
-    .bind(clears)
+    .bind(ms(event.occurred_at));
+    bind_audit(query, a).bind(clears)
+}
+
+/// `query` with `a`'s ten columns bound in turn (id, at, actor, action,
+/// target, request_id, detail, ip, user_agent, reason).
+pub(crate) fn bind_audit<'q>(
+    query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
+    a: &'q auth_core::AuditEntry,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(a.id.to_string())
+        .bind(ms(a.at))
+        .bind(a.actor.map(|u| u.to_string()))
+        .bind(&a.action)
+        .bind(&a.target)
+        .bind(&a.request_id)
+        .bind(a.detail.to_string())
+        .bind(&a.ip)
+        .bind(&a.user_agent)
+        .bind(&a.reason)
 }
 
 pub(crate) fn ms(t: OffsetDateTime) -> i64 {

@@ -8,27 +8,15 @@ use sqlx::{Row, SqliteConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::sqlite::{from_ms, insert_event, ms, revoke_sessions_in, user_from, uuid_of};
+use crate::sqlite::{bind_audit, from_ms, insert_event, ms, revoke_sessions_in, user_from, uuid_of};
 use crate::{SqliteStore, listed, store_error, user_columns};
 
 async fn insert_audit(db: &mut SqliteConnection, a: &AuditEntry) -> Result<(), StoreError> {
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO audit_log (id, at, actor, action, target, request_id, detail, ip, user_agent, reason) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(a.id.to_string())
-    .bind(ms(a.at))
-    .bind(a.actor.map(|u| u.to_string()))
-    .bind(&a.action)
-    .bind(&a.target)
-    .bind(&a.request_id)
-    .bind(a.detail.to_string())
-    .bind(&a.ip)
-    .bind(&a.user_agent)
-    .bind(&a.reason)
-    .execute(db)
-    .await
-    .map_err(store_error)?;
+    );
+    bind_audit(query, a).execute(db).await.map_err(store_error)?;
     Ok(())
 }
 
